@@ -1,0 +1,94 @@
+"""The ``cryptopipe`` command line (DESIGN.md section 8).
+
+Each command group lives in a module of :mod:`cryptopipe.commands` that exposes
+``register(subparsers, common)``; ``common`` is the parent parser holding the
+options every command takes (``--redis-url``, ``--home``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from marketdata.settings import Settings
+from streaming.redisconn import RedisUnavailableError
+
+#: Command modules, in the order their commands appear in ``--help``.
+COMMAND_MODULES = (
+    "cryptopipe.commands.up",
+    "cryptopipe.commands.feed",
+)
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2 unless given."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis URL (env REDIS_URL; default redis://127.0.0.1:6379/0)",
+    )
+    common.add_argument(
+        "--home",
+        default=None,
+        help="working directory: lake, recovery, local Redis, Dagster (env CRYPTOPIPE_HOME; "
+        "default ./.cryptopipe)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    common = common_parser()
+    parser = argparse.ArgumentParser(
+        prog="cryptopipe",
+        description="Realtime crypto market data: feeds, speed layer, batch layer, reconciliation.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from ``--redis-url`` / ``--home``, the environment and defaults."""
+    return Settings.from_env(redis_url=args.redis_url, home=args.home)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cryptopipe`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = settings_from_args(args)
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (CommandError, RedisUnavailableError, ValueError, FileNotFoundError) as exc:
+        print(f"cryptopipe: error: {exc}", file=sys.stderr)
+        return getattr(exc, "status", 2)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Start and stop a local redis-server (for ``cryptopipe up`` and for tests)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from streaming.redisconn import RedisUnavailableError, connect, redact
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """Path of ``redis-server``, or an error that says how to install it."""
+    path = shutil.which("redis-server")
+    if path is None:
+        msg = (
+            "redis-server is not installed: run './dev setup' (it installs it), or "
+            "'apt-get install redis-server', or point --redis-url at a running Redis"
+        )
+        raise RedisUnavailableError(msg)
+    return path
+
+
+class LocalRedis:
+    """A redis-server child process bound to loopback, data under ``data_dir``.
+
+    AOF is on with ``appendfsync everysec``, so a crash loses at most about a
+    second of writes and a restart of the server keeps the raw log.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        *,
+        password: str | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.password = password
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://`` URL of this server (db 0)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> LocalRedis:
+        """Start the server and wait until it answers PING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        args += self.extra_args
+        self.proc = subprocess.Popen(  # noqa: S603 - our own fixed arguments
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                connect(self.url, socket_connect_timeout=0.5).close()
+                return self
+            except RedisUnavailableError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = self.data_dir / "redis.log"
+                    tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                    self.stop()
+                    msg = f"redis-server on port {self.port} did not start: {tail.strip()}"
+                    raise RedisUnavailableError(msg) from None
+                time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, which makes Redis flush its AOF)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def ensure_redis(url: str, data_dir: Path) -> LocalRedis | None:
+    """Make sure a Redis answers at ``url``; start one under ``data_dir`` if none does.
+
+    Returns:
+        The started server (stop it on exit), or ``None`` when one already answered.
+
+    Raises:
+        RedisUnavailableError: when nothing answers and the URL is not a local one
+            we could serve.
+    """
+    try:
+        connect(url, socket_connect_timeout=1.0).close()
+        return None
+    except RedisUnavailableError as exc:
+        if "refused the credentials" in str(exc):
+            raise
+    parsed = urlparse(url)
+    if parsed.scheme != "redis" or (parsed.hostname or "") not in LOOPBACK:
+        msg = f"no Redis answers at {redact(url)}, and it is not a local redis:// URL to start"
+        raise RedisUnavailableError(msg)
+    if parsed.username and parsed.username != "default":
+        msg = f"no Redis answers at {redact(url)}; a local one is started only for the default user"
+        raise RedisUnavailableError(msg)
+    return LocalRedis(data_dir, parsed.port or 6379, password=parsed.password).start()

@@ -1,0 +1,114 @@
+"""Settings shared by every layer, from the command line or the environment.
+
+Pure configuration: paths under ``--home`` and names of Redis keys. Nothing here
+opens a connection.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_HOME = "./.cryptopipe"
+#: Allowed lateness of the candles flow, ms (DESIGN.md section 4).
+DEFAULT_LATENESS_MS = 5_000
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        msg = f"{name}={raw!r} is not an integer"
+        raise ValueError(msg) from None
+
+
+def _env_symbols() -> frozenset[str] | None:
+    raw = os.environ.get("CRYPTOPIPE_SYMBOLS", "").strip()
+    if not raw:
+        return None
+    return frozenset(s.strip().upper() for s in raw.split(",") if s.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things live and how the pipeline is tuned.
+
+    Attributes:
+        redis_url: ``redis://[user:pass@]host:port/db`` or ``rediss://`` for TLS.
+        home: the project's working directory: lake, recovery, Redis data, Dagster.
+        raw_shards: number of raw-log shards (1 = the single stream ``md:trades:raw``).
+        lateness_ms: allowed lateness of the candles flow.
+        known_symbols: when set, other symbols are rejected as ``unknown_symbol``.
+        lake_uri: where the Parquet lake is (default ``<home>/lake``).
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    home: Path = field(default_factory=lambda: Path(DEFAULT_HOME))
+    raw_shards: int = 1
+    lateness_ms: int = DEFAULT_LATENESS_MS
+    known_symbols: frozenset[str] | None = None
+    lake_uri: str | None = None
+
+    @classmethod
+    def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
+        """Settings from explicit values, else ``REDIS_URL``/``CRYPTOPIPE_*``, else defaults."""
+        shards = _env_int("CRYPTOPIPE_RAW_SHARDS", 1)
+        if shards < 1:
+            msg = f"CRYPTOPIPE_RAW_SHARDS={shards}: need at least 1"
+            raise ValueError(msg)
+        lateness = _env_int("CRYPTOPIPE_LATENESS_MS", DEFAULT_LATENESS_MS)
+        if lateness < 0:
+            msg = f"CRYPTOPIPE_LATENESS_MS={lateness}: must not be negative"
+            raise ValueError(msg)
+        return cls(
+            redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            home=Path(home or os.environ.get("CRYPTOPIPE_HOME") or DEFAULT_HOME).absolute(),
+            raw_shards=shards,
+            lateness_ms=lateness,
+            known_symbols=_env_symbols(),
+            lake_uri=os.environ.get("CRYPTOPIPE_LAKE_URI") or None,
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that reproduce these settings in a child process."""
+        out = {
+            "REDIS_URL": self.redis_url,
+            "CRYPTOPIPE_HOME": str(self.home),
+            "CRYPTOPIPE_RAW_SHARDS": str(self.raw_shards),
+            "CRYPTOPIPE_LATENESS_MS": str(self.lateness_ms),
+        }
+        if self.known_symbols is not None:
+            out["CRYPTOPIPE_SYMBOLS"] = ",".join(sorted(self.known_symbols))
+        if self.lake_uri:
+            out["CRYPTOPIPE_LAKE_URI"] = self.lake_uri
+        return out
+
+    @property
+    def lake(self) -> str:
+        """The lake's root (a local path or any Spark-readable URI)."""
+        return self.lake_uri or str(self.home / "lake")
+
+    @property
+    def recovery_dir(self) -> Path:
+        """Root of the bytewax recovery directories, one per flow."""
+        return self.home / "recovery"
+
+    @property
+    def redis_dir(self) -> Path:
+        """Data directory of the local redis-server that ``cryptopipe`` starts."""
+        return self.home / "redis"
+
+    @property
+    def dagster_home(self) -> Path:
+        """``DAGSTER_HOME`` for ``cryptopipe up``."""
+        return self.home / "dagster"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and logs of processes started in the background."""
+        return self.home / "run"

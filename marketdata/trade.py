@@ -1,0 +1,73 @@
+"""The trade: the one fact both layers are built from (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from marketdata.decimals import e8_to_decimal, format_e8
+
+
+class Trade(NamedTuple):
+    """One validated trade.
+
+    Attributes:
+        exchange: lower case, e.g. ``"binance"``.
+        symbol: upper case, e.g. ``"BTCUSDT"``.
+        trade_id: per (exchange, symbol), as given by the exchange.
+        price_e8: price in units of 1e-8 (exact; ``> 0``).
+        quantity_e8: quantity in units of 1e-8 (exact; ``> 0``).
+        event_time: the exchange's trade time, ms since the epoch, UTC.
+        is_buyer_maker: Binance ``m``; ``False`` means the taker bought.
+    """
+
+    exchange: str
+    symbol: str
+    trade_id: int
+    price_e8: int
+    quantity_e8: int
+    event_time: int
+    is_buyer_maker: bool
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """Identity of the trade: duplicates share it."""
+        return (self.exchange, self.symbol, self.trade_id)
+
+    @property
+    def price(self) -> Decimal:
+        """Exact price."""
+        return e8_to_decimal(self.price_e8)
+
+    @property
+    def quantity(self) -> Decimal:
+        """Exact quantity."""
+        return e8_to_decimal(self.quantity_e8)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, decimals as strings."""
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "trade_id": self.trade_id,
+            "price": format_e8(self.price_e8),
+            "quantity": format_e8(self.quantity_e8),
+            "event_time": self.event_time,
+            "is_buyer_maker": self.is_buyer_maker,
+        }
+
+
+class Rejection(NamedTuple):
+    """A message that failed validation: never dropped, always explained.
+
+    Attributes:
+        reason: machine-readable code, e.g. ``"bad_number:price"`` (DESIGN.md section 2).
+        payload: the raw payload as received (bytes, possibly not UTF-8).
+        exchange: the exchange the feed said it came from.
+        detail: a short human-readable explanation.
+    """
+
+    reason: str
+    payload: bytes
+    exchange: str
+    detail: str = ""

@@ -1,0 +1,52 @@
+"""Opening Redis connections from a URL, with errors that say what to do."""
+
+from __future__ import annotations
+
+import redis
+
+from marketdata.settings import Settings
+
+
+class RedisUnavailableError(RuntimeError):
+    """No Redis answers at the configured URL."""
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to log)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user, colon, _ = creds.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+def connect(url: str, *, check: bool = True, **kwargs: object) -> redis.Redis:
+    """A Redis client for ``url`` (``redis://`` or ``rediss://``), pinged when ``check``.
+
+    Raises:
+        RedisUnavailableError: one line naming the URL (password redacted) and what to do.
+    """
+    try:
+        client = redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        msg = f"bad Redis URL {redact(url)!r}: {exc}; use redis://[user:pass@]host:port/db"
+        raise RedisUnavailableError(msg) from None
+    if check:
+        try:
+            client.ping()
+        except redis.AuthenticationError as exc:
+            msg = f"Redis at {redact(url)} refused the credentials ({exc}); check user and password"
+            raise RedisUnavailableError(msg) from None
+        except redis.RedisError as exc:
+            msg = (
+                f"no Redis answers at {redact(url)} ({exc}); start one, or run "
+                "'cryptopipe up' to start a local one, or pass --redis-url / REDIS_URL"
+            )
+            raise RedisUnavailableError(msg) from None
+    return client
+
+
+def connect_settings(settings: Settings, **kwargs: object) -> redis.Redis:
+    """A checked client for the settings' Redis."""
+    return connect(settings.redis_url, **kwargs)
