@@ -31,21 +31,29 @@ class CommandError(Exception):
         self.status = status
 
 
-def common_parser() -> argparse.ArgumentParser:
-    """Options every command takes."""
+def common_parser(*, top: bool = False) -> argparse.ArgumentParser:
+    """Options every command takes, before or after the command's name.
+
+    Subcommands get copies whose default is ``SUPPRESS`` so that a value given
+    before the command (``cryptopipe --home X feed ...``) is not reset by them.
+    """
+    default = None if top else argparse.SUPPRESS
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--redis-url",
-        default=None,
+        default=default,
         help="Redis URL (env REDIS_URL; default redis://127.0.0.1:6379/0)",
     )
     common.add_argument(
         "--home",
-        default=None,
+        default=default,
         help="working directory: lake, recovery, local Redis, Dagster (env CRYPTOPIPE_HOME; "
         "default ./.cryptopipe)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log more")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+        help="log more",
+    )
     return common
 
 
@@ -55,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryptopipe",
         description="Realtime crypto market data: feeds, speed layer, batch layer, reconciliation.",
-        parents=[common],
+        parents=[common_parser(top=True)],
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

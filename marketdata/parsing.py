@@ -96,12 +96,23 @@ def _e8(value: Any, field: str, maximum: int) -> int:
     try:
         e8 = parse_e8(value)
     except DecimalFormatError as exc:
-        raise _Reject(f"{exc.kind}:{field}", f"{field}={value[:40]!r}") from None
+        reason = exc.kind
+        if value.startswith("-") and _is_plain_decimal(value[1:]):
+            reason = "non_positive"
+        raise _Reject(f"{reason}:{field}", f"{field}={value[:40]!r}") from None
     if e8 <= 0:
         raise _Reject(f"non_positive:{field}", f"{field}={value[:40]!r}")
     if e8 >= maximum:
         raise _Reject(f"bad_number:{field}", f"{field}={value[:40]!r} is out of range")
     return e8
+
+
+def _is_plain_decimal(text: str) -> bool:
+    try:
+        parse_e8(text)
+    except DecimalFormatError:
+        return False
+    return True
 
 
 def _trade_id(value: Any) -> int:

@@ -1,0 +1,5 @@
+import sys
+
+from cryptopipe.cli import main
+
+sys.exit(main())
