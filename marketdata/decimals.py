@@ -64,14 +64,21 @@ def parse_e8(text: str) -> int:
     return int(whole) * SCALE
 
 
+def _scaled(value: int, digits: int) -> Decimal:
+    # scaleb rounds to the context's precision (28 digits by default): widen it.
+    with localcontext() as ctx:
+        ctx.prec = max(60, len(str(abs(value))) + 2)
+        return Decimal(value).scaleb(-digits)
+
+
 def e8_to_decimal(value: int) -> Decimal:
     """Scaled integer (1e-8 units) to an exact ``Decimal`` with 8 fractional digits."""
-    return Decimal(value).scaleb(-SCALE_DIGITS)
+    return _scaled(value, SCALE_DIGITS)
 
 
 def e16_to_decimal(value: int) -> Decimal:
     """Scaled integer (1e-16 units) to an exact ``Decimal`` with 16 fractional digits."""
-    return Decimal(value).scaleb(-QUOTE_SCALE_DIGITS)
+    return _scaled(value, QUOTE_SCALE_DIGITS)
 
 
 def format_e8(value: int) -> str:
@@ -91,11 +98,17 @@ def format_e16(value: int) -> str:
 def decimal_to_e8(value: Decimal | str | int) -> int:
     """Exact ``Decimal`` (or its string) to 1e-8 units; raises if not representable."""
     d = Decimal(value)
-    scaled = d.scaleb(SCALE_DIGITS)
-    if not d.is_finite() or scaled != scaled.to_integral_value():
-        msg = f"{value!r} is not an exact multiple of 1e-8"
+    if not d.is_finite():
+        msg = f"{value!r} is not a finite number"
         raise ValueError(msg)
-    return int(scaled)
+    # The default context keeps 28 digits and would round wide values silently.
+    with localcontext() as ctx:
+        ctx.prec = max(60, len(d.as_tuple().digits) + SCALE_DIGITS + 2)
+        scaled = d.scaleb(SCALE_DIGITS)
+        if scaled != scaled.to_integral_value():
+            msg = f"{value!r} is not an exact multiple of 1e-8"
+            raise ValueError(msg)
+        return int(scaled)
 
 
 def div_half_even(numerator: int, denominator: int) -> int:

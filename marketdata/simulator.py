@@ -179,10 +179,22 @@ def simulate(cfg: SimConfig) -> Iterator[SimMessage]:
     regime_until = t_ms
     window_ms = 60_000
 
+    max_event = 0  # largest event time delivered so far: the event-time watermark's base
+
     def push(msg: SimMessage) -> None:
         nonlocal seq
         heapq.heappush(pending, (msg.arrival_ms, seq, msg))
         seq += 1
+
+    def is_late(msg: SimMessage) -> bool:
+        t = msg.trade.event_time  # type: ignore[union-attr]
+        return max_event - cfg.lateness_ms >= t - t % window_ms + window_ms
+
+    def deliver(msg: SimMessage) -> SimMessage:
+        nonlocal max_event
+        if msg.trade is not None and msg.kind != KIND_MALFORMED:
+            max_event = max(max_event, msg.trade.event_time)
+        return msg
 
     while True:
         if t_ms >= regime_until:
@@ -194,9 +206,18 @@ def simulate(cfg: SimConfig) -> Iterator[SimMessage]:
             regime_until = t_ms + rng.expovariate(1 / (20_000 if calm else 5_000))
         t_ms += rng.expovariate(cfg.rate * burst / 1000.0)
         now = int(t_ms)
-        # Everything due before this trade's arrival leaves first.
+        # Everything due before this trade's arrival leaves first. A late message
+        # waits until a later trade has really moved the watermark past its window
+        # (quiet markets can leave a gap), so "late" always means late.
+        held = []
         while pending and pending[0][0] <= now:
-            yield heapq.heappop(pending)[2]
+            msg = heapq.heappop(pending)[2]
+            if msg.kind == KIND_LATE and not is_late(msg):
+                held.append(msg._replace(arrival_ms=now + 1))
+                continue
+            yield deliver(msg)
+        for msg in held:
+            push(msg)
         if end_ms is not None and now >= end_ms:
             break
         sym = rng.choices(cfg.symbols, weights)[0]
@@ -233,5 +254,10 @@ def simulate(cfg: SimConfig) -> Iterator[SimMessage]:
             push(SimMessage(dup_at, ex, sym, payload, KIND_DUPLICATE, trade))
         if rng.random() < cfg.malformed:
             push(SimMessage(now, ex, sym, _malformed(rng, trade), KIND_MALFORMED, None))
+    # The market has ended: what is left arrives after the last trade. A "late"
+    # message no later trade overtook is not late after all.
     while pending:
-        yield heapq.heappop(pending)[2]
+        msg = heapq.heappop(pending)[2]
+        if msg.kind == KIND_LATE and not is_late(msg):
+            msg = msg._replace(kind=KIND_OUT_OF_ORDER)
+        yield deliver(msg)
