@@ -51,7 +51,10 @@ def common_parser(*, top: bool = False) -> argparse.ArgumentParser:
         "default ./.cryptopipe)",
     )
     common.add_argument(
-        "-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
         help="log more",
     )
     return common

@@ -80,7 +80,7 @@ class LocalRedis:
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra_args
-        self.proc = subprocess.Popen(  # noqa: S603 - our own fixed arguments
+        self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout
@@ -126,6 +126,7 @@ def ensure_redis(url: str, data_dir: Path) -> LocalRedis | None:
     Raises:
         RedisUnavailableError: when nothing answers and the URL is not a local one
             we could serve.
+
     """
     try:
         connect(url, socket_connect_timeout=1.0).close()

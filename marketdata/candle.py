@@ -204,6 +204,7 @@ def fold_trades(
     Returns:
         Candles keyed by (exchange, symbol, interval label, open_time). Windows
         without trades have no candle.
+
     """
     out: dict[tuple[str, str, str, int], Candle] = {}
     for t in dedupe(trades):
@@ -216,7 +217,9 @@ def fold_trades(
     return out
 
 
-def roll_up(candles: Iterable[Candle], interval: Interval) -> dict[tuple[str, str, str, int], Candle]:
+def roll_up(
+    candles: Iterable[Candle], interval: Interval
+) -> dict[tuple[str, str, str, int], Candle]:
     """Coarser candles from finer ones (e.g. 5m from 1m); equals folding the trades."""
     out: dict[tuple[str, str, str, int], Candle] = {}
     for c in candles:

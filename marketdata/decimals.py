@@ -47,6 +47,7 @@ def parse_e8(text: str) -> int:
 
     Raises:
         DecimalFormatError: with ``kind`` set to ``bad_number`` or ``too_precise``.
+
     """
     whole, dot, frac = text.partition(".")
     if not whole or len(whole) > 40 or not whole.isascii() or not whole.isdigit():

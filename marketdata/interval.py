@@ -37,6 +37,7 @@ class Interval(Enum):
 
         Raises:
             ValueError: naming the accepted labels.
+
         """
         for member in cls:
             if member.label == label:

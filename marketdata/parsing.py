@@ -57,7 +57,7 @@ _WS_FIELDS = (
 )
 
 
-class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
+class _Reject(Exception):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
@@ -129,6 +129,7 @@ def normalize_event_time(value: Any, recv_ms: int | None = None) -> int:
     Raises:
         _Reject: ``bad_timestamp`` for non-integers, times before 2009-01-03, after
             2100, or more than a day after the receive time.
+
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Reject("bad_timestamp", "event_time must be an integer")
@@ -277,6 +278,7 @@ def parse_message(
 
     Returns:
         A :class:`Trade`, or a :class:`Rejection` holding the reason and payload.
+
     """
     raw = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else payload
     ex = normalize_exchange(exchange) if isinstance(exchange, str) else None

@@ -33,6 +33,7 @@ class RawMessage(NamedTuple):
         fmt: ``binance-ws`` or ``binance-csv``.
         symbol: the symbol when the payload does not carry it (CSV rows), and the
             feed's best knowledge otherwise (used for sharding only).
+
     """
 
     payload: bytes

@@ -45,6 +45,7 @@ class Settings:
         lateness_ms: allowed lateness of the candles flow.
         known_symbols: when set, other symbols are rejected as ``unknown_symbol``.
         lake_uri: where the Parquet lake is (default ``<home>/lake``).
+
     """
 
     redis_url: str = DEFAULT_REDIS_URL

@@ -70,6 +70,7 @@ class SimConfig:
         out_of_order / duplicates / late / malformed: fault shares in [0, 1].
         lateness_ms: the speed layer's allowed lateness the faults are sized by.
         vol: annualised volatility of the price walk.
+
     """
 
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
@@ -111,6 +112,7 @@ class SimMessage(NamedTuple):
         payload: Binance ``@trade`` JSON (or garbage, when malformed).
         kind: ``trade``, ``out_of_order``, ``duplicate``, ``late`` or ``malformed``.
         trade: the trade it carries (``None`` for malformed messages).
+
     """
 
     arrival_ms: int
@@ -157,7 +159,7 @@ class _Book:
     basis: dict[str, float] = field(default_factory=dict)
 
 
-def simulate(cfg: SimConfig) -> Iterator[SimMessage]:
+def simulate(cfg: SimConfig) -> Iterator[SimMessage]:  # noqa: C901 - one generator loop, kept whole for its ordering rules
     """Messages of the simulated market in arrival order (ties keep generation order)."""
     rng = random.Random(cfg.seed)
     books: dict[tuple[str, str], _Book] = {}

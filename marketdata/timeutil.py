@@ -15,9 +15,7 @@ DAY_MS = 86_400_000
 
 def ms_to_datetime(ms: int) -> datetime:
     """Milliseconds since the epoch to an aware UTC datetime."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).replace(
-        microsecond=(ms % 1000) * 1000
-    )
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).replace(microsecond=(ms % 1000) * 1000)
 
 
 def datetime_to_ms(dt: datetime) -> int:
@@ -37,6 +35,7 @@ def parse_time(text: str) -> int:
 
     Raises:
         ValueError: saying which formats are accepted.
+
     """
     text = text.strip()
     if text.isascii() and text.isdigit():

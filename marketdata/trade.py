@@ -19,6 +19,7 @@ class Trade(NamedTuple):
         quantity_e8: quantity in units of 1e-8 (exact; ``> 0``).
         event_time: the exchange's trade time, ms since the epoch, UTC.
         is_buyer_maker: Binance ``m``; ``False`` means the taker bought.
+
     """
 
     exchange: str
@@ -65,6 +66,7 @@ class Rejection(NamedTuple):
         payload: the raw payload as received (bytes, possibly not UTF-8).
         exchange: the exchange the feed said it came from.
         detail: a short human-readable explanation.
+
     """
 
     reason: str

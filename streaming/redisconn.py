@@ -26,6 +26,7 @@ def connect(url: str, *, check: bool = True, **kwargs: object) -> redis.Redis:
 
     Raises:
         RedisUnavailableError: one line naming the URL (password redacted) and what to do.
+
     """
     try:
         client = redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]

@@ -55,38 +55,83 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     sim = fsub.add_parser(
         "simulate", parents=[common], help="a simulated market with optional fault injection"
     )
-    sim.add_argument("--symbols", nargs="+", default=["BTCUSDT,ETHUSDT,SOLUSDT"],
-                     help="symbols, comma or space separated (default BTCUSDT,ETHUSDT,SOLUSDT)")
-    sim.add_argument("--exchanges", nargs="+", default=["binance"],
-                     help="exchanges quoting every symbol (default binance)")
-    sim.add_argument("--rate", type=float, default=50.0,
-                     help="average trades per second, all symbols together (default 50)")
-    sim.add_argument("--start", default=None,
-                     help="event time of the first trade, ISO 8601 UTC or ms (default now)")
-    sim.add_argument("--duration", type=float, default=None,
-                     help="simulated seconds (default: run until stopped)")
+    sim.add_argument(
+        "--symbols",
+        nargs="+",
+        default=["BTCUSDT,ETHUSDT,SOLUSDT"],
+        help="symbols, comma or space separated (default BTCUSDT,ETHUSDT,SOLUSDT)",
+    )
+    sim.add_argument(
+        "--exchanges",
+        nargs="+",
+        default=["binance"],
+        help="exchanges quoting every symbol (default binance)",
+    )
+    sim.add_argument(
+        "--rate",
+        type=float,
+        default=50.0,
+        help="average trades per second, all symbols together (default 50)",
+    )
+    sim.add_argument(
+        "--start",
+        default=None,
+        help="event time of the first trade, ISO 8601 UTC or ms (default now)",
+    )
+    sim.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="simulated seconds (default: run until stopped)",
+    )
     sim.add_argument("--speed", default="1", help="'max' or a factor of real time (default 1)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sim.add_argument("--out-of-order", type=_share, default=0.0, metavar="SHARE",
-                     help="share of trades arriving out of order, inside the lateness")
-    sim.add_argument("--duplicates", type=_share, default=0.0, metavar="SHARE",
-                     help="share of trades delivered twice")
-    sim.add_argument("--late", type=_share, default=0.0, metavar="SHARE",
-                     help="share of trades arriving after their 1m window closed")
-    sim.add_argument("--malformed", type=_share, default=0.0, metavar="SHARE",
-                     help="extra invalid messages, as a share of trades")
-    sim.add_argument("--first-trade-id", type=int, default=None,
-                     help="first trade id per symbol (default: derived from --start)")
+    sim.add_argument(
+        "--out-of-order",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of trades arriving out of order, inside the lateness",
+    )
+    sim.add_argument(
+        "--duplicates",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of trades delivered twice",
+    )
+    sim.add_argument(
+        "--late",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="share of trades arriving after their 1m window closed",
+    )
+    sim.add_argument(
+        "--malformed",
+        type=_share,
+        default=0.0,
+        metavar="SHARE",
+        help="extra invalid messages, as a share of trades",
+    )
+    sim.add_argument(
+        "--first-trade-id",
+        type=int,
+        default=None,
+        help="first trade id per symbol (default: derived from --start)",
+    )
     sim.set_defaults(func=cmd_simulate)  # fmt: skip
 
     rep = fsub.add_parser("replay", parents=[common], help="recorded Binance data")
     rep.add_argument("files", nargs="+", type=Path, metavar="FILE")
     rep.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
-    rep.add_argument("--symbol", default=None,
-                     help="symbol of CSV files (default: from Binance's file name)")
+    rep.add_argument(
+        "--symbol", default=None, help="symbol of CSV files (default: from Binance's file name)"
+    )
     rep.add_argument("--exchange", default="binance")
-    rep.add_argument("--speed", default="max",
-                     help="'max' (default) or a factor of the recorded timing")
+    rep.add_argument(
+        "--speed", default="max", help="'max' (default) or a factor of the recorded timing"
+    )
     rep.set_defaults(func=cmd_replay)
 
     bn = fsub.add_parser("binance", parents=[common], help="live Binance trade streams")
@@ -154,7 +199,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_binance(args: argparse.Namespace, settings: Settings) -> int:
     """Run the live Binance websocket feed until stopped."""
-    from streaming.feeds.binance import run_binance_feed  # noqa: PLC0415 - heavy, optional
+    from streaming.feeds.binance import run_binance_feed
 
     stop = stop_event_on_signals()
     return run_binance_feed(

@@ -26,13 +26,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     up = sub.add_parser(
         "up", parents=[common], help="run everything locally: Redis, a simulated feed, Dagster"
     )
-    up.add_argument("--symbols", default="BTCUSDT,ETHUSDT,SOLUSDT",
-                    help="symbols of the simulated feed (default BTCUSDT,ETHUSDT,SOLUSDT)")
-    up.add_argument("--rate", type=float, default=20.0,
-                    help="trades per second of the simulated feed (default 20)")
+    up.add_argument(
+        "--symbols",
+        default="BTCUSDT,ETHUSDT,SOLUSDT",
+        help="symbols of the simulated feed (default BTCUSDT,ETHUSDT,SOLUSDT)",
+    )
+    up.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="trades per second of the simulated feed (default 20)",
+    )
     up.add_argument("--no-feed", action="store_true", help="do not start the simulated feed")
-    up.add_argument("--for", dest="run_for", type=float, default=None, metavar="SECONDS",
-                    help="stop by itself after this many seconds (default: until Ctrl-C)")
+    up.add_argument(
+        "--for",
+        dest="run_for",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after this many seconds (default: until Ctrl-C)",
+    )
     up.set_defaults(func=cmd_up)  # fmt: skip
 
 

@@ -114,6 +114,7 @@ def replay_files(
     Raises:
         ValueError: unknown format, or a CSV file whose symbol cannot be known.
         FileNotFoundError: a missing file.
+
     """
     if fmt not in FORMATS:
         msg = f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}"

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from marketdata.decimals import (
     DecimalFormatError,
     decimal_to_e8,
-    e16_to_decimal,
     div_half_even,
     e8_to_decimal,
+    e16_to_decimal,
     format_e8,
     format_e16,
     parse_e8,

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from marketdata.interval import ALL_INTERVALS, Interval
@@ -37,7 +39,7 @@ def test_window_is_half_open() -> None:
 
 def test_labels_and_sizes() -> None:
     assert [i.label for i in ALL_INTERVALS] == ["1m", "5m", "15m", "1h", "4h", "1d"]
-    for finer, coarser in zip(ALL_INTERVALS, ALL_INTERVALS[1:], strict=False):
+    for finer, coarser in itertools.pairwise(ALL_INTERVALS):
         assert coarser.ms % finer.ms == 0
 
 

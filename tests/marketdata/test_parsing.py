@@ -100,8 +100,10 @@ def test_microseconds_are_floored_to_ms() -> None:
         (ws(p=...), "missing_field:price"),
         (ws(T=...), "missing_field:event_time"),
         (ws(s=...), "missing_field:symbol"),
-        (b'{"s":"BTCUSDT","t":1,"p":"1","p":"2","q":"1","T":%d,"m":true}' % T,
-         "duplicate_key:price"),
+        (
+            b'{"s":"BTCUSDT","t":1,"p":"1","p":"2","q":"1","T":%d,"m":true}' % T,
+            "duplicate_key:price",
+        ),
         (b"{" + b" " * MAX_PAYLOAD_BYTES + b"}", "oversized"),
     ],
 )
@@ -170,7 +172,9 @@ def test_csv_needs_a_symbol() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 decimal_texts = st.one_of(
@@ -222,9 +226,7 @@ def test_mutated_trades_never_crash(payload: bytes) -> None:
 
 
 @SLOW
-@given(
-    st.lists(st.text(alphabet="0123456789.,-eE truefalsTRUEFALS\xff", max_size=20), max_size=9)
-)
+@given(st.lists(st.text(alphabet="0123456789.,-eE truefalsTRUEFALS\xff", max_size=20), max_size=9))
 def test_mutated_csv_never_crash(cols: list[str]) -> None:
     payload = ",".join(cols).encode("utf-8", "surrogateescape")
     check(parse_message(payload, fmt="binance-csv", symbol="ETHUSDT"), payload)

@@ -1,0 +1,214 @@
+"""Feeds into a real Redis, driven through the ``cryptopipe`` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import redis
+
+from marketdata.parsing import parse_message
+from marketdata.rawmessage import RawMessage, raw_stream_names, shard_of
+from marketdata.simulator import SimConfig, simulate
+from marketdata.trade import Trade
+from streaming.feeds.pacing import PacedWriter, parse_speed
+from streaming.rawlog import RawLogWriter
+
+T0 = 1_741_910_400_000
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )  # fmt: skip
+
+
+def read_all(client: redis.Redis, stream: str = "md:trades:raw") -> list[RawMessage]:
+    return [RawMessage.from_fields(f) for _, f in client.xrange(stream)]
+
+
+def test_simulate_fills_the_raw_log_reproducibly(redis_url: str, redis_client: redis.Redis) -> None:
+    args = ["feed", "simulate", "--redis-url", redis_url, "--start", "2025-03-14T00:00:00Z",
+            "--duration", "120", "--rate", "100", "--speed", "max", "--seed", "9",
+            "--duplicates", "0.05", "--malformed", "0.02", "--late", "0.01"]  # fmt: skip
+    out = cli(*args)
+    assert out.returncode == 0, out.stderr
+    n = redis_client.xlen("md:trades:raw")
+    cfg = SimConfig(rate=100, duration_s=120, seed=9, start_ms=T0, duplicates=0.05,
+                    malformed=0.02, late=0.01, first_trade_id=T0 * 10)  # fmt: skip
+    expected = list(simulate(cfg))
+    assert n == len(expected) > 10_000
+    msgs = read_all(redis_client)
+    assert [m.payload for m in msgs] == [e.payload for e in expected]
+    assert all(m.exchange == "binance" and m.recv_ms == e.arrival_ms
+               for m, e in zip(msgs, expected, strict=True))  # fmt: skip
+    assert f"wrote {n} messages" in out.stdout
+    # The CLI's output is what `redis-cli XLEN` shows.
+    xlen = subprocess.run(["redis-cli", "-u", redis_url, "XLEN", "md:trades:raw"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert int(xlen.stdout) == n
+
+
+def test_simulate_shards_by_symbol(redis_url: str, redis_client: redis.Redis) -> None:
+    env = {**__import__("os").environ, "CRYPTOPIPE_RAW_SHARDS": "3"}
+    out = cli(
+        "feed",
+        "simulate",
+        "--redis-url",
+        redis_url,
+        "--duration",
+        "30",
+        "--rate",
+        "200",
+        "--speed",
+        "max",
+        "--symbols",
+        "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT",
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert redis_client.xlen("md:trades:raw") == 0
+    total = 0
+    for i, stream in enumerate(raw_stream_names(3)):
+        for m in read_all(redis_client, stream):
+            t = parse_message(m.payload)
+            assert isinstance(t, Trade) and shard_of(t.symbol, 3) == i
+            total += 1
+    assert total > 4_000
+
+
+def _dump(path: Path, rows: list[str]) -> Path:
+    path.write_text("".join(r + "\n" for r in rows))
+    return path
+
+
+def test_replay_csv_dumps_merged_by_time(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    # µs timestamps (2025 dumps) in one file, ms in the other; one bad row.
+    btc = _dump(tmp_path / "BTCUSDT-trades-2025-03-14.csv", [
+        f"{i},{96000 + i}.5,0.001,96.0005,{(T0 + i * 1000) * 1000},true,true" for i in range(1, 6)
+    ] + ["6,not-a-price,1,1,1741910406000000,true,true"])  # fmt: skip
+    eth = _dump(tmp_path / "ETHUSDT-trades-2025-03-14.csv", [
+        f"{i},3200.{i},0.5,1600,{T0 + i * 1000 + 500},false,true" for i in range(1, 6)
+    ])  # fmt: skip
+    zipped = tmp_path / "ETHUSDT-trades-2025-03-14.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.write(eth, eth.name)
+    out = cli(
+        "feed", "replay", str(btc), str(zipped), "--format", "binance-csv", "--redis-url", redis_url
+    )
+    assert out.returncode == 0, out.stderr
+    msgs = read_all(redis_client)
+    assert len(msgs) == 11
+    assert all(m.fmt == "binance-csv" for m in msgs)
+    parsed = [parse_message(m.payload, fmt=m.fmt, symbol=m.symbol) for m in msgs]
+    trades = [p for p in parsed if isinstance(p, Trade)]
+    assert [p.reason for p in parsed if not isinstance(p, Trade)] == ["bad_number:price"]
+    assert [t.event_time for t in trades] == sorted(t.event_time for t in trades)
+    assert [t.symbol for t in trades[:4]] == ["BTCUSDT", "ETHUSDT", "BTCUSDT", "ETHUSDT"]
+    assert msgs[0].payload == b"1,96001.5,0.001,96.0005,1741910401000000,true,true"
+
+
+def test_replay_csv_needs_a_symbol(tmp_path: Path, redis_url: str) -> None:
+    f = _dump(tmp_path / "trades.csv", ["1,1,1,1,1741910400000,true,true"])
+    out = cli("feed", "replay", str(f), "--format", "binance-csv", "--redis-url", redis_url)
+    assert out.returncode == 2
+    assert "--symbol" in out.stderr and "Traceback" not in out.stderr
+    out = cli(
+        "feed",
+        "replay",
+        str(f),
+        "--format",
+        "binance-csv",
+        "--symbol",
+        "xrpusdt",
+        "--redis-url",
+        redis_url,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_replay_ws_jsonl_keeps_lines_as_received(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    lines = [
+        json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": T0 + 2, "s": "BTCUSDT",
+                    "t": 1, "p": "1.0", "q": "2.0", "T": T0, "m": True, "M": True}}),
+        '{"e":"trade","s":"BTCUSDT","t":2,"p":"1.5","q":"1","T":1741910400010,"m":false}',
+        "{truncated",
+    ]  # fmt: skip
+    f = tmp_path / "rec.jsonl"
+    f.write_text("\n".join(lines) + "\n")
+    out = cli("feed", "replay", str(f), "--format", "binance-ws", "--redis-url", redis_url)
+    assert out.returncode == 0, out.stderr
+    assert [m.payload.decode() for m in read_all(redis_client)] == lines
+
+
+def test_unreachable_redis_is_one_clear_line(tmp_path: Path) -> None:
+    out = cli("feed", "simulate", "--redis-url", "redis://127.0.0.1:1/0", "--duration", "1")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no Redis answers" in out.stderr
+
+
+def test_paced_writer_keeps_recorded_spacing(redis_client: redis.Redis) -> None:
+    writer = RawLogWriter(redis_client)
+    items = [(T0 + i * 100, RawMessage(b"x", "binance", 0)) for i in range(11)]  # 1 s of data
+    started = time.monotonic()
+    assert PacedWriter(writer, speed=2.0).run(items) == 11
+    assert 0.45 <= time.monotonic() - started < 1.0  # 1 s at 2x = 0.5 s
+    started = time.monotonic()
+    PacedWriter(writer, speed=None).run(items)
+    assert time.monotonic() - started < 0.3
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "fast", "inf"])
+def test_parse_speed_refuses_nonsense(bad: str) -> None:
+    with pytest.raises(ValueError, match="max"):
+        parse_speed(bad)
+
+
+@pytest.mark.slow
+def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
+    from cryptopipe.localredis import free_port
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cryptopipe", "up", "--redis-url", url, "--home", str(tmp_path),
+         "--rate", "50", "--for", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 30
+        n = 0
+        while time.monotonic() < deadline:
+            try:
+                n = client.xlen("md:trades:raw")
+            except redis.ConnectionError:
+                n = 0
+            if n >= 20:
+                break
+            time.sleep(0.2)
+        assert n >= 20, "the simulated feed did not reach the local Redis"
+        proc.send_signal(__import__("signal").SIGINT)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    with pytest.raises(redis.ConnectionError):
+        client.ping()  # the Redis it started is gone
+    left = subprocess.run(["pgrep", "-f", f"(redis-server.*{port}|--redis-url {url})"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert left.stdout.strip() == ""
+    assert (tmp_path / "redis" / "appendonlydir").is_dir()
