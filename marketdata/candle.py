@@ -152,7 +152,7 @@ class Candle:
 
     def copy(self) -> Candle:
         """A shallow copy (all fields are immutable values)."""
-        return Candle(*(getattr(self, f) for f in self.__slots__))  # type: ignore[attr-defined]
+        return Candle(*(getattr(self, f) for f in self.__slots__))
 
     def fields(self) -> dict[str, Any]:
         """The comparable content: every field of DESIGN.md section 3, as exact strings."""

@@ -7,7 +7,7 @@ from marketdata.settings import DEFAULT_REDIS_URL
 from streaming.redisconn import connect
 
 
-class RedisResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class RedisResource(dg.ConfigurableResource):
     """The Redis that holds the raw log and the speed layer's output.
 
     Attributes:

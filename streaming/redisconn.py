@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from marketdata.settings import Settings
@@ -21,7 +23,7 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
-def connect(url: str, *, check: bool = True, **kwargs: object) -> redis.Redis:
+def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` (``redis://`` or ``rediss://``), pinged when ``check``.
 
     Raises:
@@ -29,7 +31,7 @@ def connect(url: str, *, check: bool = True, **kwargs: object) -> redis.Redis:
 
     """
     try:
-        client = redis.Redis.from_url(url, **kwargs)  # type: ignore[arg-type]
+        client = redis.Redis.from_url(url, **kwargs)
     except ValueError as exc:
         msg = f"bad Redis URL {redact(url)!r}: {exc}; use redis://[user:pass@]host:port/db"
         raise RedisUnavailableError(msg) from None
@@ -48,6 +50,6 @@ def connect(url: str, *, check: bool = True, **kwargs: object) -> redis.Redis:
     return client
 
 
-def connect_settings(settings: Settings, **kwargs: object) -> redis.Redis:
+def connect_settings(settings: Settings, **kwargs: Any) -> redis.Redis:
     """A checked client for the settings' Redis."""
     return connect(settings.redis_url, **kwargs)

@@ -46,7 +46,9 @@ def _share(text: str) -> float:
     return value
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     """Add the ``feed`` command group."""
     feed = sub.add_parser("feed", help="bring trades into the raw log", parents=[common])
     fsub = feed.add_subparsers(dest="feed", metavar="FEED")

@@ -21,7 +21,9 @@ from streaming.redisconn import redact
 log = logging.getLogger(__name__)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
     """Add the ``up`` command."""
     up = sub.add_parser(
         "up", parents=[common], help="run everything locally: Redis, a simulated feed, Dagster"

@@ -16,7 +16,6 @@ candles flow validates them, so a bad line ends up in the DLQ, not lost.
 from __future__ import annotations
 
 import heapq
-import io
 import re
 import time
 import zipfile
@@ -52,7 +51,7 @@ def open_dump(path: Path) -> IO[bytes]:
         if len(names) != 1:
             msg = f"{path}: expected one file inside the zip, found {len(names)}"
             raise ValueError(msg)
-        return io.BufferedReader(zf.open(names[0]))  # type: ignore[arg-type]
+        return zf.open(names[0])
     return path.open("rb")
 
 
