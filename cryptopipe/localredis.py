@@ -2,17 +2,76 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from streaming.redisconn import RedisUnavailableError, connect, redact
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS-enabled server: its certificate and key, and the CA."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def self_signed(cls, directory: Path) -> TlsFiles:
+        """A throw-away CA and a server certificate for 127.0.0.1 (uses ``openssl``)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        ca, ca_key = directory / "ca.crt", directory / "ca.key"
+        cert, key, csr = directory / "server.crt", directory / "server.key", directory / "s.csr"
+        ext = directory / "ext.cnf"
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        run = functools.partial(subprocess.run, check=True, capture_output=True)
+        run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=cryptopipe-test-ca",
+                "-keyout",
+                str(ca_key),
+                "-out",
+                str(ca),
+            ]
+        )
+        run(
+            [
+                "openssl",
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(csr),
+            ]
+        )
+        run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)])  # fmt: skip
+        for f in (ca_key, key):
+            os.chmod(f, 0o600)
+        return cls(cert, key, ca)
 
 
 def free_port() -> int:
@@ -47,19 +106,43 @@ class LocalRedis:
         port: int,
         *,
         password: str | None = None,
+        username: str | None = None,
+        tls: TlsFiles | None = None,
         extra_args: list[str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
         self.password = password
+        self.username = username
+        self.tls = tls
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://`` URL of this server (db 0)."""
-        auth = f":{self.password}@" if self.password else ""
+        """URL of this server (db 0): ``redis://``, or ``rediss://`` with the CA when TLS."""
+        auth = ""
+        if self.password:
+            auth = f"{self.username or ''}:{self.password}@"
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _auth_args(self) -> list[str]:
+        if self.username and self.password:
+            # An ACL user with every right, and the default user switched off.
+            grants = ["on", f">{self.password}", "~*", "&*", "+@all"]
+            return ["--user", "default", "off", "--user", self.username, *grants]
+        if self.password:
+            return ["--requirepass", self.password]
+        return []
+
+    def _tls_args(self) -> list[str]:
+        if not self.tls:
+            return []
+        return ["--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> LocalRedis:
         """Start the server and wait until it answers PING."""
@@ -77,9 +160,7 @@ class LocalRedis:
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
-        args += self.extra_args
+        args += self._auth_args() + self._tls_args() + self.extra_args
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
         )
