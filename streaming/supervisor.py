@@ -1,0 +1,276 @@
+"""Starting, stopping and watching the long-running flows as OS processes.
+
+Flows (``candles``, ``metrics``, ``archive``, and the simulated ``feed``) run as
+``python -m cryptopipe stream run NAME`` in their own sessions, so they outlive
+whatever started them (a Dagster run, the command line). The supervisor keeps:
+
+* a pid file per flow under ``<home>/run/`` (with the process start time, so a
+  recycled pid is never mistaken for the flow);
+* in Redis, per flow, the desired state (``running``/``stopped``: a flow a user
+  stopped is not restarted), the restart history and a ``failed`` mark with its
+  reason once the crash-loop limit is hit (DESIGN.md section 7).
+
+Liveness comes from the process table and from the heartbeat hash each flow
+writes (:mod:`streaming.heartbeat`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from marketdata.settings import Settings
+from streaming.heartbeat import read_heartbeat
+
+FLOWS = ("candles", "metrics", "archive")
+FEED = "feed"
+ALL = (*FLOWS, FEED)
+
+#: A heartbeat older than this means the flow is stalled (DESIGN.md section 7).
+STALE_AFTER_S = 15.0
+#: More than this many restarts inside the window stops the restarts.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+#: A flow just started gets this long to write its first heartbeat.
+START_GRACE_S = 30.0
+
+
+def control_key(name: str) -> str:
+    """Redis hash with the supervisor's state of one flow."""
+    return f"md:flow:{name}:control"
+
+
+def restarts_key(name: str) -> str:
+    """Redis sorted set of restart times (ms) of one flow."""
+    return f"md:flow:{name}:restarts"
+
+
+@dataclass(frozen=True)
+class FlowStatus:
+    """What the supervisor knows of one flow.
+
+    Attributes:
+        name: the flow.
+        state: ``running``, ``starting`` (no heartbeat yet), ``stalled`` (process up,
+            heartbeat stale), ``dead`` (should run, process gone), ``stopped`` (not
+            wanted), or ``failed`` (crash loop: restarts stopped until cleared).
+        pid: the process id when running.
+        desired: ``running`` or ``stopped``.
+        heartbeat_age_s: seconds since the last heartbeat, if any.
+        restarts_in_window: restarts in the last ``RESTART_WINDOW_S``.
+        reason: why the state is what it is.
+        heartbeat: the heartbeat hash as written by the flow.
+    """
+
+    name: str
+    state: str
+    pid: int | None
+    desired: str
+    heartbeat_age_s: float | None
+    restarts_in_window: int
+    reason: str
+    heartbeat: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return asdict(self)
+
+    @property
+    def needs_restart(self) -> bool:
+        """Dead or stalled while it should run, and not failed."""
+        return self.desired == "running" and self.state in ("dead", "stalled")
+
+
+def _proc_start_ticks(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime); the command name in field 2 may hold spaces, so split after ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class Supervisor:
+    """Starts, stops and inspects flows of one ``--home`` and Redis."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        *,
+        stale_after_s: float = STALE_AFTER_S,
+        max_restarts: int = MAX_RESTARTS,
+        window_s: float = RESTART_WINDOW_S,
+        flow_args: dict[str, list[str]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.stale_after_s = stale_after_s
+        self.max_restarts = max_restarts
+        self.window_s = window_s
+        self.flow_args = flow_args or {}
+        self.run_dir = settings.run_dir
+        self.log_dir = settings.run_dir / "logs"
+
+    # ---- processes -----------------------------------------------------------------
+
+    def argv(self, name: str) -> list[str]:
+        """The command that runs flow ``name`` in the foreground."""
+        if name not in ALL:
+            msg = f"unknown flow {name!r}: use one of {', '.join(ALL)}"
+            raise ValueError(msg)
+        extra = self.flow_args.get(name, [])
+        if name == FEED:
+            return [sys.executable, "-m", "cryptopipe", "feed", "simulate", *extra]
+        return [sys.executable, "-m", "cryptopipe", "stream", "run", name, *extra]
+
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def pid(self, name: str) -> int | None:
+        """Pid of the running flow, or ``None`` (a stale pid file is removed)."""
+        path = self._pid_file(name)
+        try:
+            pid_text, ticks = path.read_text().split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return None
+        if _proc_start_ticks(pid) != ticks:
+            path.unlink(missing_ok=True)
+            return None
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None
+        if state == "Z":  # a zombie child of ours: reap it
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            path.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def start(self, name: str) -> int:
+        """Start the flow in the background unless it runs already; returns its pid."""
+        self.client.hset(control_key(name), "desired", "running")
+        running = self.pid(name)
+        if running is not None:
+            return running
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.env()}
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                self.argv(name),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # outlives the caller (Dagster, a shell)
+                close_fds=True,
+            )
+        ticks = _proc_start_ticks(proc.pid) or "0"
+        tmp = self._pid_file(name).with_suffix(".tmp")
+        tmp.write_text(f"{proc.pid} {ticks}\n")
+        tmp.replace(self._pid_file(name))
+        self.client.hset(
+            control_key(name), mapping={"started_at_ms": int(time.time() * 1000), "pid": proc.pid}
+        )
+        return proc.pid
+
+    def stop(self, name: str, timeout: float = 20.0, *, desired: str = "stopped") -> bool:
+        """Stop the flow (SIGTERM, then SIGKILL after ``timeout``); True if it was running."""
+        self.client.hset(control_key(name), "desired", desired)
+        pid = self.pid(name)
+        if pid is None:
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pid(name) is None:
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            while self.pid(name) is not None and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
+        self._pid_file(name).unlink(missing_ok=True)
+        return True
+
+    def restart(self, name: str, *, reason: str = "manual") -> int:
+        """Stop (if running) and start again, recording the restart."""
+        self.stop(name, desired="running")
+        self.record_restart(name, reason)
+        return self.start(name)
+
+    # ---- crash-loop accounting -------------------------------------------------------
+
+    def record_restart(self, name: str, reason: str) -> int:
+        """Note a restart now; returns the restarts inside the window."""
+        now = int(time.time() * 1000)
+        pipe = self.client.pipeline()
+        pipe.zadd(restarts_key(name), {f"{now}:{os.urandom(4).hex()}:{reason}": now})
+        pipe.zremrangebyscore(restarts_key(name), 0, now - int(self.window_s * 1000))
+        pipe.hincrby(control_key(name), "restarts_total", 1)
+        pipe.zcard(restarts_key(name))
+        return int(pipe.execute()[-1])
+
+    def restarts_in_window(self, name: str) -> int:
+        """Restarts of ``name`` in the last ``window_s`` seconds."""
+        now = int(time.time() * 1000)
+        return int(self.client.zcount(restarts_key(name), now - int(self.window_s * 1000), now))
+
+    def mark_failed(self, name: str, reason: str) -> None:
+        """Stop restarting ``name``; shown as failed with ``reason`` until cleared."""
+        self.client.hset(control_key(name), mapping={"failed": "1", "failed_reason": reason})
+
+    def clear_failed(self, name: str) -> None:
+        """Forget a crash loop (a manual start or restart does this)."""
+        self.client.hdel(control_key(name), "failed", "failed_reason")
+        self.client.delete(restarts_key(name))
+
+    # ---- status ----------------------------------------------------------------------
+
+    def status(self, name: str) -> FlowStatus:
+        """Current state of one flow."""
+        control = {
+            k.decode(): v.decode() for k, v in self.client.hgetall(control_key(name)).items()
+        }
+        desired = control.get("desired", "stopped")
+        pid = self.pid(name)
+        hb = read_heartbeat(self.client, name)
+        age = None
+        if hb and hb.get("heartbeat_at"):
+            age = max(0.0, time.time() - int(hb["heartbeat_at"]) / 1000)
+        restarts = self.restarts_in_window(name)
+        if control.get("failed") == "1":
+            state, reason = "failed", control.get("failed_reason", "crash loop")
+        elif pid is None:
+            state = "dead" if desired == "running" else "stopped"
+            reason = "process is gone" if desired == "running" else "not started"
+        elif hb is None or str(hb.get("pid")) != str(pid):
+            started = int(control.get("started_at_ms", "0")) / 1000
+            if time.time() - started < max(START_GRACE_S, self.stale_after_s):
+                state, reason = "starting", "no heartbeat yet"
+            else:
+                state, reason = "stalled", "no heartbeat from this process"
+        elif age is not None and age > self.stale_after_s:
+            state, reason = "stalled", f"heartbeat {age:.0f}s old"
+        else:
+            state, reason = "running", "ok"
+        return FlowStatus(name, state, pid, desired, age, restarts, reason, hb or {})

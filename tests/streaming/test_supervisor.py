@@ -1,0 +1,86 @@
+"""The supervisor with real processes and a real Redis (the feed is a long-running flow)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from marketdata.settings import Settings
+from streaming.heartbeat import heartbeat_key
+from streaming.supervisor import FEED, Supervisor
+
+
+@pytest.fixture
+def sup(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> Supervisor:
+    s = Supervisor(
+        Settings(redis_url=redis_url, home=tmp_path),
+        redis_client,
+        stale_after_s=2,
+        max_restarts=3,
+        flow_args={FEED: ["--rate", "20"]},
+    )
+    yield s
+    s.stop(FEED, timeout=5)
+
+
+def wait_for(pred, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_start_stop_and_states(sup: Supervisor, redis_client: redis.Redis) -> None:
+    assert sup.status(FEED).state == "stopped"
+    pid = sup.start(FEED)
+    assert sup.start(FEED) == pid  # idempotent
+    assert os.getsid(pid) == pid  # its own session: outlives the caller
+    st = sup.status(FEED)
+    assert (st.state, st.pid, st.desired) == ("starting", pid, "running")
+    wait_for(lambda: redis_client.xlen("md:trades:raw") > 5)
+    # A heartbeat of this pid makes it running; an old one makes it stalled.
+    now = int(time.time() * 1000)
+    redis_client.hset(heartbeat_key(FEED), mapping={"pid": pid, "heartbeat_at": now})
+    assert sup.status(FEED).state == "running"
+    redis_client.hset(heartbeat_key(FEED), "heartbeat_at", now - 10_000)
+    st = sup.status(FEED)
+    assert st.state == "stalled" and st.needs_restart
+    assert sup.stop(FEED)
+    assert sup.status(FEED).state == "stopped" and not sup.status(FEED).needs_restart
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_sigkill_makes_it_dead_and_restart_counts(sup: Supervisor) -> None:
+    pid = sup.start(FEED)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: sup.status(FEED).state == "dead")
+    st = sup.status(FEED)
+    assert st.needs_restart and st.pid is None and st.reason == "process is gone"
+    new = sup.restart(FEED, reason="dead")
+    assert new != pid and sup.status(FEED).restarts_in_window == 1
+    for _ in range(3):
+        sup.record_restart(FEED, "test")
+    assert sup.restarts_in_window(FEED) == 4 > sup.max_restarts
+    sup.mark_failed(FEED, "4 restarts in 600s")
+    st = sup.status(FEED)
+    assert st.state == "failed" and st.reason == "4 restarts in 600s" and not st.needs_restart
+    sup.clear_failed(FEED)
+    assert sup.status(FEED).state in ("starting", "running")
+
+
+def test_a_recycled_pid_is_not_the_flow(sup: Supervisor, tmp_path: Path) -> None:
+    sup.run_dir.mkdir(parents=True, exist_ok=True)
+    (sup.run_dir / f"{FEED}.pid").write_text(f"{os.getpid()} 1\n")  # our pid, wrong start time
+    assert sup.pid(FEED) is None
+    assert not (sup.run_dir / f"{FEED}.pid").exists()
+
+
+def test_unknown_flow_is_refused(sup: Supervisor) -> None:
+    with pytest.raises(ValueError, match="candles, metrics, archive"):
+        sup.start("nonsense")
