@@ -1,16 +1,37 @@
 """The Dagster code location: assembles assets, checks, jobs, schedules and sensors.
 
 Kept short on purpose: each piece lives in its own module of :mod:`orchestration`.
+Settings come from the environment at run time (``REDIS_URL``, ``CRYPTOPIPE_HOME``),
+with the command line's defaults when unset.
 """
 
-from __future__ import annotations
+import os
 
 import dagster as dg
 
+from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL
+from orchestration.assets.flows import flow_assets, flow_checks
 from orchestration.assets.raw_log import raw_log_stats
-from orchestration.resources import RedisResource
+from orchestration.flows import restart_flows, start_flows, stop_flows
+from orchestration.resources import FlowSupervisorResource, RedisResource
+from orchestration.sensors import flow_health_sensor
+
+
+def _env(name: str, default: str) -> str | dg.EnvVar:
+    # Resolved by Dagster when the resource is built, not now: only presence is read here.
+    return dg.EnvVar(name) if name in os.environ else default
+
 
 defs = dg.Definitions(
-    assets=[raw_log_stats],
-    resources={"redis": RedisResource(url=dg.EnvVar("REDIS_URL"))},
+    assets=[raw_log_stats, *flow_assets],
+    asset_checks=[*flow_checks],
+    jobs=[start_flows, stop_flows, restart_flows],
+    sensors=[flow_health_sensor],
+    resources={
+        "redis": RedisResource(url=_env("REDIS_URL", DEFAULT_REDIS_URL)),
+        "flow_supervisor": FlowSupervisorResource(
+            redis_url=_env("REDIS_URL", DEFAULT_REDIS_URL),
+            home=_env("CRYPTOPIPE_HOME", DEFAULT_HOME),
+        ),
+    },
 )

@@ -2,9 +2,17 @@
 
 import dagster as dg
 import redis
+from pydantic import Field
 
-from marketdata.settings import DEFAULT_REDIS_URL
+from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL, Settings
 from streaming.redisconn import connect
+from streaming.supervisor import (
+    FLOWS,
+    MAX_RESTARTS,
+    RESTART_WINDOW_S,
+    STALE_AFTER_S,
+    Supervisor,
+)
 
 
 class RedisResource(dg.ConfigurableResource):
@@ -12,7 +20,6 @@ class RedisResource(dg.ConfigurableResource):
 
     Attributes:
         url: ``redis://[user:pass@]host:port/db`` or ``rediss://``; from ``REDIS_URL``.
-
     """
 
     url: str = DEFAULT_REDIS_URL
@@ -20,3 +27,34 @@ class RedisResource(dg.ConfigurableResource):
     def client(self) -> redis.Redis:
         """A checked client (fails with one line saying what to do)."""
         return connect(self.url)
+
+
+class FlowSupervisorResource(dg.ConfigurableResource):
+    """Starts, stops and inspects the long-running flows (OS processes outliving Dagster).
+
+    Attributes:
+        redis_url: the pipeline's Redis (``REDIS_URL``).
+        home: the pipeline's ``--home`` (``CRYPTOPIPE_HOME``): pid files and logs.
+        flows: the flows the health sensor watches.
+        stale_after_s: a heartbeat older than this is a stalled flow.
+        max_restarts: more restarts than this inside ``window_s`` mark the flow failed.
+        window_s: the crash-loop window.
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    home: str = DEFAULT_HOME
+    flows: list[str] = Field(default_factory=lambda: list(FLOWS))
+    stale_after_s: float = STALE_AFTER_S
+    max_restarts: int = MAX_RESTARTS
+    window_s: float = RESTART_WINDOW_S
+
+    def supervisor(self) -> Supervisor:
+        """The supervisor for these settings."""
+        settings = Settings.from_env(redis_url=self.redis_url, home=self.home)
+        return Supervisor(
+            settings,
+            connect(self.redis_url),
+            stale_after_s=self.stale_after_s,
+            max_restarts=self.max_restarts,
+            window_s=self.window_s,
+        )

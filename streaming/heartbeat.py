@@ -2,12 +2,27 @@
 
 Key ``md:flow:<name>:heartbeat``; fields ``pid``, ``started_at`` and
 ``heartbeat_at`` (ms since the epoch), ``items_in``, ``items_out``,
-``last_source_id``, ``lag`` (entries behind the stream tip) and ``restarts``.
+``last_source_id``, ``lag`` (entries behind the stream tip), ``throughput``
+(items in per second over the last interval) and ``restarts`` (as counted by the
+supervisor).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
+from typing import Any
+
 import redis
+
+from streaming.redisconn import text
+
+log = logging.getLogger(__name__)
+
+#: How often a heartbeat is written; DESIGN.md asks for at least every 2 s.
+INTERVAL_S = 1.0
 
 
 def heartbeat_key(name: str) -> str:
@@ -20,4 +35,88 @@ def read_heartbeat(client: redis.Redis, name: str) -> dict[str, str] | None:
     raw = client.hgetall(heartbeat_key(name))
     if not raw:
         return None
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+class HeartbeatWriter:
+    """Writes a flow's heartbeat from a daemon thread every ``interval_s``.
+
+    The flow updates counters with :meth:`update` (cheap: no I/O); the thread
+    writes them. A Redis outage is logged once and retried, never raised: the
+    heartbeat going stale is how the supervisor learns of it.
+    """
+
+    def __init__(self, client: redis.Redis, name: str, interval_s: float = INTERVAL_S) -> None:
+        self.client = client
+        self.name = name
+        self.interval_s = interval_s
+        self.started_at = int(time.time() * 1000)
+        self._fields: dict[str, Any] = {"items_in": 0, "items_out": 0}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_in = 0
+        self._last_t = time.monotonic()
+        self._failing = False
+
+    def update(self, **fields: Any) -> None:
+        """Set fields (``items_in``, ``items_out``, ``last_source_id``, ``lag``, ...)."""
+        with self._lock:
+            self._fields.update(fields)
+
+    def add(self, items_in: int = 0, items_out: int = 0) -> None:
+        """Add to the item counters."""
+        with self._lock:
+            self._fields["items_in"] += items_in
+            self._fields["items_out"] += items_out
+
+    def beat(self) -> None:
+        """Write the heartbeat now."""
+        now = time.monotonic()
+        with self._lock:
+            fields = dict(self._fields)
+        rate = (fields["items_in"] - self._last_in) / max(now - self._last_t, 1e-6)
+        self._last_in, self._last_t = fields["items_in"], now
+        restarts = self.client.hget(f"md:flow:{self.name}:control", "restarts_total")
+        fields.update(
+            pid=os.getpid(),
+            started_at=self.started_at,
+            heartbeat_at=int(time.time() * 1000),
+            throughput=f"{rate:.1f}",
+            restarts=int(restarts or 0),
+        )
+        self.client.hset(heartbeat_key(self.name), mapping={k: str(v) for k, v in fields.items()})
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.beat()
+                if self._failing:
+                    log.info("heartbeat of %s: Redis is back", self.name)
+                self._failing = False
+            except redis.RedisError as exc:
+                if not self._failing:
+                    log.warning("heartbeat of %s: Redis unavailable (%s); retrying", self.name, exc)
+                self._failing = True
+
+    def start(self) -> HeartbeatWriter:
+        """Write a first beat and start the thread."""
+        try:
+            self.beat()
+        except redis.RedisError as exc:
+            log.warning("heartbeat of %s: Redis unavailable (%s); retrying", self.name, exc)
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{self.name}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread after a last beat."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.beat()
+        except redis.RedisError:
+            pass

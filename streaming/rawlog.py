@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import redis
 
 from marketdata.rawmessage import RawMessage, raw_stream_names, shard_of
+from streaming.heartbeat import HeartbeatWriter
 
 
 class RawLogWriter:
@@ -16,11 +17,23 @@ class RawLogWriter:
     not drop what it has not yet written (DESIGN.md section 6).
     """
 
-    def __init__(self, client: redis.Redis, shards: int = 1) -> None:
+    def __init__(
+        self, client: redis.Redis, shards: int = 1, heartbeat: HeartbeatWriter | None = None
+    ) -> None:
         self._client = client
         self._shards = max(1, shards)
         self._streams = raw_stream_names(self._shards)
         self.written = 0
+        self.heartbeat = heartbeat
+
+    def __enter__(self) -> RawLogWriter:
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
 
     @property
     def streams(self) -> list[str]:
@@ -42,4 +55,8 @@ class RawLogWriter:
             return []
         ids = pipe.execute()
         self.written += n
+        if self.heartbeat is not None:
+            self.heartbeat.update(
+                items_in=self.written, items_out=self.written, last_source_id=ids[-1].decode()
+            )
         return ids

@@ -53,3 +53,8 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
 def connect_settings(settings: Settings, **kwargs: Any) -> redis.Redis:
     """A checked client for the settings' Redis."""
     return connect(settings.redis_url, **kwargs)
+
+
+def text(value: bytes | str | int | float) -> str:
+    """A Redis reply value as ``str`` (replies are bytes unless decoding is on)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -29,6 +29,7 @@ import redis
 
 from marketdata.settings import Settings
 from streaming.heartbeat import read_heartbeat
+from streaming.redisconn import text
 
 FLOWS = ("candles", "metrics", "archive")
 FEED = "feed"
@@ -248,9 +249,7 @@ class Supervisor:
 
     def status(self, name: str) -> FlowStatus:
         """Current state of one flow."""
-        control = {
-            k.decode(): v.decode() for k, v in self.client.hgetall(control_key(name)).items()
-        }
+        control = {text(k): text(v) for k, v in self.client.hgetall(control_key(name)).items()}
         desired = control.get("desired", "stopped")
         pid = self.pid(name)
         hb = read_heartbeat(self.client, name)

@@ -14,6 +14,7 @@ from marketdata.timeutil import now_ms, parse_time
 from streaming.feeds.pacing import Progress, parse_speed
 from streaming.feeds.replay import replay_files
 from streaming.feeds.simulate import run_simulation
+from streaming.heartbeat import HeartbeatWriter
 from streaming.rawlog import RawLogWriter
 from streaming.redisconn import connect_settings
 
@@ -169,11 +170,13 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         # Ids grow from the start time so that consecutive runs never reuse one.
         first_trade_id=args.first_trade_id if args.first_trade_id is not None else start * 10,
     )
-    writer = RawLogWriter(connect_settings(settings), settings.raw_shards)
+    client = connect_settings(settings)
+    writer = RawLogWriter(client, settings.raw_shards, heartbeat=HeartbeatWriter(client, "feed"))
     stop = stop_event_on_signals()
-    kinds = run_simulation(
-        writer, cfg, speed, should_stop=stop.is_set, progress=Progress("simulate")
-    )
+    with writer:
+        kinds = run_simulation(
+            writer, cfg, speed, should_stop=stop.is_set, progress=Progress("simulate")
+        )
     print(
         f"simulate: wrote {writer.written} messages to {', '.join(writer.streams)} "
         + " ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
@@ -184,17 +187,19 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Replay files into the raw log."""
     speed = parse_speed(args.speed)
-    writer = RawLogWriter(connect_settings(settings), settings.raw_shards)
+    client = connect_settings(settings)
+    writer = RawLogWriter(client, settings.raw_shards, heartbeat=HeartbeatWriter(client, "feed"))
     stop = stop_event_on_signals()
-    n = replay_files(
-        writer,
-        list(args.files),
-        args.fmt,
-        symbol=args.symbol,
-        exchange=args.exchange,
-        speed=speed,
-        should_stop=stop.is_set,
-    )
+    with writer:
+        n = replay_files(
+            writer,
+            list(args.files),
+            args.fmt,
+            symbol=args.symbol,
+            exchange=args.exchange,
+            speed=speed,
+            should_stop=stop.is_set,
+        )
     print(f"replay: wrote {n} messages to {', '.join(writer.streams)}")
     return 0
 

@@ -6,7 +6,7 @@ from orchestration.resources import RedisResource
 from streaming.rawlog_stats import raw_log_summary
 
 
-@dg.asset(group_name="speed_layer", kinds={"redis"})
+@dg.asset(name="raw_log", group_name="speed_layer", kinds={"redis"})
 def raw_log_stats(context: dg.AssetExecutionContext, redis: RedisResource) -> dg.MaterializeResult:
     """Length and id range of every raw-log stream (``md:trades:raw`` and its shards)."""
     summary = raw_log_summary(redis.client())

@@ -33,5 +33,5 @@ def test_raw_log_stats_materializes(redis_url: str, redis_client: redis.Redis) -
     RawLogWriter(redis_client).write([RawMessage(b"{}", "binance", 1)] * 7)
     result = dg.materialize([raw_log_stats], resources={"redis": RedisResource(url=redis_url)})
     assert result.success
-    (mat,) = result.asset_materializations_for_node("raw_log_stats")
+    (mat,) = result.asset_materializations_for_node("raw_log")
     assert mat.metadata["entries"].value == 7
