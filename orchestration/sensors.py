@@ -6,11 +6,13 @@ import time
 import dagster as dg
 
 from orchestration.assets.flows import flow_asset_key
-from orchestration.flows import restart_flows
+from orchestration.flows import restart_flows, start_flows
 from orchestration.resources import FlowSupervisorResource
 from streaming.redisconn import text
 from streaming.supervisor import FlowStatus, Supervisor, control_key
 
+#: States that pass the flow_is_healthy check.
+HEALTHY = ("running", "starting", "pending", "stopped")
 #: Observations are reported on a change of state, and at least this often.
 OBSERVE_EVERY_S = 30.0
 
@@ -30,14 +32,14 @@ def _observation(st: FlowStatus) -> dg.AssetObservation:
     return dg.AssetObservation(asset_key=flow_asset_key(st.name), metadata=meta)
 
 
-def _generation(sup: Supervisor, name: str) -> str:
-    # The run key carries the restart count: one run per incident, a new one after it.
-    raw = sup.client.hget(control_key(name), "restarts_total")
+def _generation(sup: Supervisor, name: str, field: str = "restarts_total") -> str:
+    # Run keys carry a counter: one run per incident (or start request), a new one after.
+    raw = sup.client.hget(control_key(name), field)
     return text(raw) if raw else "0"
 
 
 @dg.sensor(
-    job=restart_flows,
+    jobs=[start_flows, restart_flows],
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches every flow's heartbeat; restarts dead or stalled flows within 30 s; "
@@ -54,7 +56,18 @@ def flow_health_sensor(
     events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
     for name in flow_supervisor.flows:
         st = sup.status(name)
-        if st.needs_restart:
+        if st.needs_start:
+            requests.append(
+                dg.RunRequest(
+                    job_name=start_flows.name,
+                    run_key=f"start:{name}:{_generation(sup, name, 'wants')}",
+                    run_config={
+                        "ops": {"start_flow": {"config": {"flow": name, "reason": "wanted"}}}
+                    },
+                    tags={"flow": name, "reason": "start"},
+                )
+            )
+        elif st.needs_restart:
             done = sup.restarts_in_window(name)
             if done >= flow_supervisor.max_restarts:
                 reason = (
@@ -68,6 +81,7 @@ def flow_health_sensor(
             else:
                 requests.append(
                     dg.RunRequest(
+                        job_name=restart_flows.name,
                         run_key=f"restart:{name}:{_generation(sup, name)}",
                         run_config={
                             "ops": {
@@ -86,7 +100,7 @@ def flow_health_sensor(
                 dg.AssetCheckEvaluation(
                     asset_key=flow_asset_key(name),
                     check_name="flow_is_healthy",
-                    passed=st.state in ("running", "starting", "stopped"),
+                    passed=st.state in HEALTHY,
                     metadata={"state": st.state, "reason": st.reason},
                 )
             )

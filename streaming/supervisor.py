@@ -61,8 +61,9 @@ class FlowStatus:
     Attributes:
         name: the flow.
         state: ``running``, ``starting`` (no heartbeat yet), ``stalled`` (process up,
-            heartbeat stale), ``dead`` (should run, process gone), ``stopped`` (not
-            wanted), or ``failed`` (crash loop: restarts stopped until cleared).
+            heartbeat stale), ``dead`` (should run, process gone), ``pending`` (wanted,
+            not started yet), ``stopped`` (not wanted), or ``failed`` (crash loop:
+            restarts stopped until cleared).
         pid: the process id when running.
         desired: ``running`` or ``stopped``.
         heartbeat_age_s: seconds since the last heartbeat, if any.
@@ -88,6 +89,11 @@ class FlowStatus:
     def needs_restart(self) -> bool:
         """Dead or stalled while it should run, and not failed."""
         return self.desired == "running" and self.state in ("dead", "stalled")
+
+    @property
+    def needs_start(self) -> bool:
+        """Wanted and never started (a first start is not a restart)."""
+        return self.desired == "running" and self.state == "pending"
 
 
 def _proc_start_ticks(pid: int) -> str | None:
@@ -159,6 +165,15 @@ class Supervisor:
             path.unlink(missing_ok=True)
             return None
         return pid
+
+    def want(self, name: str) -> None:
+        """Ask for the flow to run; whoever supervises (the health sensor) starts it."""
+        pipe = self.client.pipeline()
+        pipe.hset(control_key(name), "desired", "running")
+        pipe.hdel(control_key(name), "started_at_ms")
+        pipe.hincrby(control_key(name), "wants", 1)  # a new request: a new run key
+        pipe.execute()
+        self.clear_failed(name)
 
     def start(self, name: str) -> int:
         """Start the flow in the background unless it runs already; returns its pid."""
@@ -259,6 +274,8 @@ class Supervisor:
         restarts = self.restarts_in_window(name)
         if control.get("failed") == "1":
             state, reason = "failed", control.get("failed_reason", "crash loop")
+        elif pid is None and desired == "running" and "started_at_ms" not in control:
+            state, reason = "pending", "wanted, not started yet"
         elif pid is None:
             state = "dead" if desired == "running" else "stopped"
             reason = "process is gone" if desired == "running" else "not started"

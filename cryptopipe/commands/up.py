@@ -1,8 +1,9 @@
 """``cryptopipe up``: the main job on one machine.
 
 Starts a local Redis when none answers at the URL, the simulated feed, and
-(once orchestration lands) Dagster's webserver and daemon. Ctrl-C stops
-everything it started, newest first, and nothing is left running.
+Dagster's webserver (127.0.0.1:3000) and daemon, whose health sensor starts the
+flows. Ctrl-C stops everything it started, newest first (Dagster before the flows,
+so nothing restarts them), and nothing is left running.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
+from cryptopipe.dagster_home import prepare
 from cryptopipe.localredis import ensure_redis
 from cryptopipe.procs import ProcessGroup
 from cryptopipe.signals import stop_event_on_signals
 from marketdata.settings import Settings
-from streaming.redisconn import redact
+from streaming.redisconn import connect_settings, redact
+from streaming.supervisor import FLOWS, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,15 @@ def register(
     )
     up.add_argument("--no-feed", action="store_true", help="do not start the simulated feed")
     up.add_argument(
+        "--no-dagster", action="store_true", help="do not start Dagster (and so no flows)"
+    )
+    up.add_argument(
+        "--dagster-host",
+        default="127.0.0.1",
+        help="webserver address (default 127.0.0.1: this machine only)",
+    )
+    up.add_argument("--dagster-port", type=int, default=3000, help="webserver port (default 3000)")
+    up.add_argument(
         "--for",
         dest="run_for",
         type=float,
@@ -55,6 +68,28 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cryptopipe", *args]
 
 
+def _dagster_bin(name: str) -> str:
+    # The console scripts live beside this interpreter in the virtual environment.
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else name
+
+
+def _start_dagster(
+    group: ProcessGroup, settings: Settings, host: str, port: int, env: dict[str, str]
+) -> None:
+    dagster_home, workspace = prepare(settings)
+    denv = {**env, "DAGSTER_HOME": str(dagster_home)}
+    group.start(
+        "dagster-webserver",
+        [_dagster_bin("dagster-webserver"), "-h", host, "-p", str(port), "-w", str(workspace)],
+        denv,
+    )
+    group.start(
+        "dagster-daemon", [_dagster_bin("dagster-daemon"), "run", "-w", str(workspace)], denv
+    )
+    print(f"dagster: http://{host}:{port} (DAGSTER_HOME={dagster_home})")
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Start the local stack and wait for Ctrl-C."""
     stop = stop_event_on_signals()
@@ -62,11 +97,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     local = ensure_redis(settings.redis_url, settings.redis_dir)
     group = ProcessGroup(settings.run_dir / "logs")
     env = settings.env()
+    sup = Supervisor(settings, connect_settings(settings))
     try:
-        print(
-            f"redis: {redact(settings.redis_url)} "
-            + ("(started here, data in " + str(settings.redis_dir) + ")" if local else "(existing)")
-        )
+        where = f"started here, data in {settings.redis_dir}" if local else "existing"
+        print(f"redis: {redact(settings.redis_url)} ({where})")
         if not args.no_feed:
             group.start(
                 "feed-simulate",
@@ -74,6 +108,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 env,
             )
             print(f"feed: simulated market, {args.rate:g} trades/s of {args.symbols}")
+        if not args.no_dagster:
+            for name in FLOWS:
+                sup.want(name)  # the health sensor starts them
+            _start_dagster(group, settings, args.dagster_host, args.dagster_port, env)
+            print(f"flows: {', '.join(FLOWS)} (started by Dagster's flow health sensor)")
         print(f"home: {settings.home}\nlogs: {group.log_dir}\nCtrl-C stops everything.")
         deadline = None if args.run_for is None else time.monotonic() + args.run_for
         while not stop.is_set():
@@ -90,6 +129,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         print("stopping ...", file=sys.stderr)
-        group.stop_all()
+        group.stop_all()  # Dagster first (newest), so the sensor restarts nothing
+        if not args.no_dagster:
+            for name in FLOWS:
+                sup.stop(name)
         if local is not None:
             local.stop()

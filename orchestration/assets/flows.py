@@ -39,7 +39,7 @@ def _health_check(name: str) -> dg.AssetChecksDefinition:
     def check(flow_supervisor: FlowSupervisorResource) -> dg.AssetCheckResult:
         st = flow_supervisor.supervisor().status(name)
         return dg.AssetCheckResult(
-            passed=st.state in ("running", "starting", "stopped"),
+            passed=st.state in ("running", "starting", "pending", "stopped"),
             metadata={"state": st.state, "reason": st.reason},
         )
 

@@ -133,6 +133,22 @@ def test_definitions_hold_the_sensor_jobs_and_flow_assets(redis_client: redis.Re
 
     repo = defs.get_repository_def()
     assert {"start_flows", "stop_flows", "restart_flows"} <= {j.name for j in repo.get_all_jobs()}
-    assert repo.get_sensor_def("flow_health_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    assert (
+        repo.get_sensor_def("flow_health_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    )
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"candles_flow", "metrics_flow", "archive_flow", "raw_log"} <= keys
+
+
+def test_wanted_flow_is_started_not_restarted(resource: FlowSupervisorResource) -> None:
+    sup = resource.supervisor()
+    for attempt in (1, 2):
+        sup.want(FLOW)
+        assert sup.status(FLOW).state == "pending"
+        (req,) = tick(resource).run_requests
+        assert (req.job_name, req.run_key) == ("start_flows", f"start:{FLOW}:{attempt}")
+        run_job(start_flows, resource)
+        wait_for(lambda: running(resource))
+        assert sup.restarts_in_window(FLOW) == 0  # a first start is not a restart
+        assert tick(resource).run_requests == []
+        sup.stop(FLOW)
