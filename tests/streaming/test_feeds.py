@@ -184,7 +184,7 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{port}/0"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cryptopipe", "up", "--redis-url", url, "--home", str(tmp_path),
-         "--rate", "50", "--for", "60"],
+         "--rate", "50", "--for", "60", "--dagster-port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -208,7 +208,7 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0
     with pytest.raises(redis.ConnectionError):
         client.ping()  # the Redis it started is gone
-    left = subprocess.run(["pgrep", "-f", f"(redis-server.*{port}|--redis-url {url})"],
+    left = subprocess.run(["pgrep", "-f", f"(redis-server.*{port}|--redis-url {url}|{tmp_path})"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert left.stdout.strip() == ""
     assert (tmp_path / "redis" / "appendonlydir").is_dir()
