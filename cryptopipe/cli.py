@@ -20,6 +20,7 @@ from streaming.redisconn import RedisUnavailableError
 COMMAND_MODULES = (
     "cryptopipe.commands.up",
     "cryptopipe.commands.feed",
+    "cryptopipe.commands.flowctl",
 )
 
 

@@ -1,0 +1,116 @@
+"""``cryptopipe stream start|stop|restart|status [NAME]`` and ``cryptopipe status``.
+
+Flows run in the background as OS processes (see :mod:`streaming.supervisor`);
+these commands act on them directly, without Dagster. A flow started here is
+watched by Dagster's health sensor too, when Dagster runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from marketdata.settings import Settings
+from streaming.redisconn import connect_settings
+from streaming.supervisor import ALL, FLOWS, FlowStatus, Supervisor
+
+
+def add_control_commands(
+    ssub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add ``start``, ``stop``, ``restart`` and ``status`` to the ``stream`` group."""
+    for action, help_text in (
+        ("start", "start flows in the background"),
+        ("stop", "stop flows (they snapshot and exit)"),
+        ("restart", "restart flows"),
+        ("status", "state, lag, throughput and restarts of flows"),
+    ):
+        p = ssub.add_parser(action, parents=[common], help=help_text)
+        p.add_argument("name", nargs="?", default=None, choices=ALL,
+                       help="one flow (default: candles, metrics and archive)")  # fmt: skip
+        if action == "status":
+            p.add_argument("--format", choices=("table", "json"), default="table")
+        p.set_defaults(func=cmd_flow, action=action)
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add the top-level ``status`` command."""
+    p = sub.add_parser(
+        "status", parents=[common], help="every flow's state; the last reconciliation"
+    )
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_status)
+
+
+def _row(st: FlowStatus) -> dict[str, object]:
+    hb = st.heartbeat
+    return {
+        "flow": st.name,
+        "state": st.state,
+        "pid": st.pid,
+        "lag": hb.get("lag"),
+        "throughput": hb.get("throughput"),
+        "items_in": hb.get("items_in"),
+        "items_out": hb.get("items_out"),
+        "heartbeat_age_s": None if st.heartbeat_age_s is None else round(st.heartbeat_age_s, 1),
+        "restarts": hb.get("restarts", "0"),
+        "restarts_10m": st.restarts_in_window,
+        "reason": st.reason,
+    }
+
+
+def _table(rows: list[dict[str, object]]) -> str:
+    cols = ["flow", "state", "pid", "lag", "throughput", "heartbeat_age_s", "restarts", "reason"]
+    heads = {"throughput": "items/s", "heartbeat_age_s": "beat_age_s"}
+    cells = [[str(heads.get(c, c)) for c in cols]]
+    cells += [["-" if r.get(c) is None else str(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)  # fmt: skip
+
+
+def cmd_flow(args: argparse.Namespace, settings: Settings) -> int:
+    """Start, stop, restart or show flows."""
+    sup = Supervisor(settings, connect_settings(settings))
+    names = [args.name] if args.name else list(FLOWS)
+    if args.action == "start":
+        for name in names:
+            sup.clear_failed(name)
+            print(f"{name}: started, pid {sup.start(name)}")
+    elif args.action == "stop":
+        for name in names:
+            print(f"{name}: {'stopped' if sup.stop(name) else 'was not running'}")
+    elif args.action == "restart":
+        for name in names:
+            sup.clear_failed(name)
+            print(f"{name}: restarted, pid {sup.restart(name)}")
+    else:
+        rows = [_row(sup.status(n)) for n in names]
+        print(json.dumps(rows) if args.format == "json" else _table(rows))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Every flow's state, lag, throughput and restarts; the last reconciliation."""
+    client = connect_settings(settings)
+    sup = Supervisor(settings, client)
+    rows = [_row(sup.status(n)) for n in (*FLOWS, "feed")]
+    raw = client.get("md:reconcile:last")
+    last = json.loads(raw) if raw else None
+    if args.format == "json":
+        print(
+            json.dumps(
+                {"flows": rows, "last_reconciliation": last, "at_ms": int(time.time() * 1000)}
+            )
+        )
+        return 0
+    print(_table(rows))
+    if last is None:
+        print("\nreconciliation: none yet (cryptopipe reconcile --date D)")
+    else:
+        counts = " ".join(f"{k}={v}" for k, v in last.get("counts", {}).items())
+        print(f"\nreconciliation: {last.get('date')} {counts}")
+    return 0
