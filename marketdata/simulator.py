@@ -33,7 +33,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import orjson
+
 from marketdata.decimals import SCALE, format_e8
+from marketdata.hostile import GENERATORS
 from marketdata.trade import Trade
 
 # symbol -> (start price, tick size e8, lot size e8, typical quantity)
@@ -133,20 +136,13 @@ def trade_payload(t: Trade, event_ms: int | None = None) -> bytes:
     ).encode()
 
 
+_MALFORMED_KINDS = tuple(k for k in GENERATORS if k not in ("valid", "oversized"))
+
+
 def _malformed(rng: random.Random, t: Trade) -> bytes:
-    good = trade_payload(t).decode()
-    variants = (
-        lambda: good[: rng.randrange(1, len(good) - 1)],
-        lambda: good.replace(f'"p":"{format_e8(t.price_e8)}"', '"p":"NaN"'),
-        lambda: good.replace(f'"q":"{format_e8(t.quantity_e8)}"', '"q":"-1.5"'),
-        lambda: good.replace(f'"p":"{format_e8(t.price_e8)}"', '"p":"1.000000001"'),
-        lambda: good.replace(f'"t":{t.trade_id},', ""),
-        lambda: good.replace(f'"T":{t.event_time}', '"T":"yesterday"'),
-        lambda: good.replace(f'"p":"{format_e8(t.price_e8)}"', '"p":"1e5"'),
-        lambda: "not json at all",
-        lambda: good.replace(f'"s":"{t.symbol}"', '"s":"??"'),
-    )
-    return rng.choice(variants)().encode()
+    """An invalid message built from a real trade (see :mod:`marketdata.hostile`)."""
+    base = orjson.loads(trade_payload(t))
+    return GENERATORS[rng.choice(_MALFORMED_KINDS)](rng, base)[0]
 
 
 @dataclass
