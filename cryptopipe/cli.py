@@ -95,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         return 130
+    except InterruptedError as exc:
+        print(f"cryptopipe: {exc}", file=sys.stderr)
+        return 1
     except (CommandError, RedisUnavailableError, ValueError, FileNotFoundError) as exc:
         print(f"cryptopipe: error: {exc}", file=sys.stderr)
         return getattr(exc, "status", 2)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 
 from marketdata.rawmessage import RawMessage, raw_stream_names, shard_of
 from streaming.heartbeat import HeartbeatWriter
+from streaming.retry import call_with_retry
 
 
 class RawLogWriter:
@@ -15,12 +16,22 @@ class RawLogWriter:
 
     Entries are never trimmed here: trimming is the archive's job, which must
     not drop what it has not yet written (DESIGN.md section 6).
+
+    A Redis outage does not lose messages: the batch is retried with backoff until
+    Redis is back (or ``should_stop`` says to give up). A retry after a pipeline that
+    was partly applied can write some messages twice; the raw log is at-least-once
+    and both layers deduplicate by trade id.
     """
 
     def __init__(
-        self, client: redis.Redis, shards: int = 1, heartbeat: HeartbeatWriter | None = None
+        self,
+        client: redis.Redis,
+        shards: int = 1,
+        heartbeat: HeartbeatWriter | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self._client = client
+        self._should_stop = should_stop
         self._shards = max(1, shards)
         self._streams = raw_stream_names(self._shards)
         self.written = 0
@@ -46,14 +57,18 @@ class RawLogWriter:
 
     def write(self, messages: Iterable[RawMessage]) -> list[bytes]:
         """Append messages in one pipeline (one round trip); returns their stream ids."""
-        pipe = self._client.pipeline(transaction=False)
-        n = 0
-        for msg in messages:
-            pipe.xadd(self.stream_for(msg), msg.to_fields())  # type: ignore[arg-type]
-            n += 1
-        if not n:
+        batch = [(self.stream_for(m), m.to_fields()) for m in messages]
+        if not batch:
             return []
-        ids = pipe.execute()
+
+        def send() -> list[bytes]:
+            pipe = self._client.pipeline(transaction=False)
+            for stream, fields in batch:
+                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            return pipe.execute()
+
+        ids = call_with_retry(send, what="raw log write", should_stop=self._should_stop)
+        n = len(batch)
         self.written += n
         if self.heartbeat is not None:
             self.heartbeat.update(

@@ -171,8 +171,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         first_trade_id=args.first_trade_id if args.first_trade_id is not None else start * 10,
     )
     client = connect_settings(settings)
-    writer = RawLogWriter(client, settings.raw_shards, heartbeat=HeartbeatWriter(client, "feed"))
     stop = stop_event_on_signals()
+    writer = RawLogWriter(
+        client, settings.raw_shards, HeartbeatWriter(client, "feed"), should_stop=stop.is_set
+    )
     with writer:
         kinds = run_simulation(
             writer, cfg, speed, should_stop=stop.is_set, progress=Progress("simulate")
@@ -188,8 +190,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Replay files into the raw log."""
     speed = parse_speed(args.speed)
     client = connect_settings(settings)
-    writer = RawLogWriter(client, settings.raw_shards, heartbeat=HeartbeatWriter(client, "feed"))
     stop = stop_event_on_signals()
+    writer = RawLogWriter(
+        client, settings.raw_shards, HeartbeatWriter(client, "feed"), should_stop=stop.is_set
+    )
     with writer:
         n = replay_files(
             writer,

@@ -1,0 +1,69 @@
+"""Retrying Redis calls through outages: capped exponential backoff with full jitter."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Errors that mean "Redis is (briefly) not there": retried. Others are raised.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS architecture blog's variant)."""
+
+    def __init__(self, base_s: float = 0.1, cap_s: float = 5.0, rng: random.Random | None = None):
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.attempt = 0
+        self.rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        """The next sleep: uniform in [0, min(cap, base * 2^attempt)]."""
+        delay = self.rng.uniform(0, min(self.cap_s, self.base_s * 2**self.attempt))
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        """Start over after a success."""
+        self.attempt = 0
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    what: str,
+    should_stop: Callable[[], bool] = lambda: False,
+    backoff: Backoff | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn`` until it succeeds, sleeping with backoff on transient Redis errors.
+
+    Raises:
+        InterruptedError: when ``should_stop`` turns true while Redis is still away.
+    """
+    backoff = backoff or Backoff()
+    failing_since: float | None = None
+    while True:
+        try:
+            result = fn()
+        except TRANSIENT as exc:
+            if failing_since is None:
+                failing_since = time.monotonic()
+                log.warning("%s: Redis unavailable (%s); retrying with backoff", what, exc)
+            if should_stop():
+                msg = f"{what}: stopped while Redis was unavailable"
+                raise InterruptedError(msg) from exc
+            sleep(backoff.next_delay())
+            continue
+        if failing_since is not None:
+            log.info("%s: Redis is back after %.1fs", what, time.monotonic() - failing_since)
+        return result
