@@ -1,0 +1,545 @@
+"""Event-time candles of one raw-log partition: watermark, dedupe, windows, late trades.
+
+Pure Python, no bytewax, no Redis: the candles flow wraps one :class:`ShardAggregator`
+per raw-log stream (partition) in a bytewax ``stateful_batch`` step, and tests drive
+it directly. Semantics (DESIGN.md sections 3 and 4, docs/storage.md):
+
+* **Watermark.** One per partition, driven only by the data, so that a replay of
+  the same entries after a crash or downtime decides exactly what the first run
+  decided. It is the largest event time seen minus the allowed lateness, and, when
+  event time stalls, it also advances with the *arrival clock* (the millisecond
+  part of the Redis stream ids, or Redis ``TIME`` when the stream is idle): after
+  ``idle_advance_ms`` of arrivals without a new largest event time, by as much as
+  the arrival clock moves. A resumed flow reading a backlog sees arrival times of
+  the backlog, not the wall clock, so downtime never turns a backlog into late
+  trades. An event time more than ``max_ahead_ms`` after its receive time moves
+  the watermark only up to receive time + ``max_ahead_ms`` (one bad clock must not
+  close every window).
+* **Windows.** 1m windows are the unit: a trade whose 1m window has closed (the
+  watermark passed its end) is late for every interval. Coarser candles (5m ... 1d)
+  are the roll-up of the closed 1m candles, which DESIGN.md section 3 allows and
+  which makes the stream's 5m candle always equal the roll-up of its 1m candles.
+* **Duplicates.** The same (exchange, symbol, trade_id) counts once. Trade ids of
+  a 1m window are kept while it is open and, compacted into runs, for
+  ``dedupe_retention_ms`` after it closed, so a duplicate of a counted trade that
+  arrives late is still recognised as a duplicate, not a late trade.
+* **Open and close** by (event_time, trade_id), never by arrival order.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter, mul
+from typing import Any, NamedTuple
+
+from marketdata.candle import Candle
+from marketdata.interval import Interval
+from marketdata.settings import DEFAULT_LATENESS_MS
+from marketdata.trade import Rejection, Trade
+from streaming.fastparse import FastParser, ParsedBatch
+
+M1 = Interval.M1
+MINUTE = M1.ms
+COARSE: tuple[Interval, ...] = tuple(i for i in Interval if i is not M1)
+#: Below every real time: "no watermark yet".
+NEVER = -(1 << 62)
+
+
+def id_ms(entry_id: bytes | str) -> int:
+    """Millisecond part of a Redis stream id (``b"1741910400000-3"`` -> 1741910400000)."""
+    if isinstance(entry_id, str):
+        entry_id = entry_id.encode()
+    return int(entry_id[: entry_id.index(b"-")])
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How the candles flow closes windows.
+
+    Attributes:
+        lateness_ms: allowed lateness: a window closes when the watermark (largest
+            event time minus this) passes its end.
+        idle_advance_ms: after this much arrival time without a new largest event
+            time, the watermark follows the arrival clock (quiet markets, idle feeds).
+        max_ahead_ms: an event time more than this after the message's receive time
+            moves the watermark only up to receive time + this.
+        dedupe_retention_ms: how long (in watermark time) trade ids of a closed 1m
+            window are remembered, to tell late duplicates from late trades.
+
+    """
+
+    lateness_ms: int = DEFAULT_LATENESS_MS
+    idle_advance_ms: int = 10_000
+    max_ahead_ms: int = 60_000
+    dedupe_retention_ms: int = 600_000
+
+    def __post_init__(self) -> None:
+        for name in ("lateness_ms", "idle_advance_ms", "max_ahead_ms", "dedupe_retention_ms"):
+            if getattr(self, name) < 0:
+                msg = f"{name} must not be negative"
+                raise ValueError(msg)
+
+
+class IdRuns:
+    """A set of integers stored as sorted runs ``[start, end]`` (compact for consecutive ids)."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self, starts: array[int] | None = None, ends: array[int] | None = None) -> None:
+        self.starts = starts if starts is not None else array("q")
+        self.ends = ends if ends is not None else array("q")
+
+    @classmethod
+    def from_ids(cls, ids: Iterable[int]) -> IdRuns:
+        """Runs holding exactly ``ids``."""
+        starts, ends = array("q"), array("q")
+        if not isinstance(ids, set | frozenset):
+            ids = set(ids)
+        if ids and max(ids) - min(ids) + 1 == len(ids):  # one run: the common case
+            starts.append(min(ids))
+            ends.append(max(ids))
+            return cls(starts, ends)
+        prev = None
+        for x in sorted(ids):
+            if prev is not None and x == prev + 1:
+                ends[-1] = x
+            else:
+                starts.append(x)
+                ends.append(x)
+            prev = x
+        return cls(starts, ends)
+
+    def __contains__(self, x: int) -> bool:
+        i = bisect_right(self.starts, x) - 1
+        return i >= 0 and x <= self.ends[i]
+
+    def __len__(self) -> int:
+        return sum(e - s + 1 for s, e in zip(self.starts, self.ends, strict=True))
+
+    def add(self, x: int) -> bool:
+        """Add ``x``; False if it was already there."""
+        i = bisect_right(self.starts, x) - 1
+        if i >= 0 and x <= self.ends[i]:
+            return False
+        joins_left = i >= 0 and self.ends[i] == x - 1
+        joins_right = i + 1 < len(self.starts) and self.starts[i + 1] == x + 1
+        if joins_left and joins_right:
+            self.ends[i] = self.ends[i + 1]
+            del self.starts[i + 1]
+            del self.ends[i + 1]
+        elif joins_left:
+            self.ends[i] = x
+        elif joins_right:
+            self.starts[i + 1] = x
+        else:
+            self.starts.insert(i + 1, x)
+            self.ends.insert(i + 1, x)
+        return True
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (IdRuns, (self.starts, self.ends))
+
+
+class _Win:
+    """An open 1m window: its candle so far, the trade ids in it, this batch's rows."""
+
+    __slots__ = ("candle", "exchange", "open_time", "rows", "seen", "symbol")
+
+    def __init__(self, exchange: str, symbol: str, open_time: int) -> None:
+        self.exchange = exchange
+        self.symbol = symbol
+        self.open_time = open_time
+        self.candle: Candle | None = None
+        self.seen: set[int] = set()
+        self.rows: list[int] = []
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.exchange, self.symbol, self.open_time, self.candle, self.seen)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.exchange, self.symbol, self.open_time, self.candle, self.seen = state
+        self.rows = []
+
+
+class LateTrade(NamedTuple):
+    """A trade that arrived after its window closed, with where it came from.
+
+    Attributes:
+        trade: the trade.
+        windows: interval label -> open_time of each window it belongs to (all closed
+            for it: lateness is decided on the 1m window).
+        watermark: the partition's watermark when it arrived.
+        stream: the raw-log stream it came from.
+        entry_id: its raw-log entry id.
+
+    """
+
+    trade: Trade
+    windows: dict[str, int]
+    watermark: int
+    stream: str
+    entry_id: bytes
+
+
+class RejectedEntry(NamedTuple):
+    """A raw-log entry that failed validation (for the DLQ)."""
+
+    rejection: Rejection
+    stream: str
+    entry_id: bytes
+    recv_ms: int
+
+
+@dataclass
+class Emitted:
+    """What one batch produced."""
+
+    closed: list[Candle] = field(default_factory=list)
+    late: list[LateTrade] = field(default_factory=list)
+    rejects: list[RejectedEntry] = field(default_factory=list)
+    #: (exchange, symbol) pairs whose open candles changed.
+    touched: set[tuple[str, str]] = field(default_factory=set)
+
+
+def window_keys(event_time: int) -> dict[str, int]:
+    """Interval label -> open_time of every window holding ``event_time``."""
+    return {i.label: i.floor(event_time) for i in Interval}
+
+
+def _partial(win: _Win, pb: ParsedBatch, rows: list[int]) -> Candle:
+    """The candle of ``rows`` of the batch (all in ``win``), computed column-wise."""
+    if len(rows) == 1:
+        k = rows[0]
+        p, q = pb.price[k], pb.quantity[k]
+        t, tid = pb.event_time[k], pb.trade_id[k]
+        return Candle(win.exchange, win.symbol, M1, win.open_time, p, p, p, p, q, p * q, 1,
+                      0 if pb.maker[k] else q, t, tid, t, tid)  # fmt: skip
+    pick = itemgetter(*rows)
+    ps: Sequence[int] = pick(pb.price)
+    qs: Sequence[int] = pick(pb.quantity)
+    ts: Sequence[int] = pick(pb.event_time)
+    ids: Sequence[int] = pick(pb.trade_id)
+    makers: Sequence[bool] = pick(pb.maker)
+    volume = sum(qs)
+    ft, fid, fp = min(zip(ts, ids, ps, strict=True))
+    lt, lid, lp = max(zip(ts, ids, ps, strict=True))
+    return Candle(
+        win.exchange, win.symbol, M1, win.open_time, fp, max(ps), min(ps), lp, volume,
+        sum(map(mul, ps, qs)), len(rows), volume - sum(compress(qs, makers)),
+        ft, fid, lt, lid,
+    )  # fmt: skip
+
+
+class ShardAggregator:
+    """Candles of one partition (raw-log stream or shard), batch by batch.
+
+    The state (everything but the parser and config) pickles; see :meth:`dumps`.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        config: WindowConfig | None = None,
+        known_symbols: frozenset[str] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.config = config or WindowConfig()
+        self.parser = FastParser(known_symbols)
+        #: Largest watermark-relevant event time seen, and the arrival clock then.
+        self.e_max = NEVER
+        self.r_at_max = 0
+        self.watermark = NEVER
+        #: Open time of the oldest open 1m window: 1m windows before it are closed.
+        self.cutoff = NEVER
+        self.wins: dict[tuple[str, str, int], _Win] = {}
+        #: (exchange, symbol, interval label, open_time) -> roll-up of its closed 1m candles.
+        self.coarse: dict[tuple[str, str, str, int], Candle] = {}
+        #: Trade ids of recently closed 1m windows (sets until :meth:`compact`).
+        self.retained: dict[tuple[str, str, int], IdRuns | set[int]] = {}
+        self.counters: dict[str, int] = {}
+        self.last_id: bytes | None = None
+        self._scanned_cutoff = NEVER
+        #: Force the exact per-entry path (tests compare it with the fast one).
+        self.exact = False
+
+    # -- state --------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["parser"]
+        state["known_symbols"] = self.parser.known_symbols
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        known = state.pop("known_symbols")
+        self.__dict__.update(state)
+        self.parser = FastParser(known)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _set_watermark(self, wm: int) -> None:
+        if wm > self.watermark:
+            self.watermark = wm
+            self.cutoff = wm - wm % MINUTE
+
+    # -- one batch ----------------------------------------------------------------
+
+    def process(
+        self,
+        ids: Sequence[bytes],
+        entries: Sequence[Sequence[bytes]],
+        tick_ms: int | None = None,
+    ) -> Emitted:
+        """Fold a batch of raw-log entries (ids and flat field lists), in stream order.
+
+        ``tick_ms`` is an arrival-clock reading (Redis ``TIME``) taken when the
+        stream had no entry after this batch: it lets the watermark advance while
+        the stream is idle.
+        """
+        out = Emitted()
+        if ids:
+            pb = self.parser.parse_batch(entries)
+            self._count("entries", len(ids))
+            for pos, rej, msg in pb.rejects:
+                out.rejects.append(RejectedEntry(rej, self.stream, ids[pos], msg.recv_ms))
+                self._count("rejected")
+                self._count(f"rejected:{rej.reason}")
+            if len(pb):
+                self._fold(ids, pb, out)
+            self.last_id = ids[-1]
+            self._advance_clock(id_ms(ids[-1]))
+        if tick_ms is not None:
+            self._advance_clock(tick_ms)
+        self._close(out)
+        return out
+
+    def _advance_clock(self, clock: int) -> None:
+        if self.e_max == NEVER:
+            return
+        ahead = clock - self.r_at_max - self.config.idle_advance_ms
+        if ahead > 0:
+            self._set_watermark(self.e_max - self.config.lateness_ms + ahead)
+
+    def _fold(self, ids: Sequence[bytes], pb: ParsedBatch, out: Emitted) -> None:
+        cfg = self.config
+        exact = self.exact
+        if not exact:
+            # The arrival clock cannot matter inside this batch if even its last entry
+            # is within idle_advance_ms of the arrival of the largest event time.
+            since = self.r_at_max if self.e_max != NEVER else id_ms(ids[pb.idx[0]])
+            exact = id_ms(ids[-1]) - since > cfg.idle_advance_ms
+        if not exact:
+            least = min(pb.recv)
+            if least <= 0 or max(pb.event_time) > least + cfg.max_ahead_ms:
+                exact = any(
+                    r > 0 and t > r + cfg.max_ahead_ms
+                    for t, r in zip(pb.event_time, pb.recv, strict=True)
+                )
+        touched, late_rows = self._rows_exact(ids, pb) if exact else self._rows_fast(ids, pb)
+        for w in touched:
+            part = _partial(w, pb, w.rows)
+            w.candle = part if w.candle is None else w.candle.merged(part)
+            w.rows = []
+            out.touched.add((w.exchange, w.symbol))
+        for k, wm in late_rows:
+            self._late(pb, k, wm, ids, out)
+
+    def _rows_fast(
+        self, ids: Sequence[bytes], pb: ParsedBatch
+    ) -> tuple[list[_Win], list[tuple[int, int]]]:
+        """Assign rows to windows; no arrival-clock or receive-time effects in this batch."""
+        wins = self.wins
+        lateness = self.config.lateness_ms
+        cutoff = self.cutoff
+        next_cut = cutoff + MINUTE
+        e_max = self.e_max
+        wm0 = self.watermark
+        imax = -1
+        dups = 0
+        touched: list[_Win] = []
+        late_rows: list[tuple[int, int]] = []
+        for k, (ex, sym, tid, t) in enumerate(
+            zip(pb.exchange, pb.symbol, pb.trade_id, pb.event_time, strict=True)
+        ):
+            o = t - t % MINUTE
+            if o < cutoff:
+                late_rows.append((k, max(wm0, e_max - lateness)))
+                continue
+            key = (ex, sym, o)
+            w = wins.get(key)
+            if w is None:
+                w = wins[key] = _Win(ex, sym, o)
+            seen = w.seen
+            if tid in seen:
+                dups += 1
+                continue
+            seen.add(tid)
+            if not w.rows:
+                touched.append(w)
+            w.rows.append(k)
+            if t > e_max:
+                e_max = t
+                imax = k
+                if t - lateness >= next_cut:
+                    wm = t - lateness
+                    cutoff = wm - wm % MINUTE
+                    next_cut = cutoff + MINUTE
+        if imax >= 0:
+            self.e_max = e_max
+            self.r_at_max = id_ms(ids[pb.idx[imax]])
+            self._set_watermark(e_max - lateness)
+        self._count("duplicates", dups)
+        self._count("trades", sum(len(w.rows) for w in touched))
+        return touched, late_rows
+
+    def _rows_exact(
+        self, ids: Sequence[bytes], pb: ParsedBatch
+    ) -> tuple[list[_Win], list[tuple[int, int]]]:
+        """Assign rows to windows, with the arrival clock and receive-time bound per entry."""
+        cfg = self.config
+        wins = self.wins
+        touched: list[_Win] = []
+        late_rows: list[tuple[int, int]] = []
+        dups = 0
+        for k, (pos, ex, sym, tid, t, recv) in enumerate(
+            zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv,
+                strict=True)
+        ):  # fmt: skip
+            clock = id_ms(ids[pos])
+            self._advance_clock(clock)
+            o = t - t % MINUTE
+            if o < self.cutoff:
+                late_rows.append((k, self.watermark))
+                continue
+            key = (ex, sym, o)
+            w = wins.get(key)
+            if w is None:
+                w = wins[key] = _Win(ex, sym, o)
+            if tid in w.seen:
+                dups += 1
+                continue
+            w.seen.add(tid)
+            if not w.rows:
+                touched.append(w)
+            w.rows.append(k)
+            ev = t
+            if recv > 0 and t > recv + cfg.max_ahead_ms:
+                ev = recv + cfg.max_ahead_ms
+            if ev > self.e_max:
+                self.e_max = ev
+                self.r_at_max = clock
+                self._set_watermark(ev - cfg.lateness_ms)
+        self._count("duplicates", dups)
+        self._count("trades", sum(len(w.rows) for w in touched))
+        return touched, late_rows
+
+    def _late(self, pb: ParsedBatch, k: int, wm: int, ids: Sequence[bytes], out: Emitted) -> None:
+        """A trade whose 1m window had closed when it arrived (watermark ``wm`` then)."""
+        ex, sym, tid, t = pb.exchange[k], pb.symbol[k], pb.trade_id[k], pb.event_time[k]
+        o = t - t % MINUTE
+        key = (ex, sym, o)
+        w = self.wins.get(key)
+        if o + MINUTE + self.config.dedupe_retention_ms <= wm:
+            # Past retention, judged by the watermark at arrival only (never by what
+            # happens to be still in memory), so a replay decides the same.
+            fresh = True
+        elif w is not None:  # closed in this very batch, not yet flushed
+            fresh = tid not in w.seen
+            w.seen.add(tid)
+        else:
+            runs = self.retained.get(key)
+            if runs is None:
+                fresh = True
+                self.retained[key] = {tid}
+            elif isinstance(runs, set):
+                fresh = tid not in runs
+                runs.add(tid)
+            else:
+                fresh = runs.add(tid)
+        if not fresh:
+            self._count("duplicates")
+            return
+        self._count("late")
+        trade = Trade(ex, sym, tid, pb.price[k], pb.quantity[k], t, pb.maker[k])
+        out.late.append(LateTrade(trade, window_keys(t), wm, self.stream, ids[pb.idx[k]]))
+
+    # -- closing ------------------------------------------------------------------
+
+    def _close(self, out: Emitted) -> None:
+        cutoff = self.cutoff
+        if cutoff <= self._scanned_cutoff:
+            return
+        self._scanned_cutoff = cutoff
+        closing = sorted(k for k in self.wins if k[2] < cutoff)
+        retain = self.config.dedupe_retention_ms > 0
+        for key in closing:
+            w = self.wins.pop(key)
+            c = w.candle
+            if c is None:  # only rows not yet folded cannot happen here; defensive
+                continue
+            out.closed.append(c)
+            ex, sym, o = key
+            for iv in COARSE:
+                ck = (ex, sym, iv.label, iv.floor(o))
+                acc = self.coarse.get(ck)
+                self.coarse[ck] = c.rolled_up(iv) if acc is None else acc.merged(c)
+            if retain:  # compacted later (compact()), off the path of the closed candle
+                self.retained[key] = w.seen
+        done = sorted(
+            (k for k, c in self.coarse.items() if c.open_time + c.interval.ms <= cutoff),
+            key=lambda k: (Interval.parse(k[2]).ms, k),
+        )
+        for ck in done:
+            out.closed.append(self.coarse.pop(ck))
+        horizon = self.watermark - MINUTE - self.config.dedupe_retention_ms
+        for key in [k for k in self.retained if k[2] <= horizon]:
+            del self.retained[key]
+        self._count("closed", len(closing) + len(done))
+
+    def compact(self) -> None:
+        """Store the trade ids of closed windows as runs (before a snapshot)."""
+        for key, ids in self.retained.items():
+            if isinstance(ids, set):
+                self.retained[key] = IdRuns.from_ids(ids)
+
+    # -- views --------------------------------------------------------------------
+
+    def open_candles(self, keys: Iterable[tuple[str, str]] | None = None) -> list[Candle]:
+        """Current candles of every open window (all intervals), optionally of some pairs.
+
+        A coarse window's candle is its closed 1m candles rolled up, merged with the
+        1m windows of it still open.
+        """
+        want = None if keys is None else set(keys)
+        cur: dict[tuple[str, str, str, int], Candle] = {}
+        for (ex, sym, label, o), c in self.coarse.items():
+            if want is None or (ex, sym) in want:
+                cur[(ex, sym, label, o)] = c
+        for (ex, sym, o), w in self.wins.items():
+            if w.candle is None or (want is not None and (ex, sym) not in want):
+                continue
+            cur[(ex, sym, M1.label, o)] = w.candle
+            for iv in COARSE:
+                ck = (ex, sym, iv.label, iv.floor(o))
+                acc = cur.get(ck)
+                cur[ck] = w.candle.rolled_up(iv) if acc is None else acc.merged(w.candle)
+        return [cur[k] for k in sorted(cur)]
+
+    def live_candles(self, keys: Iterable[tuple[str, str]]) -> list[Candle]:
+        """The newest open window's candle per (exchange, symbol, interval) of ``keys``."""
+        newest: dict[tuple[str, str, str], Candle] = {}
+        for c in self.open_candles(keys):
+            k = (c.exchange, c.symbol, c.interval.label)
+            prev = newest.get(k)
+            if prev is None or c.open_time > prev.open_time:
+                newest[k] = c
+        return list(newest.values())
+
+    def flush_all(self) -> list[Candle]:
+        """Every open window's candle, as if closed now (end of input); state unchanged."""
+        return self.open_candles()

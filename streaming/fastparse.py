@@ -1,0 +1,318 @@
+"""Raw-log entries to trades, a batch at a time, with exactly the domain parser's outcome.
+
+:func:`parse_raw_message` is the reference: a raw-log entry (:class:`RawMessage`)
+through :func:`marketdata.parsing.parse_message`. :class:`FastParser` gives the same
+result for every entry, several times faster on the common case, the canonical
+Binance ``@trade`` message as the exchange (and the simulator) writes it::
+
+    {"e":"trade","E":...,"s":"BTCUSDT","t":...,"p":"96000.01000000","q":"0.00100000",
+     "T":...,"m":false,"M":true}
+
+A whole batch is matched by one regular expression; the rows that match it are
+provably valid JSON objects with exactly these keys (no escapes, no duplicates, no
+leading zeros), and their values are converted and range-checked column by column
+with the domain parser's rules. Every other entry (other key orders, envelopes, CSV
+rows, anything that may be a rejection) goes through the reference, so rejections
+keep their exact reason. Tests compare the two on the hostile corpus and on
+generated messages.
+
+No bytewax import here: the archive flow can use it too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from operator import add, itemgetter
+from typing import Any
+
+from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
+from marketdata.parsing import MAX_TRADE_ID, normalize_exchange, normalize_symbol, parse_message
+from marketdata.rawmessage import F_EXCHANGE, F_PAYLOAD, F_RECV, F_SYMBOL, RawMessage
+from marketdata.timeutil import DAY_MS, MAX_EVENT_TIME_MS, MICROS_THRESHOLD, MIN_EVENT_TIME_MS
+from marketdata.trade import Rejection, Trade
+
+# Groups: symbol, trade id, price whole/fraction, quantity whole/fraction, time, maker.
+# Digit counts keep every value inside the domain's ranges (price < 10^10, quantity
+# < 10^12) and inside what orjson parses as an integer.
+_TRADE = (
+    rb'\{"e":"trade","E":(?:0|[1-9][0-9]{0,17}),"s":"([A-Z0-9]{2,30})",'
+    rb'"t":(0|[1-9][0-9]{0,18}),"p":"([0-9]{1,10})\.([0-9]{8})",'
+    rb'"q":"([0-9]{1,12})\.([0-9]{8})","T":([1-9][0-9]{0,15}),'
+    rb'"m":(true|false),"M":(?:true|false)\}'
+)
+_ONE = re.compile(_TRADE)
+# One match per line: the canonical trade, or anything else (groups empty).
+_LINES = re.compile(rb"^(?:" + _TRADE + rb"|.*)$", re.MULTILINE)
+_NO_LIMIT = 1 << 80
+_TRUE = b"true"
+
+_LAYOUT_3 = (F_PAYLOAD, F_EXCHANGE, F_RECV)
+_LAYOUT_4 = (F_PAYLOAD, F_EXCHANGE, F_RECV, F_SYMBOL)
+_keys3 = itemgetter(0, 2, 4)
+_keys4 = itemgetter(0, 2, 4, 6)
+_payload = itemgetter(1)
+_exchange = itemgetter(3)
+_recv = itemgetter(5)
+
+assert MAX_PRICE_E8 >= 10**18 and MAX_QUANTITY_E8 >= 10**20  # the regex's digit limits
+
+
+def parse_raw_message(
+    msg: RawMessage, known_symbols: Collection[str] | None = None
+) -> Trade | Rejection:
+    """Parse one raw-log entry: the reference semantics of both layers.
+
+    The receive time is the entry's ``recv_ms``; an entry without a usable one
+    (``0``, see :meth:`RawMessage.from_fields`) skips the "more than a day after
+    receipt" check instead of failing every trade.
+    """
+    return parse_message(
+        msg.payload,
+        fmt=msg.fmt,
+        exchange=msg.exchange,
+        symbol=msg.symbol,
+        recv_ms=msg.recv_ms if msg.recv_ms > 0 else None,
+        known_symbols=known_symbols,
+    )
+
+
+def _int_or_zero(raw: bytes) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def _picker(keep: list[int]) -> Any:
+    """A function taking the ``keep`` positions of a sequence, as a tuple (C speed)."""
+    if len(keep) == 1:
+        k = keep[0]
+        return lambda seq: (seq[k],)
+    return itemgetter(*keep)
+
+
+def entry_message(fields: Sequence[bytes]) -> RawMessage:
+    """The raw message of a stream entry given as its flat ``[field, value, ...]`` list."""
+    return RawMessage.from_fields(dict(zip(fields[::2], fields[1::2], strict=False)))
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    """The trades of a batch as columns, in entry order, and its rejections.
+
+    ``idx[k]`` is the position in the batch of the entry that holds trade ``k``.
+    ``recv`` is each trade's receive time (``0`` when unknown).
+    """
+
+    idx: list[int] = field(default_factory=list)
+    exchange: list[str] = field(default_factory=list)
+    symbol: list[str] = field(default_factory=list)
+    trade_id: list[int] = field(default_factory=list)
+    price: list[int] = field(default_factory=list)
+    quantity: list[int] = field(default_factory=list)
+    event_time: list[int] = field(default_factory=list)
+    maker: list[bool] = field(default_factory=list)
+    recv: list[int] = field(default_factory=list)
+    #: (position in the batch, rejection, the decoded message)
+    rejects: list[tuple[int, Rejection, RawMessage]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def trades(self) -> list[Trade]:
+        """The trades as :class:`Trade` (tests, slow paths)."""
+        return [
+            Trade(*row)
+            for row in zip(
+                self.exchange, self.symbol, self.trade_id, self.price, self.quantity,
+                self.event_time, self.maker, strict=True,
+            )
+        ]  # fmt: skip
+
+
+class FastParser:
+    """Parses batches of raw-log entries with the outcome of :func:`parse_raw_message`.
+
+    Keeps small caches of validated symbols and exchanges. Not thread-safe: one per
+    partition.
+    """
+
+    def __init__(self, known_symbols: Collection[str] | None = None) -> None:
+        self.known_symbols = frozenset(known_symbols) if known_symbols is not None else None
+        self._symbols: dict[bytes, str | None] = {}
+        self._exchanges: dict[bytes, str | None] = {}
+        self.fast = 0
+        self.slow = 0
+
+    def _symbol(self, raw: bytes) -> str | None:
+        sym = self._symbols.get(raw, False)
+        if sym is False:
+            sym = normalize_symbol(raw.decode("ascii"))
+            if sym is not None and self.known_symbols is not None and sym not in self.known_symbols:
+                sym = None
+            if len(self._symbols) >= 10_000:
+                self._symbols.clear()
+            self._symbols[raw] = sym
+        return sym
+
+    def _exchange(self, raw: bytes) -> str | None:
+        ex = self._exchanges.get(raw, False)
+        if ex is False:
+            ex = normalize_exchange(raw.decode("utf-8", "replace"))
+            if len(self._exchanges) >= 1024:
+                self._exchanges.clear()
+            self._exchanges[raw] = ex
+        return ex
+
+    # -- the batch ----------------------------------------------------------------
+
+    def parse_batch(self, entries: Sequence[Sequence[bytes]]) -> ParsedBatch:
+        """Parse the field lists of a batch of stream entries, in order."""
+        out = ParsedBatch()
+        n = len(entries)
+        if not n:
+            return out
+        slow = self._fast(entries, out) if self._layout_ok(entries) else list(range(n))
+        self.fast += len(out.idx)
+        if slow:
+            self._slow(entries, slow, out)
+        return out
+
+    def _layout_ok(self, entries: Sequence[Sequence[bytes]]) -> bool:
+        lengths = set(map(len, entries))
+        if lengths == {8}:
+            return set(map(_keys4, entries)) == {_LAYOUT_4}
+        if lengths == {6}:
+            return set(map(_keys3, entries)) == {_LAYOUT_3}
+        return False
+
+    def _fast(self, entries: Sequence[Sequence[bytes]], out: ParsedBatch) -> list[int]:
+        """Fill ``out`` with the canonical trades of the batch; returns the other positions."""
+        n = len(entries)
+        payloads = list(map(_payload, entries))
+        buf = b"\n".join(payloads)
+        groups: list[tuple[bytes, ...]] | None = None
+        if buf.count(b"\n") == n - 1:
+            groups = _LINES.findall(buf)
+        if groups is None or len(groups) != n:  # a payload holds a newline: one by one
+            empty = (b"",) * 8
+            groups = [m.groups() if (m := _ONE.fullmatch(p)) else empty for p in payloads]
+        cols: list[Sequence[Any]] = list(zip(*groups, strict=True))
+        exchanges: Sequence[bytes] = list(map(_exchange, entries))
+        ex_names = {raw: self._exchange(raw) for raw in set(exchanges)}
+        try:
+            recvs: Sequence[int] = list(map(int, map(_recv, entries)))
+        except ValueError:
+            recvs = [_int_or_zero(raw) for raw in map(_recv, entries)]
+        sym_names = {raw: self._symbol(raw) for raw in set(cols[0]) if raw}
+        idx: Sequence[int] = range(n)
+        if b"" in cols[0] or None in ex_names.values() or None in sym_names.values():
+            keep = [
+                i for i, (s, e) in enumerate(zip(cols[0], exchanges, strict=True))
+                if s and sym_names[s] is not None and ex_names[e] is not None
+            ]  # fmt: skip
+            if not keep:
+                return list(range(n))
+            pick = _picker(keep)
+            cols = [pick(c) for c in cols]
+            exchanges, recvs, idx = pick(exchanges), pick(recvs), keep
+        syms, tids, pw, pf, qw, qf, ts, makers = cols
+        m = len(idx)
+        if len(sym_names) == 1:
+            symbols = [next(iter(sym_names.values()))] * m
+        else:
+            symbols = list(map(sym_names.__getitem__, syms))
+        if len(ex_names) == 1:
+            ex_col = [next(iter(ex_names.values()))] * m
+        else:
+            ex_col = list(map(ex_names.__getitem__, exchanges))
+        tid_v = list(map(int, tids))
+        price_v = list(map(int, map(add, pw, pf)))
+        qty_v = list(map(int, map(add, qw, qf)))
+        time_v = list(map(int, ts))
+        maker_v = list(map(_TRUE.__eq__, makers))
+        # Whole columns first; only a failing column makes us look row by row.
+        ok = (
+            max(tid_v) <= MAX_TRADE_ID
+            and min(price_v) > 0
+            and min(qty_v) > 0
+            and min(time_v) >= MIN_EVENT_TIME_MS
+            and max(time_v) < MAX_EVENT_TIME_MS
+        )
+        if ok:
+            least = min(recvs)
+            if least > 0:
+                ok = max(time_v) <= least + DAY_MS
+            else:
+                ok = all(r <= 0 or t <= r + DAY_MS for t, r in zip(time_v, recvs, strict=True))
+        if ok:
+            out.idx = list(idx)
+            out.exchange = ex_col
+            out.symbol = symbols  # type: ignore[assignment]
+            out.trade_id = tid_v
+            out.price = price_v
+            out.quantity = qty_v
+            out.event_time = time_v
+            out.maker = maker_v
+            out.recv = list(recvs)
+            return sorted(set(range(n)).difference(idx)) if m < n else []
+        slow = set(range(n)).difference(idx)
+        for k in range(m):
+            t = time_v[k]
+            if t >= MICROS_THRESHOLD:
+                t //= 1000
+            recv = recvs[k]
+            if (
+                tid_v[k] > MAX_TRADE_ID
+                or price_v[k] <= 0
+                or qty_v[k] <= 0
+                or t < MIN_EVENT_TIME_MS
+                or t >= MAX_EVENT_TIME_MS
+                or (recv > 0 and t > recv + DAY_MS)
+            ):
+                slow.add(idx[k])
+                continue
+            out.idx.append(idx[k])
+            out.exchange.append(ex_col[k])
+            out.symbol.append(symbols[k])  # type: ignore[arg-type]
+            out.trade_id.append(tid_v[k])
+            out.price.append(price_v[k])
+            out.quantity.append(qty_v[k])
+            out.event_time.append(t)
+            out.maker.append(maker_v[k])
+            out.recv.append(recv)
+        return sorted(slow)
+
+    def _slow(self, entries: Sequence[Sequence[bytes]], slow: list[int], out: ParsedBatch) -> None:
+        """Parse ``slow`` entries with the reference and merge their trades in order."""
+        self.slow += len(slow)
+        extra: list[tuple[int, Trade, int]] = []
+        for i in slow:
+            msg = entry_message(entries[i])
+            res = parse_raw_message(msg, self.known_symbols)
+            if isinstance(res, Trade):
+                extra.append((i, res, msg.recv_ms))
+            else:
+                out.rejects.append((i, res, msg))
+        if not extra:
+            return
+        cols_in = (out.idx, out.exchange, out.symbol, out.trade_id, out.price,
+                   out.quantity, out.event_time, out.maker, out.recv)  # fmt: skip
+        rows = list(zip(*cols_in, strict=True))
+        rows += [(i, *t, recv) for i, t, recv in extra]
+        rows.sort(key=itemgetter(0))
+        cols = list(zip(*rows, strict=True))
+        out.idx, out.exchange, out.symbol, out.trade_id, out.price = map(list, cols[:5])
+        out.quantity, out.event_time, out.maker, out.recv = map(list, cols[5:])
+
+    def parse(self, msg: RawMessage) -> Trade | Rejection:
+        """One decoded message (tests and tools; the flow parses whole batches)."""
+        fields: list[bytes] = []
+        for k, v in msg.to_fields().items():
+            fields += [k, v]
+        batch = self.parse_batch([fields])
+        if batch.rejects:
+            return batch.rejects[0][1]
+        return batch.trades()[0]

@@ -1,0 +1,234 @@
+"""Generated market days for the candles-flow tests, with known faults and known outcomes.
+
+A :class:`Day` is a set of distinct trades and the raw-log entries that deliver them
+in arrival order: most on time, some out of order inside the allowed lateness, some
+twice, some late (after a later trade has moved the watermark past their 1m window),
+and malformed messages in between. The expected outcome is known independently of
+the flow: the reference candles are :func:`marketdata.candle.fold_trades` of every
+trade that is not late, and the late set is the trades generated late.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+
+from marketdata.candle import Candle, fold_trades
+from marketdata.hostile import GENERATORS
+from marketdata.interval import Interval
+from marketdata.rawmessage import RawMessage
+from marketdata.simulator import trade_payload
+from marketdata.trade import Rejection, Trade
+from streaming.fastparse import parse_raw_message
+
+T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
+_MALFORMED = [k for k in GENERATORS if k not in ("valid", "oversized")]
+
+CandleKey = tuple[str, str, str, int]
+
+
+@dataclass
+class Day:
+    """A generated stretch of market with its raw-log entries and expected outcome."""
+
+    trades: list[Trade]
+    late_keys: set[tuple[str, str, int]]
+    #: (arrival ms, message) in arrival order.
+    entries: list[tuple[int, RawMessage]]
+    rejected: int
+    duplicates: int
+    lateness_ms: int
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def on_time(self) -> list[Trade]:
+        """The trades the stream must fold (all but the late ones)."""
+        return [t for t in self.trades if t.key not in self.late_keys]
+
+    @property
+    def late(self) -> list[Trade]:
+        """The trades the stream must send to the late stream."""
+        return [t for t in self.trades if t.key in self.late_keys]
+
+    def reference(self, intervals: Iterable[Interval] = Interval) -> dict[CandleKey, Candle]:
+        """The reference candles of every interval: fold_trades of the on-time trades."""
+        out: dict[CandleKey, Candle] = {}
+        on_time = self.on_time
+        for iv in intervals:
+            out.update(fold_trades(on_time, iv))
+        return out
+
+    def stream_ids(self) -> list[bytes]:
+        """Explicit, increasing stream ids from the arrival times (``ms-seq``)."""
+        ids: list[bytes] = []
+        prev, seq = -1, 0
+        for arrival, _ in self.entries:
+            ms = max(arrival, prev)
+            seq = seq + 1 if ms == prev else 0
+            ids.append(f"{ms}-{seq}".encode())
+            prev = ms
+        return ids
+
+    def field_lists(self) -> list[list[bytes]]:
+        """Each entry's fields as the flat list XREAD returns."""
+        out = []
+        for _, msg in self.entries:
+            flat: list[bytes] = []
+            for k, v in msg.to_fields().items():
+                flat += [k, v]
+            out.append(flat)
+        return out
+
+    def write(self, client: redis.Redis, stream: str = "md:trades:raw", start: int = 0,
+              stop: int | None = None, explicit_ids: bool = True) -> int:  # fmt: skip
+        """XADD entries ``[start, stop)`` (with arrival-time ids unless told otherwise)."""
+        ids = self.stream_ids()
+        stop = len(self.entries) if stop is None else stop
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, stop):
+            fields = self.entries[i][1].to_fields()
+            if explicit_ids:
+                pipe.xadd(stream, fields, id=ids[i])  # type: ignore[arg-type]
+            else:
+                pipe.xadd(stream, fields)  # type: ignore[arg-type]
+            if len(pipe) >= 2000:
+                pipe.execute()
+        pipe.execute()
+        return stop - start
+
+
+def gen_day(
+    seed: int,
+    *,
+    n: int = 20_000,
+    start_ms: int = T0,
+    span_ms: int = 86_400_000,
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+    exchanges: tuple[str, ...] = ("binance",),
+    lateness_ms: int = 5_000,
+    out_of_order: float = 0.05,
+    duplicates: float = 0.03,
+    late: float = 0.0,
+    malformed: float = 0.01,
+    sparse_ids: bool = False,
+) -> Day:
+    """A generated day: ``n`` trades over ``span_ms`` with the given fault shares.
+
+    Arrival is event time plus a delay: zero, or under 0.8 x lateness for
+    out-of-order trades, so those are never late. A duplicate arrives less than half
+    the lateness after its original. A late trade arrives after the first on-time
+    arrival that moved the largest event time past its 1m window's end plus the
+    lateness, so it is late by construction.
+    """
+    rng = random.Random(seed)
+    times = sorted(start_ms + rng.randrange(span_ms) for _ in range(n))
+    next_id = {(ex, s): rng.randrange(1, 10**9) for ex in exchanges for s in symbols}
+    price = {s: rng.randrange(10**9, 10**13) for s in symbols}
+    trades: list[Trade] = []
+    for t in times:
+        ex, sym = rng.choice(exchanges), rng.choice(symbols)
+        tid = next_id[(ex, sym)]
+        next_id[(ex, sym)] += rng.randrange(2, 50) if sparse_ids else 1
+        price[sym] = max(10**6, price[sym] + rng.randrange(-(10**7), 10**7 + 1))
+        qty = rng.randrange(1, 10**9)
+        trades.append(Trade(ex, sym, tid, price[sym], qty, t, rng.random() < 0.5))
+    kinds = ["late" if rng.random() < late else "normal" for _ in trades]
+    arrivals: list[int] = []
+    for t, kind in zip(trades, kinds, strict=True):
+        if kind == "normal" and rng.random() < out_of_order:
+            arrivals.append(t.event_time + rng.randrange(1, max(2, lateness_ms * 8 // 10)))
+        else:
+            arrivals.append(t.event_time)
+    # Largest event time delivered, as a function of arrival, over on-time trades.
+    normal = sorted((a, t.event_time) for a, t, k in zip(arrivals, trades, kinds, strict=True)
+                    if k == "normal")  # fmt: skip
+    normal_arrivals = [a for a, _ in normal]
+    prefix_max: list[int] = []
+    m = -1
+    for _, e in normal:
+        m = max(m, e)
+        prefix_max.append(m)
+    late_keys: set[tuple[str, str, int]] = set()
+    for i, (t, kind) in enumerate(zip(trades, kinds, strict=True)):
+        if kind != "late":
+            continue
+        need = t.event_time - t.event_time % 60_000 + 60_000 + lateness_ms
+        j = bisect.bisect_left(prefix_max, need)
+        if j == len(prefix_max):
+            kinds[i] = "normal"  # nothing later moves the watermark: it is on time after all
+            continue
+        arrivals[i] = normal_arrivals[j] + rng.randrange(1, 30_000)
+        late_keys.add(t.key)
+    entries: list[tuple[int, int, RawMessage]] = []  # (arrival, tie-break, message)
+    seq = 0
+
+    def push(arrival: int, msg: RawMessage) -> None:
+        nonlocal seq
+        entries.append((arrival, seq, msg))
+        seq += 1
+
+    dup_count = 0
+    rejected = 0
+    reasons: dict[str, int] = {}
+    for t, a in zip(trades, arrivals, strict=True):
+        msg = RawMessage(trade_payload(t), t.exchange, a, symbol=t.symbol)
+        push(a, msg)
+        if rng.random() < duplicates:
+            push(a + rng.randrange(0, max(1, lateness_ms // 2)), msg._replace(recv_ms=a + 1))
+            dup_count += 1
+        if rng.random() < malformed:
+            base = orjson.loads(trade_payload(t))
+            payload, _ = GENERATORS[rng.choice(_MALFORMED)](rng, base)
+            bad = RawMessage(payload, t.exchange, a, symbol=t.symbol)
+            res = parse_raw_message(bad)
+            if isinstance(res, Rejection):
+                push(a, bad)
+                rejected += 1
+                reasons[res.reason] = reasons.get(res.reason, 0) + 1
+    entries.sort(key=lambda e: (e[0], e[1]))
+    return Day(trades, late_keys, [(a, msg) for a, _, msg in entries], rejected, dup_count,
+               lateness_ms, reasons)  # fmt: skip
+
+
+def batches(items: list, rng: random.Random, low: int = 1, high: int = 3000) -> Iterator[list]:
+    """``items`` cut into consecutive batches of random sizes."""
+    i = 0
+    while i < len(items):
+        k = rng.randrange(low, high + 1)
+        yield items[i : i + k]
+        i += k
+
+
+def candle_map(candles: Iterable[Candle]) -> dict[CandleKey, dict]:
+    """Candles by key, as their exact comparable fields (later ones win)."""
+    return {c.key: c.fields() for c in candles}
+
+
+def ref_map(day: Day) -> dict[CandleKey, dict]:
+    """The day's reference candles as exact comparable fields."""
+    return {k: c.fields() for k, c in day.reference().items()}
+
+
+def test_generated_day_is_what_it_says() -> None:
+    day = gen_day(1, n=3000, late=0.02, duplicates=0.05, malformed=0.02)
+    assert len({t.key for t in day.trades}) == len(day.trades)
+    assert day.late_keys and day.rejected and day.duplicates
+    arrivals = [a for a, _ in day.entries]
+    assert arrivals == sorted(arrivals)
+    ids = day.stream_ids()
+    assert ids == sorted(ids, key=lambda b: tuple(map(int, b.split(b"-"))))
+    assert len(set(ids)) == len(ids)
+    # Every late trade arrives after a trade 'lateness' past its window's end arrived.
+    max_event = -1
+    for _, msg in day.entries:
+        res = parse_raw_message(msg)
+        if isinstance(res, Trade):
+            if res.key in day.late_keys:
+                assert max_event - day.lateness_ms >= Interval.M1.floor(res.event_time) + 60_000
+            else:
+                max_event = max(max_event, res.event_time)
