@@ -3,7 +3,7 @@
 import dagster as dg
 
 from orchestration.resources import FlowSupervisorResource
-from streaming.supervisor import ALL, Supervisor
+from streaming.supervisor import ALL
 
 
 class FlowSelection(dg.Config):
@@ -29,9 +29,24 @@ def _selected(config: FlowSelection, resource: FlowSupervisorResource) -> list[s
     return [config.flow]
 
 
-def _log_status(context: dg.OpExecutionContext, sup: Supervisor, name: str) -> None:
-    st = sup.status(name)
-    context.log.info(f"{name}: {st.state} (pid {st.pid}, {st.reason})")
+def _act(
+    context: dg.OpExecutionContext,
+    config: FlowSelection,
+    resource: FlowSupervisorResource,
+    action: str,
+) -> None:
+    sup = resource.supervisor()
+    for name in _selected(config, resource):
+        if action != "stop" and not config.automatic:
+            sup.clear_failed(name)  # a person asked: forget a crash loop
+        if action == "start":
+            sup.start(name)
+        elif action == "stop":
+            sup.stop(name)
+        else:
+            sup.restart(name, reason=config.reason)
+        st = sup.status(name)
+        context.log.info(f"{name}: {st.state} (pid {st.pid}, {st.reason})")
 
 
 @dg.op(tags={"kind": "flow-control"})
@@ -39,11 +54,7 @@ def start_flow(
     context: dg.OpExecutionContext, config: FlowSelection, flow_supervisor: FlowSupervisorResource
 ) -> None:
     """Start the selected flows (no-op for those running); clears a crash loop."""
-    sup = flow_supervisor.supervisor()
-    for name in _selected(config, flow_supervisor):
-        sup.clear_failed(name)
-        sup.start(name)
-        _log_status(context, sup, name)
+    _act(context, config, flow_supervisor, "start")
 
 
 @dg.op(tags={"kind": "flow-control"})
@@ -51,10 +62,7 @@ def stop_flow(
     context: dg.OpExecutionContext, config: FlowSelection, flow_supervisor: FlowSupervisorResource
 ) -> None:
     """Stop the selected flows (SIGTERM: they snapshot and exit); the sensor leaves them be."""
-    sup = flow_supervisor.supervisor()
-    for name in _selected(config, flow_supervisor):
-        sup.stop(name)
-        _log_status(context, sup, name)
+    _act(context, config, flow_supervisor, "stop")
 
 
 @dg.op(tags={"kind": "flow-control"})
@@ -62,12 +70,7 @@ def restart_flow(
     context: dg.OpExecutionContext, config: FlowSelection, flow_supervisor: FlowSupervisorResource
 ) -> None:
     """Restart the selected flows, recording why."""
-    sup = flow_supervisor.supervisor()
-    for name in _selected(config, flow_supervisor):
-        if not config.automatic:
-            sup.clear_failed(name)
-        sup.restart(name, reason=config.reason)
-        _log_status(context, sup, name)
+    _act(context, config, flow_supervisor, "restart")
 
 
 @dg.job(description="Start one flow or all of them (config: flow).")

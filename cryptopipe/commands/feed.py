@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import threading
 from pathlib import Path
 
 from cryptopipe.signals import stop_event_on_signals
@@ -144,6 +145,16 @@ def register(
     bn.set_defaults(func=cmd_binance)
 
 
+def _feed_writer(settings: Settings) -> tuple[RawLogWriter, threading.Event]:
+    """The raw-log writer of a feed (beating as flow ``feed``) and its stop event."""
+    client = connect_settings(settings)
+    stop = stop_event_on_signals()
+    writer = RawLogWriter(
+        client, settings.raw_shards, HeartbeatWriter(client, "feed"), should_stop=stop.is_set
+    )
+    return writer, stop
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     """Run the simulator into the raw log."""
     speed = parse_speed(args.speed)
@@ -170,11 +181,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         # Ids grow from the start time so that consecutive runs never reuse one.
         first_trade_id=args.first_trade_id if args.first_trade_id is not None else start * 10,
     )
-    client = connect_settings(settings)
-    stop = stop_event_on_signals()
-    writer = RawLogWriter(
-        client, settings.raw_shards, HeartbeatWriter(client, "feed"), should_stop=stop.is_set
-    )
+    writer, stop = _feed_writer(settings)
     with writer:
         kinds = run_simulation(
             writer, cfg, speed, should_stop=stop.is_set, progress=Progress("simulate")
@@ -189,11 +196,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Replay files into the raw log."""
     speed = parse_speed(args.speed)
-    client = connect_settings(settings)
-    stop = stop_event_on_signals()
-    writer = RawLogWriter(
-        client, settings.raw_shards, HeartbeatWriter(client, "feed"), should_stop=stop.is_set
-    )
+    writer, stop = _feed_writer(settings)
     with writer:
         n = replay_files(
             writer,
