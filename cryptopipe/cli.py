@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "cryptopipe.commands.up",
     "cryptopipe.commands.feed",
     "cryptopipe.commands.flowctl",
+    "cryptopipe.commands.stream",
+    "cryptopipe.commands.candles",
 )
 
 

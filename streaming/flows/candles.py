@@ -1,0 +1,209 @@
+"""The candles flow: raw log -> closed and live candles, late trades, DLQ (issue 3).
+
+Run it as ``cryptopipe stream run candles`` (which runs ``python -m bytewax.run
+"streaming.flows.candles:get_flow(...)"`` with a recovery directory), or build it
+with :func:`build_flow` in tests.
+
+Shape::
+
+    RedisStreamSource (one partition per raw-log stream/shard, XREAD in batches)
+      -> stateful_batch keyed by partition: ShardAggregator (parse, dedupe,
+         event-time windows, late trades, live candles at most once a second)
+      -> CandleSink (one pipeline per batch, idempotent)
+
+Windowing is our own, on ``stateful_batch``, not bytewax's ``EventClock``: that
+clock advances its watermark by wall-clock time, across a resume too, so a restart
+after downtime longer than the allowed lateness would turn the backlog that arrived
+meanwhile into late trades. Ours is driven by event times and arrival times found in
+the data (:mod:`streaming.candleagg`), so a replay decides exactly what the first
+run decided.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulBatchLogic
+
+from marketdata.rawmessage import raw_stream_names
+from marketdata.settings import Settings
+from streaming.candleagg import Emitted, ShardAggregator, WindowConfig
+from streaming.candlestore import CandleWrites, LateRecord, RejectRecord
+from streaming.flows.runtime import flow_heartbeat
+from streaming.sinks import CandleSink
+from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch, RedisStreamSource
+
+FLOW_NAME = "candles"
+
+
+@dataclass(frozen=True)
+class CandlesFlowConfig:
+    """Everything the candles flow needs; no connection is opened here.
+
+    Attributes:
+        redis_url: the Redis holding the raw log and receiving candles.
+        streams: raw-log streams to read, one source partition each.
+        window: lateness, idle advance, dedupe retention.
+        known_symbols: when set, other symbols are rejected (``unknown_symbol``).
+        batch_size: entries per XREAD.
+        poll_s: pause between reads of a caught-up stream.
+        live_interval_s: at most one live-candle update per (exchange, symbol) per this.
+        exit_when_idle: end the input after this many idle seconds, closing every
+            open window first (replays, tests, benchmarks); ``None`` runs forever.
+        name: the flow's name (heartbeat and counter keys).
+
+    """
+
+    redis_url: str
+    streams: tuple[str, ...]
+    window: WindowConfig = field(default_factory=WindowConfig)
+    known_symbols: frozenset[str] | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    poll_s: float = DEFAULT_POLL_S
+    live_interval_s: float = 1.0
+    exit_when_idle: float | None = None
+    name: str = FLOW_NAME
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> CandlesFlowConfig:
+        """The configuration of ``settings`` (Redis, shards, lateness, symbols)."""
+        window_keys = {"idle_advance_ms", "max_ahead_ms", "dedupe_retention_ms"}
+        window = WindowConfig(
+            lateness_ms=settings.lateness_ms,
+            **{k: overrides.pop(k) for k in list(overrides) if k in window_keys},
+        )
+        cfg = cls(
+            redis_url=settings.redis_url,
+            streams=tuple(raw_stream_names(settings.raw_shards)),
+            window=window,
+            known_symbols=settings.known_symbols,
+        )
+        return replace(cfg, **overrides)
+
+
+def _writes(stream: str, out: Emitted) -> CandleWrites:
+    w = CandleWrites(stream, closed=out.closed)
+    for lt in out.late:
+        t = lt.trade
+        w.late.append(LateRecord(t.exchange, t.symbol, t.trade_id, t.price_e8, t.quantity_e8,
+                                 t.event_time, t.is_buyer_maker, lt.windows, lt.watermark,
+                                 lt.stream, lt.entry_id))  # fmt: skip
+    for rj in out.rejects:
+        r = rj.rejection
+        w.rejects.append(RejectRecord(r.reason, r.payload, r.exchange, r.detail, rj.stream,
+                                      rj.entry_id, rj.recv_ms))  # fmt: skip
+    return w
+
+
+class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
+    """One partition's aggregator inside bytewax, plus live-candle throttling."""
+
+    def __init__(self, cfg: CandlesFlowConfig, resume: bytes | None) -> None:
+        self.cfg = cfg
+        self.agg: ShardAggregator | None = pickle.loads(resume) if resume else None
+        self._dirty: set[tuple[str, str]] = set()
+        self._published: dict[tuple[str, str], float] = {}
+        self._next_live: float | None = None
+
+    def _aggregator(self, stream: str) -> ShardAggregator:
+        if self.agg is None:
+            self.agg = ShardAggregator(stream, self.cfg.window, self.cfg.known_symbols)
+        return self.agg
+
+    def on_batch(self, values: list[RawBatch]) -> tuple[Iterable[CandleWrites], bool]:
+        agg = self._aggregator(values[0].stream)
+        writes = CandleWrites(agg.stream)
+        for b in values:
+            out = agg.process(b.ids, b.fields, b.tick_ms)
+            w = _writes(agg.stream, out)
+            writes.closed += w.closed
+            writes.late += w.late
+            writes.rejects += w.rejects
+            writes.entries += len(b.ids)
+            self._dirty |= out.touched
+        writes.live = self._live(time.monotonic())
+        writes.counters = self._counters(agg)
+        return [writes], StatefulBatchLogic.RETAIN
+
+    def _counters(self, agg: ShardAggregator) -> dict[str, int | str]:
+        out: dict[str, int | str] = dict(agg.counters)
+        out["watermark"] = agg.watermark
+        out["last_id"] = agg.last_id.decode() if agg.last_id else ""
+        return out
+
+    def _live(self, now: float) -> list[Any]:
+        """Live candles of the pairs due for an update; schedules the rest."""
+        if not self._dirty or self.agg is None:
+            self._next_live = None
+            return []
+        every = self.cfg.live_interval_s
+        due = {k for k in self._dirty if now - self._published.get(k, -1e18) >= every}
+        candles = self.agg.live_candles(due) if due else []
+        for k in due:
+            self._published[k] = now
+        self._dirty -= due
+        self._next_live = min((self._published[k] + every for k in self._dirty), default=None)
+        return candles
+
+    def on_notify(self) -> tuple[Iterable[CandleWrites], bool]:
+        live = self._live(time.monotonic())
+        if not live or self.agg is None:
+            return [], StatefulBatchLogic.RETAIN
+        return [CandleWrites(self.agg.stream, live=live)], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self._next_live is None:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, self._next_live - time.monotonic()))
+
+    def on_eof(self) -> tuple[Iterable[CandleWrites], bool]:
+        # End of input: every open window is written as closed. The state is kept as
+        # it is, so a later run continues those windows and rewrites them when they
+        # really close.
+        if self.agg is None:
+            return [], StatefulBatchLogic.RETAIN
+        writes = CandleWrites(self.agg.stream, closed=self.agg.flush_all())
+        writes.counters = self._counters(self.agg)
+        return [writes], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        if self.agg is None:
+            return b""
+        self.agg.compact()
+        return pickle.dumps(self.agg, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def build_flow(cfg: CandlesFlowConfig) -> Dataflow:
+    """The candles dataflow for ``cfg``."""
+    heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
+    flow = Dataflow(cfg.name)
+    source = RedisStreamSource(
+        cfg.redis_url,
+        list(cfg.streams),
+        batch_size=cfg.batch_size,
+        poll_s=cfg.poll_s,
+        exit_when_idle=cfg.exit_when_idle,
+        observer=heartbeat,
+    )
+    raw = op.input("raw", flow, source)
+    candles = op.stateful_batch("candles", raw, lambda resume: _CandlesLogic(cfg, resume or None))
+    op.output(
+        "redis", candles, CandleSink(cfg.redis_url, cfg.name, on_written=heartbeat.on_written)
+    )
+    return flow
+
+
+def get_flow(**overrides: Any) -> Dataflow:
+    """The candles flow of the environment's settings (``python -m bytewax.run`` entry).
+
+    Keyword arguments override :class:`CandlesFlowConfig` fields (and the window's
+    ``idle_advance_ms``, ``max_ahead_ms``, ``dedupe_retention_ms``).
+    """
+    return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))

@@ -1,0 +1,197 @@
+"""What every flow process shares: its heartbeat and progress counters.
+
+One :class:`FlowHeartbeat` per flow and process. Source partitions report reads to
+it, sinks report writes; a thread writes the flow's heartbeat hash
+(:mod:`streaming.heartbeat`, DESIGN.md section 7) every second.
+
+In bytewax's multi-process mode every process but the first writes its own hash
+(``md:flow:<name>:heartbeat:p<i>``, expiring); the first adds those up into the
+flow's hash, whose ``pid`` is the process the supervisor started
+(``CRYPTOPIPE_FLOW_PID``), so liveness checks see one flow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import redis
+
+from streaming.heartbeat import HeartbeatWriter, heartbeat_key
+from streaming.redisconn import connect, text
+from streaming.sources import PartitionObserver, StreamPosition
+
+log = logging.getLogger(__name__)
+
+ENV_FLOW_PID = "CRYPTOPIPE_FLOW_PID"
+ENV_PROCESS_ID = "CRYPTOPIPE_PROCESS_ID"
+ENV_PROCESSES = "CRYPTOPIPE_PROCESSES"
+ENV_WORKERS = "CRYPTOPIPE_WORKERS"
+_PROC_TTL_S = 30
+
+
+def process_key(name: str, process_id: int) -> str:
+    """Heartbeat hash of one process of a multi-process flow."""
+    return f"{heartbeat_key(name)}:p{process_id}"
+
+
+class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
+    """A flow process's heartbeat, fed by its source partitions and sinks.
+
+    Fields beyond :mod:`streaming.heartbeat`'s: ``lag_ms`` (age of the oldest unread
+    entry's position behind the tip, ms), ``lost_entries`` (entries trimmed before
+    they were read), ``last_error``, ``streams`` (JSON: per partition, last id and
+    lag), ``workers`` and ``processes``.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        *,
+        pid: int | None = None,
+        process_id: int = 0,
+        processes: int = 1,
+        workers: int = 1,
+        interval_s: float = 1.0,
+    ) -> None:
+        super().__init__(client, name, interval_s=interval_s)
+        self.pid = pid or os.getpid()
+        self.process_id = process_id
+        self.processes = processes
+        self.workers = workers
+        self._streams: dict[str, dict[str, Any]] = {}
+        self._last_stream = ""
+        self._last_error = ""
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, client: redis.Redis, name: str) -> FlowHeartbeat:
+        """Pid, process index and counts as ``cryptopipe stream run`` sets them."""
+        env = os.environ
+        return cls(
+            client,
+            name,
+            pid=int(env.get(ENV_FLOW_PID) or os.getpid()),
+            process_id=int(env.get(ENV_PROCESS_ID) or 0),
+            processes=int(env.get(ENV_PROCESSES) or 1),
+            workers=int(env.get(ENV_WORKERS) or 1),
+        )
+
+    def ensure_started(self) -> None:
+        """Start the writer thread once (from the first partition that reports)."""
+        if self._started:
+            return
+        with self._start_lock:
+            if not self._started:
+                self._started = True
+                self.start()
+
+    # -- reports --------------------------------------------------------------------
+
+    def on_read(self, stream: str, n: int, pos: StreamPosition, lag: int, lag_ms: int) -> None:
+        """A partition read ``n`` entries (or none)."""
+        self.ensure_started()
+        with self._lock:
+            self._fields["items_in"] += n
+            self._streams[stream] = {
+                "last_id": pos.last_id.decode(),
+                "lag": lag,
+                "lag_ms": lag_ms,
+                "lost": pos.lost,
+            }
+            if n:
+                self._last_stream = stream
+
+    def on_loss(self, stream: str, lost: int, detail: str) -> None:
+        """Entries were trimmed before a partition read them."""
+        with self._lock:
+            self._last_error = detail
+
+    def on_written(self, n: int) -> None:
+        """A sink wrote ``n`` records."""
+        with self._lock:
+            self._fields["items_out"] += n
+
+    # -- writing --------------------------------------------------------------------
+
+    def _own_fields(self) -> dict[str, Any]:
+        with self._lock:
+            streams = {k: dict(v) for k, v in self._streams.items()}
+            fields = dict(self._fields)
+            last_error = self._last_error
+            last_stream = self._last_stream
+        last = streams.get(last_stream, {}).get("last_id", "")
+        return {
+            "items_in": fields["items_in"],
+            "items_out": fields["items_out"],
+            "last_source_id": last,
+            "lag": sum(s["lag"] for s in streams.values()),
+            "lag_ms": max((s["lag_ms"] for s in streams.values()), default=0),
+            "lost_entries": sum(s["lost"] for s in streams.values()),
+            "last_error": last_error,
+            "streams": json.dumps(streams, sort_keys=True),
+        }
+
+    def _others(self) -> list[dict[str, str]]:
+        pipe = self.client.pipeline(transaction=False)
+        for i in range(1, self.processes):
+            pipe.hgetall(process_key(self.name, i))
+        out = []
+        for raw in pipe.execute():
+            if raw:
+                out.append({text(k): text(v) for k, v in raw.items()})
+        return out
+
+    def beat(self) -> None:
+        """Write the heartbeat now (the first process sums up the others)."""
+        fields = self._own_fields()
+        now = time.monotonic()
+        if self.processes > 1 and self.process_id > 0:
+            key = process_key(self.name, self.process_id)
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+            pipe.expire(key, _PROC_TTL_S)
+            pipe.execute()
+            return
+        if self.processes > 1:
+            streams = json.loads(fields["streams"])
+            for other in self._others():
+                for k in ("items_in", "items_out", "lag", "lost_entries"):
+                    fields[k] += int(other.get(k, 0))
+                fields["lag_ms"] = max(fields["lag_ms"], int(other.get("lag_ms", 0)))
+                streams.update(json.loads(other.get("streams", "{}")))
+                fields["last_error"] = fields["last_error"] or other.get("last_error", "")
+            fields["streams"] = json.dumps(streams, sort_keys=True)
+        rate = (fields["items_in"] - self._last_in) / max(now - self._last_t, 1e-6)
+        self._last_in, self._last_t = fields["items_in"], now
+        restarts = self.client.hget(f"md:flow:{self.name}:control", "restarts_total")
+        fields.update(
+            pid=self.pid,
+            started_at=self.started_at,
+            heartbeat_at=int(time.time() * 1000),
+            throughput=f"{rate:.1f}",
+            restarts=int(restarts or 0),  # type: ignore[arg-type]
+            workers=self.workers,
+            processes=self.processes,
+        )
+        self.client.hset(heartbeat_key(self.name), mapping={k: str(v) for k, v in fields.items()})
+
+
+_HEARTBEATS: dict[tuple[str, str], FlowHeartbeat] = {}
+_LOCK = threading.Lock()
+
+
+def flow_heartbeat(name: str, redis_url: str) -> FlowHeartbeat:
+    """This process's heartbeat of flow ``name`` (created on first use, started lazily)."""
+    with _LOCK:
+        hb = _HEARTBEATS.get((name, redis_url))
+        if hb is None:
+            hb = FlowHeartbeat.from_env(connect(redis_url, check=False), name)
+            _HEARTBEATS[(name, redis_url)] = hb
+        return hb
