@@ -1,0 +1,110 @@
+"""The lake writer API the archive flow calls: layout, naming, exactness, idempotence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from batch.lake import (
+    Lake,
+    LakeWriter,
+    SourceRange,
+    decimal_array,
+    decimal_unscaled,
+    read_rejects,
+    read_trades,
+    write_trades,
+)
+from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
+from marketdata.trade import Rejection, Trade
+
+D1 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
+D2 = D1 + 86_400_000
+
+
+def trade(tid: int, t: int, price: int = 8_400_000_000_000, qty: int = 100_000) -> Trade:
+    return Trade("binance", "BTCUSDT", tid, price, qty, t, tid % 2 == 0)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1, 0, 5, MAX_PRICE_E8 - 1],
+        [MAX_QUANTITY_E8 - 1, 1, 2**63 - 1, 2**63, 2**64 + 7],  # beyond int64
+        [-1, -(2**70)],  # negative words round-trip too (not stored, but exact)
+        [],
+    ],
+)
+def test_decimal_arrays_round_trip_exactly(values: list[int]) -> None:
+    arr = decimal_array(values, pa.decimal128(38, 8))
+    assert decimal_unscaled(arr) == values
+    assert decimal_unscaled(arr.slice(1)) == values[1:]
+
+
+def test_write_splits_by_day_and_names_files_by_source_range(tmp_path: Path) -> None:
+    trades = [trade(1, D1 + 5), trade(2, D2 - 1), trade(3, D2), trade(4, D2 + 10)]
+    rejection = Rejection("malformed_json", b"{oops", "binance", "bad")
+    src = SourceRange.stream("md:trades:raw:1", "1741996800000-0", b"1741996800500-3")
+    res = write_trades(tmp_path, trades, [rejection], src, rejection_ids=["1741996800100-0"])
+    name = "stream~md_trades_raw_1~1741996800000-0~1741996800500-3.parquet"
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in res.files] == [
+        f"trades/date=2025-03-14/{name}",
+        f"trades/date=2025-03-15/{name}",
+        f"rejects/date=2025-03-15/{name}",  # the day of the first stream id
+    ]
+    assert read_trades(tmp_path, date(2025, 3, 14)) == trades[:2]
+    assert read_trades(tmp_path, date(2025, 3, 15)) == trades[2:]
+    rej = read_rejects(tmp_path, date(2025, 3, 15)).to_pylist()
+    assert rej == [
+        {
+            "source": "md:trades:raw:1",
+            "source_id": "1741996800100-0",
+            "exchange": "binance",
+            "symbol": None,
+            "reason": "malformed_json",
+            "detail": "bad",
+            "payload": b"{oops",
+        }
+    ]
+    # Writing the same range again (a replay after recovery) replaces, never adds.
+    write_trades(tmp_path, trades, [rejection], src, rejection_ids=["1741996800100-0"])
+    assert read_trades(tmp_path, date(2025, 3, 14)) == trades[:2]
+    assert len(read_rejects(tmp_path, date(2025, 3, 15))) == 1
+    leftovers = [p for p in tmp_path.rglob(".*")]
+    assert leftovers == []
+
+
+def test_extreme_values_are_exact_and_oversized_ids_become_rejections(tmp_path: Path) -> None:
+    big = trade(2**63 - 1, D1, MAX_PRICE_E8 - 1, MAX_QUANTITY_E8 - 1)
+    small = trade(0, D1 + 1, 1, 1)
+    too_big_id = trade(2**63, D1 + 2)
+    writer = LakeWriter(Lake(tmp_path), durable=False)
+    res = writer.write_trades([big, small, too_big_id], [], SourceRange.rows("f", 1, 3))
+    assert read_trades(tmp_path, date(2025, 3, 14)) == [big, small]
+    assert res.trades == 2 and res.rejections == 1
+    (rej,) = read_rejects(tmp_path, date(2025, 3, 14)).to_pylist()
+    assert rej["reason"] == "bad_number:trade_id" and b"9223372036854775808" in rej["payload"]
+
+
+def test_writer_needs_a_source_range(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="SourceRange"):
+        write_trades(tmp_path, [trade(1, D1)])
+    with pytest.raises(ValueError, match="rejection ids"):
+        write_trades(
+            tmp_path,
+            [],
+            [Rejection("oversized", b"x", "binance")],
+            SourceRange.rows("f", 1, 1),
+            rejection_ids=[],
+        )
+
+
+def test_lake_module_imports_no_spark() -> None:
+    code = "import sys, batch.lake, batch.dump_import\nprint('pyspark' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
