@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "cryptopipe.commands.flowctl",
     "cryptopipe.commands.stream",
     "cryptopipe.commands.candles",
+    "cryptopipe.commands.lake",
 )
 
 
