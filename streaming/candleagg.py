@@ -32,8 +32,8 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress
-from operator import itemgetter, mul
+from itertools import accumulate, compress, repeat
+from operator import itemgetter, lt, mod, mul, sub
 from typing import Any, NamedTuple
 
 from marketdata.candle import Candle
@@ -210,6 +210,29 @@ def window_keys(event_time: int) -> dict[str, int]:
     return {i.label: i.floor(event_time) for i in Interval}
 
 
+_LABEL_MS = {i.label: i.ms for i in Interval}
+
+
+def _absorb(acc: Candle, c: Candle) -> None:
+    """Merge ``c`` (disjoint trades) into ``acc`` in place; ``acc`` keeps its window."""
+    if c.high_e8 > acc.high_e8:
+        acc.high_e8 = c.high_e8
+    if c.low_e8 < acc.low_e8:
+        acc.low_e8 = c.low_e8
+    if (c.first_event_time, c.first_trade_id) < (acc.first_event_time, acc.first_trade_id):
+        acc.open_e8, acc.first_event_time, acc.first_trade_id = (
+            c.open_e8, c.first_event_time, c.first_trade_id
+        )  # fmt: skip
+    if (c.last_event_time, c.last_trade_id) > (acc.last_event_time, acc.last_trade_id):
+        acc.close_e8, acc.last_event_time, acc.last_trade_id = (
+            c.close_e8, c.last_event_time, c.last_trade_id
+        )  # fmt: skip
+    acc.volume_e8 += c.volume_e8
+    acc.quote_volume_e16 += c.quote_volume_e16
+    acc.trade_count += c.trade_count
+    acc.taker_buy_volume_e8 += c.taker_buy_volume_e8
+
+
 def _partial(win: _Win, pb: ParsedBatch, rows: list[int]) -> Candle:
     """The candle of ``rows`` of the batch (all in ``win``), computed column-wise."""
     if len(rows) == 1:
@@ -335,64 +358,90 @@ class ShardAggregator:
             exact = id_ms(ids[-1]) - since > cfg.idle_advance_ms
         if not exact:
             least = min(pb.recv)
-            if least <= 0 or max(pb.event_time) > least + cfg.max_ahead_ms:
+            if least > 0:
+                exact = max(map(sub, pb.event_time, pb.recv)) > cfg.max_ahead_ms
+            else:
                 exact = any(
                     r > 0 and t > r + cfg.max_ahead_ms
                     for t, r in zip(pb.event_time, pb.recv, strict=True)
                 )
-        touched, late_rows = self._rows_exact(ids, pb) if exact else self._rows_fast(ids, pb)
+        touched, late_rows = self._rows_exact(ids, pb) if exact else self._rows_grouped(ids, pb)
         for w in touched:
             part = _partial(w, pb, w.rows)
-            w.candle = part if w.candle is None else w.candle.merged(part)
+            if w.candle is None:
+                w.candle = part
+            else:
+                _absorb(w.candle, part)
             w.rows = []
             out.touched.add((w.exchange, w.symbol))
         for k, wm in late_rows:
             self._late(pb, k, wm, ids, out)
 
-    def _rows_fast(
+    def _rows_grouped(
         self, ids: Sequence[bytes], pb: ParsedBatch
     ) -> tuple[list[_Win], list[tuple[int, int]]]:
-        """Assign rows to windows; no arrival-clock or receive-time effects in this batch."""
-        wins = self.wins
+        """Assign rows to windows a window at a time (no arrival-clock effects here).
+
+        The watermark a row meets depends only on the largest event time before it,
+        so the late rows are found with a running maximum over the batch.
+        """
+        ts = pb.event_time
         lateness = self.config.lateness_ms
-        cutoff = self.cutoff
-        next_cut = cutoff + MINUTE
-        e_max = self.e_max
         wm0 = self.watermark
-        imax = -1
-        dups = 0
-        touched: list[_Win] = []
         late_rows: list[tuple[int, int]] = []
-        for k, (ex, sym, tid, t) in enumerate(
-            zip(pb.exchange, pb.symbol, pb.trade_id, pb.event_time, strict=True)
-        ):
-            o = t - t % MINUTE
-            if o < cutoff:
-                late_rows.append((k, max(wm0, e_max - lateness)))
-                continue
-            key = (ex, sym, o)
+        skip: set[int] = set()
+        maxt = max(ts)
+        wm_end = max(wm0, maxt - lateness)
+        if wm_end > NEVER and min(ts) < wm_end - wm_end % MINUTE:
+            # Some row may be late: the watermark each row meets, by running maximum.
+            marks = list(map(max, repeat(wm0), map(sub, accumulate(ts, max), repeat(lateness))))
+            cuts = map(sub, marks, map(mod, marks, repeat(MINUTE)))
+            late = list(compress(range(len(ts)), map(lt, ts, cuts)))
+            late_rows = [(k, marks[k]) for k in late]
+            skip = set(late)
+        groups: dict[tuple[str, str, int], list[int]] = {}
+        minutes = map(sub, ts, map(mod, ts, repeat(MINUTE)))
+        for k, key in enumerate(zip(pb.exchange, pb.symbol, minutes, strict=False)):
+            rows = groups.get(key)
+            if rows is None:
+                groups[key] = [k]
+            else:
+                rows.append(k)
+        wins = self.wins
+        tids = pb.trade_id
+        touched: list[_Win] = []
+        dups = 0
+        for key, rows in groups.items():
+            if skip:
+                rows = [k for k in rows if k not in skip]
+                if not rows:
+                    continue
             w = wins.get(key)
             if w is None:
-                w = wins[key] = _Win(ex, sym, o)
+                w = wins[key] = _Win(*key)
             seen = w.seen
-            if tid in seen:
-                dups += 1
-                continue
-            seen.add(tid)
-            if not w.rows:
+            batch_ids = [tids[k] for k in rows]
+            fresh = set(batch_ids)
+            if len(fresh) == len(rows) and seen.isdisjoint(fresh):
+                seen |= fresh
+                good = rows
+            else:
+                good = []
+                for k, tid in zip(rows, batch_ids, strict=True):
+                    if tid in seen:
+                        dups += 1
+                    else:
+                        seen.add(tid)
+                        good.append(k)
+            if good:
+                w.rows = good
                 touched.append(w)
-            w.rows.append(k)
-            if t > e_max:
-                e_max = t
-                imax = k
-                if t - lateness >= next_cut:
-                    wm = t - lateness
-                    cutoff = wm - wm % MINUTE
-                    next_cut = cutoff + MINUTE
-        if imax >= 0:
-            self.e_max = e_max
-            self.r_at_max = id_ms(ids[pb.idx[imax]])
-            self._set_watermark(e_max - lateness)
+        if maxt > self.e_max:
+            # The first row with the largest time raised it (it cannot be a duplicate:
+            # everything seen before had a smaller time).
+            self.e_max = maxt
+            self.r_at_max = id_ms(ids[pb.idx[ts.index(maxt)]])
+            self._set_watermark(maxt - lateness)
         self._count("duplicates", dups)
         self._count("trades", sum(len(w.rows) for w in touched))
         return touched, late_rows
@@ -485,14 +534,17 @@ class ShardAggregator:
             out.closed.append(c)
             ex, sym, o = key
             for iv in COARSE:
-                ck = (ex, sym, iv.label, iv.floor(o))
+                ck = (ex, sym, iv.label, o - o % iv.ms)
                 acc = self.coarse.get(ck)
-                self.coarse[ck] = c.rolled_up(iv) if acc is None else acc.merged(c)
+                if acc is None:
+                    self.coarse[ck] = c.rolled_up(iv)
+                else:
+                    _absorb(acc, c)
             if retain:  # compacted later (compact()), off the path of the closed candle
                 self.retained[key] = w.seen
         done = sorted(
             (k for k, c in self.coarse.items() if c.open_time + c.interval.ms <= cutoff),
-            key=lambda k: (Interval.parse(k[2]).ms, k),
+            key=lambda k: (_LABEL_MS[k[2]], k),
         )
         for ck in done:
             out.closed.append(self.coarse.pop(ck))
@@ -528,7 +580,8 @@ class ShardAggregator:
                 ck = (ex, sym, iv.label, iv.floor(o))
                 acc = cur.get(ck)
                 cur[ck] = w.candle.rolled_up(iv) if acc is None else acc.merged(w.candle)
-        return [cur[k] for k in sorted(cur)]
+        # Copies: the aggregator keeps folding into its own candles in place.
+        return [cur[k].copy() for k in sorted(cur)]
 
     def live_candles(self, keys: Iterable[tuple[str, str]]) -> list[Candle]:
         """The newest open window's candle per (exchange, symbol, interval) of ``keys``."""

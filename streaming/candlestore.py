@@ -139,19 +139,30 @@ def candle_from_record(rec: dict[str, Any]) -> Candle:
 
 # ---- writes -----------------------------------------------------------------------
 
-#: KEYS: stream, its "written" set. ARGV: identity, now ms, retention ms, maxlen (0 =
-#: none), then field, value, ... Appends only an identity not seen within retention.
+#: KEYS: a stream, its "written" set. ARGV: now ms, retention ms, maxlen (0 = none),
+#: fields per entry (n), then per entry: identity, n field/value pairs. Appends each
+#: entry whose identity was not appended within the retention; returns how many.
 _XADD_ONCE = """
-if redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1]) == 0 then return 0 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[2]) - tonumber(ARGV[3])))
-local args = {KEYS[1]}
-if tonumber(ARGV[4]) > 0 then
-  args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = ARGV[4]
+local now = tonumber(ARGV[1])
+local maxlen = tonumber(ARGV[3])
+local nf = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - tonumber(ARGV[2])))
+local added = 0
+local i = 5
+while i <= #ARGV do
+  if redis.call('ZADD', KEYS[2], 'NX', now, ARGV[i]) == 1 then
+    local args = {KEYS[1]}
+    if maxlen > 0 then
+      args[#args + 1] = 'MAXLEN'; args[#args + 1] = '~'; args[#args + 1] = maxlen
+    end
+    args[#args + 1] = '*'
+    for j = 1, 2 * nf do args[#args + 1] = ARGV[i + j] end
+    redis.call('XADD', unpack(args))
+    added = added + 1
+  end
+  i = i + 1 + 2 * nf
 end
-args[#args + 1] = '*'
-for i = 5, #ARGV do args[#args + 1] = ARGV[i] end
-redis.call('XADD', unpack(args))
-return 1
+return added
 """
 
 
@@ -213,90 +224,102 @@ class CandleStore:
         self._known_series: set[tuple[str, str]] = set()
 
     def _append_once(
-        self, pipe: Any, stream: str, identity: str, fields: dict[str, Any], now: int,
+        self, pipe: Any, stream: str, entries: list[tuple[str, dict[str, Any]]], now: int,
         maxlen: int = 0,
     ) -> None:  # fmt: skip
-        args: list[Any] = [identity, now, DEDUPE_RETENTION_MS, maxlen]
-        for k, v in fields.items():
-            args += [k, v]
+        """Append entries (identity, fields) not appended before; one script call."""
+        if not entries:
+            return
+        nf = len(entries[0][1])
+        args: list[Any] = [now, DEDUPE_RETENTION_MS, maxlen, nf]
+        for identity, fields in entries:
+            args.append(identity)
+            for k, v in fields.items():
+                args += [k, v]
         self._xadd_once(keys=[stream, written_key(stream)], args=args, client=pipe)
 
     def write(self, batches: Sequence[CandleWrites]) -> int:
         """Write the batches in one pipeline; returns the number of records written."""
         pipe = self.client.pipeline(transaction=False)
-        n = 0
         now = now_ms()
-        live_keys: set[str] = set()
+        n = 0
+        series: dict[tuple[str, str, Interval], dict[str, bytes]] = {}
+        live: dict[str, dict[str, bytes]] = {}
+        events: list[tuple[str, dict[str, Any]]] = []
+        late: list[tuple[str, dict[str, Any]]] = []
+        rejects: list[tuple[str, dict[str, Any]]] = []
         for b in batches:
             for c in b.closed:
-                self._closed(pipe, c, now)
+                value = candle_json(c, closed=True)
+                series.setdefault((c.exchange, c.symbol, c.interval), {})[str(c.open_time)] = value
+                events.append(_closed_event(c, value))
             for c in b.live:
-                key = live_key(c.exchange, c.symbol)
-                pipe.hset(key, c.interval.label, candle_json(c, closed=False))
-                live_keys.add(key)
-            for lt in b.late:
-                self._late(pipe, lt, now)
-            for rj in b.rejects:
-                self._reject(pipe, rj, now)
+                live.setdefault(live_key(c.exchange, c.symbol), {})[c.interval.label] = candle_json(
+                    c, closed=False
+                )
+            late += [_late_entry(lt) for lt in b.late]
+            rejects += [_reject_entry(rj) for rj in b.rejects]
             if b.counters:
                 pipe.hset(counts_key(self.flow, b.source_stream), mapping=b.counters)
             n += len(b)
-        for key in live_keys:
+        for (ex, sym, iv), values in series.items():
+            pipe.hset(series_key(ex, sym, iv), mapping=values)
+            pipe.zadd(index_key(ex, sym, iv), {t: int(t) for t in values})
+            if (ex, sym) not in self._known_series:
+                pipe.sadd(exchanges_key(sym), ex)
+                pipe.sadd(SYMBOLS_KEY, f"{ex}:{sym}")
+                self._known_series.add((ex, sym))
+        for key, values in live.items():
+            pipe.hset(key, mapping=values)
             pipe.expire(key, LIVE_TTL_S)
+        self._append_once(pipe, CLOSED_EVENTS_STREAM, events, now, CLOSED_EVENTS_MAXLEN)
+        self._append_once(pipe, LATE_STREAM, late, now)
+        self._append_once(pipe, DLQ_STREAM, rejects, now)
         if len(pipe):
             pipe.execute()
         return n
 
-    def _closed(self, pipe: Any, c: Candle, now: int) -> None:
-        value = candle_json(c, closed=True)
-        pipe.hset(series_key(c.exchange, c.symbol, c.interval), str(c.open_time), value)
-        pipe.zadd(index_key(c.exchange, c.symbol, c.interval), {str(c.open_time): c.open_time})
-        if (c.exchange, c.symbol) not in self._known_series:
-            pipe.sadd(exchanges_key(c.symbol), c.exchange)
-            pipe.sadd(SYMBOLS_KEY, f"{c.exchange}:{c.symbol}")
-            self._known_series.add((c.exchange, c.symbol))
-        # A candle re-closed with the same content (a replay) is one event; a
-        # different content (more trades after an end-of-input flush) is another.
-        digest = hashlib.blake2b(value, digest_size=8).hexdigest()
-        identity = f"{c.exchange}:{c.symbol}:{c.interval.label}:{c.open_time}:{digest}"
-        fields = {
-            "exchange": c.exchange,
-            "symbol": c.symbol,
-            "interval": c.interval.label,
-            "open_time": c.open_time,
-            "candle": value,
-        }
-        self._append_once(pipe, CLOSED_EVENTS_STREAM, identity, fields, now, CLOSED_EVENTS_MAXLEN)
 
-    def _late(self, pipe: Any, lt: LateRecord, now: int) -> None:
-        fields = {
-            "exchange": lt.exchange,
-            "symbol": lt.symbol,
-            "trade_id": lt.trade_id,
-            "price": format_e8(lt.price_e8),
-            "quantity": format_e8(lt.quantity_e8),
-            "event_time": lt.event_time,
-            "is_buyer_maker": "true" if lt.is_buyer_maker else "false",
-            "windows": orjson.dumps(lt.windows),
-            "watermark": lt.watermark,
-            "source_stream": lt.source_stream,
-            "source_id": lt.source_id,
-        }
-        identity = f"{lt.exchange}:{lt.symbol}:{lt.trade_id}"
-        self._append_once(pipe, LATE_STREAM, identity, fields, now)
+def _closed_event(c: Candle, value: bytes) -> tuple[str, dict[str, Any]]:
+    # A candle re-closed with the same content (a replay) is one event; a different
+    # content (more trades after an end-of-input flush) is another.
+    digest = hashlib.blake2b(value, digest_size=8).hexdigest()
+    identity = f"{c.exchange}:{c.symbol}:{c.interval.label}:{c.open_time}:{digest}"
+    return identity, {
+        "exchange": c.exchange,
+        "symbol": c.symbol,
+        "interval": c.interval.label,
+        "open_time": c.open_time,
+        "candle": value,
+    }
 
-    def _reject(self, pipe: Any, rj: RejectRecord, now: int) -> None:
-        fields = {
-            "reason": rj.reason,
-            "payload": rj.payload,
-            "exchange": rj.exchange,
-            "detail": rj.detail,
-            "source_stream": rj.source_stream,
-            "source_id": rj.source_id,
-            "recv_ms": rj.recv_ms,
-        }
-        identity = f"{rj.source_stream}/{rj.source_id.decode()}"
-        self._append_once(pipe, DLQ_STREAM, identity, fields, now)
+
+def _late_entry(lt: LateRecord) -> tuple[str, dict[str, Any]]:
+    return f"{lt.exchange}:{lt.symbol}:{lt.trade_id}", {
+        "exchange": lt.exchange,
+        "symbol": lt.symbol,
+        "trade_id": lt.trade_id,
+        "price": format_e8(lt.price_e8),
+        "quantity": format_e8(lt.quantity_e8),
+        "event_time": lt.event_time,
+        "is_buyer_maker": "true" if lt.is_buyer_maker else "false",
+        "windows": orjson.dumps(lt.windows),
+        "watermark": lt.watermark,
+        "source_stream": lt.source_stream,
+        "source_id": lt.source_id,
+    }
+
+
+def _reject_entry(rj: RejectRecord) -> tuple[str, dict[str, Any]]:
+    return f"{rj.source_stream}/{rj.source_id.decode()}", {
+        "reason": rj.reason,
+        "payload": rj.payload,
+        "exchange": rj.exchange,
+        "detail": rj.detail,
+        "source_stream": rj.source_stream,
+        "source_id": rj.source_id,
+        "recv_ms": rj.recv_ms,
+    }
 
 
 # ---- reads ------------------------------------------------------------------------

@@ -45,16 +45,19 @@ _TRADE = (
 _ONE = re.compile(_TRADE)
 # One match per line: the canonical trade, or anything else (groups empty).
 _LINES = re.compile(rb"^(?:" + _TRADE + rb"|.*)$", re.MULTILINE)
-_NO_LIMIT = 1 << 80
 _TRUE = b"true"
+_COLUMN = [itemgetter(j) for j in range(_ONE.groups)]
 
-_LAYOUT_3 = (F_PAYLOAD, F_EXCHANGE, F_RECV)
-_LAYOUT_4 = (F_PAYLOAD, F_EXCHANGE, F_RECV, F_SYMBOL)
-_keys3 = itemgetter(0, 2, 4)
-_keys4 = itemgetter(0, 2, 4, 6)
+# Entry layouts (RawMessage.to_fields of a binance-ws message, with or without the
+# symbol it is sharded by): field names at positions 0, 2, 4 (, 6).
+_LAYOUTS = {
+    6: (itemgetter(0, 2, 4), (F_PAYLOAD, F_EXCHANGE, F_RECV)),
+    8: (itemgetter(0, 2, 4, 6), (F_PAYLOAD, F_EXCHANGE, F_RECV, F_SYMBOL)),
+}
 _payload = itemgetter(1)
 _exchange = itemgetter(3)
 _recv = itemgetter(5)
+
 
 assert MAX_PRICE_E8 >= 10**18 and MAX_QUANTITY_E8 >= 10**20  # the regex's digit limits
 
@@ -171,42 +174,42 @@ class FastParser:
     def parse_batch(self, entries: Sequence[Sequence[bytes]]) -> ParsedBatch:
         """Parse the field lists of a batch of stream entries, in order."""
         out = ParsedBatch()
-        n = len(entries)
-        if not n:
+        if not entries:
             return out
-        slow = self._fast(entries, out) if self._layout_ok(entries) else list(range(n))
+        slow = self._fast(entries, out)
         self.fast += len(out.idx)
         if slow:
             self._slow(entries, slow, out)
         return out
 
-    def _layout_ok(self, entries: Sequence[Sequence[bytes]]) -> bool:
-        lengths = set(map(len, entries))
-        if lengths == {8}:
-            return set(map(_keys4, entries)) == {_LAYOUT_4}
-        if lengths == {6}:
-            return set(map(_keys3, entries)) == {_LAYOUT_3}
-        return False
+    def _payload_groups(self, payloads: list[bytes]) -> list[tuple[bytes, ...]]:
+        """Regex groups of each payload (all empty when it is not a canonical trade)."""
+        n = len(payloads)
+        buf = b"\n".join(payloads)
+        # When no payload holds a newline, line i is payload i: one regex pass.
+        if buf.count(b"\n") == n - 1:
+            groups = _LINES.findall(buf)
+            if len(groups) == n:
+                return groups
+        empty = (b"",) * _ONE.groups
+        return [m.groups() if (m := _ONE.fullmatch(p)) else empty for p in payloads]
 
     def _fast(self, entries: Sequence[Sequence[bytes]], out: ParsedBatch) -> list[int]:
         """Fill ``out`` with the canonical trades of the batch; returns the other positions."""
         n = len(entries)
-        payloads = list(map(_payload, entries))
-        buf = b"\n".join(payloads)
-        groups: list[tuple[bytes, ...]] | None = None
-        if buf.count(b"\n") == n - 1:
-            groups = _LINES.findall(buf)
-        if groups is None or len(groups) != n:  # a payload holds a newline: one by one
-            empty = (b"",) * 8
-            groups = [m.groups() if (m := _ONE.fullmatch(p)) else empty for p in payloads]
-        cols: list[Sequence[Any]] = list(zip(*groups, strict=True))
+        lengths = set(map(len, entries))
+        layout = _LAYOUTS.get(len(lengths) == 1 and next(iter(lengths)))  # type: ignore[call-overload]
+        if layout is None or set(map(layout[0], entries)) != {layout[1]}:
+            return list(range(n))
+        groups = self._payload_groups(list(map(_payload, entries)))
+        cols: list[Sequence[Any]] = [list(map(g, groups)) for g in _COLUMN]
         exchanges: Sequence[bytes] = list(map(_exchange, entries))
-        ex_names = {raw: self._exchange(raw) for raw in set(exchanges)}
         try:
-            recvs: Sequence[int] = list(map(int, map(_recv, entries)))
-        except ValueError:
-            recvs = [_int_or_zero(raw) for raw in map(_recv, entries)]
+            recv_col: Sequence[int] = list(map(int, map(_recv, entries)))
+        except ValueError:  # RawMessage.from_fields reads a bad receive time as 0
+            recv_col = [_int_or_zero(r) for r in map(_recv, entries)]
         sym_names = {raw: self._symbol(raw) for raw in set(cols[0]) if raw}
+        ex_names = {raw: self._exchange(raw) for raw in set(exchanges)}
         idx: Sequence[int] = range(n)
         if b"" in cols[0] or None in ex_names.values() or None in sym_names.values():
             keep = [
@@ -217,8 +220,9 @@ class FastParser:
                 return list(range(n))
             pick = _picker(keep)
             cols = [pick(c) for c in cols]
-            exchanges, recvs, idx = pick(exchanges), pick(recvs), keep
+            exchanges, recv_col, idx = pick(exchanges), pick(recv_col), keep
         syms, tids, pw, pf, qw, qf, ts, makers = cols
+        recvs = recv_col
         m = len(idx)
         if len(sym_names) == 1:
             symbols = [next(iter(sym_names.values()))] * m
