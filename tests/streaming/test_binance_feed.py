@@ -1,0 +1,379 @@
+"""The live Binance feed against a local fake Binance (websocket + REST) and a real Redis.
+
+Every scenario ends with the same check: the raw log, read back with XRANGE and
+parsed with ``parse_message``, holds every trade id ``1..N`` of every symbol exactly
+once (0 lost, 0 duplicated), each parsing to the trade the fake market made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis
+
+from marketdata.parsing import parse_message
+from marketdata.rawmessage import RawMessage, raw_stream_names
+from marketdata.settings import Settings
+from marketdata.trade import Trade
+from streaming.feeds.binance import (
+    BinanceFeedConfig,
+    FeedStats,
+    FeedTuning,
+    _IdTracker,
+    rest_trade_payload,
+    run_binance_feed,
+)
+from tests.streaming.fake_binance import (
+    ConnPlan,
+    FakeBinance,
+    expected_trade,
+    trade_frame,
+    trade_row,
+)
+
+SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+FAST = FeedTuning(
+    backoff_base_s=0.05,
+    backoff_cap_s=0.5,
+    gap_grace_s=0.1,
+    flush_interval_s=0.02,
+    roll_overlap_s=1.0,
+    fill_max_attempts=5,
+    stats_every_s=1.0,
+)
+
+
+# -- pure pieces --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ids", "watermark", "holes", "duplicates"),
+    [
+        ([5], 5, [], 0),
+        ([5, 6, 7], 7, [], 0),
+        ([5, 5, 6, 5], 6, [], 2),
+        ([5, 9], 5, [(6, 8)], 0),
+        ([5, 9, 7], 5, [(6, 6), (8, 8)], 0),
+        ([5, 9, 7, 6, 8], 9, [], 0),
+        ([5, 9, 12, 9, 12, 4], 5, [(6, 8), (10, 11)], 3),
+        ([10, 20, 30, 11, 21], 11, [(12, 19), (22, 29)], 0),
+    ],
+)
+def test_id_tracker(
+    ids: list[int], watermark: int, holes: list[tuple[int, int]], duplicates: int
+) -> None:
+    tracker = _IdTracker()
+    dups = sum(not tracker.add(i) for i in ids)
+    assert (tracker.watermark, tracker.holes(), dups) == (watermark, holes, duplicates)
+
+
+def test_id_tracker_ranges_and_memory() -> None:
+    tracker = _IdTracker()
+    tracker.add(100)
+    for i in range(200, 100_000):  # a long run above one gap: one range, not 99,800 ids
+        tracker.add(i)
+    assert tracker.holes() == [(101, 199)]
+    assert len(tracker._lo) == 1
+    assert tracker.first_missing(101, 199) == 101
+    assert tracker.first_missing(150, 250) == 150
+    assert tracker.first_missing(200, 300) is None
+    assert tracker.mark(90, 150) == 50  # only 101..150 were new
+    assert tracker.first_missing(101, 199) == 151
+    assert tracker.mark(151, 199) == 49
+    assert (tracker.watermark, tracker.holes(), tracker._lo) == (99_999, [], [])
+
+
+def test_rest_rows_become_the_same_trade_as_frames() -> None:
+    for tid in (1, 77, 12345):
+        payload = rest_trade_payload("BTCUSDT", trade_row(tid))
+        assert b'"source":"rest"' in payload and b'"stream":"btcusdt@trade"' in payload
+        from_rest = parse_message(payload, recv_ms=2_000_000_000_000)
+        from_ws = parse_message(trade_frame("BTCUSDT", tid), recv_ms=2_000_000_000_000)
+        assert from_rest == from_ws == expected_trade("BTCUSDT", tid)
+
+
+@pytest.mark.parametrize(
+    "base",
+    ["wss://stream.binance.com:9443", "wss://stream.binance.com:9443/", "wss://x:1/stream"],
+)
+def test_combined_stream_url(base: str) -> None:
+    cfg = BinanceFeedConfig(("BTCUSDT", "ETHUSDT"), ws_url=base)
+    host = base.split("//")[1].split("/")[0]
+    assert cfg.stream_url == f"wss://{host}/stream?streams=btcusdt@trade/ethusdt@trade"
+
+
+def test_config_refuses_bad_input() -> None:
+    with pytest.raises(ValueError, match="no symbols"):
+        BinanceFeedConfig(())
+    with pytest.raises(ValueError, match="websocket URL"):
+        BinanceFeedConfig(("BTCUSDT",), ws_url="https://stream.binance.com")
+    with pytest.raises(ValueError, match="bad symbol"):
+        run_binance_feed(Settings(), ["BTC-USDT"])
+
+
+# -- scenarios against the fake Binance -----------------------------------------------
+
+
+def read_stream(client: redis.Redis, stream: str) -> list[RawMessage]:
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
+    return [RawMessage.from_fields(f) for _, f in entries]
+
+
+def read_log(client: redis.Redis, shards: int) -> list[RawMessage]:
+    return [m for stream in raw_stream_names(shards) for m in read_stream(client, stream)]
+
+
+def trade_ids(msgs: list[RawMessage]) -> Counter[tuple[str, int]]:
+    out: Counter[tuple[str, int]] = Counter()
+    for m in msgs:
+        t = parse_message(m.payload, fmt=m.fmt, exchange=m.exchange, recv_ms=m.recv_ms)
+        if isinstance(t, Trade):
+            out[t.symbol, t.trade_id] += 1
+    return out
+
+
+def assert_exactly_once(msgs: list[RawMessage], n: int) -> None:
+    trades = []
+    for m in msgs:
+        assert m.exchange == "binance"
+        t = parse_message(m.payload, fmt=m.fmt, exchange=m.exchange, recv_ms=m.recv_ms)
+        assert isinstance(t, Trade), (t, m.payload)
+        assert t == expected_trade(t.symbol, t.trade_id)
+        assert m.symbol == t.symbol
+        trades.append((t.symbol, t.trade_id))
+    counts = Counter(trades)
+    expected = {(s, i) for s in SYMBOLS for i in range(1, n + 1)}
+    lost = expected - set(counts)
+    duplicated = {k: c for k, c in counts.items() if c > 1}
+    assert (sorted(lost)[:10], len(lost)) == ([], 0)
+    assert duplicated == {}
+    assert set(counts) == expected
+
+
+def wait_complete(
+    client: redis.Redis, fake: FakeBinance, shards: int, timeout: float = 20.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    want = {(s, i) for s in SYMBOLS for i in range(1, fake.n_trades + 1)}
+    have: set[tuple[str, int]] = set()
+    while time.monotonic() < deadline:
+        if fake.done:
+            have = set(trade_ids(read_log(client, shards)))
+            if want <= have:
+                return
+        time.sleep(0.1)
+    missing = sorted(want - have)
+    pytest.fail(f"{len(missing)} trades never reached the raw log, e.g. {missing[:10]}")
+
+
+@contextmanager
+def feed(
+    redis_url: str,
+    tmp_path: Path,
+    fake: FakeBinance,
+    *,
+    shards: int = 1,
+    api_key: str | None = None,
+    tuning: FeedTuning = FAST,
+) -> Iterator[FeedStats]:
+    stats = FeedStats()
+    stop = threading.Event()
+    result: dict[str, int] = {}
+    settings = Settings(redis_url=redis_url, home=tmp_path, raw_shards=shards)
+
+    def target() -> None:
+        result["rc"] = run_binance_feed(
+            settings,
+            [s.lower() for s in SYMBOLS],
+            ws_url=fake.ws_url,
+            rest_url=fake.rest_url,
+            stop_event=stop,
+            api_key=api_key,
+            tuning=tuning,
+            stats=stats,
+        )
+
+    thread = threading.Thread(target=target, name="feed-under-test")
+    thread.start()
+    try:
+        yield stats
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive(), "the feed did not stop within 10 s of stop_event"
+    assert result.get("rc") == 0
+
+
+def test_drops_duplicates_and_refused_handshakes(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Abort without close frame, close frame, 503 and 429 handshakes, frames sent twice."""
+    fake = FakeBinance(
+        SYMBOLS,
+        n_trades=400,
+        plans={0: ConnPlan(drop_after=40), 1: ConnPlan(close_after=60)},
+        refuse={1: (503, None), 2: (429, "1")},
+        duplicate_every=7,
+        ping=True,
+    )
+    with fake, feed(redis_url, tmp_path, fake, shards=2) as stats:
+        wait_complete(redis_client, fake, shards=2)
+    msgs = read_log(redis_client, 2)
+    assert_exactly_once(msgs, 400)
+    # Sharded by symbol: each symbol's trades in exactly one stream.
+    for sym in SYMBOLS:
+        homes = {
+            name
+            for name in raw_stream_names(2)
+            for m in read_stream(redis_client, name)
+            if m.symbol == sym
+        }
+        assert len(homes) == 1
+    # The combined-stream URL, and the websocket answered the server's pings.
+    assert fake.conns[0].path == "/stream?streams=btcusdt@trade/ethusdt@trade"
+    assert any(c.pong_latency is not None and c.pong_latency < 1 for c in fake.conns)
+    # The 429 handshake's Retry-After: 1 was honoured.
+    times = [t for t, _ in fake.handshakes]
+    assert [s for _, s in fake.handshakes[:4]] == [101, 503, 429, 101]
+    assert times[3] - times[2] >= 1.0
+    assert stats.reconnects >= 2 and stats.duplicates > 20
+    assert stats.filled > 0 and stats.lost == 0
+    assert stats.written == len(msgs) == 800
+
+
+def test_gaps_filled_from_rest_honouring_429_and_418(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ids the socket never delivers come from historicalTrades, after 429 and 418 waits."""
+    caplog.set_level(logging.DEBUG)
+    secret = "test-api-key-do-not-log-4f1c"
+    withheld = {"BTCUSDT": {*range(10, 20), 77}, "ETHUSDT": {5, *range(150, 161)}}
+    fake = FakeBinance(
+        SYMBOLS, n_trades=250, withheld=withheld, rest_script=[(429, "1"), (418, "1")]
+    )
+    with fake, feed(redis_url, tmp_path, fake, api_key=secret) as stats:
+        wait_complete(redis_client, fake, shards=1)
+    msgs = read_log(redis_client, 1)
+    assert_exactly_once(msgs, 250)
+    # Exactly the withheld trades were synthesized from REST, and marked as such.
+    from_rest = {
+        (m.symbol, parse_message(m.payload).trade_id)  # type: ignore[union-attr]
+        for m in msgs
+        if b'"source":"rest"' in m.payload
+    }
+    assert from_rest == {(s, i) for s, ids in withheld.items() for i in ids}
+    assert stats.filled == len(from_rest) == 23 and stats.gap_ids == 23
+    # 429 then 418, each with Retry-After: 1, each waited out before the next request.
+    assert [r.status for r in fake.rest[:3]] == [429, 418, 200]
+    assert fake.rest[1].at - fake.rest[0].at >= 1.0
+    assert fake.rest[2].at - fake.rest[1].at >= 1.0
+    assert stats.rate_limited == 2
+    assert all(r.query["limit"] and int(r.query["limit"]) <= 1000 for r in fake.rest)
+    # The optional API key is sent as X-MBX-APIKEY, and never logged.
+    assert all(r.api_key == secret for r in fake.rest)
+    assert secret not in caplog.text
+    assert "gap of 10 trade ids (10..19)" in caplog.text
+
+
+def test_server_shutdown_then_close(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """serverShutdown, then close: the replacement is opened first.
+
+    Connection 0 is closed 0.5 s after its serverShutdown: the new connection
+    overlaps it. Connection 1 is closed at once and its replacement's handshake is
+    refused (429, Retry-After: 1), so the trades of that second are filled from REST.
+    """
+    fake = FakeBinance(
+        SYMBOLS,
+        n_trades=400,
+        plans={
+            0: ConnPlan(shutdown_after=50, close_delay_s=0.5),
+            1: ConnPlan(shutdown_after=50, shutdown_wrapped=True, close_delay_s=0.0),
+        },
+        refuse={2: (429, "1")},
+    )
+    with fake, feed(redis_url, tmp_path, fake) as stats:
+        wait_complete(redis_client, fake, shards=1)
+    msgs = read_log(redis_client, 1)
+    assert_exactly_once(msgs, 400)
+    assert not any(b"serverShutdown" in m.payload for m in msgs)
+    assert stats.server_shutdowns == 2 and stats.rolls == 2
+    # The replacement of connection 0 was open before the server closed connection 0.
+    c0, c1 = fake.conns[0], fake.conns[1]
+    assert c0.closed is not None and c1.opened < c0.closed
+    assert [s for _, s in fake.handshakes[:4]] == [101, 101, 429, 101]
+    assert stats.filled > 0 and stats.lost == 0
+
+
+def test_rolls_connections_before_max_age(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A tiny max connection age: overlapping rolls, nothing lost or doubled."""
+    fake = FakeBinance(SYMBOLS, n_trades=400)
+    tuning = dataclasses.replace(FAST, max_connection_age_s=0.3)
+    with fake, feed(redis_url, tmp_path, fake, tuning=tuning) as stats:
+        wait_complete(redis_client, fake, shards=1)
+    assert_exactly_once(read_log(redis_client, 1), 400)
+    assert stats.rolls >= 3 and stats.reconnects == 0
+    for old, new in zip(fake.conns, fake.conns[1:], strict=False):
+        assert old.closed is not None and new.opened < old.closed  # overlap, no gap
+    assert stats.lost == 0
+
+
+def test_cli_feed_binance_stops_cleanly_on_sigint(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """``cryptopipe feed binance`` end to end: SIGINT flushes and exits 0."""
+    fake = FakeBinance(SYMBOLS, n_trades=150, plans={0: ConnPlan(drop_after=30)})
+    with fake:
+        env = {**os.environ, "CRYPTOPIPE_HOME": str(tmp_path / "home")}
+        env.pop("BINANCE_API_KEY", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cryptopipe", "feed", "binance", "--redis-url", redis_url,
+             "--symbols", "BTCUSDT,ETHUSDT", "--ws-url", fake.ws_url, "--rest-url", fake.rest_url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        try:
+            wait_complete(redis_client, fake, shards=1, timeout=30)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert_exactly_once(read_log(redis_client, 1), 150)
+    assert "binance feed stopped" in err and "gap of" in err
+
+
+def test_stop_during_a_ban_is_prompt_and_never_hammers(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 418 with Retry-After: 30 holds every REST request; a stop still ends at once."""
+    caplog.set_level(logging.INFO)
+    fake = FakeBinance(SYMBOLS, n_trades=150, withheld={"ETHUSDT": {40}}, rest_script=[(418, "30")])
+    with fake:
+        with feed(redis_url, tmp_path, fake) as stats:
+            deadline = time.monotonic() + 15
+            while not (fake.done and fake.rest) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            stopped_at = time.monotonic()
+        assert time.monotonic() - stopped_at < 2.0
+    assert [r.status for r in fake.rest] == [418]  # one request, then waiting
+    counts = trade_ids(read_log(redis_client, 1))
+    assert set(counts.values()) == {1}
+    assert set(counts) == {(s, i) for s in SYMBOLS for i in range(1, 151)} - {("ETHUSDT", 40)}
+    assert stats.lost == 0 and stats.filled == 0
+    assert "ETHUSDT: stopping with 1 trade ids unfilled" in caplog.text
