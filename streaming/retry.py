@@ -44,11 +44,14 @@ def call_with_retry(
     should_stop: Callable[[], bool] = lambda: False,
     backoff: Backoff | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    give_up_s: float | None = None,
 ) -> T:
     """Call ``fn`` until it succeeds, sleeping with backoff on transient Redis errors.
 
     Raises:
         InterruptedError: when ``should_stop`` turns true while Redis is still away.
+        redis.ConnectionError: (the last error) when Redis stays away past ``give_up_s``:
+            a flow then crashes, and its supervisor restarts it from its snapshot.
     """
     backoff = backoff or Backoff()
     failing_since: float | None = None
@@ -62,6 +65,8 @@ def call_with_retry(
             if should_stop():
                 msg = f"{what}: stopped while Redis was unavailable"
                 raise InterruptedError(msg) from exc
+            if give_up_s is not None and time.monotonic() - failing_since > give_up_s:
+                raise
             sleep(backoff.next_delay())
             continue
         if failing_since is not None:

@@ -1,0 +1,59 @@
+"""``cryptopipe metrics SYMBOL [--exchange E] [--format json|table]``: the latest metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cryptopipe.cli import CommandError
+from marketdata.parsing import normalize_exchange, normalize_symbol
+from marketdata.settings import Settings
+from marketdata.timeutil import format_ms
+from streaming.metricsstore import metrics_exchanges, read_metrics
+from streaming.redisconn import connect_settings
+
+#: Output fields, in order (DESIGN.md section 8), then the anomaly details.
+FIELDS = ("symbol", "exchange", "open_time", "close", "ema_12", "ema_26", "macd", "macd_signal",
+          "macd_hist", "rsi_14", "vwap", "price_anomaly", "volume_anomaly", "price_deviation",
+          "volume_zscore")  # fmt: skip
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Add the ``metrics`` command."""
+    p = sub.add_parser("metrics", parents=[common], help="the latest indicators of a symbol")
+    p.add_argument("symbol", help="e.g. BTCUSDT")
+    p.add_argument("--exchange", default=None,
+                   help="exchange (default: the only one with metrics, else binance)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_metrics)  # fmt: skip
+
+
+def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the latest metrics."""
+    symbol = normalize_symbol(args.symbol)
+    if symbol is None:
+        msg = f"bad symbol {args.symbol!r}: use letters and digits like BTCUSDT"
+        raise CommandError(msg)
+    client = connect_settings(settings)
+    exchange = normalize_exchange(args.exchange) if args.exchange else None
+    if exchange is None:
+        found = metrics_exchanges(client, symbol)
+        exchange = found[0] if len(found) == 1 else "binance"
+    m = read_metrics(client, symbol, exchange)
+    if m is None:
+        msg = (
+            f"no metrics for {symbol} on {exchange} yet: the metrics flow writes them once "
+            "closed 1m candles arrive (cryptopipe stream status metrics)"
+        )
+        raise CommandError(msg, status=1)
+    record = {k: m.get(k) for k in FIELDS}
+    if args.format == "json":
+        print(json.dumps(record))
+        return 0
+    for k in FIELDS:
+        v = record[k]
+        shown = format_ms(v) if k == "open_time" else ("-" if v is None else v)
+        print(f"{k:16} {shown}")
+    return 0

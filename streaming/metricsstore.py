@@ -1,0 +1,133 @@
+"""Metrics in Redis: layout, idempotent writes, reader (docs/storage.md).
+
+* ``md:metrics:{SYM}:<exchange>``: hash of the latest metrics (each value JSON),
+  expiring ``ttl_s`` after the last update;
+* ``md:metrics:{SYM}:<exchange>:history``: sorted set, score = open_time, member = the
+  metrics as JSON, bounded to the newest ``history_len``: for charts;
+* ``md:spread:{SYM}``: hash, field ``<a>|<b>`` = the latest spread between exchanges
+  a and b as JSON;
+* ``md:anomalies``: stream of anomaly events (one per candle and kind), appended once
+  per identity, so a replay after recovery does not repeat them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from streaming.candlestore import _XADD_ONCE, DEDUPE_RETENTION_MS, written_key
+from streaming.redisconn import text
+
+ANOMALIES_STREAM = "md:anomalies"
+ANOMALIES_MAXLEN = 100_000
+DEFAULT_TTL_S = 86_400
+DEFAULT_HISTORY_LEN = 1_440
+
+
+def metrics_key(exchange: str, symbol: str) -> str:
+    """Hash of the latest metrics of one (exchange, symbol)."""
+    return f"md:metrics:{{{symbol}}}:{exchange}"
+
+
+def history_key(exchange: str, symbol: str) -> str:
+    """Sorted set of recent metrics of one (exchange, symbol), by open_time."""
+    return f"{metrics_key(exchange, symbol)}:history"
+
+
+def spread_key(symbol: str) -> str:
+    """Hash of the latest cross-exchange spreads of one symbol."""
+    return f"md:spread:{{{symbol}}}"
+
+
+@dataclass
+class MetricsWrites:
+    """What one step of the metrics flow writes for one symbol."""
+
+    symbol: str
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
+    spreads: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.metrics) + len(self.anomalies) + len(self.spreads)
+
+
+class MetricsStore:
+    """Writes metrics, history, spreads and anomalies; one pipeline per call."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_s: int = DEFAULT_TTL_S,
+        history_len: int = DEFAULT_HISTORY_LEN,
+    ) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.history_len = history_len
+        self._xadd_once = client.register_script(_XADD_ONCE)
+
+    def write(self, batches: Sequence[MetricsWrites], now_ms: int) -> int:
+        """Write the batches in one pipeline; returns the number of records."""
+        pipe = self.client.pipeline(transaction=False)
+        n = 0
+        for b in batches:
+            latest: dict[str, dict[str, Any]] = {}
+            for m in b.metrics:
+                hist = history_key(m["exchange"], b.symbol)
+                # Same open_time, same content: ZADD of an equal member is a no-op.
+                pipe.zremrangebyscore(hist, m["open_time"], m["open_time"])
+                pipe.zadd(hist, {orjson.dumps(m): m["open_time"]})
+                latest[m["exchange"]] = m
+                n += 1
+            for exchange, m in latest.items():
+                key = metrics_key(exchange, b.symbol)
+                pipe.hset(key, mapping={k: orjson.dumps(v) for k, v in m.items()})
+                pipe.expire(key, self.ttl_s)
+                pipe.zremrangebyrank(history_key(exchange, b.symbol), 0, -self.history_len - 1)
+            for s in b.spreads:
+                pipe.hset(spread_key(b.symbol), f"{s['a']}|{s['b']}", orjson.dumps(s))
+                pipe.expire(spread_key(b.symbol), self.ttl_s)
+                n += 1
+            if b.anomalies:
+                # The candles store's append-once script: ARGV now, retention, maxlen,
+                # fields per entry, then per entry its identity and field/value pairs.
+                args: list[Any] = [
+                    now_ms,
+                    DEDUPE_RETENTION_MS,
+                    ANOMALIES_MAXLEN,
+                    len(b.anomalies[0]),
+                ]
+                for a in b.anomalies:
+                    args.append(f"{a['exchange']}:{b.symbol}:{a['open_time']}:{a['kind']}")
+                    for k, v in a.items():
+                        args += [k, v if isinstance(v, str | int) else orjson.dumps(v)]
+                self._xadd_once(
+                    keys=[ANOMALIES_STREAM, written_key(ANOMALIES_STREAM)], args=args, client=pipe
+                )
+                n += len(b.anomalies)
+        if len(pipe):
+            pipe.execute()
+        return n
+
+
+def read_metrics(client: redis.Redis, symbol: str, exchange: str) -> dict[str, Any] | None:
+    """The latest metrics of one (exchange, symbol), typed as written, or ``None``."""
+    raw = client.hgetall(metrics_key(exchange, symbol))
+    if not raw:
+        return None
+    return {text(k): orjson.loads(v) for k, v in raw.items()}
+
+
+def metrics_exchanges(client: redis.Redis, symbol: str) -> list[str]:
+    """Exchanges with latest metrics for ``symbol``."""
+    prefix = metrics_key("", symbol)
+    out = []
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        rest = text(key)[len(prefix) :]
+        if rest and ":" not in rest:
+            out.append(rest)
+    return sorted(out)
