@@ -143,22 +143,37 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         return info, now, reply
 
     def _check_trim(self, info: dict[bytes, Any]) -> None:
-        """Notice entries after our position that were deleted before we read them."""
+        """Notice entries after our position that were removed before we read them.
+
+        ``entries-added - length`` entries have left the stream (trimmed from the
+        head, or deleted); ``pos.read`` counts the entries of its history up to our
+        position. More gone than that means unread entries went. (Redis 7.0 does not
+        move ``max-deleted-entry-id`` on XTRIM, so the counts are what tells.)
+        """
         added = int(info.get(b"entries-added", 0))
         length = int(info.get(b"length", 0))
         gone = added - length
-        mde = info.get(b"max-deleted-entry-id", b"0-0")
+        tip = info.get(b"last-generated-id") or b"0-0"
+        if parse_id(tip) < parse_id(self.pos.last_id):
+            log.error(
+                "%s: the stream's last id %s is before this flow's position %s: the stream "
+                "was deleted and created again; reading it from its start",
+                self.stream, tip.decode(), self.pos.last_id.decode(),
+            )  # fmt: skip
+            self.pos = StreamPosition(b"0-0", 0, self.pos.lost)
+            self.fresh = True
         if self.fresh:
             self.fresh = False
-            if gone > self.pos.read and parse_id(mde) > parse_id(self.pos.last_id):
+            if gone > self.pos.read:
                 log.warning(
-                    "%s: %d entries were trimmed before this flow first read the stream; "
+                    "%s: %d entries left the stream before this flow first read it; "
                     "starting at its first entry (the batch layer has them if archived)",
                     self.stream, gone,
                 )  # fmt: skip
                 self.pos = StreamPosition(self.pos.last_id, gone, self.pos.lost)
             return
-        if parse_id(mde) > parse_id(self.pos.last_id):
+        mde = info.get(b"max-deleted-entry-id", b"0-0")
+        if gone > self.pos.read or parse_id(mde) > parse_id(self.pos.last_id):
             lost = max(1, gone - self.pos.read)
             first = info.get(b"first-entry")
             first_id = first[0].decode() if first else "none"

@@ -195,3 +195,13 @@ def flow_heartbeat(name: str, redis_url: str) -> FlowHeartbeat:
             hb = FlowHeartbeat.from_env(connect(redis_url, check=False), name)
             _HEARTBEATS[(name, redis_url)] = hb
         return hb
+
+
+def stop_heartbeats() -> None:
+    """Stop every heartbeat of this process (tests running several flows in one process)."""
+    with _LOCK:
+        beats = list(_HEARTBEATS.values())
+        _HEARTBEATS.clear()
+    for hb in beats:
+        if hb._started:
+            hb.stop()
