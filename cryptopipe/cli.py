@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "cryptopipe.commands.candles",
     "cryptopipe.commands.lake",
     "cryptopipe.commands.metrics",
+    "cryptopipe.commands.reconcile",
 )
 
 
