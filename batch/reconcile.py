@@ -92,6 +92,15 @@ def late_trades_for_day(client: redis.Redis, day: date, count: int = 10_000) -> 
         last = text(entries[-1][0])
 
 
+def snapshot_stream_day(
+    settings: Settings, day: date, client: redis.Redis
+) -> dict[tuple[str, str, str, int], Candle]:
+    """Copy the stream's candles of ``day`` from Redis to ``candles/source=stream``; return them."""
+    stream = stream_day_candles(client, day)
+    write_day_candles(Lake(settings.lake), SOURCE_STREAM, day, stream.values())
+    return stream
+
+
 def reconcile_day(
     settings: Settings, day: date, client: redis.Redis, *, worst: int = 20
 ) -> tuple[Reconciliation, dict[str, Any]]:
@@ -108,8 +117,7 @@ def reconcile_day(
             "(the batch layer's candles are what the stream is checked against)"
         )
         raise BatchNotRunError(msg)
-    stream = stream_day_candles(client, day)
-    write_day_candles(lake, SOURCE_STREAM, day, stream.values())
+    stream = snapshot_stream_day(settings, day, client)
     late = late_trades_for_day(client, day)
     result = reconcile(stream, batch, late)
     summary: dict[str, Any] = {

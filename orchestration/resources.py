@@ -29,6 +29,27 @@ class RedisResource(dg.ConfigurableResource):
         return connect(self.url)
 
 
+class PipelineResource(dg.ConfigurableResource):
+    """The pipeline's Redis and home (lake), for the batch-side assets.
+
+    Attributes:
+        redis_url: the pipeline's Redis (``REDIS_URL``).
+        home: the pipeline's ``--home`` (``CRYPTOPIPE_HOME``): the lake lives there
+            unless ``CRYPTOPIPE_LAKE_URI`` says otherwise.
+    """
+
+    redis_url: str = DEFAULT_REDIS_URL
+    home: str = DEFAULT_HOME
+
+    def settings(self) -> Settings:
+        """The pipeline's settings."""
+        return Settings.from_env(redis_url=self.redis_url, home=self.home)
+
+    def client(self) -> redis.Redis:
+        """A checked Redis client."""
+        return connect(self.redis_url)
+
+
 class FlowSupervisorResource(dg.ConfigurableResource):
     """Starts, stops and inspects the long-running flows (OS processes outliving Dagster).
 
