@@ -1,6 +1,6 @@
 """Benchmark of the candles flow (issue 3). Not a test: run it by hand.
 
-    .venv/bin/python bench/bench_candles.py                 # both parts, ~4 minutes
+    .venv/bin/python bench/bench_candles.py                 # both parts, ~6 minutes
     .venv/bin/python bench/bench_candles.py --skip-latency  # throughput only
 
 1. Throughput: the same trades (default 500,000: 10 symbols, ~100 trades/s of
@@ -17,7 +17,7 @@
    Each runs in its own process, alternately, ``--rounds`` times; the table shows
    the best round of each and the ratio. Times exclude interpreter start-up and
    building the input; ours also excludes the idle second that ends its input.
-2. Latency at a steady rate (default 5,000 trades/s over 50 symbols, 150 s): the
+2. Latency at a steady rate (default 5,000 trades/s over 50 symbols, 250 s): the
    flow runs as ``cryptopipe stream run candles``; a writer appends trades stamped
    with the wall clock. For every closed candle, the delay from its window's end plus
    the allowed lateness to the moment it was readable in Redis (the id of its
@@ -340,19 +340,17 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
     rng = random.Random(2)
     syms = [f"L{i:02d}USDT" for i in range(symbols)]
     next_id = dict.fromkeys(syms, 1)
-    step = 0.01
-    per_step = rate * step
-    owed = 0.0
+    step = 0.005
     start = time.time()
+    sent = 0
     cpu0 = None
     t_cpu0 = 0.0
     try:
         while (now := time.time()) < start + seconds:
             if cpu0 is None and now > start + 5:  # steady state: after start-up
                 cpu0, t_cpu0 = _proc_cpu(flow.pid), now
-            owed += per_step
-            k = int(owed)
-            owed -= k
+            k = int((now - start) * rate) - sent  # paced by elapsed time, not by steps
+            sent += k
             ms = int(now * 1000)
             batch = []
             for _ in range(k):
@@ -407,7 +405,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--rate", type=int, default=5000)
     p.add_argument("--latency-symbols", type=int, default=50)
-    p.add_argument("--latency-seconds", type=float, default=150.0)
+    p.add_argument("--latency-seconds", type=float, default=250.0)
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
     args = p.parse_args()
