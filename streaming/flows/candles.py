@@ -109,7 +109,7 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
         self.cfg = cfg
         self.agg: ShardAggregator | None = pickle.loads(resume) if resume else None
         self._dirty: set[tuple[str, str]] = set()
-        self._published: dict[tuple[str, str], float] = {}
+        self._last_live = -1e18
         self._next_live: float | None = None
 
     def _aggregator(self, stream: str) -> ShardAggregator:
@@ -139,17 +139,22 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
         return out
 
     def _live(self, now: float) -> list[Any]:
-        """Live candles of the pairs due for an update; schedules the rest."""
+        """Live candles of the pairs that changed, at most once per interval for all.
+
+        One publication per ``live_interval_s`` covering every changed pair keeps each
+        key at most about once a second, with one pass over the open windows.
+        """
         if not self._dirty or self.agg is None:
             self._next_live = None
             return []
-        every = self.cfg.live_interval_s
-        due = {k for k in self._dirty if now - self._published.get(k, -1e18) >= every}
-        candles = self.agg.live_candles(due) if due else []
-        for k in due:
-            self._published[k] = now
-        self._dirty -= due
-        self._next_live = min((self._published[k] + every for k in self._dirty), default=None)
+        due = self._last_live + self.cfg.live_interval_s
+        if now < due:
+            self._next_live = due
+            return []
+        candles = self.agg.live_candles(self._dirty)
+        self._dirty = set()
+        self._last_live = now
+        self._next_live = None
         return candles
 
     def on_notify(self) -> tuple[Iterable[CandleWrites], bool]:

@@ -232,3 +232,39 @@ def test_idle_stream_closes_windows_on_arrival_clock_ticks(
     assert all(int(eid.split(b"-")[0]) < ended - 2000 for eid, _ in events)
     wm = int(redis_client.hget(counts_key("candles", "md:trades:raw"), "watermark"))  # type: ignore[arg-type]
     assert wm > T0 + 86_400_000
+
+
+def test_live_candles_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from marketdata.rawmessage import RawMessage
+    from marketdata.simulator import trade_payload
+    from streaming.flows import candles as flow_mod
+    from streaming.sources import RawBatch
+
+    clock = [100.0]
+    monkeypatch.setattr(flow_mod.time, "monotonic", lambda: clock[0])
+    cfg = CandlesFlowConfig("redis://unused", ("md:trades:raw",), live_interval_s=1.0)
+    logic = flow_mod._CandlesLogic(cfg, None)
+
+    def batch(i: int, sym: str = "BTCUSDT") -> RawBatch:
+        t = Trade("binance", sym, i, 10**10 + i, 10**8, T0 + i, False)
+        flat: list[bytes] = []
+        for k, v in RawMessage(trade_payload(t), "binance", T0 + i, symbol=sym).to_fields().items():
+            flat += [k, v]
+        return RawBatch("md:trades:raw", [f"{T0 + i}-0".encode()], [flat])
+
+    def live(out: object) -> list:
+        return [c for w in out[0] for c in w.live]  # type: ignore[index]
+
+    assert len(live(logic.on_batch([batch(1)]))) == 6  # every interval of BTCUSDT
+    clock[0] += 0.3
+    assert live(logic.on_batch([batch(2), batch(3, "ETHUSDT")])) == []
+    assert logic.notify_at() is not None
+    clock[0] += 0.5
+    assert live(logic.on_notify()) == []
+    clock[0] += 0.3
+    got = live(logic.on_notify())
+    assert {(c.symbol, c.interval.label) for c in got} == {
+        (s, i.label) for s in ("BTCUSDT", "ETHUSDT") for i in Interval
+    }
+    assert max(c.trade_count for c in got if c.symbol == "BTCUSDT") == 2
+    assert logic.notify_at() is None
