@@ -37,6 +37,10 @@ def _act(
 ) -> None:
     sup = resource.supervisor()
     for name in _selected(config, resource):
+        if config.automatic and sup.desired(name) == "stopped":
+            # Stopped on purpose since the sensor asked (e.g. cryptopipe up exiting).
+            context.log.info(f"{name}: not {action}ed: it was stopped on purpose")
+            continue
         if action != "stop" and not config.automatic:
             sup.clear_failed(name)  # a person asked: forget a crash loop
         if action == "start":

@@ -62,7 +62,11 @@ def flow_health_sensor(
                     job_name=start_flows.name,
                     run_key=f"start:{name}:{_generation(sup, name, 'wants')}",
                     run_config={
-                        "ops": {"start_flow": {"config": {"flow": name, "reason": "wanted"}}}
+                        "ops": {
+                            "start_flow": {
+                                "config": {"flow": name, "reason": "wanted", "automatic": True}
+                            }
+                        }
                     },
                     tags={"flow": name, "reason": "start"},
                 )

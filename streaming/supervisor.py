@@ -175,6 +175,40 @@ class Supervisor:
         pipe.execute()
         self.clear_failed(name)
 
+    def desired(self, name: str) -> str:
+        """``running`` or ``stopped``: what was last asked of the flow."""
+        raw = self.client.hget(control_key(name), "desired")
+        return text(raw) if raw else "stopped"
+
+    def unwant(self, name: str) -> None:
+        """Mark the flow stopped on purpose, before stopping it (nothing restarts it)."""
+        self.client.hset(control_key(name), "desired", "stopped")
+
+    def stop_stray(self, name: str, timeout: float = 20.0) -> bool:
+        """Stop a process of this flow that its heartbeat names but no pid file tracks.
+
+        A start racing with a shutdown (a Dagster run finishing after the daemon was
+        stopped) can leave one. The pid is trusted only if its command line runs this flow.
+        """
+        hb = read_heartbeat(self.client, name) or {}
+        try:
+            pid = int(hb.get("pid", "0"))
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (ValueError, OSError):
+            return False
+        if pid <= 0 or pid == os.getpid() or f"flows.{name}:" not in cmdline:
+            return False
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+        return True
+
     def start(self, name: str) -> int:
         """Start the flow in the background unless it runs already; returns its pid."""
         self.client.hset(control_key(name), "desired", "running")

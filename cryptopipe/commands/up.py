@@ -129,9 +129,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         print("stopping ...", file=sys.stderr)
+        if not args.no_dagster:
+            for name in FLOWS:
+                sup.unwant(name)  # a run still in flight must not start it again
         group.stop_all()  # Dagster first (newest), so the sensor restarts nothing
         if not args.no_dagster:
             for name in FLOWS:
                 sup.stop(name)
+                sup.stop_stray(name)
         if local is not None:
             local.stop()
