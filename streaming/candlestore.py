@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 import redis
@@ -243,8 +243,8 @@ class CandleStore:
         pipe = self.client.pipeline(transaction=False)
         now = now_ms()
         n = 0
-        series: dict[tuple[str, str, Interval], dict[str, bytes]] = {}
-        live: dict[str, dict[str, bytes]] = {}
+        series: dict[tuple[str, str, Interval], dict[Any, Any]] = {}
+        live: dict[str, dict[Any, Any]] = {}
         events: list[tuple[str, dict[str, Any]]] = []
         late: list[tuple[str, dict[str, Any]]] = []
         rejects: list[tuple[str, dict[str, Any]]] = []
@@ -260,7 +260,8 @@ class CandleStore:
             late += [_late_entry(lt) for lt in b.late]
             rejects += [_reject_entry(rj) for rj in b.rejects]
             if b.counters:
-                pipe.hset(counts_key(self.flow, b.source_stream), mapping=b.counters)
+                counters: dict[Any, Any] = b.counters
+                pipe.hset(counts_key(self.flow, b.source_stream), mapping=counters)
             n += len(b)
         for (ex, sym, iv), values in series.items():
             pipe.hset(series_key(ex, sym, iv), mapping=values)
@@ -430,13 +431,13 @@ class StreamCandleReader:
         members = self.client.zrangebyscore(index_key(ex, symbol, interval), lo, hi)
         out: list[CandleRecord] = []
         if members:
-            values = self.client.hmget(series_key(ex, symbol, interval), members)  # type: ignore[arg-type]
-            for v in values:  # type: ignore[union-attr]
+            values: list[Any] = self.client.hmget(series_key(ex, symbol, interval), members)  # type: ignore[arg-type]
+            for v in values:
                 if v is not None:
                     out.append(CandleRecord(candle_from_record(orjson.loads(v)), True, "stream"))
         live = self.client.hget(live_key(ex, symbol), interval.label)
         if live is not None:
-            c = candle_from_record(orjson.loads(live))  # type: ignore[arg-type]
+            c = candle_from_record(orjson.loads(cast(bytes, live)))
             in_range = (start is None or c.open_time >= start) and (
                 end is None or c.open_time < end
             )
@@ -452,15 +453,15 @@ class StreamCandleReader:
         self, symbol: str, interval: Interval, exchange: str, before: int
     ) -> CandleRecord | None:
         """The last closed candle before ``before``."""
-        members = self.client.zrevrangebyscore(
+        members: list[Any] = self.client.zrevrangebyscore(
             index_key(exchange, symbol, interval), f"({before}", "-inf", start=0, num=1
         )
         if not members:
             return None
-        v = self.client.hget(series_key(exchange, symbol, interval), members[0])  # type: ignore[index]
+        v = self.client.hget(series_key(exchange, symbol, interval), members[0])
         if v is None:
             return None
-        return CandleRecord(candle_from_record(orjson.loads(v)), True, SOURCE_STREAM)  # type: ignore[arg-type]
+        return CandleRecord(candle_from_record(orjson.loads(cast(bytes, v))), True, SOURCE_STREAM)
 
 
 class BatchLayerUnavailableError(RuntimeError):
@@ -561,7 +562,7 @@ def closed_until(
     streams = raw_stream_names(settings.raw_shards)
     stream = streams[shard_of(symbol, settings.raw_shards)]
     raw = client.hget(counts_key(flow, stream), "watermark")
-    return int(raw) if raw is not None else 0  # type: ignore[arg-type]
+    return int(cast(bytes, raw)) if raw is not None else 0
 
 
 def fill_gaps(

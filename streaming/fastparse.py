@@ -25,7 +25,7 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from operator import add, itemgetter
-from typing import Any
+from typing import Any, cast
 
 from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
 from marketdata.parsing import MAX_TRADE_ID, normalize_exchange, normalize_symbol, parse_message
@@ -150,23 +150,23 @@ class FastParser:
         self.slow = 0
 
     def _symbol(self, raw: bytes) -> str | None:
-        sym = self._symbols.get(raw, False)
-        if sym is False:
-            sym = normalize_symbol(raw.decode("ascii"))
-            if sym is not None and self.known_symbols is not None and sym not in self.known_symbols:
-                sym = None
-            if len(self._symbols) >= 10_000:
-                self._symbols.clear()
-            self._symbols[raw] = sym
+        if raw in self._symbols:
+            return self._symbols[raw]
+        sym = normalize_symbol(raw.decode("ascii"))
+        if sym is not None and self.known_symbols is not None and sym not in self.known_symbols:
+            sym = None
+        if len(self._symbols) >= 10_000:
+            self._symbols.clear()
+        self._symbols[raw] = sym
         return sym
 
     def _exchange(self, raw: bytes) -> str | None:
-        ex = self._exchanges.get(raw, False)
-        if ex is False:
-            ex = normalize_exchange(raw.decode("utf-8", "replace"))
-            if len(self._exchanges) >= 1024:
-                self._exchanges.clear()
-            self._exchanges[raw] = ex
+        if raw in self._exchanges:
+            return self._exchanges[raw]
+        ex = normalize_exchange(raw.decode("utf-8", "replace"))
+        if len(self._exchanges) >= 1024:
+            self._exchanges.clear()
+        self._exchanges[raw] = ex
         return ex
 
     # -- the batch ----------------------------------------------------------------
@@ -198,7 +198,7 @@ class FastParser:
         """Fill ``out`` with the canonical trades of the batch; returns the other positions."""
         n = len(entries)
         lengths = set(map(len, entries))
-        layout = _LAYOUTS.get(len(lengths) == 1 and next(iter(lengths)))  # type: ignore[call-overload]
+        layout = _LAYOUTS.get(next(iter(lengths))) if len(lengths) == 1 else None
         if layout is None or set(map(layout[0], entries)) != {layout[1]}:
             return list(range(n))
         groups = self._payload_groups(list(map(_payload, entries)))
@@ -224,14 +224,17 @@ class FastParser:
         syms, tids, pw, pf, qw, qf, ts, makers = cols
         recvs = recv_col
         m = len(idx)
-        if len(sym_names) == 1:
-            symbols = [next(iter(sym_names.values()))] * m
+        # Every symbol left is valid (rows with an unknown one went to the slow path).
+        names = cast(dict[bytes, str], sym_names)
+        if len(names) == 1:
+            symbols = [next(iter(names.values()))] * m
         else:
-            symbols = list(map(sym_names.__getitem__, syms))
-        if len(ex_names) == 1:
-            ex_col = [next(iter(ex_names.values()))] * m
+            symbols = list(map(names.__getitem__, syms))
+        ex_valid = cast(dict[bytes, str], ex_names)
+        if len(ex_valid) == 1:
+            ex_col = [next(iter(ex_valid.values()))] * m
         else:
-            ex_col = list(map(ex_names.__getitem__, exchanges))
+            ex_col = list(map(ex_valid.__getitem__, exchanges))
         tid_v = list(map(int, tids))
         price_v = list(map(int, map(add, pw, pf)))
         qty_v = list(map(int, map(add, qw, qf)))
@@ -254,7 +257,7 @@ class FastParser:
         if ok:
             out.idx = list(idx)
             out.exchange = ex_col
-            out.symbol = symbols  # type: ignore[assignment]
+            out.symbol = symbols
             out.trade_id = tid_v
             out.price = price_v
             out.quantity = qty_v
@@ -280,7 +283,7 @@ class FastParser:
                 continue
             out.idx.append(idx[k])
             out.exchange.append(ex_col[k])
-            out.symbol.append(symbols[k])  # type: ignore[arg-type]
+            out.symbol.append(symbols[k])
             out.trade_id.append(tid_v[k])
             out.price.append(price_v[k])
             out.quantity.append(qty_v[k])

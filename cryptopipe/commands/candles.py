@@ -119,8 +119,10 @@ def cmd_candles(args: argparse.Namespace, settings: Settings) -> int:
         reader = reader_for(args.source, settings, client)
         records = reader.read(symbol, interval, exchange=exchange, start=start, end=end)
         if args.fill:
-            exchanges = sorted({r.candle.exchange for r in records} | ({exchange} - {None}))
-            previous = {}
+            exchanges = sorted(
+                {r.candle.exchange for r in records} | ({exchange} if exchange else set())
+            )
+            previous: dict[str, CandleRecord | None] = {}
             if start is not None:
                 previous = {ex: reader.previous(symbol, interval, ex, start) for ex in exchanges}
             records = fill_gaps(

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -176,7 +176,7 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
             started_at=self.started_at,
             heartbeat_at=int(time.time() * 1000),
             throughput=f"{rate:.1f}",
-            restarts=int(restarts or 0),  # type: ignore[arg-type]
+            restarts=int(cast(bytes, restarts or 0)),
             workers=self.workers,
             processes=self.processes,
         )
