@@ -248,7 +248,7 @@ def _parse_csv(
     return Trade(
         exchange,
         _symbol(symbol, known),
-        _csv_int(cols[0], "bad_number:trade_id"),
+        _trade_id(_csv_int(cols[0], "bad_number:trade_id")),
         _e8(cols[1].strip(), "price", MAX_PRICE_E8),
         _e8(cols[2].strip(), "quantity", MAX_QUANTITY_E8),
         normalize_event_time(_csv_int(cols[4], "bad_timestamp")),

@@ -293,3 +293,14 @@ def test_fold_of_generated_day_matches_per_interval_reference_sanity() -> None:
     day = gen_day(11, n=2000)
     ones = fold_trades(day.on_time, Interval.M1)
     assert sum(c.trade_count for c in ones.values()) == len(day.on_time)
+
+
+def test_csv_trade_ids_beyond_int64_are_rejected_like_websocket_ones() -> None:
+    # Fixed in marketdata/parsing.py: the CSV path now range-checks the trade id too,
+    # so every accepted id fits the lake's int64 column and the flow's id runs.
+    row = b"99999999999999999999,1.00000000,1.00000000,1,1741910400000,true,true"
+    res = parse_raw_message(RawMessage(row, "binance", T0, "binance-csv", "BTCUSDT"))
+    assert isinstance(res, Rejection) and res.reason == "bad_number:trade_id"
+    ok = b"9223372036854775807,1.00000000,1.00000000,1,1741910400000,true,true"
+    assert isinstance(parse_raw_message(RawMessage(ok, "binance", T0, "binance-csv", "BTCUSDT")),
+                      Trade)  # fmt: skip
