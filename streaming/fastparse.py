@@ -28,8 +28,14 @@ from operator import add, itemgetter
 from typing import Any, cast
 
 from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
-from marketdata.parsing import MAX_TRADE_ID, normalize_exchange, normalize_symbol, parse_message
-from marketdata.rawmessage import F_EXCHANGE, F_PAYLOAD, F_RECV, F_SYMBOL, RawMessage
+from marketdata.parsing import (
+    FORMAT_CSV,
+    MAX_TRADE_ID,
+    normalize_exchange,
+    normalize_symbol,
+    parse_message,
+)
+from marketdata.rawmessage import F_EXCHANGE, F_FORMAT, F_PAYLOAD, F_RECV, F_SYMBOL, RawMessage
 from marketdata.timeutil import DAY_MS, MAX_EVENT_TIME_MS, MICROS_THRESHOLD, MIN_EVENT_TIME_MS
 from marketdata.trade import Rejection, Trade
 
@@ -48,15 +54,33 @@ _LINES = re.compile(rb"^(?:" + _TRADE + rb"|.*)$", re.MULTILINE)
 _TRUE = b"true"
 _COLUMN = [itemgetter(j) for j in range(_ONE.groups)]
 
+# A row of Binance's trade dumps as the domain parser accepts it without stripping:
+# trade id, price, quantity, quote quantity (ignored), time, buyer-is-maker and an
+# optional, ignored best-match column. ASCII only (the row must be UTF-8), no commas
+# or newlines inside columns. Groups: trade id, price whole/fraction, quantity
+# whole/fraction, time, maker.
+_CSV = (
+    rb"([0-9]{1,19}),([0-9]{1,10})\.([0-9]{8}),([0-9]{1,12})\.([0-9]{8}),"
+    rb"[^,\n\r\x80-\xff]*,([0-9]{1,16}),(true|false|True|False)(?:,[^,\n\x80-\xff]*)?"
+)
+_CSV_ONE = re.compile(_CSV)
+_CSV_LINES = re.compile(rb"^(?:" + _CSV + rb"|.*)$", re.MULTILINE)
+_CSV_TRUE = frozenset((b"true", b"True"))
+_FORMAT_CSV = FORMAT_CSV.encode()
+
 # Entry layouts (RawMessage.to_fields of a binance-ws message, with or without the
 # symbol it is sharded by): field names at positions 0, 2, 4 (, 6).
 _LAYOUTS = {
     6: (itemgetter(0, 2, 4), (F_PAYLOAD, F_EXCHANGE, F_RECV)),
     8: (itemgetter(0, 2, 4, 6), (F_PAYLOAD, F_EXCHANGE, F_RECV, F_SYMBOL)),
 }
+# ... and of a binance-csv row: format and symbol fields too.
+_CSV_LAYOUT = (itemgetter(0, 2, 4, 6, 7, 8), (F_PAYLOAD, F_EXCHANGE, F_RECV, F_FORMAT,
+                                              _FORMAT_CSV, F_SYMBOL))  # fmt: skip
 _payload = itemgetter(1)
 _exchange = itemgetter(3)
 _recv = itemgetter(5)
+_csv_symbol = itemgetter(9)
 
 
 assert MAX_PRICE_E8 >= 10**18 and MAX_QUANTITY_E8 >= 10**20  # the regex's digit limits
@@ -152,7 +176,7 @@ class FastParser:
     def _symbol(self, raw: bytes) -> str | None:
         if raw in self._symbols:
             return self._symbols[raw]
-        sym = normalize_symbol(raw.decode("ascii"))
+        sym = normalize_symbol(raw.decode("utf-8", "replace"))
         if sym is not None and self.known_symbols is not None and sym not in self.known_symbols:
             sym = None
         if len(self._symbols) >= 10_000:
@@ -182,27 +206,51 @@ class FastParser:
             self._slow(entries, slow, out)
         return out
 
-    def _payload_groups(self, payloads: list[bytes]) -> list[tuple[bytes, ...]]:
-        """Regex groups of each payload (all empty when it is not a canonical trade)."""
+    def _payload_groups(
+        self, payloads: list[bytes], lines: re.Pattern[bytes], one: re.Pattern[bytes]
+    ) -> list[tuple[bytes, ...]]:
+        """Regex groups of each payload (all empty when it does not match ``one``)."""
         n = len(payloads)
         buf = b"\n".join(payloads)
         # When no payload holds a newline, line i is payload i: one regex pass.
         if buf.count(b"\n") == n - 1:
-            groups = _LINES.findall(buf)
+            groups = lines.findall(buf)
             if len(groups) == n:
                 return groups
-        empty = (b"",) * _ONE.groups
-        return [m.groups() if (m := _ONE.fullmatch(p)) else empty for p in payloads]
+        empty = (b"",) * one.groups
+        return [m.groups() if (m := one.fullmatch(p)) else empty for p in payloads]
+
+    def _columns(self, entries: Sequence[Sequence[bytes]]) -> tuple[list[Any], bool] | None:
+        """Columns (symbol, trade id, price w/f, quantity w/f, time, maker) of a batch.
+
+        ``None`` when the batch is not all of one layout this parser knows; the
+        symbol is ``b""`` in rows that did not match. The flag tells CSV rows.
+        """
+        lengths = set(map(len, entries))
+        if len(lengths) != 1:
+            return None
+        size = next(iter(lengths))
+        payloads = list(map(_payload, entries))
+        if size == 10 and set(map(_CSV_LAYOUT[0], entries)) == {_CSV_LAYOUT[1]}:
+            groups = self._payload_groups(payloads, _CSV_LINES, _CSV_ONE)
+            matched = list(map(_COLUMN[0], groups))
+            syms = [s if g else b"" for s, g in zip(map(_csv_symbol, entries), matched,
+                                                    strict=True)]  # fmt: skip
+            return [syms, *(list(map(g, groups)) for g in _COLUMN[:7])], True
+        layout = _LAYOUTS.get(size)
+        if layout is None or set(map(layout[0], entries)) != {layout[1]}:
+            return None
+        groups = self._payload_groups(payloads, _LINES, _ONE)
+        return [list(map(g, groups)) for g in _COLUMN], False
 
     def _fast(self, entries: Sequence[Sequence[bytes]], out: ParsedBatch) -> list[int]:
         """Fill ``out`` with the canonical trades of the batch; returns the other positions."""
         n = len(entries)
-        lengths = set(map(len, entries))
-        layout = _LAYOUTS.get(next(iter(lengths))) if len(lengths) == 1 else None
-        if layout is None or set(map(layout[0], entries)) != {layout[1]}:
+        found = self._columns(entries)
+        if found is None:
             return list(range(n))
-        groups = self._payload_groups(list(map(_payload, entries)))
-        cols: list[Sequence[Any]] = [list(map(g, groups)) for g in _COLUMN]
+        cols: list[Sequence[Any]]
+        cols, csv_rows = found
         exchanges: Sequence[bytes] = list(map(_exchange, entries))
         try:
             recv_col: Sequence[int] = list(map(int, map(_recv, entries)))
@@ -239,7 +287,7 @@ class FastParser:
         price_v = list(map(int, map(add, pw, pf)))
         qty_v = list(map(int, map(add, qw, qf)))
         time_v = list(map(int, ts))
-        maker_v = list(map(_TRUE.__eq__, makers))
+        maker_v = list(map(_CSV_TRUE.__contains__ if csv_rows else _TRUE.__eq__, makers))
         # Whole columns first; only a failing column makes us look row by row.
         ok = (
             max(tid_v) <= MAX_TRADE_ID
@@ -248,7 +296,7 @@ class FastParser:
             and min(time_v) >= MIN_EVENT_TIME_MS
             and max(time_v) < MAX_EVENT_TIME_MS
         )
-        if ok:
+        if ok and not csv_rows:  # dump rows have no receive-time bound
             least = min(recvs)
             if least > 0:
                 ok = max(time_v) <= least + DAY_MS
@@ -277,7 +325,7 @@ class FastParser:
                 or qty_v[k] <= 0
                 or t < MIN_EVENT_TIME_MS
                 or t >= MAX_EVENT_TIME_MS
-                or (recv > 0 and t > recv + DAY_MS)
+                or (recv > 0 and t > recv + DAY_MS and not csv_rows)
             ):
                 slow.add(idx[k])
                 continue

@@ -304,3 +304,53 @@ def test_csv_trade_ids_beyond_int64_are_rejected_like_websocket_ones() -> None:
     ok = b"9223372036854775807,1.00000000,1.00000000,1,1741910400000,true,true"
     assert isinstance(parse_raw_message(RawMessage(ok, "binance", T0, "binance-csv", "BTCUSDT")),
                       Trade)  # fmt: skip
+
+
+_csv_cells = st.one_of(
+    st.from_regex(r"[0-9]{1,21}", fullmatch=True),
+    st.sampled_from(
+        ["", " 1", "1 ", "-1", "1.5", "True", "true", "False", "x", "1e3", "\u0661", "007"]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 2**64), st.sampled_from([0, 2**63 - 1, 2**63]), _csv_cells),
+            _decimals, _decimals, _csv_cells, _edge_times,
+            st.sampled_from(["true", "false", "True", "False", "TRUE", " true", "1"]),
+            st.sampled_from([None, "True", "", "x,y"]),
+            st.sampled_from(["BTCUSDT", "btcusdt", "", "ÄB", "B"]),
+            st.sampled_from(["", " ", "\r", "\t"]),
+        ),
+        min_size=1, max_size=30,
+    ),
+    known=st.sampled_from([None, frozenset({"BTCUSDT"})]),
+)  # fmt: skip
+def test_fast_parser_agrees_on_dump_rows(rows: list, known: frozenset | None) -> None:
+    from streaming.fastparse import entry_message
+
+    entries = []
+    for tid, p, q, quote, t, maker, best, sym, tail in rows:
+        cols = [str(tid), p, q, quote, str(t), maker] + ([] if best is None else [best])
+        payload = (",".join(cols) + tail).encode()
+        entries.append([b"payload", payload, b"exchange", b"binance", b"recv_ms", str(T0).encode(),
+                        b"format", b"binance-csv", b"symbol", sym.encode()])  # fmt: skip
+    parser = FastParser(known)
+    pb = parser.parse_batch(entries)
+    got: list = [None] * len(entries)
+    for k, trade in enumerate(pb.trades()):
+        got[pb.idx[k]] = trade
+    for pos, rej, _ in pb.rejects:
+        got[pos] = rej
+    assert got == [parse_raw_message(entry_message(f), known) for f in entries]
+
+
+def test_fast_parser_takes_the_fast_path_for_dump_rows() -> None:
+    rows = [f"{i},96000.0{i % 10}000000,0.00100000,96.00001000,{T0 * 1000 + i},True,True"
+            for i in range(500)]  # fmt: skip
+    msgs = [RawMessage(r.encode(), "binance", T0, "binance-csv", "BTCUSDT") for r in rows]
+    parser = _check_same(msgs)
+    assert parser.fast == 500 and parser.slow == 0
