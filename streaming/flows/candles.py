@@ -21,6 +21,7 @@ run decided.
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from collections.abc import Iterable
@@ -205,10 +206,23 @@ def build_flow(cfg: CandlesFlowConfig) -> Dataflow:
     return flow
 
 
+#: Environment variable overriding the idle advance (ms): how long event time may stall
+#: while entries keep arriving before the watermark follows the arrival clock. Large
+#: values suit replays of history with pauses in between; the default suits live data.
+ENV_IDLE_ADVANCE_MS = "CRYPTOPIPE_CANDLES_IDLE_ADVANCE_MS"
+
+
 def get_flow(**overrides: Any) -> Dataflow:
     """The candles flow of the environment's settings (``python -m bytewax.run`` entry).
 
     Keyword arguments override :class:`CandlesFlowConfig` fields (and the window's
     ``idle_advance_ms``, ``max_ahead_ms``, ``dedupe_retention_ms``).
     """
+    raw = os.environ.get(ENV_IDLE_ADVANCE_MS, "").strip()
+    if raw and "idle_advance_ms" not in overrides:
+        try:
+            overrides["idle_advance_ms"] = int(raw)
+        except ValueError:
+            msg = f"{ENV_IDLE_ADVANCE_MS}={raw!r} is not an integer (milliseconds)"
+            raise ValueError(msg) from None
     return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))
