@@ -1,0 +1,567 @@
+"""The archive flow's logic: raw-log entries -> lake files, watermark, trim point (issue 5).
+
+Pure Python, no bytewax, no Redis: the archive flow (:mod:`streaming.flows.archive`)
+wraps one :class:`PartitionArchiver` per raw-log stream (partition) in a bytewax
+``stateful_batch`` step, and :mod:`streaming.archive_sink` writes what it emits.
+Semantics (see docs/archive.md):
+
+* **Files cut by stream-id buckets.** Entries whose id's millisecond part falls in
+  ``[k*B, (k+1)*B)`` form bucket ``k`` (``B`` = ``bucket_ms``, a divisor of a day).
+  A bucket is written as one source range (``SourceRange.stream(stream, first_id,
+  last_id)``, so one file per UTC event day of its trades, plus one rejects file)
+  once it is complete: an entry of a later bucket arrived (stream order: nothing
+  more can come for it), or an idle tick's Redis ``TIME`` is past its end plus
+  ``close_margin_ms``. Bucket contents depend only on the data, never on how bytewax
+  batched the reads, so the replay after a crash writes the same file names with
+  the same rows. The open bucket's entries are kept in the state, compactly.
+* **End of input** (``--exit-when-idle``) writes the open bucket as it is and keeps
+  it open; when it is written again with more entries, the files of the earlier,
+  partial range are removed once the new ones are durable (they are a subset).
+  A stop by signal does not write it (the snapshot keeps it).
+* **Watermark.** Per partition, the candles flow's watermark computed over the
+  archived prefix of the stream (:class:`ArchiveClock`: largest event time minus
+  the lateness, moved on by the arrival clock after ``idle_advance_ms``); idle ticks
+  count only when nothing read is left unarchived. A partition that never carried a
+  trade follows the tick: Redis ``TIME`` minus lateness minus ``idle_advance_ms``.
+* **Trim point.** Entries before ``min(archived + 1, archived_ms - retention, the
+  position at the snapshot trim_guard_snapshots back)`` may be trimmed: never
+  past what is written, and never past what a restore from the last committed
+  snapshot would need to read again.
+"""
+
+from __future__ import annotations
+
+import pickle
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from itertools import accumulate, chain
+from typing import Any, NamedTuple
+
+from batch.lake import SourceRange
+from marketdata.timeutil import DAY_MS, day_of_ms
+from marketdata.trade import Rejection, Trade
+from streaming.candleagg import MINUTE, NEVER, WindowConfig, id_ms
+from streaming.fastparse import FastParser, ParsedBatch
+
+#: Default bucket: files hold one minute of stream ids.
+DEFAULT_BUCKET_MS = 60_000
+#: Redis ``TIME`` must be this far past a bucket's end before an idle tick closes it
+#: (ids are assigned by Redis at XADD; the margin covers a small clock step back).
+DEFAULT_CLOSE_MARGIN_MS = 2_000
+#: Entries kept in the raw log behind the archived position (for the candles flow).
+DEFAULT_RETENTION_MS = 3_600_000
+#: Trim no further than the position at this many snapshots back (bytewax commits a
+#: snapshot after the next epoch's; two back is committed). 0 disables the guard.
+DEFAULT_TRIM_GUARD_SNAPSHOTS = 2
+
+#: Hash: raw-log stream -> that partition's archive watermark (ms).
+PARTITIONS_KEY = "md:archive:partitions"
+#: Hash: raw-log stream -> JSON progress (archived id, trim point, files, counts).
+PROGRESS_KEY = "md:archive:progress"
+
+
+@dataclass(frozen=True)
+class ArchiveConfig:
+    """How the archive cuts files, computes its watermark and trims.
+
+    Attributes:
+        bucket_ms: width of a file's stream-id bucket; must divide a day.
+        close_margin_ms: how far Redis ``TIME`` must be past a bucket's end before an
+            idle tick closes it.
+        retention_ms: stream ids kept behind the archived position when trimming.
+        window: lateness, idle advance and event-time cap: the candles flow's, so
+            that the archive's watermark never runs ahead of the candles flow's.
+        known_symbols: when set, other symbols are rejected (``unknown_symbol``).
+        trim_guard_snapshots: trim no further than the position at this many
+            snapshots back (0: no guard, for runs without recovery).
+        progress_interval_s: at most one watermark update per this from idle ticks.
+
+    """
+
+    bucket_ms: int = DEFAULT_BUCKET_MS
+    close_margin_ms: int = DEFAULT_CLOSE_MARGIN_MS
+    retention_ms: int = DEFAULT_RETENTION_MS
+    window: WindowConfig = field(default_factory=WindowConfig)
+    known_symbols: frozenset[str] | None = None
+    trim_guard_snapshots: int = DEFAULT_TRIM_GUARD_SNAPSHOTS
+    progress_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.bucket_ms < 1 or DAY_MS % self.bucket_ms:
+            msg = (
+                f"bucket_ms={self.bucket_ms}: must be a positive divisor of a day "
+                "(e.g. 60000), so that a file's stream ids never straddle two days"
+            )
+            raise ValueError(msg)
+        for name in ("close_margin_ms", "retention_ms", "trim_guard_snapshots"):
+            if getattr(self, name) < 0:
+                msg = f"{name} must not be negative"
+                raise ValueError(msg)
+
+
+def split_id(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream id as ``(ms, seq)``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def join_id(ms: int, seq: int) -> bytes:
+    """``(ms, seq)`` as a stream id."""
+    return f"{ms}-{seq}".encode()
+
+
+# --------------------------------------------------------------------------- watermark
+
+
+class ArchiveClock:
+    """The candles flow's per-partition watermark, over what the archive has written.
+
+    Exactly :class:`streaming.candleagg.ShardAggregator`'s rule (tests compare them):
+    the largest event time of a trade that was not late (capped at receive time +
+    ``max_ahead_ms``) minus the lateness, moved on by the arrival clock (entry ids,
+    idle ticks) once ``idle_advance_ms`` of arrivals brought no new largest event
+    time. Fed with the same entries, it gives the same value whatever the batching.
+    """
+
+    __slots__ = ("capped", "cutoff", "e_max", "r_at_max", "watermark")
+
+    def __init__(self) -> None:
+        self.e_max = NEVER
+        self.r_at_max = 0
+        self.watermark = NEVER
+        self.cutoff = NEVER
+        #: (exchange, symbol, trade_id) -> 1m open time of trades whose event time was
+        #: capped (the candles flow skips their duplicates before the cap matters).
+        self.capped: dict[tuple[str, str, int], int] = {}
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.e_max, self.r_at_max, self.watermark, self.cutoff, self.capped)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.e_max, self.r_at_max, self.watermark, self.cutoff, self.capped = state
+
+    def _set(self, wm: int) -> None:
+        if wm > self.watermark:
+            self.watermark = wm
+            self.cutoff = wm - wm % MINUTE
+
+    def advance(self, clock: int, cfg: WindowConfig) -> None:
+        """The arrival clock reads ``clock`` (an entry id's ms)."""
+        if self.e_max == NEVER:
+            return
+        ahead = clock - self.r_at_max - cfg.idle_advance_ms
+        if ahead > 0:
+            self._set(self.e_max - cfg.lateness_ms + ahead)
+
+    def tick(self, now_ms: int, cfg: WindowConfig) -> None:
+        """Redis ``TIME`` while everything read is archived (the partition is idle).
+
+        A partition that never carried a trade has no event time to start from; it
+        follows the tick as if a trade had arrived on time just now, so that an
+        empty shard does not hold back sealing forever.
+        """
+        if self.e_max == NEVER:
+            self._set(now_ms - cfg.lateness_ms - cfg.idle_advance_ms)
+            return
+        self.advance(now_ms, cfg)
+
+    def feed(self, ids: Sequence[bytes], pb: ParsedBatch, start: int, cfg: WindowConfig) -> None:
+        """Entries ``ids[start:]`` (in stream order); ``pb`` is the parse of all ``ids``."""
+        if start >= len(ids):
+            return
+        k0 = bisect_left(pb.idx, start)
+        lateness, max_ahead = cfg.lateness_ms, cfg.max_ahead_ms
+        for k in range(k0, len(pb.idx)):
+            clock = id_ms(ids[pb.idx[k]])
+            self.advance(clock, cfg)
+            t = pb.event_time[k]
+            o = t - t % MINUTE
+            if o < self.cutoff:
+                continue  # late for the candles flow: it does not move the watermark
+            ev = t
+            recv = pb.recv[k]
+            if recv > 0 and t > recv + max_ahead:
+                key = (pb.exchange[k], pb.symbol[k], pb.trade_id[k])
+                if key in self.capped:
+                    continue  # a duplicate: the candles flow skips it
+                self.capped[key] = o
+                ev = recv + max_ahead
+            if ev > self.e_max:
+                self.e_max = ev
+                self.r_at_max = clock
+                self._set(ev - lateness)
+        self.advance(id_ms(ids[-1]), cfg)
+        if self.capped:
+            cut = self.cutoff
+            self.capped = {key: o for key, o in self.capped.items() if o >= cut}
+
+
+# --------------------------------------------------------------------------- entries
+
+
+class _Chunk:
+    """Entries of one read, held as four flat buffers (ids, field counts, lengths, bytes).
+
+    About the size of the raw bytes, and pickled as they are: the open bucket's
+    state stays compact however many entries it holds.
+    """
+
+    __slots__ = ("_blob", "n")
+
+    def __init__(self, ids: list[bytes], fields: list[list[bytes]]) -> None:
+        self._blob = _encode(ids, fields)
+        self.n = len(ids)
+
+    def entries(self) -> tuple[list[bytes], list[list[bytes]]]:
+        return _decode(*self._blob)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> tuple[tuple[bytes, bytes, bytes, bytes], int]:
+        return self._blob, self.n
+
+    def __setstate__(self, state: tuple[tuple[bytes, bytes, bytes, bytes], int]) -> None:
+        self._blob, self.n = state
+
+
+def _encode(ids: list[bytes], fields: list[list[bytes]]) -> tuple[bytes, bytes, bytes, bytes]:
+    flat = list(chain.from_iterable(fields))
+    return (
+        b" ".join(ids),  # ids are ASCII "ms-seq": a space never occurs in one
+        array("H", map(len, fields)).tobytes(),
+        array("I", map(len, flat)).tobytes(),
+        b"".join(flat),
+    )
+
+
+def _decode(
+    ids_blob: bytes, counts_blob: bytes, lens_blob: bytes, data: bytes
+) -> tuple[list[bytes], list[list[bytes]]]:
+    counts, lens = array("H"), array("I")
+    counts.frombytes(counts_blob)
+    lens.frombytes(lens_blob)
+    ends = list(accumulate(lens))
+    starts = [0, *ends[:-1]]
+    flat = [data[a:b] for a, b in zip(starts, ends, strict=True)]
+    fields: list[list[bytes]] = []
+    pos = 0
+    for c in counts:
+        fields.append(flat[pos : pos + c])
+        pos += c
+    return ids_blob.split(b" "), fields
+
+
+# --------------------------------------------------------------------------- output
+
+
+class WrittenRange(NamedTuple):
+    """The files of one written source range: a trades file per day, one rejects file.
+
+    Attributes:
+        source: the range (its file name).
+        days: UTC event days of its trades (``trades/date=D/<name>`` each).
+        reject_day: the rejects file's partition (day of the first stream id); the
+            file exists only when the range had rejections.
+
+    """
+
+    source: SourceRange
+    days: tuple[date, ...]
+    reject_day: date | None
+
+
+@dataclass
+class ArchiveWork:
+    """What the sink does for one partition: write a range, publish, trim.
+
+    Attributes:
+        stream: the raw-log stream (partition).
+        source: the range to write (``None``: only publish and trim).
+        trades: its valid trades, one per raw entry (duplicates kept).
+        rejections: its rejected entries, with reasons and payloads.
+        rejection_ids: the stream id of each rejection.
+        supersedes: ranges whose files this write makes redundant (a partial range
+            written at the end of an earlier run): removed after this one is durable.
+        entries: raw entries in ``source``.
+        complete: the bucket is closed (False: written at end of input).
+        archived_id: every entry up to it is in the lake once this is written.
+        watermark: the partition's archive watermark then (``None``: none yet).
+        trim_minid: entries before this id may be trimmed after the write.
+
+    """
+
+    stream: str
+    source: SourceRange | None = None
+    trades: list[Trade] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    rejection_ids: list[str] = field(default_factory=list)
+    supersedes: tuple[WrittenRange, ...] = ()
+    entries: int = 0
+    complete: bool = True
+    archived_id: bytes | None = None
+    watermark: int | None = None
+    trim_minid: bytes | None = None
+
+
+class _Pending:
+    """The open bucket: its bounds, entries, and what of it is already written."""
+
+    __slots__ = ("chunks", "clocked", "end", "n", "partial", "start")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.chunks: list[_Chunk] = []
+        self.n = 0
+        #: Entries already fed to the clock (written at an earlier end of input).
+        self.clocked = 0
+        #: The range written at an earlier end of input, if any.
+        self.partial: WrittenRange | None = None
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.start, self.end, self.chunks, self.n, self.clocked, self.partial)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.start, self.end, self.chunks, self.n, self.clocked, self.partial = state
+
+    def add(self, ids: list[bytes], fields: list[list[bytes]]) -> None:
+        if ids:
+            self.chunks.append(_Chunk(ids, fields))
+            self.n += len(ids)
+
+    def entries(self) -> tuple[list[bytes], list[list[bytes]]]:
+        ids: list[bytes] = []
+        fields: list[list[bytes]] = []
+        for c in self.chunks:
+            i, f = c.entries()
+            ids += i
+            fields += f
+        return ids, fields
+
+
+# --------------------------------------------------------------------------- partition
+
+
+class PartitionArchiver:
+    """One raw-log partition's archive state: open bucket, watermark, trim point.
+
+    Not thread-safe; pickles (without its configuration: :meth:`configure` after
+    loading).
+    """
+
+    def __init__(self, stream: str, cfg: ArchiveConfig) -> None:
+        self.stream = stream
+        self.cfg = cfg
+        self.parser = FastParser(cfg.known_symbols)
+        self.clock = ArchiveClock()
+        self.pending: _Pending | None = None
+        #: Last entry read, last entry written, last trim point handed out.
+        self.last_seen: bytes | None = None
+        self.archived_id: bytes | None = None
+        self.trimmed: tuple[int, int] = (0, 0)
+        #: ``last_seen`` at the most recent snapshots (the trim guard).
+        self.snaps: list[bytes] = []
+        self.emitted_wm = NEVER
+        self.counters: dict[str, int] = {}
+        self._last_progress = float("-inf")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in ("cfg", "parser", "_last_progress"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._last_progress = float("-inf")
+
+    def configure(self, cfg: ArchiveConfig) -> PartitionArchiver:
+        """Attach the configuration (after unpickling); returns self."""
+        self.cfg = cfg
+        self.parser = FastParser(cfg.known_symbols)
+        return self
+
+    def dumps(self) -> bytes:
+        """The state as bytes (an immutable snapshot)."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def loads(data: bytes, cfg: ArchiveConfig) -> PartitionArchiver:
+        """A state from :meth:`dumps`, configured with ``cfg``."""
+        arch: PartitionArchiver = pickle.loads(data)
+        return arch.configure(cfg)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    # -- input ------------------------------------------------------------------------
+
+    def process(
+        self,
+        ids: list[bytes],
+        fields: list[list[bytes]],
+        tick_ms: int | None = None,
+        now: float = 0.0,
+    ) -> list[ArchiveWork]:
+        """A read of the partition (entries in stream order), or an idle tick.
+
+        Args:
+            ids: entry ids.
+            fields: each entry's flat field list.
+            tick_ms: Redis ``TIME`` (ms), taken when nothing followed these entries.
+            now: a monotonic clock (s), to pace watermark updates from ticks.
+
+        Returns:
+            Work for the sink, in order.
+
+        """
+        out: list[ArchiveWork] = []
+        if ids:
+            self._take(ids, fields, out)
+        if tick_ms is not None:
+            p = self.pending
+            if p is not None and tick_ms >= p.end + self.cfg.close_margin_ms:
+                out.append(self._flush(complete=True))
+            if self.pending is None:
+                self.clock.tick(tick_ms, self.cfg.window)
+                wm = self.clock.watermark
+                if out:
+                    # Written before it is published: the tick's advance rides along.
+                    out[-1].watermark = wm if wm > NEVER else None
+                    self.emitted_wm = max(self.emitted_wm, wm)
+                elif now - self._last_progress >= self.cfg.progress_interval_s and (
+                    wm > self.emitted_wm or self._trim_bound() > self.trimmed
+                ):
+                    # Idle: the watermark follows the arrival clock, and trimming
+                    # catches up with the snapshots taken since the last write.
+                    out.append(self._progress())
+        if out:
+            self._last_progress = now
+        return out
+
+    def _take(self, ids: list[bytes], fields: list[list[bytes]], out: list[ArchiveWork]) -> None:
+        self.last_seen = ids[-1]
+        self._count("entries", len(ids))
+        b = self.cfg.bucket_ms
+        i, n = 0, len(ids)
+        last_ms = id_ms(ids[-1])
+        while i < n:
+            ms = id_ms(ids[i])
+            p = self.pending
+            if p is not None and not p.start <= ms < p.end:
+                # A later bucket's entry: the open one is complete (stream order). An
+                # earlier bucket's one means Redis' clock stepped back after an idle
+                # tick closed its bucket: it starts a new range of its own.
+                out.append(self._flush(complete=True))
+                p = None
+            if p is None:
+                start = ms - ms % b
+                p = self.pending = _Pending(start, start + b)
+            j = n if last_ms < p.end else bisect_left(ids, p.end, lo=i, key=id_ms)
+            p.add(ids[i:j], fields[i:j])
+            i = j
+
+    def finish(self, *, write_open: bool) -> list[ArchiveWork]:
+        """End of input: write the open bucket as it is (``write_open``) and keep it."""
+        if self.pending is None or not write_open:
+            return []
+        return [self._flush(complete=False)]
+
+    def note_snapshot(self) -> None:
+        """A snapshot of this state is being taken (moves the trim guard)."""
+        keep = self.cfg.trim_guard_snapshots
+        if keep and self.last_seen is not None:
+            self.snaps = [*self.snaps, self.last_seen][-keep:]
+
+    # -- output -----------------------------------------------------------------------
+
+    def _flush(self, *, complete: bool) -> ArchiveWork:
+        p = self.pending
+        assert p is not None
+        ids, fields = p.entries()
+        pb = self.parser.parse_batch(fields)
+        self.clock.feed(ids, pb, p.clocked, self.cfg.window)
+        p.clocked = len(ids)
+        source = SourceRange.stream(self.stream, ids[0], ids[-1])
+        written = WrittenRange(
+            source,
+            tuple(sorted({day_of_ms(t) for t in set(pb.event_time)})),
+            source.stream_day(),
+        )
+        supersedes = (p.partial,) if p.partial is not None and p.partial != written else ()
+        if complete:
+            self.pending = None
+            self._count("files")
+        else:
+            p.partial = written
+            self._count("partial_files")
+        self.archived_id = ids[-1]
+        wm = self.clock.watermark
+        self.emitted_wm = max(self.emitted_wm, wm)
+        return ArchiveWork(
+            self.stream,
+            source,
+            pb.trades(),
+            [r for _, r, _ in pb.rejects],
+            [ids[pos].decode() for pos, _, _ in pb.rejects],
+            supersedes,
+            len(ids),
+            complete,
+            ids[-1],
+            wm if wm > NEVER else None,
+            self._trim_point(),
+        )
+
+    def _progress(self) -> ArchiveWork:
+        wm = self.clock.watermark
+        self.emitted_wm = wm
+        return ArchiveWork(
+            self.stream,
+            archived_id=self.archived_id,
+            watermark=wm if wm > NEVER else None,
+            trim_minid=self._trim_point(),
+        )
+
+    def _trim_bound(self) -> tuple[int, int]:
+        """Entries before this ``(ms, seq)`` may leave the raw log (``(0, 0)``: none).
+
+        Never past the last written entry, never within ``retention_ms`` of it, and
+        never past the entry read last before the snapshot ``trim_guard_snapshots``
+        back: a restore from the last committed snapshot reads again from there.
+        """
+        if self.archived_id is None:
+            return (0, 0)
+        a_ms, a_seq = split_id(self.archived_id)
+        bounds = [(a_ms, a_seq + 1), (a_ms - self.cfg.retention_ms, 0)]
+        guard = self.cfg.trim_guard_snapshots
+        if guard:
+            if len(self.snaps) < guard:
+                return (0, 0)
+            g_ms, g_seq = split_id(self.snaps[0])
+            bounds.append((g_ms, g_seq + 1))
+        return max((0, 0), min(bounds))
+
+    def _trim_point(self) -> bytes | None:
+        """The MINID to trim to now (``None``: no further than already done)."""
+        point = self._trim_bound()
+        if point <= self.trimmed:
+            return None
+        self.trimmed = point
+        return join_id(*point)
+
+    # -- status -----------------------------------------------------------------------
+
+    @property
+    def watermark(self) -> int:
+        """The partition's archive watermark (ms; :data:`NEVER` before any)."""
+        return self.clock.watermark
+
+    @property
+    def open_entries(self) -> int:
+        """Entries read and not yet written as a complete bucket."""
+        return self.pending.n if self.pending is not None else 0

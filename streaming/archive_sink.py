@@ -1,0 +1,198 @@
+"""The archive flow's sink: lake files first, then the watermark, then the trim.
+
+For each batch of :class:`~streaming.archive.ArchiveWork` a worker receives, in
+order:
+
+1. each range's files are written (:class:`batch.lake.LakeWriter`: hidden temporary
+   name, fsync, atomic rename, fsync of the directory), then the files of ranges it
+   supersedes are removed;
+2. only then, one Redis round trip per batch: each partition's watermark into
+   :data:`~streaming.archive.PARTITIONS_KEY` (never lowered: a replay after a
+   restore publishes older values again), its progress into
+   :data:`~streaming.archive.PROGRESS_KEY`, and ``XTRIM MINID ~`` of its stream;
+3. the archive watermark (:data:`batch.lake.ARCHIVE_WATERMARK_KEY`) is raised to the
+   minimum over every partition of the flow, once each has published one.
+
+The keys are updated one at a time (no script spans two keys, so this works on
+Redis Cluster): a partition value only grows, so a minimum read at any moment is
+at most the true one, and the global key only grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, LakeWriter, WriteResult
+from streaming.archive import PARTITIONS_KEY, PROGRESS_KEY, ArchiveWork, WrittenRange
+from streaming.redisconn import connect
+from streaming.retry import call_with_retry
+
+log = logging.getLogger(__name__)
+
+# HSET field to ARGV[2] unless it holds a larger number; returns HMGET of ARGV[3..].
+_RAISE_FIELD = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (not cur) or tonumber(ARGV[2]) > tonumber(cur) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+if #ARGV < 3 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
+"""
+# SET key to ARGV[1] unless it holds a larger number; returns the value it holds.
+_RAISE_KEY = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(ARGV[1]) > tonumber(cur) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return cur
+"""
+
+
+class ArchiveStore:
+    """The archive's writes: lake files, then Redis (watermarks, progress, trim).
+
+    Args:
+        lake: the lake's root.
+        client: the Redis holding the raw log and the archive keys.
+        streams: every partition of the flow (the watermark is their minimum).
+        durable: fsync files before they count as written (tests may turn it off).
+
+    """
+
+    def __init__(
+        self, lake: str | Lake, client: redis.Redis, streams: list[str], *, durable: bool = True
+    ) -> None:
+        self.writer = LakeWriter(lake, durable=durable)
+        self.lake = self.writer.lake
+        self.client = client
+        self.streams = list(streams)
+        self._raise_field = client.register_script(_RAISE_FIELD)
+        self._raise_key = client.register_script(_RAISE_KEY)
+
+    def write_files(self, work: ArchiveWork) -> WriteResult | None:
+        """Write one range's files (replacing the same range's), drop superseded ones."""
+        if work.source is None:
+            return None
+        result = self.writer.write_trades(
+            work.trades, work.rejections, work.source, rejection_ids=work.rejection_ids
+        )
+        written = set(result.files)
+        for old in work.supersedes:
+            for path in self.range_paths(old):
+                if path not in written:
+                    self.lake.remove(path)
+        return result
+
+    def range_paths(self, rng: WrittenRange) -> list[str]:
+        """Every file a written range may have (trades per day, rejects)."""
+        name = rng.source.file_name
+        paths = [f"{self.lake.trades_dir(d)}/{name}" for d in rng.days]
+        if rng.reject_day is not None:
+            paths.append(f"{self.lake.rejects_dir(rng.reject_day)}/{name}")
+        return paths
+
+    def publish(self, works: list[ArchiveWork], now_ms: int) -> int | None:
+        """Publish the last state of each partition in ``works``; trim; raise the watermark.
+
+        Returns:
+            The archive watermark after this call, when every partition has one.
+
+        """
+        last: dict[str, ArchiveWork] = {}
+        files: dict[str, int] = {}
+        for w in works:
+            last[w.stream] = w
+            files[w.stream] = files.get(w.stream, 0) + (w.source is not None)
+        pipe = self.client.pipeline(transaction=False)
+        for stream, w in last.items():
+            if w.watermark is not None:
+                self._raise_field(
+                    keys=[PARTITIONS_KEY], args=[stream, w.watermark, *self.streams], client=pipe
+                )
+            if w.trim_minid is not None:
+                pipe.execute_command("XTRIM", stream, "MINID", "~", w.trim_minid)
+            progress = {
+                "archived_id": w.archived_id.decode() if w.archived_id else None,
+                "watermark": w.watermark,
+                "trim_minid": w.trim_minid.decode() if w.trim_minid else None,
+                "last_range": w.source.file_name if w.source else None,
+                "complete": w.complete,
+                "updated_ms": now_ms,
+            }
+            pipe.hset(PROGRESS_KEY, stream, orjson.dumps(progress))
+        replies = pipe.execute()
+        values = None
+        for r in replies:
+            if isinstance(r, list):
+                values = r  # the latest HMGET of every partition's watermark
+        if values is None or any(v is None for v in values) or not values:
+            return None
+        low = min(int(v) for v in values)
+        return int(self._raise_key(keys=[ARCHIVE_WATERMARK_KEY], args=[low]))
+
+
+class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
+    def __init__(self, store: ArchiveStore, sink: ArchiveSink) -> None:
+        self.store = store
+        self.sink = sink
+
+    def write_batch(self, items: list[tuple[str, ArchiveWork]]) -> None:
+        works = [w for _, w in items]
+        entries = 0
+        for w in works:
+            if self.store.write_files(w) is not None:
+                entries += w.entries
+        call_with_retry(
+            lambda: self.store.publish(works, int(time.time() * 1000)),
+            what="archive sink",
+            give_up_s=self.sink.give_up_s,
+        )
+        if self.sink.on_written is not None and entries:
+            self.sink.on_written(entries)
+
+    def close(self) -> None:
+        self.store.client.close()
+
+
+class ArchiveSink(DynamicSink[tuple[str, ArchiveWork]]):
+    """Writes the archive flow's output (see the module docstring).
+
+    Args:
+        lake: the lake's root (path or URI).
+        redis_url: the Redis of the raw log and the archive keys.
+        streams: every partition of the flow.
+        on_written: called with the number of raw entries written after each batch.
+        give_up_s: how long a Redis outage is retried before the error is raised.
+        durable: fsync lake files (keep it on outside tests).
+
+    """
+
+    def __init__(
+        self,
+        lake: str,
+        redis_url: str,
+        streams: list[str],
+        *,
+        on_written: Callable[[int], Any] | None = None,
+        give_up_s: float = 120.0,
+        durable: bool = True,
+    ) -> None:
+        self.lake = lake
+        self.redis_url = redis_url
+        self.streams = list(streams)
+        self.on_written = on_written
+        self.give_up_s = give_up_s
+        self.durable = durable
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ArchiveSinkPartition:
+        """This worker's connection and lake writer."""
+        store = ArchiveStore(self.lake, connect(self.redis_url), self.streams, durable=self.durable)
+        return _ArchiveSinkPartition(store, self)

@@ -1,0 +1,297 @@
+"""The archive flow: raw log -> Parquet lake, archive watermark, raw-log trimming (issue 5).
+
+Run it as ``cryptopipe stream run archive`` (which runs ``python -m bytewax.run
+"streaming.flows.archive:get_flow(...)"`` with a recovery directory), or build it
+with :func:`build_flow` in tests.
+
+Shape::
+
+    RedisStreamSource (one partition per raw-log stream/shard, XREAD in batches,
+                       idle ticks; ends its input on SIGTERM/SIGINT)
+      -> stateful_batch keyed by partition: PartitionArchiver (stream-id buckets,
+         parse, watermark over what is written, trim point)
+      -> ArchiveSink (lake files, then watermark and progress, then XTRIM MINID ~)
+
+Files are cut by stream-id buckets, so a replay after a crash writes the same files
+(same names, same rows) whatever bytewax's batches were; see docs/archive.md.
+
+Stopping: SIGTERM (what the supervisor sends) or a first SIGINT ends the input, so
+bytewax closes the epoch, takes a final snapshot and exits 0 within a poll interval;
+the open bucket stays in the snapshot, unwritten. A second SIGINT interrupts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import StatefulSourcePartition
+from bytewax.operators import StatefulBatchLogic
+
+from marketdata.rawmessage import raw_stream_names
+from marketdata.settings import Settings
+from streaming.archive import (
+    DEFAULT_BUCKET_MS,
+    DEFAULT_CLOSE_MARGIN_MS,
+    DEFAULT_RETENTION_MS,
+    ArchiveConfig,
+    ArchiveWork,
+    PartitionArchiver,
+)
+from streaming.archive_sink import ArchiveSink
+from streaming.candleagg import WindowConfig
+from streaming.flows.runtime import flow_heartbeat
+from streaming.sources import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_POLL_S,
+    RawBatch,
+    RedisStreamSource,
+    StreamPosition,
+)
+
+log = logging.getLogger(__name__)
+
+FLOW_NAME = "archive"
+
+#: Environment variables read by :meth:`ArchiveFlowConfig.from_settings` (the CLI
+#: passes only ``exit_when_idle`` and ``batch_size`` to :func:`get_flow`).
+ENV_BUCKET_MS = "CRYPTOPIPE_ARCHIVE_BUCKET_MS"
+ENV_RETENTION_MS = "CRYPTOPIPE_ARCHIVE_RETENTION_MS"
+ENV_CLOSE_MARGIN_MS = "CRYPTOPIPE_ARCHIVE_CLOSE_MARGIN_MS"
+
+
+@dataclass(frozen=True)
+class ArchiveFlowConfig:
+    """Everything the archive flow needs; no connection is opened here.
+
+    Attributes:
+        redis_url: the Redis holding the raw log and receiving the archive keys.
+        lake: the lake's root (a path or URI).
+        streams: raw-log streams to read, one source partition each.
+        archive: buckets, retention, lateness (see :class:`ArchiveConfig`).
+        batch_size: entries per XREAD.
+        poll_s: pause between reads of a caught-up stream.
+        exit_when_idle: end the input after this many idle seconds, writing every
+            open bucket first (replays, tests); ``None`` runs forever.
+        durable: fsync lake files before they count as written.
+        name: the flow's name (heartbeat).
+
+    """
+
+    redis_url: str
+    lake: str
+    streams: tuple[str, ...]
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    poll_s: float = DEFAULT_POLL_S
+    exit_when_idle: float | None = None
+    durable: bool = True
+    name: str = FLOW_NAME
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> ArchiveFlowConfig:
+        """The configuration of ``settings`` and ``CRYPTOPIPE_ARCHIVE_*`` variables.
+
+        ``overrides`` replace fields of this class, or of :class:`ArchiveConfig`
+        (``bucket_ms``, ``retention_ms``, ``close_margin_ms``, ...).
+        """
+        env = os.environ if environ is None else environ
+        archive_keys = set(ArchiveConfig.__dataclass_fields__)
+        archive = ArchiveConfig(
+            bucket_ms=_env_int(env, ENV_BUCKET_MS, DEFAULT_BUCKET_MS),
+            retention_ms=_env_int(env, ENV_RETENTION_MS, DEFAULT_RETENTION_MS),
+            close_margin_ms=_env_int(env, ENV_CLOSE_MARGIN_MS, DEFAULT_CLOSE_MARGIN_MS),
+            window=WindowConfig(lateness_ms=settings.lateness_ms),
+            known_symbols=settings.known_symbols,
+        )
+        archive = replace(archive, **{k: overrides.pop(k) for k in list(overrides)
+                                      if k in archive_keys})  # fmt: skip
+        cfg = cls(
+            redis_url=settings.redis_url,
+            lake=settings.lake,
+            streams=tuple(raw_stream_names(settings.raw_shards)),
+            archive=archive,
+        )
+        return replace(cfg, **overrides)
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        msg = f"{name}={raw!r} is not an integer"
+        raise ValueError(msg) from None
+
+
+# --------------------------------------------------------------------------- stopping
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """End the archive flow's input: final snapshot, then exit (what SIGTERM does)."""
+    _STOP.set()
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM and a first SIGINT end the input; a second SIGINT interrupts at once.
+
+    Only in the main thread (bytewax runs ``get_flow`` there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if _STOP.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("archive: %s received; stopping after a final snapshot",
+                 signal.Signals(signum).name)  # fmt: skip
+        _STOP.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+class _StoppablePartition(StatefulSourcePartition[tuple[str, RawBatch], StreamPosition]):
+    """A source partition whose input ends when a stop is requested."""
+
+    def __init__(
+        self,
+        inner: StatefulSourcePartition[tuple[str, RawBatch], StreamPosition],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.inner = inner
+        self.should_stop = should_stop
+
+    def next_batch(self) -> Iterable[tuple[str, RawBatch]]:
+        if self.should_stop():
+            raise StopIteration
+        return self.inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        if self.should_stop():
+            return datetime.now(UTC)
+        return self.inner.next_awake()
+
+    def snapshot(self) -> StreamPosition:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _StoppableSource(RedisStreamSource):
+    def __init__(self, *args: Any, should_stop: Callable[[], bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.should_stop = should_stop
+
+    def build_part(  # type: ignore[override]
+        self, step_id: str, for_part: str, resume_state: StreamPosition | None
+    ) -> _StoppablePartition:
+        inner = super().build_part(step_id, for_part, resume_state)
+        return _StoppablePartition(inner, self.should_stop)
+
+
+# --------------------------------------------------------------------------- logic
+
+
+class _ArchiveLogic(StatefulBatchLogic[RawBatch, ArchiveWork, bytes]):
+    """One partition's :class:`PartitionArchiver` inside bytewax."""
+
+    def __init__(
+        self, cfg: ArchiveFlowConfig, resume: bytes | None, should_stop: Callable[[], bool]
+    ) -> None:
+        self.cfg = cfg
+        self.should_stop = should_stop
+        self.arch = PartitionArchiver.loads(resume, cfg.archive) if resume else None
+
+    def _archiver(self, stream: str) -> PartitionArchiver:
+        if self.arch is None:
+            self.arch = PartitionArchiver(stream, self.cfg.archive)
+        return self.arch
+
+    def on_batch(self, values: list[RawBatch]) -> tuple[Iterable[ArchiveWork], bool]:
+        arch = self._archiver(values[0].stream)
+        now = time.monotonic()
+        out: list[ArchiveWork] = []
+        for b in values:
+            out += arch.process(b.ids, b.fields, b.tick_ms, now)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[ArchiveWork], bool]:
+        # End of input: with --exit-when-idle the open bucket is written as it is (and
+        # kept: a later run writes it again, whole, and drops this partial range); on
+        # a stop by signal it is left to the snapshot.
+        if self.arch is None:
+            return [], StatefulBatchLogic.RETAIN
+        return self.arch.finish(write_open=not self.should_stop()), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        if self.arch is None:
+            return b""
+        self.arch.note_snapshot()
+        return self.arch.dumps()
+
+
+def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = None) -> Dataflow:
+    """The archive dataflow for ``cfg``.
+
+    Args:
+        cfg: the configuration.
+        should_stop: when it turns true the input ends (final snapshot, exit); the
+            open buckets are then not written. Default: :func:`request_stop` / signals.
+
+    """
+    stop = should_stop or _STOP.is_set
+    heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
+    flow = Dataflow(cfg.name)
+    source = _StoppableSource(
+        cfg.redis_url,
+        list(cfg.streams),
+        batch_size=cfg.batch_size,
+        poll_s=cfg.poll_s,
+        exit_when_idle=cfg.exit_when_idle,
+        observer=heartbeat,
+        should_stop=stop,
+    )
+    raw = op.input("raw", flow, source)
+    works = op.stateful_batch(
+        "archive", raw, lambda resume: _ArchiveLogic(cfg, resume or None, stop)
+    )
+    sink = ArchiveSink(
+        cfg.lake,
+        cfg.redis_url,
+        list(cfg.streams),
+        on_written=heartbeat.on_written,
+        durable=cfg.durable,
+    )
+    op.output("lake", works, sink)
+    return flow
+
+
+def get_flow(**overrides: Any) -> Dataflow:
+    """The archive flow of the environment's settings (``python -m bytewax.run`` entry).
+
+    Keyword arguments override :class:`ArchiveFlowConfig` fields (and
+    :class:`~streaming.archive.ArchiveConfig`'s). Installs the stop handlers.
+    """
+    install_stop_handlers()
+    return build_flow(ArchiveFlowConfig.from_settings(Settings.from_env(), **overrides))
