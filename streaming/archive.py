@@ -15,9 +15,9 @@ Semantics (see docs/archive.md):
   batched the reads, so the replay after a crash writes the same file names with
   the same rows. The open bucket's entries are kept in the state, compactly.
 * **End of input** (``--exit-when-idle``) writes the open bucket as it is and keeps
-  it open; when it is written again with more entries, the files of the earlier,
-  partial range are removed once the new ones are durable (they are a subset).
-  A stop by signal does not write it (the snapshot keeps it).
+  it open; when it is written again with more entries, the sink removes the files
+  of the earlier, partial range (same stream, same first id: a subset) once the new
+  ones are durable. A stop by signal does not write it (the snapshot keeps it).
 * **Watermark.** Per partition, the candles flow's watermark computed over the
   archived prefix of the stream (:class:`ArchiveClock`: largest event time minus
   the lateness, moved on by the arrival clock after ``idle_advance_ms``); idle ticks
@@ -36,12 +36,11 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from itertools import accumulate, chain
-from typing import Any, NamedTuple
+from typing import Any
 
 from batch.lake import SourceRange
-from marketdata.timeutil import DAY_MS, day_of_ms
+from marketdata.timeutil import DAY_MS
 from marketdata.trade import Rejection, Trade
 from streaming.candleagg import MINUTE, NEVER, WindowConfig, id_ms
 from streaming.fastparse import FastParser, ParsedBatch
@@ -259,22 +258,6 @@ def _decode(
 # --------------------------------------------------------------------------- output
 
 
-class WrittenRange(NamedTuple):
-    """The files of one written source range: a trades file per day, one rejects file.
-
-    Attributes:
-        source: the range (its file name).
-        days: UTC event days of its trades (``trades/date=D/<name>`` each).
-        reject_day: the rejects file's partition (day of the first stream id); the
-            file exists only when the range had rejections.
-
-    """
-
-    source: SourceRange
-    days: tuple[date, ...]
-    reject_day: date | None
-
-
 @dataclass
 class ArchiveWork:
     """What the sink does for one partition: write a range, publish, trim.
@@ -285,8 +268,6 @@ class ArchiveWork:
         trades: its valid trades, one per raw entry (duplicates kept).
         rejections: its rejected entries, with reasons and payloads.
         rejection_ids: the stream id of each rejection.
-        supersedes: ranges whose files this write makes redundant (a partial range
-            written at the end of an earlier run): removed after this one is durable.
         entries: raw entries in ``source``.
         complete: the bucket is closed (False: written at end of input).
         archived_id: every entry up to it is in the lake once this is written.
@@ -300,7 +281,6 @@ class ArchiveWork:
     trades: list[Trade] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     rejection_ids: list[str] = field(default_factory=list)
-    supersedes: tuple[WrittenRange, ...] = ()
     entries: int = 0
     complete: bool = True
     archived_id: bytes | None = None
@@ -311,7 +291,7 @@ class ArchiveWork:
 class _Pending:
     """The open bucket: its bounds, entries, and what of it is already written."""
 
-    __slots__ = ("chunks", "clocked", "end", "n", "partial", "start")
+    __slots__ = ("chunks", "clocked", "end", "n", "start")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
@@ -320,14 +300,12 @@ class _Pending:
         self.n = 0
         #: Entries already fed to the clock (written at an earlier end of input).
         self.clocked = 0
-        #: The range written at an earlier end of input, if any.
-        self.partial: WrittenRange | None = None
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.start, self.end, self.chunks, self.n, self.clocked, self.partial)
+        return (self.start, self.end, self.chunks, self.n, self.clocked)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.start, self.end, self.chunks, self.n, self.clocked, self.partial = state
+        self.start, self.end, self.chunks, self.n, self.clocked = state
 
     def add(self, ids: list[bytes], fields: list[list[bytes]]) -> None:
         if ids:
@@ -488,17 +466,10 @@ class PartitionArchiver:
         self.clock.feed(ids, pb, p.clocked, self.cfg.window)
         p.clocked = len(ids)
         source = SourceRange.stream(self.stream, ids[0], ids[-1])
-        written = WrittenRange(
-            source,
-            tuple(sorted({day_of_ms(t) for t in set(pb.event_time)})),
-            source.stream_day(),
-        )
-        supersedes = (p.partial,) if p.partial is not None and p.partial != written else ()
         if complete:
             self.pending = None
             self._count("files")
         else:
-            p.partial = written
             self._count("partial_files")
         self.archived_id = ids[-1]
         wm = self.clock.watermark
@@ -509,7 +480,6 @@ class PartitionArchiver:
             pb.trades(),
             [r for _, r, _ in pb.rejects],
             [ids[pos].decode() for pos, _, _ in pb.rejects],
-            supersedes,
             len(ids),
             complete,
             ids[-1],

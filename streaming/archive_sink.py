@@ -4,8 +4,9 @@ For each batch of :class:`~streaming.archive.ArchiveWork` a worker receives, in
 order:
 
 1. each range's files are written (:class:`batch.lake.LakeWriter`: hidden temporary
-   name, fsync, atomic rename, fsync of the directory), then the files of ranges it
-   supersedes are removed;
+   name, fsync, atomic rename, fsync of the directory); then other files of the same
+   stream starting at the same entry are removed: they hold the same bucket written
+   partially at an earlier end of input (a subset of this one);
 2. only then, one Redis round trip per batch: each partition's watermark into
    :data:`~streaming.archive.PARTITIONS_KEY` (never lowered: a replay after a
    restore publishes older values again), its progress into
@@ -30,7 +31,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, LakeWriter, WriteResult
-from streaming.archive import PARTITIONS_KEY, PROGRESS_KEY, ArchiveWork, WrittenRange
+from streaming.archive import PARTITIONS_KEY, PROGRESS_KEY, ArchiveWork
 from streaming.redisconn import connect
 from streaming.retry import call_with_retry
 
@@ -78,26 +79,30 @@ class ArchiveStore:
         self._raise_key = client.register_script(_RAISE_KEY)
 
     def write_files(self, work: ArchiveWork) -> WriteResult | None:
-        """Write one range's files (replacing the same range's), drop superseded ones."""
+        """Write one range's files (replacing the same range's), drop partial versions.
+
+        A bucket written at an end of input and written again later, with more
+        entries, has the same first id and a later last id: once the new files are
+        durable, the earlier ones (in the new range's days: its entries are a subset)
+        are removed, so that no raw entry is in the lake twice.
+        """
         if work.source is None:
             return None
+        src = work.source
         result = self.writer.write_trades(
-            work.trades, work.rejections, work.source, rejection_ids=work.rejection_ids
+            work.trades, work.rejections, src, rejection_ids=work.rejection_ids
         )
-        written = set(result.files)
-        for old in work.supersedes:
-            for path in self.range_paths(old):
-                if path not in written:
-                    self.lake.remove(path)
+        name = src.file_name
+        same_start = name[: name.rindex("~") + 1]  # <kind>~<stream>~<first>~
+        directories = {f"{self.lake.trades_dir(d)}" for d in result.days}
+        day = src.stream_day()
+        if day is not None:
+            directories.add(self.lake.rejects_dir(day))
+        for directory in sorted(directories):
+            for other in self.lake.list_files(directory):
+                if other.startswith(same_start) and other != name:
+                    self.lake.remove(f"{directory}/{other}")
         return result
-
-    def range_paths(self, rng: WrittenRange) -> list[str]:
-        """Every file a written range may have (trades per day, rejects)."""
-        name = rng.source.file_name
-        paths = [f"{self.lake.trades_dir(d)}/{name}" for d in rng.days]
-        if rng.reject_day is not None:
-            paths.append(f"{self.lake.rejects_dir(rng.reject_day)}/{name}")
-        return paths
 
     def publish(self, works: list[ArchiveWork], now_ms: int) -> int | None:
         """Publish the last state of each partition in ``works``; trim; raise the watermark.
