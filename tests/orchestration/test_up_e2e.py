@@ -70,6 +70,18 @@ def test_up_sensor_starts_flows_and_restarts_a_killed_one(tmp_path: Path) -> Non
         except subprocess.TimeoutExpired:
             up.kill()
     assert up.returncode == 0, up.stdout.read() if up.stdout else ""
-    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
-                          check=False)  # fmt: skip
-    assert left.stdout.strip() == "", left.stdout
+
+    def leftovers() -> str:
+        found = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
+                               check=False).stdout.split()  # fmt: skip
+        if not found:
+            return ""
+        ps = subprocess.run(["ps", "-o", "pid,ppid,etime,cmd", "-p", ",".join(found)],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+        return ps.stdout if len(ps.stdout.splitlines()) > 1 else ""
+
+    # Processes still exiting get a moment; anything alive after that is a leak.
+    deadline = time.monotonic() + 15
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == "", left
