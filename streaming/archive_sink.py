@@ -77,6 +77,7 @@ class ArchiveStore:
         self.streams = list(streams)
         self._raise_field = client.register_script(_RAISE_FIELD)
         self._raise_key = client.register_script(_RAISE_KEY)
+        self._last_range: dict[str, str] = {}
 
     def write_files(self, work: ArchiveWork) -> WriteResult | None:
         """Write one range's files (replacing the same range's), drop partial versions.
@@ -115,7 +116,9 @@ class ArchiveStore:
         files: dict[str, int] = {}
         for w in works:
             last[w.stream] = w
-            files[w.stream] = files.get(w.stream, 0) + (w.source is not None)
+            if w.source is not None:
+                files[w.stream] = files.get(w.stream, 0) + 1
+                self._last_range[w.stream] = w.source.file_name
         pipe = self.client.pipeline(transaction=False)
         for stream, w in last.items():
             if w.watermark is not None:
@@ -128,8 +131,8 @@ class ArchiveStore:
                 "archived_id": w.archived_id.decode() if w.archived_id else None,
                 "watermark": w.watermark,
                 "trim_minid": w.trim_minid.decode() if w.trim_minid else None,
-                "last_range": w.source.file_name if w.source else None,
-                "complete": w.complete,
+                "last_range": self._last_range.get(stream),
+                "files_in_batch": files.get(stream, 0),
                 "updated_ms": now_ms,
             }
             pipe.hset(PROGRESS_KEY, stream, orjson.dumps(progress))
