@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -128,13 +127,6 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         self._last_tick = 0.0
         self._failing = False
         self.observer = source.observer
-        self._pool: ThreadPoolExecutor | None = None
-        self._prefetch: Future[tuple[Any, Any, Any]] | None = None
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"prefetch-{self.stream}")
-        return self._pool
 
     def _read(self) -> tuple[Any, Any, Any]:
         pipe = self.client.pipeline(transaction=True)
@@ -197,11 +189,7 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
 
     def next_batch(self) -> Iterable[tuple[str, RawBatch]]:
         try:
-            if self._prefetch is not None:
-                pending, self._prefetch = self._prefetch, None
-                info, now, reply = pending.result()
-            else:
-                info, now, reply = self._read()
+            info, now, reply = self._read()
         except redis.ConnectionError as exc:  # TimeoutError is a ConnectionError
             if not self._failing:
                 log.warning("%s: Redis unavailable (%s); retrying", self.stream, exc)
@@ -224,11 +212,6 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
             full = len(entries) >= self.cfg.batch_size
             self._awake = None if full else datetime.now(UTC) + self.cfg.poll
             self._report(info if has_info else None, len(ids))
-            if full:
-                # More is waiting: let Redis (another core) serve the next read while
-                # the flow works on this one. It reads after this batch, so position
-                # and snapshot stay those of the batches returned.
-                self._prefetch = self._executor().submit(self._read)
             return [(self.stream, RawBatch(self.stream, ids, fields))]
         # Idle.
         if self._idle_since is None:
@@ -264,8 +247,6 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         return self.pos
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
 
 
