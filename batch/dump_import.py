@@ -27,6 +27,7 @@ from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -377,9 +378,11 @@ def import_dump(
             # Blocks are parsed in parallel (the Arrow kernels release the GIL) and
             # written in order, with at most ``workers`` blocks in flight.
             pending: deque[Future[ParsedBlock]] = deque()
-            opts = {"exchange": exchange, "symbol": sym, "known_symbols": known_symbols}
+            parse = partial(
+                parse_block, exchange=exchange, symbol=sym, known_symbols=known_symbols, fast=fast
+            )
             for data, done in _blocks(f, block_bytes):
-                pending.append(pool.submit(parse_block, data, next_line, fast=fast, **opts))
+                pending.append(pool.submit(parse, data, next_line))
                 next_line += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
                 while len(pending) > workers or (pending and pending[0].done()):
                     _take_block(lk, pending.popleft().result(), days, rejects, result)
@@ -509,7 +512,8 @@ def _write_days(lk: Lake, table: pa.Table, days: dict[date, _DayOut], result: Im
         out = days.get(day)
         if out is None:
             out = days[day] = _DayOut(
-                AtomicParquetWriter(lk, lk.trades_dir(day), TRADES_SCHEMA), int(part_lines[0])
+                AtomicParquetWriter(lk, lk.trades_dir(day), TRADES_SCHEMA, index_trade_keys=True),
+                int(part_lines[0]),
             )
         out.writer.write(part)
         out.last = int(part_lines[-1])

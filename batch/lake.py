@@ -23,6 +23,7 @@ renamed into place, so a reader never sees half a file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -60,6 +61,9 @@ AGGREGATES_DIR = "aggregates"
 #: Prefix of the marker lake import writes beside a day's trades once a dump that
 #: covers the whole day (for its symbol) is in (see :mod:`batch.sealing`).
 IMPORT_MARKER_PREFIX = "_IMPORTED~"
+
+#: Footer key of a trade file's trade-id index (JSON list of :class:`TradeKeyRange`).
+TRADE_KEYS_META = "cryptopipe.trade_keys"
 
 #: Largest trade id the lake holds (Parquet int64).
 MAX_LAKE_TRADE_ID = 2**63 - 1
@@ -293,10 +297,119 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
-class AtomicParquetWriter:
-    """A Parquet file written under a hidden name and renamed into place on commit."""
+@dataclass(frozen=True)
+class TradeKeyRange:
+    """The trade ids of one (exchange, symbol) in one trade file.
 
-    def __init__(self, lake: Lake, directory: str, schema: pa.Schema) -> None:
+    Attributes:
+        exchange: the exchange.
+        symbol: the symbol.
+        min_id: the smallest trade id.
+        max_id: the largest trade id.
+        rows: how many rows.
+        distinct: whether the file holds each of these trade ids once only.
+
+    """
+
+    exchange: str
+    symbol: str
+    min_id: int
+    max_id: int
+    rows: int
+    distinct: bool
+
+
+def summarize_trade_keys(table: pa.Table) -> list[TradeKeyRange]:
+    """Per (exchange, symbol): the id range, the row count and whether ids are distinct."""
+    if not table.num_rows:
+        return []
+    agg = table.group_by(["exchange", "symbol"]).aggregate(
+        [("trade_id", "min"), ("trade_id", "max"), ("trade_id", "count"),
+         ("trade_id", "count_distinct")]
+    )  # fmt: skip
+    return [
+        TradeKeyRange(
+            r["exchange"],
+            r["symbol"],
+            r["trade_id_min"],
+            r["trade_id_max"],
+            r["trade_id_count"],
+            r["trade_id_count"] == r["trade_id_count_distinct"],
+        )
+        for r in agg.to_pylist()
+    ]
+
+
+def merge_trade_key_ranges(parts: Iterable[TradeKeyRange]) -> list[TradeKeyRange]:
+    """Ranges of several pieces (row groups, files) combined per (exchange, symbol).
+
+    The result is ``distinct`` only when every piece is and no two pieces' id
+    ranges overlap: a sufficient condition, checked exactly.
+    """
+    groups: dict[tuple[str, str], list[TradeKeyRange]] = {}
+    for p in parts:
+        groups.setdefault((p.exchange, p.symbol), []).append(p)
+    out = []
+    for (ex, sym), ranges in sorted(groups.items()):
+        ranges.sort(key=lambda r: (r.min_id, r.max_id))
+        disjoint = all(a.max_id < b.min_id for a, b in itertools.pairwise(ranges))
+        out.append(
+            TradeKeyRange(
+                ex,
+                sym,
+                ranges[0].min_id,
+                max(r.max_id for r in ranges),
+                sum(r.rows for r in ranges),
+                disjoint and all(r.distinct for r in ranges),
+            )
+        )
+    return out
+
+
+def read_trade_key_ranges(lake: Lake, path: str) -> list[TradeKeyRange] | None:
+    """The trade-id index a trade file carries in its footer (``None`` if it has none)."""
+    meta = pq.read_metadata(path, filesystem=lake.fs).metadata or {}
+    raw = meta.get(TRADE_KEYS_META.encode())
+    if raw is None:
+        return None
+    try:
+        return [TradeKeyRange(**r) for r in json.loads(raw)]
+    except (ValueError, TypeError):
+        return None
+
+
+def trade_files(lake: Lake, day: date) -> list[str]:
+    """Paths of the day's trade files."""
+    directory = lake.trades_dir(day)
+    return [f"{directory}/{n}" for n in lake.list_files(directory) if n.endswith(".parquet")]
+
+
+def proves_distinct(lake: Lake, paths: Sequence[str]) -> bool:
+    """Whether the files' trade-id indexes prove no trade key occurs twice among them.
+
+    True when every file has an index (:data:`TRADE_KEYS_META`), each file's ids are
+    distinct per (exchange, symbol), and no two files' id ranges of the same
+    (exchange, symbol) overlap. The batch job then skips its deduplication shuffle.
+    """
+    parts: list[TradeKeyRange] = []
+    for path in paths:
+        ranges = read_trade_key_ranges(lake, path)
+        if ranges is None:
+            return False
+        parts.extend(ranges)
+    return all(r.distinct for r in merge_trade_key_ranges(parts))
+
+
+class AtomicParquetWriter:
+    """A Parquet file written under a hidden name and renamed into place on commit.
+
+    With ``index_trade_keys``, the footer gets the file's trade-id index
+    (:func:`summarize_trade_keys`, merged over the row groups).
+    """
+
+    def __init__(
+        self, lake: Lake, directory: str, schema: pa.Schema, *, index_trade_keys: bool = False
+    ) -> None:
         self.lake = lake
         self.directory = directory
         lake.mkdir(directory)
@@ -305,6 +418,7 @@ class AtomicParquetWriter:
             self.temp, schema, filesystem=lake.fs, **PARQUET_OPTIONS
         )
         self.rows = 0
+        self._index: list[TradeKeyRange] | None = [] if index_trade_keys else None
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
         """Append rows (one row group per call)."""
@@ -312,10 +426,16 @@ class AtomicParquetWriter:
         if table.num_rows:
             self._writer.write(table)
             self.rows += table.num_rows
+            if self._index is not None:
+                t = table if isinstance(table, pa.Table) else pa.Table.from_batches([table])
+                self._index.extend(summarize_trade_keys(t))
 
     def commit(self, name: str, *, durable: bool = True) -> str:
         """Close the file and rename it to ``directory/name``; returns the final path."""
         assert self._writer is not None, "writer already closed"
+        if self._index is not None:
+            index = [r.__dict__ for r in merge_trade_key_ranges(self._index)]
+            self._writer.add_key_value_metadata({TRADE_KEYS_META: json.dumps(index)})
         self._writer.close()
         self._writer = None
         final = f"{self.directory}/{name}"
@@ -535,7 +655,7 @@ class LakeWriter:
         for day in sorted(by_day):
             rows = by_day[day]
             path = f"{self.lake.trades_dir(day)}/{source.file_name}"
-            self._write_table(path, trades_table(rows))
+            self._write_table(path, trades_table(rows), index_trade_keys=True)
             result.files.append(path)
             result.trades += len(rows)
             result.days.append(day)
@@ -549,9 +669,11 @@ class LakeWriter:
             result.rejections = len(rejects)
         return result
 
-    def _write_table(self, final: str, table: pa.Table) -> None:
+    def _write_table(self, final: str, table: pa.Table, *, index_trade_keys: bool = False) -> None:
         directory = final.rpartition("/")[0]
-        writer = AtomicParquetWriter(self.lake, directory, table.schema)
+        writer = AtomicParquetWriter(
+            self.lake, directory, table.schema, index_trade_keys=index_trade_keys
+        )
         try:
             writer.write(table)
             writer.commit(final.rpartition("/")[2], durable=self.durable)
@@ -577,14 +699,9 @@ def read_trades(lake: str | os.PathLike[str] | Lake, day: date) -> list[Trade]:
     For tests and tools; the batch job reads with Spark.
     """
     lk = lake if isinstance(lake, Lake) else Lake(lake)
-    directory = lk.trades_dir(day)
     out: list[Trade] = []
-    for name in lk.list_files(directory):
-        out.extend(
-            trades_from_table(
-                pq.read_table(f"{directory}/{name}", filesystem=lk.fs, partitioning=None)
-            )
-        )
+    for path in trade_files(lk, day):
+        out.extend(trades_from_table(pq.read_table(path, filesystem=lk.fs, partitioning=None)))
     return out
 
 

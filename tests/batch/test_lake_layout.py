@@ -8,6 +8,7 @@ from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batch.lake import (
@@ -16,8 +17,12 @@ from batch.lake import (
     SourceRange,
     decimal_array,
     decimal_unscaled,
+    proves_distinct,
     read_rejects,
+    read_trade_key_ranges,
     read_trades,
+    trade_files,
+    trades_table,
     write_trades,
 )
 from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
@@ -108,3 +113,29 @@ def test_lake_module_imports_no_spark() -> None:
     code = "import sys, batch.lake, batch.dump_import\nprint('pyspark' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_trade_id_index_proves_distinct_only_when_it_holds(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    day = date(2025, 3, 14)
+    w = LakeWriter(lake, durable=False)
+    w.write_trades([trade(i, D1 + i) for i in range(10)], [], SourceRange.rows("a", 1, 10))
+    w.write_trades([trade(i, D1 + i) for i in range(10, 20)], [], SourceRange.rows("b", 1, 10))
+    eth = [t._replace(symbol="ETHUSDT") for t in (trade(5, D1), trade(6, D1))]
+    w.write_trades(eth, [], SourceRange.rows("c", 1, 2))  # same ids, other symbol: fine
+    assert proves_distinct(lake, trade_files(lake, day))
+    a_file = f"{lake.trades_dir(day)}/{SourceRange.rows('a', 1, 10).file_name}"
+    (idx,) = read_trade_key_ranges(lake, a_file) or []
+    assert (idx.min_id, idx.max_id, idx.rows, idx.distinct) == (0, 9, 10, True)
+    # Overlapping ranges (a replay with other batch boundaries): not proven.
+    w.write_trades([trade(19, D1 + 19), trade(20, D1 + 20)], [], SourceRange.rows("d", 1, 2))
+    assert not proves_distinct(lake, trade_files(lake, day))
+    lake.remove(f"{lake.trades_dir(day)}/{SourceRange.rows('d', 1, 2).file_name}")
+    # A duplicate inside one file: not proven.
+    w.write_trades([trade(30, D1), trade(30, D1)], [], SourceRange.rows("e", 1, 2))
+    assert not proves_distinct(lake, trade_files(lake, day))
+    lake.remove(f"{lake.trades_dir(day)}/{SourceRange.rows('e', 1, 2).file_name}")
+    assert proves_distinct(lake, trade_files(lake, day))
+    # A file without an index (written by another tool): not proven.
+    pq.write_table(trades_table([trade(40, D1)]), f"{lake.trades_dir(day)}/other.parquet")
+    assert not proves_distinct(lake, trade_files(lake, day))

@@ -1,0 +1,512 @@
+"""The batch layer's computations: DataFrame in, DataFrame out (DESIGN.md section 3).
+
+No reading, writing or session creation here (see :mod:`batch.daily`). Every
+function is exact: prices and quantities stay exact decimals or exact integers of
+1e-8 units, and the only rounding is the half-even rounding DESIGN.md asks for
+(VWAP, and the ratios of the daily aggregates).
+
+1m candles have two implementations with the same result:
+
+* :func:`narrow_trades` + :func:`dedupe_narrow` + :func:`minute_partials` +
+  :func:`candles_from_partials`, the fast one: all-integer
+  (Spark ``long``) aggregates that run as hash aggregations. Open and close use one
+  ``long`` order key per trade, ``(event_time - open_time) << 47 | trade_id``, which
+  orders like ``(event_time, trade_id)`` as long as ``trade_id < 2^47``; price x
+  quantity (up to 126 bits) is summed as five ``long`` sums of products of 21-bit
+  limbs, recombined exactly as a decimal per minute. Each partial row says whether
+  its preconditions held (ids below 2^47, quantities within ``long``, no sum
+  overflow, duplicates that agree; :func:`fast_path_valid`).
+* :func:`minute_candles_exact`, the general one: decimal arithmetic and
+  ``min``/``max`` of structs. Slower (sort-based aggregation, big decimals), valid
+  for every value DESIGN.md allows. The job falls back to it when a fast partial
+  is not valid, and the tests compare both with :func:`marketdata.candle.fold_trades`.
+
+Coarser candles are rolled up from 1m candles with the merge rule (:func:`roll_up`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from batch.schemas import AGGREGATE_COLUMNS, CANDLE_COLUMNS, PRICE, QUANTITY, QUOTE, VOLUME
+from marketdata.interval import Interval
+
+MINUTE_MS = Interval.M1.ms
+DAY_MINUTES = Interval.D1.ms // MINUTE_MS
+#: Bits of the trade id in the fast path's packed order key.
+KEY_ID_BITS = 47
+MAX_PACKED_TRADE_ID = (1 << KEY_ID_BITS) - 1
+LIMB_BITS = 21
+LIMB_MASK = (1 << LIMB_BITS) - 1
+#: Minutes whose approximate largest price x quantity is within this relative margin
+#: of the day's are searched exactly for the largest trade (doubles are good to ~1e-16).
+LARGEST_MARGIN = 1e-9
+
+TRADE_KEY = ("exchange", "symbol", "trade_id")
+CANDLE_KEY = ("exchange", "symbol", "open_time")
+#: Internal 1m columns kept beside the candle's for the daily aggregates and the
+#: job's report; never written.
+INTERNAL_COLUMNS = ("max_quote_approx", "duplicates", "conflicts")
+
+_E8 = Decimal("1E-8")
+_E16 = Decimal("1E-16")
+
+
+def _from_e8(col: Column | str, out: object) -> Column:
+    """An exact decimal from an integer count of 1e-8 units."""
+    c = F.col(col) if isinstance(col, str) else col
+    return (c.cast("decimal(38,0)") * F.lit(_E8)).cast(out)  # type: ignore[arg-type]
+
+
+def _floor(col: str, interval_ms: int) -> Column:
+    # event times are never negative, so % is a floor here
+    return F.col(col) - F.col(col) % F.lit(interval_ms)
+
+
+# --------------------------------------------------------------------------- dedupe
+
+
+def dedupe_trades(trades: DataFrame) -> DataFrame:
+    """One row per (exchange, symbol, trade_id): duplicates count once (DESIGN.md section 2).
+
+    Duplicates carry the same content by contract. Should two rows with one key
+    differ anyway, the kept version is the one with the smallest xxhash64 of its
+    content: arbitrary but independent of file order, so re-runs agree.
+
+    Returns:
+        The trade columns plus ``copies`` (rows seen for the key) and
+        ``conflicting`` (whether those rows differed).
+
+    """
+    h = F.xxhash64("event_time", "price", "quantity", "is_buyer_maker")
+    content = ("event_time", "price", "quantity", "is_buyer_maker")
+    return (
+        # Shuffle first: a map-side partial aggregation cannot shrink unique keys.
+        trades.repartition(*TRADE_KEY)
+        .withColumn("_h", h)
+        .groupBy(*TRADE_KEY)
+        .agg(
+            *(F.min_by(c, "_h").alias(c) for c in content),
+            F.count(F.lit(1)).alias("copies"),
+            (F.min("_h") != F.max("_h")).alias("conflicting"),
+        )
+    )
+
+
+# --------------------------------------------------------------------------- 1m, fast
+
+
+def narrow_trades(trades: DataFrame) -> DataFrame:
+    """Trades with price and quantity as integers of 1e-8 units (``p``, ``q``).
+
+    ``p`` always fits a ``long`` (price < 10^10); ``q`` is NULL when the quantity
+    does not (>= ~9.2 * 10^10), which sends the day to the exact path. Narrow
+    rows make the deduplication shuffle about half as heavy.
+    """
+    return trades.select(
+        "exchange",
+        "symbol",
+        "trade_id",
+        "event_time",
+        "is_buyer_maker",
+        (F.col("price") * F.lit(10**8)).cast("long").alias("p"),
+        (F.col("quantity") * F.lit(10**8)).try_cast("long").alias("q"),
+    )
+
+
+def dedupe_narrow(narrow: DataFrame) -> DataFrame:
+    """:func:`dedupe_trades` for :func:`narrow_trades` rows, with plain min/max aggregates.
+
+    The kept values are each column's minimum over the key's rows: the rows
+    themselves when duplicates agree, which is what ``conflicting`` checks
+    (any column differing, or a quantity too large for ``long`` in some copies
+    only). A conflicting day goes to the exact path, which keeps whole rows.
+    """
+    maker = F.col("is_buyer_maker").cast("int")
+    cols = {"event_time": F.col("event_time"), "p": F.col("p"), "q": F.col("q"), "m": maker}
+    agg = (
+        narrow.repartition(*TRADE_KEY)
+        .groupBy(*TRADE_KEY)
+        .agg(
+            *(F.min(c).alias(f"min_{n}") for n, c in cols.items()),
+            *(F.max(c).alias(f"max_{n}") for n, c in cols.items()),
+            F.count(F.lit(1)).alias("copies"),
+            F.count("q").alias("q_copies"),
+        )
+    )
+    conflicting = (F.col("q_copies") != F.col("copies")) & (F.col("q_copies") > 0)
+    for n in cols:
+        conflicting = conflicting | (F.col(f"min_{n}") != F.col(f"max_{n}"))
+    return agg.select(
+        *TRADE_KEY,
+        F.col("min_event_time").alias("event_time"),
+        (F.col("min_m") == F.lit(1)).alias("is_buyer_maker"),
+        F.col("min_p").alias("p"),
+        F.col("min_q").alias("q"),
+        "copies",
+        conflicting.alias("conflicting"),
+    )
+
+
+def assume_distinct(narrow: DataFrame) -> DataFrame:
+    """:func:`narrow_trades` rows known to hold each trade key once (no shuffle needed).
+
+    For days whose trade files' indexes prove it (:func:`batch.lake.proves_distinct`).
+    """
+    return narrow.withColumn("copies", F.lit(1).cast("long")).withColumn(
+        "conflicting", F.lit(False)
+    )
+
+
+def _limbs(col: str) -> list[Column]:
+    c = F.col(col)
+    return [
+        c.bitwiseAND(F.lit(LIMB_MASK)),
+        F.shiftright(c, LIMB_BITS).bitwiseAND(F.lit(LIMB_MASK)),
+        F.shiftright(c, 2 * LIMB_BITS),
+    ]
+
+
+def minute_partials(deduped: DataFrame) -> DataFrame:
+    """1m aggregates of :func:`dedupe_narrow` rows, in integers (see the module docstring).
+
+    Returns:
+        Per (exchange, symbol, open_time): ``open_p``, ``close_p``, ``high_p``,
+        ``low_p`` (1e-8 units), ``first_key``/``last_key`` (packed order keys),
+        ``volume_q``, ``taker_q``, ``c0`` .. ``c4`` (limb sums of price x quantity),
+        ``trade_count``, ``q_count``, ``max_trade_id`` and the internal columns.
+
+    """
+    t = deduped.select(
+        "exchange",
+        "symbol",
+        "trade_id",
+        "is_buyer_maker",
+        "copies",
+        "conflicting",
+        "p",
+        "q",
+        _floor("event_time", MINUTE_MS).alias("open_time"),
+        F.shiftleft(F.col("event_time") % F.lit(MINUTE_MS), KEY_ID_BITS).alias("_offset"),
+    ).withColumn("key", F.col("_offset") + F.col("trade_id"))
+    p, q = _limbs("p"), _limbs("q")
+    products = [
+        p[0] * q[0],
+        p[0] * q[1] + p[1] * q[0],
+        p[0] * q[2] + p[1] * q[1] + p[2] * q[0],
+        p[1] * q[2] + p[2] * q[1],
+        p[2] * q[2],
+    ]
+    return t.groupBy(*CANDLE_KEY).agg(
+        F.min_by("p", "key").alias("open_p"),
+        F.max_by("p", "key").alias("close_p"),
+        F.min("key").alias("first_key"),
+        F.max("key").alias("last_key"),
+        F.max("p").alias("high_p"),
+        F.min("p").alias("low_p"),
+        F.try_sum("q").alias("volume_q"),
+        F.try_sum(F.when(~F.col("is_buyer_maker"), F.col("q")).otherwise(F.lit(0))).alias(
+            "taker_q"
+        ),
+        *(F.try_sum(c).alias(f"c{k}") for k, c in enumerate(products)),
+        F.count(F.lit(1)).alias("trade_count"),
+        F.count("q").alias("q_count"),
+        F.max("trade_id").alias("max_trade_id"),
+        F.max(F.col("p").cast("double") * F.col("q").cast("double")).alias("max_quote_approx"),
+        F.sum(F.col("copies") - 1).alias("duplicates"),
+        F.sum(F.col("conflicting").cast("long")).alias("conflicts"),
+    )
+
+
+def fast_path_valid() -> Column:
+    """Whether a row of :func:`minute_partials` is exact (its preconditions held)."""
+    ok = (
+        (F.col("q_count") == F.col("trade_count"))
+        & (F.col("max_trade_id") <= F.lit(MAX_PACKED_TRADE_ID))
+        & (F.col("conflicts") == F.lit(0))
+    )
+    for s in ("volume_q", "taker_q", "c0", "c1", "c2", "c3", "c4"):
+        ok = ok & F.col(s).isNotNull()
+    return ok
+
+
+def candles_from_partials(partials: DataFrame) -> DataFrame:
+    """1m candles (:data:`batch.schemas.CANDLES` plus the internal columns) from valid partials."""
+    quote_e16 = None
+    for k in range(5):
+        term = F.col(f"c{k}").cast("decimal(38,0)") * F.lit(Decimal(1 << (LIMB_BITS * k)))
+        quote_e16 = term if quote_e16 is None else quote_e16 + term
+    assert quote_e16 is not None
+    out = partials.select(
+        "exchange",
+        "symbol",
+        "open_time",
+        _from_e8("open_p", PRICE).alias("open"),
+        _from_e8("high_p", PRICE).alias("high"),
+        _from_e8("low_p", PRICE).alias("low"),
+        _from_e8("close_p", PRICE).alias("close"),
+        _from_e8("volume_q", VOLUME).alias("volume"),
+        (quote_e16 * F.lit(_E16)).cast(QUOTE).alias("quote_volume"),
+        F.col("trade_count").cast("long").alias("trade_count"),
+        _from_e8("taker_q", VOLUME).alias("taker_buy_volume"),
+        F.col("first_key").bitwiseAND(F.lit(MAX_PACKED_TRADE_ID)).alias("first_trade_id"),
+        F.col("last_key").bitwiseAND(F.lit(MAX_PACKED_TRADE_ID)).alias("last_trade_id"),
+        (F.col("open_time") + F.shiftright("first_key", KEY_ID_BITS)).alias("first_event_time"),
+        (F.col("open_time") + F.shiftright("last_key", KEY_ID_BITS)).alias("last_event_time"),
+        *INTERNAL_COLUMNS,
+    )
+    return with_vwap(out).select(*CANDLE_COLUMNS, *INTERNAL_COLUMNS)
+
+
+# --------------------------------------------------------------------------- 1m, exact
+
+
+def minute_candles_exact(deduped: DataFrame) -> DataFrame:
+    """1m candles by decimal arithmetic, for every value DESIGN.md allows (slower)."""
+    t = deduped.withColumn("open_time", _floor("event_time", MINUTE_MS)).withColumn(
+        "quote", (F.col("price") * F.col("quantity")).cast(QUOTE)
+    )
+    zero = F.lit(Decimal(0)).cast(QUANTITY)
+    g = t.groupBy(*CANDLE_KEY).agg(
+        F.min(F.struct("event_time", "trade_id", "price")).alias("o"),
+        F.max(F.struct("event_time", "trade_id", "price")).alias("c"),
+        F.max("price").alias("high"),
+        F.min("price").alias("low"),
+        F.sum("quantity").alias("volume"),
+        F.sum("quote").alias("quote_volume"),
+        F.count(F.lit(1)).alias("trade_count"),
+        F.sum(F.when(~F.col("is_buyer_maker"), F.col("quantity")).otherwise(zero)).alias(
+            "taker_buy_volume"
+        ),
+        F.max("quote").cast("double").alias("max_quote_approx"),
+        F.sum(F.col("copies") - 1).alias("duplicates"),
+        F.sum(F.col("conflicting").cast("long")).alias("conflicts"),
+    )
+    out = g.select(
+        "exchange",
+        "symbol",
+        "open_time",
+        F.col("o.price").cast(PRICE).alias("open"),
+        F.col("high").cast(PRICE).alias("high"),
+        F.col("low").cast(PRICE).alias("low"),
+        F.col("c.price").cast(PRICE).alias("close"),
+        F.col("volume").cast(VOLUME).alias("volume"),
+        F.col("quote_volume").cast(QUOTE).alias("quote_volume"),
+        F.col("trade_count").cast("long").alias("trade_count"),
+        F.col("taker_buy_volume").cast(VOLUME).alias("taker_buy_volume"),
+        F.col("o.trade_id").alias("first_trade_id"),
+        F.col("c.trade_id").alias("last_trade_id"),
+        F.col("o.event_time").alias("first_event_time"),
+        F.col("c.event_time").alias("last_event_time"),
+        *INTERNAL_COLUMNS,
+    )
+    return with_vwap(out).select(*CANDLE_COLUMNS, *INTERNAL_COLUMNS)
+
+
+# --------------------------------------------------------------------------- rounding
+
+
+def with_ratio_e8(df: DataFrame, num: str, den: str, out: str) -> DataFrame:
+    """Add ``out = num / den`` rounded half-even to 8 fractional digits, exactly.
+
+    ``num`` and ``den`` are positive decimals. Spark's decimal division rounds
+    half-up (and may cut digits first), so this divides in integers instead:
+    with ``w = den * 1e-8``, ``q = num div w`` is the exact floor of the result in
+    1e-8 units and ``r = num - q * w`` the exact remainder; ``q`` goes up by one
+    when ``2r > w``, or ``2r == w`` and ``q`` is odd.
+    """
+    w, q, r = f"_{out}_w", f"_{out}_q", f"_{out}_r"
+    step = (
+        df.withColumn(w, (F.col(den) * F.lit(_E8)).cast(QUOTE))
+        .withColumn(q, F.expr(f"`{num}` div `{w}`"))
+        .withColumn(r, F.col(num) - F.col(q) * F.col(w))
+    )
+    twice = F.col(r) * F.lit(2)
+    up = (twice > F.col(w)) | ((twice == F.col(w)) & (F.col(q) % F.lit(2) == F.lit(1)))
+    e8 = F.col(q) + F.when(up, F.lit(1)).otherwise(F.lit(0))
+    return step.withColumn(out, _from_e8(e8, PRICE)).drop(w, q, r)
+
+
+def with_vwap(candles: DataFrame) -> DataFrame:
+    """Add ``vwap = quote_volume / volume``, rounded half-even to 8 digits (DESIGN.md section 3)."""
+    return with_ratio_e8(candles, "quote_volume", "volume", "vwap")
+
+
+# --------------------------------------------------------------------------- roll-up
+
+
+def roll_up_many(candles: DataFrame, intervals: Sequence[Interval]) -> DataFrame:
+    """Candles of coarser ``intervals`` merged from finer ones (1m -> 5m ... 1d), in one pass.
+
+    The merge rule of :meth:`marketdata.candle.Candle.merged`: open/close of the
+    part with the smallest/largest (event_time, trade_id), sums of the sums. Equal
+    to folding the trades (the tests check it). Each input candle is copied once
+    per interval and one aggregation does them all (fewer, cheaper stages than one
+    aggregation per interval).
+
+    Returns:
+        :data:`batch.schemas.CANDLES` columns plus ``interval`` (the label).
+    """
+    label = F.lit(intervals[0].label)
+    for iv in intervals[1:]:
+        label = F.when(F.col("_ms") == F.lit(iv.ms), F.lit(iv.label)).otherwise(label)
+    t = (
+        candles.withColumn("_ms", F.explode(F.array(*(F.lit(iv.ms) for iv in intervals))))
+        .withColumn("interval", label)
+        .withColumn("open_time", F.col("open_time") - F.col("open_time") % F.col("_ms"))
+    )
+    g = t.groupBy("interval", *CANDLE_KEY).agg(
+        F.min(F.struct("first_event_time", "first_trade_id", "open")).alias("o"),
+        F.max(F.struct("last_event_time", "last_trade_id", "close")).alias("c"),
+        F.max("high").alias("high"),
+        F.min("low").alias("low"),
+        F.sum("volume").cast(VOLUME).alias("volume"),
+        F.sum("quote_volume").cast(QUOTE).alias("quote_volume"),
+        F.sum("trade_count").alias("trade_count"),
+        F.sum("taker_buy_volume").cast(VOLUME).alias("taker_buy_volume"),
+    )
+    out = g.select(
+        "interval",
+        "exchange",
+        "symbol",
+        "open_time",
+        F.col("o.open").alias("open"),
+        "high",
+        "low",
+        F.col("c.close").alias("close"),
+        "volume",
+        "quote_volume",
+        "trade_count",
+        "taker_buy_volume",
+        F.col("o.first_trade_id").alias("first_trade_id"),
+        F.col("c.last_trade_id").alias("last_trade_id"),
+        F.col("o.first_event_time").alias("first_event_time"),
+        F.col("c.last_event_time").alias("last_event_time"),
+    )
+    return with_vwap(out).select(*CANDLE_COLUMNS, "interval")
+
+
+def roll_up(candles: DataFrame, interval: Interval) -> DataFrame:
+    """Candles of one coarser ``interval`` merged from finer ones (see :func:`roll_up_many`)."""
+    return roll_up_many(candles, [interval]).select(*CANDLE_COLUMNS)
+
+
+def all_intervals(minute: DataFrame) -> DataFrame:
+    """1m candles and their roll-ups to every interval, with an ``interval`` column."""
+    m1 = minute.select(*CANDLE_COLUMNS)
+    coarse = [iv for iv in Interval if iv is not Interval.M1]
+    return (
+        m1.withColumn("interval", F.lit(Interval.M1.label))
+        .unionByName(roll_up_many(m1, coarse))
+        .select(*CANDLE_COLUMNS, "interval")
+    )
+
+
+# --------------------------------------------------------------------------- daily
+
+
+def largest_trade_windows(minute: DataFrame) -> DataFrame:
+    """The 1m windows that may hold each (exchange, symbol)'s largest trade of the day.
+
+    ``max_quote_approx`` is a double, so near-ties are kept: every minute within
+    :data:`LARGEST_MARGIN` of the best; :func:`largest_trades` then decides exactly.
+    """
+    by_symbol = Window.partitionBy("exchange", "symbol")
+    best = F.max("max_quote_approx").over(by_symbol)
+    return (
+        minute.select("exchange", "symbol", "open_time", "max_quote_approx")
+        .withColumn("_best", best)
+        .filter(F.col("max_quote_approx") >= F.col("_best") * F.lit(1.0 - LARGEST_MARGIN))
+        .select("exchange", "symbol", "open_time")
+    )
+
+
+def largest_trades(deduped: DataFrame) -> DataFrame:
+    """Per (exchange, symbol), the trade with the largest price x quantity.
+
+    Ties go to the smallest (event_time, trade_id). Meant for the few trades of
+    :func:`largest_trade_windows` (it compares structs of exact decimals).
+    """
+    quote = (F.col("price") * F.col("quantity")).cast(QUOTE)
+    best = F.max(
+        F.struct(
+            quote.alias("quote"),
+            (-F.col("event_time")).alias("neg_time"),
+            (-F.col("trade_id")).alias("neg_id"),
+            F.col("price").alias("price"),
+            F.col("quantity").alias("quantity"),
+        )
+    ).alias("b")
+    return (
+        deduped.groupBy("exchange", "symbol")
+        .agg(best)
+        .select(
+            "exchange",
+            "symbol",
+            (-F.col("b.neg_id")).alias("largest_trade_id"),
+            (-F.col("b.neg_time")).alias("largest_trade_time"),
+            F.col("b.price").cast(PRICE).alias("largest_trade_price"),
+            F.col("b.quantity").cast(QUANTITY).alias("largest_trade_quantity"),
+            F.col("b.quote").cast(QUOTE).alias("largest_trade_quote"),
+        )
+    )
+
+
+def daily_aggregates(minute: DataFrame, largest: DataFrame) -> DataFrame:
+    """One row per (exchange, symbol) of the day (:data:`batch.schemas.AGGREGATES`).
+
+    Args:
+        minute: the day's 1m candles (one UTC day only).
+        largest: :func:`largest_trades` of the day.
+
+    Realized volatility is ``sqrt(sum(ln(close_i / close_{i-1})^2))`` over the
+    day's consecutive 1m candles in open_time order (minutes without trades are
+    skipped, not filled), in double precision; 0.0 when there is one candle.
+    ``trades_per_minute`` is ``trade_count / 1440`` and ``taker_buy_share`` is
+    ``taker_buy_volume / volume``, both rounded half-even to 8 digits.
+    """
+    by_symbol = Window.partitionBy("exchange", "symbol").orderBy("open_time")
+    prev = F.lag("close").over(by_symbol)
+    ret = F.log(F.col("close").cast("double") / prev.cast("double"))
+    stats = (
+        minute.select("exchange", "symbol", "open_time", "close", "trade_count")
+        .withColumn("_r", ret)
+        .groupBy("exchange", "symbol")
+        .agg(
+            F.sqrt(F.coalesce(F.sum(F.col("_r") * F.col("_r")), F.lit(0.0))).alias(
+                "realized_volatility"
+            ),
+            F.count("_r").alias("return_count"),
+            F.count(F.lit(1)).alias("active_minutes"),
+            F.max("trade_count").alias("max_trades_per_minute"),
+        )
+    )
+    day = roll_up(minute.select(*CANDLE_COLUMNS), Interval.D1)
+    joined = day.join(stats, on=["exchange", "symbol"], how="inner").join(
+        largest, on=["exchange", "symbol"], how="inner"
+    )
+    per_minute = F.col("trade_count") * F.lit(10**8)
+    tpm_q = F.expr(f"(trade_count * 100000000) div {DAY_MINUTES}")
+    tpm = joined.withColumn("_tpm_q", tpm_q).withColumn(
+        "_tpm_r", per_minute - F.col("_tpm_q") * F.lit(DAY_MINUTES)
+    )
+    up = (F.col("_tpm_r") * 2 > F.lit(DAY_MINUTES)) | (
+        (F.col("_tpm_r") * 2 == F.lit(DAY_MINUTES)) & (F.col("_tpm_q") % 2 == 1)
+    )
+    tpm = tpm.withColumn(
+        "trades_per_minute",
+        _from_e8(F.col("_tpm_q") + F.when(up, F.lit(1)).otherwise(F.lit(0)), PRICE),
+    )
+    out = with_ratio_e8(tpm, "taker_buy_volume", "volume", "taker_buy_share")
+    return out.select(
+        *(
+            F.col(c).cast("long").alias(c)
+            if c in ("return_count", "active_minutes", "max_trades_per_minute")
+            else F.col(c)
+            for c in AGGREGATE_COLUMNS
+        )
+    )
