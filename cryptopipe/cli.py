@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "cryptopipe.commands.stream",
     "cryptopipe.commands.candles",
     "cryptopipe.commands.lake",
+    "cryptopipe.commands.batch",
     "cryptopipe.commands.metrics",
     "cryptopipe.commands.reconcile",
 )
