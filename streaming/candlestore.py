@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Protocol, cast
 
 import orjson
@@ -40,7 +41,7 @@ from marketdata.decimals import (
 from marketdata.interval import Interval
 from marketdata.rawmessage import DLQ_STREAM, LATE_STREAM, raw_stream_names, shard_of
 from marketdata.settings import Settings
-from marketdata.timeutil import now_ms
+from marketdata.timeutil import DAY_MS, now_ms
 
 CLOSED_EVENTS_STREAM = "md:candles:closed"
 SYMBOLS_KEY = "md:candles:symbols"
@@ -492,7 +493,10 @@ class MergedCandleReader:
         if self.batch is None:
             return got
         batch = self.batch.read(symbol, interval, exchange=exchange, start=start, end=end)
-        by_key = {r.candle.key: r for r in got}
+        # A day the batch layer has computed is served from it alone (DESIGN.md 1, 5).
+        covered = getattr(self.batch, "covered_days", None)
+        days = {(d - date(1970, 1, 1)).days for d in covered(interval)} if covered else set()
+        by_key = {r.candle.key: r for r in got if r.candle.open_time // DAY_MS not in days}
         by_key.update({r.candle.key: r for r in batch})
         return [by_key[k] for k in sorted(by_key)]
 

@@ -24,8 +24,11 @@ def register(
     """Add the ``metrics`` command."""
     p = sub.add_parser("metrics", parents=[common], help="the latest indicators of a symbol")
     p.add_argument("symbol", help="e.g. BTCUSDT")
-    p.add_argument("--exchange", default=None,
-                   help="exchange (default: the only one with metrics, else binance)")
+    p.add_argument(
+        "--exchange",
+        default=None,
+        help="exchange (default: the only one with metrics, else binance)",
+    )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_metrics)  # fmt: skip
 

@@ -1,0 +1,82 @@
+"""The batch layer's candles for readers (``cryptopipe candles --source batch|merged``).
+
+Importing this module registers :class:`BatchCandleReader` with the speed layer's
+reader factory. In the merged view, a day for which the batch layer has candles is
+served from the batch layer alone: its candles supersede the stream's for the whole
+day (DESIGN.md sections 1 and 5), including stream candles the batch does not have.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pyarrow.parquet as pq
+
+from batch.candles_read import candle_days, read_batch_candles
+from batch.lake import Lake
+from marketdata.interval import Interval
+from marketdata.settings import Settings
+from marketdata.timeutil import DAY_MS
+from streaming import candlestore
+from streaming.candlestore import SOURCE_BATCH, CandleRecord
+
+
+class BatchCandleReader:
+    """Batch candles from the lake (pyarrow, no Spark), as reader records."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def covered_days(self, interval: Interval) -> set[date]:
+        """Days the batch layer has candles of ``interval`` for."""
+        return set(candle_days(self.settings, SOURCE_BATCH, interval))
+
+    def _exchanges(self, symbol: str, exchange: str | None, interval: Interval) -> list[str]:
+        if exchange:
+            return [exchange]
+        # The exchanges of the symbol in the newest day's candles of this interval.
+        days = sorted(self.covered_days(interval))
+        if not days:
+            return []
+        lake = Lake(self.settings.lake)
+        directory = lake.candles_dir(SOURCE_BATCH, interval.label, days[-1])
+        found: set[str] = set()
+        for name in lake.list_files(directory):
+            table = pq.read_table(f"{directory}/{name}", filesystem=lake.fs, partitioning=None,
+                                  columns=["exchange", "symbol"])  # fmt: skip
+            found |= {e for e, s in zip(table.column("exchange").to_pylist(),
+                                       table.column("symbol").to_pylist(), strict=True)
+                      if s == symbol}  # fmt: skip
+        return sorted(found)
+
+    def read(
+        self,
+        symbol: str,
+        interval: Interval,
+        *,
+        exchange: str | None = None,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> list[CandleRecord]:
+        """Batch candles with ``start <= open_time < end``."""
+        out = []
+        for ex in self._exchanges(symbol, exchange, interval):
+            for c in read_batch_candles(self.settings, ex, symbol, interval, start, end):
+                out.append(CandleRecord(c, True, SOURCE_BATCH))
+        return out
+
+    def previous(
+        self, symbol: str, interval: Interval, exchange: str, before: int
+    ) -> CandleRecord | None:
+        """The last batch candle before ``before`` (within the covered days)."""
+        days = sorted(d for d in self.covered_days(interval)
+                      if (d - date(1970, 1, 1)).days * DAY_MS < before)  # fmt: skip
+        for d in reversed(days):
+            start = (d - date(1970, 1, 1)).days * DAY_MS
+            found = read_batch_candles(self.settings, exchange, symbol, interval, start, before)
+            if found:
+                return CandleRecord(found[-1], True, SOURCE_BATCH)
+        return None
+
+
+candlestore.BATCH_READER_FACTORY = BatchCandleReader

@@ -1,0 +1,58 @@
+"""``cryptopipe candles --source merged|batch``: the batch view supersedes the stream's days."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import redis
+
+from batch.candles_lake import SOURCE_BATCH, write_day_candles
+from marketdata.candle import Candle
+from marketdata.interval import Interval
+from marketdata.trade import Trade
+from streaming.candlestore import CandleStore, CandleWrites
+
+DAY = date(2025, 3, 14)
+T0 = 1_741_910_400_000
+
+
+def c(minute: int, price: int, ex: str = "binance") -> Candle:
+    t = Trade(ex, "BTCUSDT", minute + 1, price * 10**8, 10**8, T0 + minute * 60_000, False)
+    return Candle.from_trade(t, Interval.M1)
+
+
+def candles(env: dict[str, str], source: str, *extra: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "cryptopipe", "candles", "BTCUSDT", "--interval",
+                          "1m", "--source", source, "--format", "json", *extra], env=env,
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_batch_days_supersede_the_stream(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    env = {**os.environ, "REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(tmp_path)}
+    next_day = 1440
+    # Stream: minutes 0, 1 (wrong price), 2 (only in the stream) of DAY, and one next day.
+    CandleStore(redis_client).write([CandleWrites("md:trades:raw", closed=[
+        c(0, 100), c(1, 999), c(2, 102), c(next_day, 200)])])  # fmt: skip
+    assert [r["close"] for r in candles(env, "merged")] == [
+        "100.00000000", "999.00000000", "102.00000000", "200.00000000"]  # fmt: skip
+    # The batch layer computes DAY: minutes 0 and 1 (right price), no minute 2.
+    write_day_candles(tmp_path / "lake", SOURCE_BATCH, DAY, [c(0, 100), c(1, 101)])
+    merged = candles(env, "merged")
+    assert [(r["open_time"], r["close"], r["source"]) for r in merged] == [
+        (T0, "100.00000000", "batch"),
+        (T0 + 60_000, "101.00000000", "batch"),
+        (T0 + next_day * 60_000, "200.00000000", "stream"),
+    ]
+    batch = candles(env, "batch")
+    assert [r["open_time"] for r in batch] == [T0, T0 + 60_000]
+    assert all(r["source"] == "batch" and r["closed"] for r in batch)
+    assert candles(env, "batch", "--exchange", "kraken") == []
