@@ -15,7 +15,8 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.lake import PRICE_TYPE, AtomicParquetWriter, Lake, decimal_array, decimal_unscaled
+from batch.candles_read import candles_from_table
+from batch.lake import PRICE_TYPE, AtomicParquetWriter, Lake, decimal_array
 from marketdata.candle import Candle
 from marketdata.interval import ALL_INTERVALS, Interval
 
@@ -77,47 +78,6 @@ def candles_table(candles: Iterable[Candle]) -> pa.Table:
         ],
         schema=CANDLE_SCHEMA,
     )
-
-
-def candles_from_table(table: pa.Table, interval: Interval) -> list[Candle]:
-    """Rows of :data:`CANDLE_SCHEMA` (any column order, decimals of any scale) as candles."""
-    n = table.num_rows
-    if n == 0:
-        return []
-
-    def ints(name: str) -> list[int]:
-        return [int(x) for x in table.column(name).to_pylist()]
-
-    def scaled(name: str, digits: int) -> list[int]:
-        arr = table.column(name)
-        scale = arr.type.scale
-        raw = decimal_unscaled(arr)
-        if scale == digits:
-            return raw
-        if scale < digits:
-            return [v * 10 ** (digits - scale) for v in raw]
-        msg = f"column {name} has scale {scale} > {digits}: not an exact {digits}-digit value"
-        raise ValueError(msg)
-
-    cols = [
-        table.column("exchange").to_pylist(),
-        table.column("symbol").to_pylist(),
-        [interval] * n,
-        ints("open_time"),
-        scaled("open", 8),
-        scaled("high", 8),
-        scaled("low", 8),
-        scaled("close", 8),
-        scaled("volume", 8),
-        scaled("quote_volume", 16),
-        ints("trade_count"),
-        scaled("taker_buy_volume", 8),
-        ints("first_event_time"),
-        ints("first_trade_id"),
-        ints("last_event_time"),
-        ints("last_trade_id"),
-    ]
-    return [Candle(*row) for row in zip(*cols, strict=True)]
 
 
 def write_day_candles(
