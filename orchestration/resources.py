@@ -1,9 +1,13 @@
 """Dagster resources: thin, configurable handles on our own interfaces."""
 
+from dataclasses import replace
+
 import dagster as dg
 import redis
-from pydantic import Field
+from pydantic import Field, PrivateAttr
+from pyspark.sql import SparkSession
 
+from batch.spark import DEFAULT_SPARK_MASTER, LazySpark, SparkConfig
 from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL, Settings
 from streaming.redisconn import connect
 from streaming.supervisor import (
@@ -48,6 +52,29 @@ class PipelineResource(dg.ConfigurableResource):
     def client(self) -> redis.Redis:
         """A checked Redis client."""
         return connect(self.redis_url)
+
+
+class SparkResource(dg.ConfigurableResource):
+    """PySpark, with the session built on first use (like ``LazyPySparkResource``).
+
+    Attributes:
+        master: ``spark.master`` (``CRYPTOPIPE_SPARK_MASTER``; default ``local[2]``):
+            the same jobs run on a cluster given its URL.
+    """
+
+    master: str = DEFAULT_SPARK_MASTER
+    _lazy: LazySpark | None = PrivateAttr(default=None)
+
+    def session(self) -> SparkSession:
+        """The session (built now if this run has none yet)."""
+        if self._lazy is None:
+            self._lazy = LazySpark(replace(SparkConfig.from_env(), master=self.master))
+        return self._lazy.session
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Stop the session this run built."""
+        if self._lazy is not None:
+            self._lazy.stop()
 
 
 class FlowSupervisorResource(dg.ConfigurableResource):
