@@ -32,11 +32,13 @@ def test_sensor_launches_sealed_days_only(
     assert "watermark" in (unsealed.skip_reason.skip_message or "")
     today = datetime.now(tz=UTC).date()
     midnight = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1000)
-    # The archive has reached yesterday 12:00: only the day before yesterday is sealed.
+    # The archive has reached yesterday 12:00: yesterday is not sealed, earlier days are.
     redis_client.set(ARCHIVE_WATERMARK_KEY, midnight - 12 * 3_600_000)
-    (req,) = tick(redis_url, tmp_path).run_requests
-    assert req.partition_key == (today - timedelta(days=2)).isoformat()
-    assert req.run_key == f"sealed:{req.partition_key}"
+    reqs = tick(redis_url, tmp_path).run_requests
+    assert sorted(r.partition_key for r in reqs) == sorted(
+        (today - timedelta(days=n)).isoformat() for n in (2, 3)
+    )
+    assert all(r.run_key == f"sealed:{r.partition_key}" for r in reqs)
     redis_client.set(ARCHIVE_WATERMARK_KEY, int(time.time() * 1000))
     keys = sorted(r.partition_key for r in tick(redis_url, tmp_path).run_requests)
     assert keys == sorted((today - timedelta(days=n)).isoformat() for n in (1, 2, 3))
