@@ -183,3 +183,17 @@ def test_anomalies_and_spread_with_known_answers(
     assert spread["spread"] == "9.00000000"  # 110 - 101
     assert spread["spread_share"] == pytest.approx(9 / 105.5)
     assert redis_client.ttl(metrics_key("kraken", "BTCUSDT")) > 0
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_metrics_of_one(
+    session: dict[str, str], redis_client: redis.Redis
+) -> None:
+    cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
+    one = metrics_state(redis_client)
+    for key in redis_client.scan_iter(match="md:metrics:*"):
+        redis_client.delete(key)
+    redis_client.delete(ANOMALIES_STREAM, written_key(ANOMALIES_STREAM))
+    shutil.rmtree(Path(session["CRYPTOPIPE_HOME"]) / "recovery" / "metrics")
+    cli(session, "stream", "run", "metrics", "--workers", "2", "--exit-when-idle", "1.5")
+    assert metrics_state(redis_client) == one
