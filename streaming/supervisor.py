@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,25 @@ def _proc_start_ticks(pid: int) -> str | None:
         return None
     # Field 22 (starttime); the command name in field 2 may hold spaces, so split after ')'.
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _terminate(send: Callable[[int], None], alive: Callable[[], bool], timeout: float) -> bool:
+    """SIGTERM, wait up to ``timeout`` for it to go, then SIGKILL; False if it was gone."""
+    try:
+        send(signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive():
+        try:
+            send(signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        while alive() and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+    return True
 
 
 class Supervisor:
@@ -198,16 +218,9 @@ class Supervisor:
             return False
         if pid <= 0 or pid == os.getpid() or f"flows.{name}:" not in cmdline:
             return False
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.monotonic() + timeout
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if Path(f"/proc/{pid}").exists():
-            os.kill(pid, signal.SIGKILL)
-        return True
+        return _terminate(
+            lambda sig: os.kill(pid, sig), lambda: Path(f"/proc/{pid}").exists(), timeout
+        )
 
     def start(self, name: str) -> int:
         """Start the flow in the background unless it runs already; returns its pid."""
@@ -243,24 +256,11 @@ class Supervisor:
         pid = self.pid(name)
         if pid is None:
             return False
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid(name) is None:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            while self.pid(name) is not None and time.monotonic() < deadline + 5:
-                time.sleep(0.05)
+        was_running = _terminate(
+            lambda sig: os.killpg(pid, sig), lambda: self.pid(name) is not None, timeout
+        )
         self._pid_file(name).unlink(missing_ok=True)
-        return True
+        return was_running
 
     def restart(self, name: str, *, reason: str = "manual") -> int:
         """Stop (if running) and start again, recording the restart."""
