@@ -10,7 +10,6 @@ from marketdata.interval import Interval
 from marketdata.settings import Settings
 from marketdata.trade import Trade
 from streaming.candlestore import (
-    BatchLayerUnavailableError,
     CandleRecord,
     CandleStore,
     CandleWrites,
@@ -97,10 +96,13 @@ def test_fill_gaps_uses_previous_close_and_zero_volume() -> None:
 def test_sources(redis_client: redis.Redis) -> None:
     settings = Settings()
     assert isinstance(reader_for("stream", settings, redis_client), StreamCandleReader)
+    # The batch layer registers its reader on first use (batch.serving).
+    from batch.serving import BatchCandleReader
+
     merged = reader_for("merged", settings, redis_client)
-    assert isinstance(merged, MergedCandleReader) and merged.batch is None
-    with pytest.raises(BatchLayerUnavailableError, match="--source stream"):
-        reader_for("batch", settings, redis_client)
+    assert isinstance(merged, MergedCandleReader)
+    assert isinstance(merged.batch, BatchCandleReader)
+    assert isinstance(reader_for("batch", settings, redis_client), BatchCandleReader)
     with pytest.raises(ValueError, match="unknown source"):
         reader_for("lake", settings, redis_client)
 
