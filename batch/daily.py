@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from batch.lake import (
@@ -44,7 +44,6 @@ from batch.schemas import CANDLE_COLUMNS, TRADES
 from batch.spark import check_exact_decimals
 from batch.transforms import (
     all_intervals,
-    assume_distinct,
     candles_from_partials,
     daily_aggregates,
     dedupe_narrow,
@@ -124,28 +123,52 @@ def read_day_trades(spark: SparkSession, lake: Lake, day: date, files: list[str]
     return df.filter((F.col("event_time") >= start) & (F.col("event_time") < end))
 
 
+@dataclass
+class _Minutes:
+    minute: DataFrame  # the 1m candles (CANDLES columns plus the internal ones)
+    path: str
+    persisted: DataFrame  # what to unpersist afterwards
+    trades: int
+    duplicates: int
+    conflicts: int
+
+
+def _totals(df: DataFrame, *extra: Column) -> Row:
+    row = df.agg(
+        F.coalesce(F.sum("trade_count"), F.lit(0)).alias("trades"),
+        F.coalesce(F.sum("duplicates"), F.lit(0)).alias("duplicates"),
+        F.coalesce(F.sum("conflicts"), F.lit(0)).alias("conflicts"),
+        *extra,
+    ).first()
+    assert row is not None
+    return row
+
+
 def minute_candles(
     trades: DataFrame, *, exact_only: bool = False, distinct: bool = False
-) -> tuple[DataFrame, str, DataFrame]:
-    """The day's 1m candles, which path computed them, and the persisted frame to release.
+) -> _Minutes:
+    """The day's 1m candles (persisted), which path computed them, and the day's counts.
 
     The fast path is tried first (without the deduplication shuffle when
     ``distinct``: the trade-id indexes proved there is nothing to remove); if any
     minute breaks its preconditions (trade ids of 2^47 or more, huge quantities or
     sums, duplicates that disagree), the whole day is recomputed with the exact
-    decimal path.
+    decimal path. One Spark job computes the partials, checks them and counts.
     """
     if not exact_only:
-        narrow = narrow_trades(trades)
-        unique = assume_distinct(narrow) if distinct else dedupe_narrow(narrow)
+        narrow = narrow_trades(trades, distinct=distinct)
+        unique = narrow if distinct else dedupe_narrow(narrow)
         partials = minute_partials(unique).persist(StorageLevel.MEMORY_AND_DISK)
-        if partials.filter(~fast_path_valid()).limit(1).count() == 0:
+        invalid = F.sum((~fast_path_valid()).cast("long")).alias("invalid")
+        row = _totals(partials, invalid)
+        if not row["invalid"]:
             path = "fast, no duplicates by index" if distinct else "fast"
-            return candles_from_partials(partials), path, partials
+            minute = candles_from_partials(partials)
+            return _Minutes(minute, path, partials, *row[:3])
         log.info("fast path preconditions do not hold: recomputing with exact decimals")
         partials.unpersist()
     minute = minute_candles_exact(dedupe_trades(trades)).persist(StorageLevel.MEMORY_AND_DISK)
-    return minute, "exact", minute
+    return _Minutes(minute, "exact", minute, *_totals(minute)[:3])
 
 
 def _largest(trades: DataFrame, minute: DataFrame) -> DataFrame:
@@ -216,29 +239,21 @@ def run_batch_day(
 
     """
     started = time.monotonic()
-    check_exact_decimals(spark)
     files = day_files(lake, day)
+    check_exact_decimals(spark)
     distinct = use_index and proves_distinct(lake, files)
     trades = read_day_trades(spark, lake, day, files)
-    minute, path, persisted = minute_candles(trades, exact_only=exact_only, distinct=distinct)
-    result = BatchResult(day, path=path)
+    m = minute_candles(trades, exact_only=exact_only, distinct=distinct)
+    result = BatchResult(
+        day, trades=m.trades, duplicates=m.duplicates, conflicts=m.conflicts, path=m.path
+    )
     try:
-        totals = minute.agg(
-            F.sum("trade_count").alias("trades"),
-            F.sum("duplicates").alias("duplicates"),
-            F.sum("conflicts").alias("conflicts"),
-            F.countDistinct("exchange", "symbol").alias("symbols"),
-        ).first()
-        assert totals is not None
-        result.trades = int(totals["trades"] or 0)
-        result.duplicates = int(totals["duplicates"] or 0)
-        result.conflicts = int(totals["conflicts"] or 0)
-        result.symbols = int(totals["symbols"] or 0)
-        largest = _largest(trades, minute)
-        _write_candles(lake, day, minute, result)
-        _write_aggregates(lake, day, daily_aggregates(minute, largest), result)
+        largest = _largest(trades, m.minute)
+        _write_candles(lake, day, m.minute, result)
+        _write_aggregates(lake, day, daily_aggregates(m.minute, largest), result)
+        result.symbols = result.aggregates  # one aggregate row per (exchange, symbol)
     finally:
-        persisted.unpersist()
+        m.persisted.unpersist()
     result.seconds = time.monotonic() - started
     return result
 
@@ -246,11 +261,12 @@ def run_batch_day(
 def _write_candles(lake: Lake, day: date, minute: DataFrame, result: BatchResult) -> None:
     base = f"{CANDLES_DIR}/source={BATCH_SOURCE}"
     staging = f".staging-{partition(day)}-{uuid.uuid4().hex[:12]}"
-    candles = all_intervals(minute).withColumn("date", F.lit(day.isoformat()))
+    candles = all_intervals(minute).select(
+        *CANDLE_COLUMNS, "interval", F.lit(day.isoformat()).alias("date")
+    )
     (
         candles.coalesce(1)
         .sortWithinPartitions("interval", "date", "exchange", "symbol", "open_time")
-        .select(*CANDLE_COLUMNS, "interval", "date")
         .write.partitionBy("interval", "date")
         .parquet(lake.spark_uri(base, staging))
     )

@@ -21,7 +21,10 @@ function is exact: prices and quantities stay exact decimals or exact integers o
   for every value DESIGN.md allows. The job falls back to it when a fast partial
   is not valid, and the tests compare both with :func:`marketdata.candle.fold_trades`.
 
-Coarser candles are rolled up from 1m candles with the merge rule (:func:`roll_up`).
+Coarser candles are rolled up from 1m candles with the merge rule (:func:`roll_up_many`).
+
+Each DataFrame operation costs an analysis pass, which is slow in a fresh JVM, so
+the functions build wide ``select``s rather than chains of ``withColumn``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,33 @@ def _floor(col: str, interval_ms: int) -> Column:
     return F.col(col) - F.col(col) % F.lit(interval_ms)
 
 
+def ratio_e8(num: str, den: str) -> Column:
+    """``num / den`` rounded half-even to 8 fractional digits, exactly, as ``decimal(18,8)``.
+
+    ``num`` and ``den`` name positive decimal columns. Spark's decimal division
+    rounds half-up (and may cut digits first), so this divides in integers instead:
+    with ``w = den * 1e-8``, ``q = num div w`` is the exact floor of the result in
+    1e-8 units and ``r = num - q * w`` the exact remainder; ``q`` goes up by one
+    when ``2r > w``, or ``2r == w`` and ``q`` is odd. (One SQL expression: Python's
+    API has no integral division; Spark evaluates the repeated parts once.)
+    """
+    w = f"CAST(`{den}` * 0.00000001BD AS DECIMAL(38,16))"
+    q = f"(`{num}` div {w})"
+    r2 = f"((`{num}` - {q} * {w}) * 2)"
+    up = f"CASE WHEN {r2} > {w} OR ({r2} = {w} AND {q} % 2 = 1) THEN 1 ELSE 0 END"
+    return F.expr(f"CAST(CAST({q} + {up} AS DECIMAL(38,0)) * 0.00000001BD AS DECIMAL(18,8))")
+
+
+def vwap() -> Column:
+    """``quote_volume / volume`` rounded half-even to 8 digits (DESIGN.md section 3)."""
+    return ratio_e8("quote_volume", "volume").alias("vwap")
+
+
+def _candle_select(extra: Sequence[str] = ()) -> list[Column | str]:
+    # The candle columns in schema order, vwap computed from the others.
+    return [vwap() if c == "vwap" else c for c in CANDLE_COLUMNS] + list(extra)
+
+
 # --------------------------------------------------------------------------- dedupe
 
 
@@ -82,12 +112,11 @@ def dedupe_trades(trades: DataFrame) -> DataFrame:
         ``conflicting`` (whether those rows differed).
 
     """
-    h = F.xxhash64("event_time", "price", "quantity", "is_buyer_maker")
     content = ("event_time", "price", "quantity", "is_buyer_maker")
     return (
         # Shuffle first: a map-side partial aggregation cannot shrink unique keys.
         trades.repartition(*TRADE_KEY)
-        .withColumn("_h", h)
+        .select(*TRADE_KEY, *content, F.xxhash64(*content).alias("_h"))
         .groupBy(*TRADE_KEY)
         .agg(
             *(F.min_by(c, "_h").alias(c) for c in content),
@@ -100,14 +129,22 @@ def dedupe_trades(trades: DataFrame) -> DataFrame:
 # --------------------------------------------------------------------------- 1m, fast
 
 
-def narrow_trades(trades: DataFrame) -> DataFrame:
+def narrow_trades(trades: DataFrame, *, distinct: bool = False) -> DataFrame:
     """Trades with price and quantity as integers of 1e-8 units (``p``, ``q``).
 
     ``p`` always fits a ``long`` (price < 10^10); ``q`` is NULL when the quantity
     does not (>= ~9.2 * 10^10), which sends the day to the exact path. Narrow
     rows make the deduplication shuffle about half as heavy.
+
+    Args:
+        trades: trade rows.
+        distinct: the rows are known to hold each trade key once (the trade files'
+            indexes proved it: :func:`batch.lake.proves_distinct`); adds the
+            ``copies`` and ``conflicting`` columns :func:`dedupe_narrow` would, so
+            no shuffle is needed.
+
     """
-    return trades.select(
+    cols: list[Column | str] = [
         "exchange",
         "symbol",
         "trade_id",
@@ -115,7 +152,10 @@ def narrow_trades(trades: DataFrame) -> DataFrame:
         "is_buyer_maker",
         (F.col("price") * F.lit(10**8)).cast("long").alias("p"),
         (F.col("quantity") * F.lit(10**8)).try_cast("long").alias("q"),
-    )
+    ]
+    if distinct:
+        cols += [F.lit(1).cast("long").alias("copies"), F.lit(False).alias("conflicting")]
+    return trades.select(*cols)
 
 
 def dedupe_narrow(narrow: DataFrame) -> DataFrame:
@@ -152,16 +192,6 @@ def dedupe_narrow(narrow: DataFrame) -> DataFrame:
     )
 
 
-def assume_distinct(narrow: DataFrame) -> DataFrame:
-    """:func:`narrow_trades` rows known to hold each trade key once (no shuffle needed).
-
-    For days whose trade files' indexes prove it (:func:`batch.lake.proves_distinct`).
-    """
-    return narrow.withColumn("copies", F.lit(1).cast("long")).withColumn(
-        "conflicting", F.lit(False)
-    )
-
-
 def _limbs(col: str) -> list[Column]:
     c = F.col(col)
     return [
@@ -172,7 +202,11 @@ def _limbs(col: str) -> list[Column]:
 
 
 def minute_partials(deduped: DataFrame) -> DataFrame:
-    """1m aggregates of :func:`dedupe_narrow` rows, in integers (see the module docstring).
+    """1m aggregates of deduplicated narrow trades, in integers (see the module docstring).
+
+    Args:
+        deduped: :func:`dedupe_narrow` rows, or :func:`narrow_trades` rows with
+            ``distinct=True``.
 
     Returns:
         Per (exchange, symbol, open_time): ``open_p``, ``close_p``, ``high_p``,
@@ -181,18 +215,7 @@ def minute_partials(deduped: DataFrame) -> DataFrame:
         ``trade_count``, ``q_count``, ``max_trade_id`` and the internal columns.
 
     """
-    t = deduped.select(
-        "exchange",
-        "symbol",
-        "trade_id",
-        "is_buyer_maker",
-        "copies",
-        "conflicting",
-        "p",
-        "q",
-        _floor("event_time", MINUTE_MS).alias("open_time"),
-        F.shiftleft(F.col("event_time") % F.lit(MINUTE_MS), KEY_ID_BITS).alias("_offset"),
-    ).withColumn("key", F.col("_offset") + F.col("trade_id"))
+    key = F.shiftleft(F.col("event_time") % F.lit(MINUTE_MS), KEY_ID_BITS) + F.col("trade_id")
     p, q = _limbs("p"), _limbs("q")
     products = [
         p[0] * q[0],
@@ -201,11 +224,13 @@ def minute_partials(deduped: DataFrame) -> DataFrame:
         p[1] * q[2] + p[2] * q[1],
         p[2] * q[2],
     ]
-    return t.groupBy(*CANDLE_KEY).agg(
-        F.min_by("p", "key").alias("open_p"),
-        F.max_by("p", "key").alias("close_p"),
-        F.min("key").alias("first_key"),
-        F.max("key").alias("last_key"),
+    return deduped.groupBy(
+        "exchange", "symbol", _floor("event_time", MINUTE_MS).alias("open_time")
+    ).agg(
+        F.min_by("p", key).alias("open_p"),
+        F.max_by("p", key).alias("close_p"),
+        F.min(key).alias("first_key"),
+        F.max(key).alias("last_key"),
         F.max("p").alias("high_p"),
         F.min("p").alias("low_p"),
         F.try_sum("q").alias("volume_q"),
@@ -241,7 +266,7 @@ def candles_from_partials(partials: DataFrame) -> DataFrame:
         term = F.col(f"c{k}").cast("decimal(38,0)") * F.lit(Decimal(1 << (LIMB_BITS * k)))
         quote_e16 = term if quote_e16 is None else quote_e16 + term
     assert quote_e16 is not None
-    out = partials.select(
+    return partials.select(
         "exchange",
         "symbol",
         "open_time",
@@ -258,35 +283,39 @@ def candles_from_partials(partials: DataFrame) -> DataFrame:
         (F.col("open_time") + F.shiftright("first_key", KEY_ID_BITS)).alias("first_event_time"),
         (F.col("open_time") + F.shiftright("last_key", KEY_ID_BITS)).alias("last_event_time"),
         *INTERNAL_COLUMNS,
-    )
-    return with_vwap(out).select(*CANDLE_COLUMNS, *INTERNAL_COLUMNS)
+    ).select(*_candle_select(INTERNAL_COLUMNS))
 
 
 # --------------------------------------------------------------------------- 1m, exact
 
 
 def minute_candles_exact(deduped: DataFrame) -> DataFrame:
-    """1m candles by decimal arithmetic, for every value DESIGN.md allows (slower)."""
-    t = deduped.withColumn("open_time", _floor("event_time", MINUTE_MS)).withColumn(
-        "quote", (F.col("price") * F.col("quantity")).cast(QUOTE)
-    )
+    """1m candles by decimal arithmetic, for every value DESIGN.md allows (slower).
+
+    Args:
+        deduped: :func:`dedupe_trades` rows.
+
+    """
+    quote = (F.col("price") * F.col("quantity")).cast(QUOTE)
     zero = F.lit(Decimal(0)).cast(QUANTITY)
-    g = t.groupBy(*CANDLE_KEY).agg(
+    g = deduped.groupBy(
+        "exchange", "symbol", _floor("event_time", MINUTE_MS).alias("open_time")
+    ).agg(
         F.min(F.struct("event_time", "trade_id", "price")).alias("o"),
         F.max(F.struct("event_time", "trade_id", "price")).alias("c"),
         F.max("price").alias("high"),
         F.min("price").alias("low"),
         F.sum("quantity").alias("volume"),
-        F.sum("quote").alias("quote_volume"),
+        F.sum(quote).alias("quote_volume"),
         F.count(F.lit(1)).alias("trade_count"),
         F.sum(F.when(~F.col("is_buyer_maker"), F.col("quantity")).otherwise(zero)).alias(
             "taker_buy_volume"
         ),
-        F.max("quote").cast("double").alias("max_quote_approx"),
+        F.max(quote).cast("double").alias("max_quote_approx"),
         F.sum(F.col("copies") - 1).alias("duplicates"),
         F.sum(F.col("conflicting").cast("long")).alias("conflicts"),
     )
-    out = g.select(
+    return g.select(
         "exchange",
         "symbol",
         "open_time",
@@ -303,37 +332,7 @@ def minute_candles_exact(deduped: DataFrame) -> DataFrame:
         F.col("o.event_time").alias("first_event_time"),
         F.col("c.event_time").alias("last_event_time"),
         *INTERNAL_COLUMNS,
-    )
-    return with_vwap(out).select(*CANDLE_COLUMNS, *INTERNAL_COLUMNS)
-
-
-# --------------------------------------------------------------------------- rounding
-
-
-def with_ratio_e8(df: DataFrame, num: str, den: str, out: str) -> DataFrame:
-    """Add ``out = num / den`` rounded half-even to 8 fractional digits, exactly.
-
-    ``num`` and ``den`` are positive decimals. Spark's decimal division rounds
-    half-up (and may cut digits first), so this divides in integers instead:
-    with ``w = den * 1e-8``, ``q = num div w`` is the exact floor of the result in
-    1e-8 units and ``r = num - q * w`` the exact remainder; ``q`` goes up by one
-    when ``2r > w``, or ``2r == w`` and ``q`` is odd.
-    """
-    w, q, r = f"_{out}_w", f"_{out}_q", f"_{out}_r"
-    step = (
-        df.withColumn(w, (F.col(den) * F.lit(_E8)).cast(QUOTE))
-        .withColumn(q, F.expr(f"`{num}` div `{w}`"))
-        .withColumn(r, F.col(num) - F.col(q) * F.col(w))
-    )
-    twice = F.col(r) * F.lit(2)
-    up = (twice > F.col(w)) | ((twice == F.col(w)) & (F.col(q) % F.lit(2) == F.lit(1)))
-    e8 = F.col(q) + F.when(up, F.lit(1)).otherwise(F.lit(0))
-    return step.withColumn(out, _from_e8(e8, PRICE)).drop(w, q, r)
-
-
-def with_vwap(candles: DataFrame) -> DataFrame:
-    """Add ``vwap = quote_volume / volume``, rounded half-even to 8 digits (DESIGN.md section 3)."""
-    return with_ratio_e8(candles, "quote_volume", "volume", "vwap")
+    ).select(*_candle_select(INTERNAL_COLUMNS))
 
 
 # --------------------------------------------------------------------------- roll-up
@@ -345,21 +344,22 @@ def roll_up_many(candles: DataFrame, intervals: Sequence[Interval]) -> DataFrame
     The merge rule of :meth:`marketdata.candle.Candle.merged`: open/close of the
     part with the smallest/largest (event_time, trade_id), sums of the sums. Equal
     to folding the trades (the tests check it). Each input candle is copied once
-    per interval and one aggregation does them all (fewer, cheaper stages than one
-    aggregation per interval).
+    per interval and one aggregation does them all.
 
     Returns:
         :data:`batch.schemas.CANDLES` columns plus ``interval`` (the label).
+
     """
-    label = F.lit(intervals[0].label)
-    for iv in intervals[1:]:
-        label = F.when(F.col("_ms") == F.lit(iv.ms), F.lit(iv.label)).otherwise(label)
-    t = (
-        candles.withColumn("_ms", F.explode(F.array(*(F.lit(iv.ms) for iv in intervals))))
-        .withColumn("interval", label)
-        .withColumn("open_time", F.col("open_time") - F.col("open_time") % F.col("_ms"))
+    targets = F.array(
+        *(F.struct(F.lit(iv.ms).alias("ms"), F.lit(iv.label).alias("label")) for iv in intervals)
     )
-    g = t.groupBy("interval", *CANDLE_KEY).agg(
+    t = candles.select(*CANDLE_COLUMNS, F.explode(targets).alias("_iv"))
+    g = t.groupBy(
+        F.col("_iv.label").alias("interval"),
+        "exchange",
+        "symbol",
+        (F.col("open_time") - F.col("open_time") % F.col("_iv.ms")).alias("open_time"),
+    ).agg(
         F.min(F.struct("first_event_time", "first_trade_id", "open")).alias("o"),
         F.max(F.struct("last_event_time", "last_trade_id", "close")).alias("c"),
         F.max("high").alias("high"),
@@ -369,41 +369,33 @@ def roll_up_many(candles: DataFrame, intervals: Sequence[Interval]) -> DataFrame
         F.sum("trade_count").alias("trade_count"),
         F.sum("taker_buy_volume").cast(VOLUME).alias("taker_buy_volume"),
     )
-    out = g.select(
+    parts = {
+        "open": F.col("o.open"),
+        "close": F.col("c.close"),
+        "first_trade_id": F.col("o.first_trade_id"),
+        "last_trade_id": F.col("c.last_trade_id"),
+        "first_event_time": F.col("o.first_event_time"),
+        "last_event_time": F.col("c.last_event_time"),
+    }
+    return g.select(
+        *(
+            parts[c].alias(c) if c in parts else vwap() if c == "vwap" else F.col(c)
+            for c in CANDLE_COLUMNS
+        ),
         "interval",
-        "exchange",
-        "symbol",
-        "open_time",
-        F.col("o.open").alias("open"),
-        "high",
-        "low",
-        F.col("c.close").alias("close"),
-        "volume",
-        "quote_volume",
-        "trade_count",
-        "taker_buy_volume",
-        F.col("o.first_trade_id").alias("first_trade_id"),
-        F.col("c.last_trade_id").alias("last_trade_id"),
-        F.col("o.first_event_time").alias("first_event_time"),
-        F.col("c.last_event_time").alias("last_event_time"),
     )
-    return with_vwap(out).select(*CANDLE_COLUMNS, "interval")
 
 
 def roll_up(candles: DataFrame, interval: Interval) -> DataFrame:
     """Candles of one coarser ``interval`` merged from finer ones (see :func:`roll_up_many`)."""
-    return roll_up_many(candles, [interval]).select(*CANDLE_COLUMNS)
+    return roll_up_many(candles, [interval]).drop("interval")
 
 
 def all_intervals(minute: DataFrame) -> DataFrame:
     """1m candles and their roll-ups to every interval, with an ``interval`` column."""
-    m1 = minute.select(*CANDLE_COLUMNS)
+    m1 = minute.select(*CANDLE_COLUMNS, F.lit(Interval.M1.label).alias("interval"))
     coarse = [iv for iv in Interval if iv is not Interval.M1]
-    return (
-        m1.withColumn("interval", F.lit(Interval.M1.label))
-        .unionByName(roll_up_many(m1, coarse))
-        .select(*CANDLE_COLUMNS, "interval")
-    )
+    return m1.unionByName(roll_up_many(minute, coarse))
 
 
 # --------------------------------------------------------------------------- daily
@@ -415,11 +407,9 @@ def largest_trade_windows(minute: DataFrame) -> DataFrame:
     ``max_quote_approx`` is a double, so near-ties are kept: every minute within
     :data:`LARGEST_MARGIN` of the best; :func:`largest_trades` then decides exactly.
     """
-    by_symbol = Window.partitionBy("exchange", "symbol")
-    best = F.max("max_quote_approx").over(by_symbol)
+    best = F.max("max_quote_approx").over(Window.partitionBy("exchange", "symbol"))
     return (
-        minute.select("exchange", "symbol", "open_time", "max_quote_approx")
-        .withColumn("_best", best)
+        minute.select("exchange", "symbol", "open_time", "max_quote_approx", best.alias("_best"))
         .filter(F.col("max_quote_approx") >= F.col("_best") * F.lit(1.0 - LARGEST_MARGIN))
         .select("exchange", "symbol", "open_time")
     )
@@ -430,6 +420,10 @@ def largest_trades(deduped: DataFrame) -> DataFrame:
 
     Ties go to the smallest (event_time, trade_id). Meant for the few trades of
     :func:`largest_trade_windows` (it compares structs of exact decimals).
+
+    Args:
+        deduped: :func:`dedupe_trades` rows.
+
     """
     quote = (F.col("price") * F.col("quantity")).cast(QUOTE)
     best = F.max(
@@ -469,12 +463,10 @@ def daily_aggregates(minute: DataFrame, largest: DataFrame) -> DataFrame:
     ``trades_per_minute`` is ``trade_count / 1440`` and ``taker_buy_share`` is
     ``taker_buy_volume / volume``, both rounded half-even to 8 digits.
     """
-    by_symbol = Window.partitionBy("exchange", "symbol").orderBy("open_time")
-    prev = F.lag("close").over(by_symbol)
+    prev = F.lag("close").over(Window.partitionBy("exchange", "symbol").orderBy("open_time"))
     ret = F.log(F.col("close").cast("double") / prev.cast("double"))
     stats = (
-        minute.select("exchange", "symbol", "open_time", "close", "trade_count")
-        .withColumn("_r", ret)
+        minute.select("exchange", "symbol", "trade_count", ret.alias("_r"))
         .groupBy("exchange", "symbol")
         .agg(
             F.sqrt(F.coalesce(F.sum(F.col("_r") * F.col("_r")), F.lit(0.0))).alias(
@@ -482,31 +474,22 @@ def daily_aggregates(minute: DataFrame, largest: DataFrame) -> DataFrame:
             ),
             F.count("_r").alias("return_count"),
             F.count(F.lit(1)).alias("active_minutes"),
-            F.max("trade_count").alias("max_trades_per_minute"),
+            F.max("trade_count").cast("long").alias("max_trades_per_minute"),
         )
     )
-    day = roll_up(minute.select(*CANDLE_COLUMNS), Interval.D1)
+    day = roll_up(minute, Interval.D1)
     joined = day.join(stats, on=["exchange", "symbol"], how="inner").join(
         largest, on=["exchange", "symbol"], how="inner"
     )
-    per_minute = F.col("trade_count") * F.lit(10**8)
-    tpm_q = F.expr(f"(trade_count * 100000000) div {DAY_MINUTES}")
-    tpm = joined.withColumn("_tpm_q", tpm_q).withColumn(
-        "_tpm_r", per_minute - F.col("_tpm_q") * F.lit(DAY_MINUTES)
+    # trade_count / 1440, half-even, in integers of 1e-8 (fits a long for < 9e10 trades)
+    n, m = "(trade_count * 100000000)", DAY_MINUTES
+    tpm = F.expr(
+        f"CAST(CAST({n} div {m} + CASE WHEN 2 * ({n} % {m}) > {m} OR (2 * ({n} % {m}) = {m} "
+        f"AND ({n} div {m}) % 2 = 1) THEN 1 ELSE 0 END AS DECIMAL(38,0)) * 0.00000001BD "
+        "AS DECIMAL(18,8))"
     )
-    up = (F.col("_tpm_r") * 2 > F.lit(DAY_MINUTES)) | (
-        (F.col("_tpm_r") * 2 == F.lit(DAY_MINUTES)) & (F.col("_tpm_q") % 2 == 1)
-    )
-    tpm = tpm.withColumn(
-        "trades_per_minute",
-        _from_e8(F.col("_tpm_q") + F.when(up, F.lit(1)).otherwise(F.lit(0)), PRICE),
-    )
-    out = with_ratio_e8(tpm, "taker_buy_volume", "volume", "taker_buy_share")
-    return out.select(
-        *(
-            F.col(c).cast("long").alias(c)
-            if c in ("return_count", "active_minutes", "max_trades_per_minute")
-            else F.col(c)
-            for c in AGGREGATE_COLUMNS
-        )
-    )
+    computed = {
+        "trades_per_minute": tpm,
+        "taker_buy_share": ratio_e8("taker_buy_volume", "volume"),
+    }
+    return joined.select(*(computed[c].alias(c) if c in computed else c for c in AGGREGATE_COLUMNS))

@@ -19,7 +19,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from batch.candles_read import read_aggregates, read_batch_candles
-from batch.daily import NoTradesError, run_batch_day
+from batch.daily import NoTradesError, day_files, run_batch_day
 from batch.dump_import import import_dump
 from batch.lake import Lake, LakeWriter, SourceRange
 from cryptopipe.cli import main
@@ -274,9 +274,10 @@ def test_rerun_replaces_the_days_partitions_only(spark: SparkSession, tmp_path: 
     assert [c.trade_count for c in nxt] == [1]
 
 
-def test_no_trades_is_an_error(spark: SparkSession, tmp_path: Path) -> None:
+def test_no_trades_is_an_error(tmp_path: Path) -> None:
+    # Checked before Spark is touched.
     with pytest.raises(NoTradesError, match="lake import"):
-        run_batch_day(spark, Lake(tmp_path / "lake"), DAY)
+        day_files(Lake(tmp_path / "lake"), DAY)
 
 
 @pytest.mark.slow
