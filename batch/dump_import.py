@@ -162,9 +162,10 @@ def _lines_array(data: bytes) -> pa.Array:
     ends = np.flatnonzero(buf == 10) + 1
     if not len(ends) or ends[-1] != len(data):
         ends = np.append(ends, len(data))
-    offsets = np.concatenate(([0], ends)).astype(np.int32)
+    # 64-bit offsets: a block holding a single line longer than 2 GiB stays one line.
+    offsets = np.concatenate(([0], ends)).astype(np.int64)
     return pa.Array.from_buffers(
-        pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
 
 
@@ -187,7 +188,7 @@ def _fast(lines: pa.Array) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     if not len(matched):
         return matched, {}
     subset = lines if len(matched) == len(lines) else lines.take(pa.array(matched))
-    text = pc.cast(subset, pa.string())  # ASCII: the regex says so
+    text = pc.cast(subset, pa.large_string())  # ASCII: the regex says so
     cols = pc.split_pattern(text, ",")
     trade_id = pc.cast(pc.list_element(cols, 0), pa.int64()).to_numpy()
     price = _e8_column(pc.list_element(cols, 1))

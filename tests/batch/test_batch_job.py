@@ -207,6 +207,9 @@ def test_messy_day_matches_reference_and_reruns_idempotently(
     tie = {c.open_time: c for c in read_batch_candles(lake, "binance", "TIEUSDT", "1m")}
     assert format_e8(tie[TIE_MINUTE].vwap_e8) == "1.00000002"
     assert format_e8(tie[TIE_MINUTE + 60_000].vwap_e8) == "1.00000000"
+    # start inclusive, end exclusive, on open_time
+    window = read_batch_candles(lake, "binance", "TIEUSDT", "1m", TIE_MINUTE, TIE_MINUTE + 60_000)
+    assert [c.open_time for c in window] == [TIE_MINUTE]
 
     before = sorted(p.relative_to(lake.root) for p in Path(lake.root).rglob("*.parquet"))
     again = run_batch_day(spark, lake, DAY)
@@ -244,6 +247,28 @@ def test_values_beyond_the_fast_path_fall_back_to_exact(
     assert res.path == "exact"
     assert_candles_match(lake, trades)
     assert_aggregates_match(lake, trades)
+
+
+@pytest.mark.slow
+def test_conflicting_duplicates_keep_one_whole_version(spark: SparkSession, tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    writer = LakeWriter(lake, durable=False)
+    base = [
+        Trade("binance", "XYZUSDT", i, 10**8 + i, 10**6, D0 + i * 1000, False) for i in range(9)
+    ]
+    a = Trade("binance", "XYZUSDT", 100, 2 * 10**8, 10**6, D0 + 500, True)
+    b = a._replace(price_e8=3 * 10**8, quantity_e8=7)  # same key, other content
+    writer.write_trades([*base, a], [], SourceRange.rows("one", 1, 10))
+    writer.write_trades([b], [], SourceRange.rows("two", 1, 1))
+    res = run_batch_day(spark, lake, DAY)
+    assert res.path == "exact" and res.conflicts == 1 and res.duplicates == 1
+    got = read_batch_candles(lake, "binance", "XYZUSDT", "1d")
+    assert got in (
+        reference([*base, a], Interval.D1)[("binance", "XYZUSDT")],
+        reference([*base, b], Interval.D1)[("binance", "XYZUSDT")],
+    )
+    assert run_batch_day(spark, lake, DAY).trades == 10
+    assert read_batch_candles(lake, "binance", "XYZUSDT", "1d") == got  # the same version again
 
 
 @pytest.mark.slow
