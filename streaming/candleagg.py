@@ -33,14 +33,14 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, repeat
-from operator import itemgetter, lt, mod, mul, sub
+from operator import add, itemgetter, lt, mod, mul, sub
 from typing import Any, NamedTuple
 
 from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.settings import DEFAULT_LATENESS_MS
 from marketdata.trade import Rejection, Trade
-from streaming.fastparse import FastParser, ParsedBatch
+from streaming.fastparse import FastParser, ParsedBatch, _picker
 
 M1 = Interval.M1
 MINUTE = M1.ms
@@ -392,16 +392,33 @@ class ShardAggregator:
         skip: set[int] = set()
         maxt = max(ts)
         wm_end = max(wm0, maxt - lateness)
-        if wm_end > NEVER and min(ts) < wm_end - wm_end % MINUTE:
+        # A row is late only if its window closed before it came: either it is behind
+        # the cutoff the batch started with, or more than the lateness behind the
+        # largest time before it. One cheap pass rules both out for most batches.
+        if (
+            wm_end > NEVER
+            and min(ts) < wm_end - wm_end % MINUTE
+            and (
+                min(ts) < self.cutoff
+                or any(map(lt, map(add, ts, repeat(lateness)), accumulate(ts, max)))
+            )
+        ):
             # Some row may be late: the watermark each row meets, by running maximum.
             marks = list(map(max, repeat(wm0), map(sub, accumulate(ts, max), repeat(lateness))))
             cuts = map(sub, marks, map(mod, marks, repeat(MINUTE)))
             late = list(compress(range(len(ts)), map(lt, ts, cuts)))
             late_rows = [(k, marks[k]) for k in late]
             skip = set(late)
-        groups: dict[tuple[str, str, int], list[int]] = {}
+        groups: dict[Any, list[int]] = {}
         minutes = map(sub, ts, map(mod, ts, repeat(MINUTE)))
-        for k, key in enumerate(zip(pb.exchange, pb.symbol, minutes, strict=False)):
+        exchanges = pb.exchange
+        one_exchange = exchanges[0] if exchanges.count(exchanges[0]) == len(exchanges) else None
+        keys: Iterable[Any] = (
+            zip(pb.symbol, minutes, strict=False)
+            if one_exchange is not None
+            else zip(exchanges, pb.symbol, minutes, strict=False)
+        )
+        for k, key in enumerate(keys):
             rows = groups.get(key)
             if rows is None:
                 groups[key] = [k]
@@ -411,16 +428,17 @@ class ShardAggregator:
         tids = pb.trade_id
         touched: list[_Win] = []
         dups = 0
-        for key, rows in groups.items():
+        for gkey, rows in groups.items():
             if skip:
                 rows = [k for k in rows if k not in skip]
                 if not rows:
                     continue
+            key = (one_exchange, *gkey) if one_exchange is not None else gkey
             w = wins.get(key)
             if w is None:
                 w = wins[key] = _Win(*key)
             seen = w.seen
-            batch_ids = [tids[k] for k in rows]
+            batch_ids = list(_picker(rows)(tids))
             fresh = set(batch_ids)
             if len(fresh) == len(rows) and seen.isdisjoint(fresh):
                 seen |= fresh
