@@ -224,6 +224,25 @@ def redis_cpu(client) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
+def quiesce(client) -> None:
+    """Rewrite the AOF now and wait for it: writing the raw log grows the AOF enough to
+    start a background rewrite (a forked child on one of the two cores) that would
+    otherwise land in the middle of a measured round."""
+    import redis
+
+    if client.info("persistence").get("aof_enabled"):
+        try:
+            client.bgrewriteaof()
+        except redis.ResponseError:  # one is already running
+            pass
+    while True:
+        info = client.info("persistence")
+        if not (info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
+                or info.get("rdb_bgsave_in_progress")):  # fmt: skip
+            return
+        time.sleep(0.2)
+
+
 def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
     import redis
 
@@ -248,6 +267,7 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
         writer.write(msgs[i : i + 5000])
     print(f"raw log: {client.xlen('md:trades:raw'):,} entries of {symbols} symbols, "
           f"{(trades[-1][4] - trades[0][4]) / 60000:.0f} minutes of market")  # fmt: skip
+    quiesce(client)
 
     seed_runs, ours_runs = [], []
     for r in range(rounds):
@@ -259,6 +279,7 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
             client.delete(key)
         for key in client.scan_iter("md:flow:candles:*"):
             client.delete(key)
+        quiesce(client)
         home = work / f"home{r}"
         shutil.rmtree(home, ignore_errors=True)
         cpu0 = redis_cpu(client)

@@ -16,6 +16,12 @@ atomically, which gives for free and exactly:
 * an arrival-clock reading when the stream is idle (``TIME`` before an empty
   ``XREAD``: any later entry has a larger id), emitted as a tick so that the
   candles flow can close windows of a quiet market.
+
+While the flow has a backlog (a read came back full), the next read is sent before
+the batch is handed on, on a dedicated connection, and its reply is taken on the next
+call: Redis prepares it on the other core while the flow works on this one. The
+position (and so the snapshot) only moves when a batch is returned; a reply that is
+still on its way when the flow stops or fails is dropped with the connection.
 """
 
 from __future__ import annotations
@@ -127,20 +133,54 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         self._last_tick = 0.0
         self._failing = False
         self.observer = source.observer
+        # A dedicated connection with at most one read in flight: while the flow works
+        # on a full batch, Redis already serves the next one (on the other core).
+        self._conn: Any = None
+        self._inflight: bytes | None = None
+
+    def _send(self) -> None:
+        """Send the next read (one ``MULTI``) for the entries after our position."""
+        if self._conn is None:
+            self._conn = self.client.connection_pool.get_connection()
+        conn = self._conn
+        conn.send_packed_command(
+            conn.pack_commands([
+                ("MULTI",),
+                ("XINFO", "STREAM", self.stream),
+                ("TIME",),
+                ("XREAD", "COUNT", self.cfg.batch_size, "STREAMS", self.stream, self.pos.last_id),
+                ("EXEC",),
+            ])
+        )  # fmt: skip
+        self._inflight = self.pos.last_id
 
     def _read(self) -> tuple[Any, Any, Any]:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.execute_command("XINFO", "STREAM", self.stream)
-        pipe.execute_command("TIME")
-        pipe.execute_command(
-            "XREAD", "COUNT", self.cfg.batch_size, "STREAMS", self.stream, self.pos.last_id
-        )
-        info, now, reply = pipe.execute(raise_on_error=False)
+        """The reply of the read in flight (sent now when none is)."""
+        if self._inflight is not None and self._inflight != self.pos.last_id:
+            self._drop_connection()  # the position moved: that reply is not ours
+        try:
+            if self._inflight is None:
+                self._send()
+            conn = self._conn
+            assert conn is not None
+            for _ in range(4):  # OK, QUEUED x 3
+                conn.read_response()
+            info, now, reply = conn.read_response()
+        except BaseException:
+            self._drop_connection()
+            raise
+        self._inflight = None
         if isinstance(now, Exception):
             raise now
         if isinstance(reply, Exception):
             raise reply
         return info, now, reply
+
+    def _drop_connection(self) -> None:
+        """Forget the connection and any reply still on its way (it reconnects on use)."""
+        self._inflight = None
+        if self._conn is not None:
+            self._conn.disconnect()
 
     def _check_trim(self, info: dict[bytes, Any]) -> None:
         """Notice entries after our position that were removed before we read them.
@@ -212,6 +252,11 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
             full = len(entries) >= self.cfg.batch_size
             self._awake = None if full else datetime.now(UTC) + self.cfg.poll
             self._report(info if has_info else None, len(ids))
+            if full:  # more is waiting: ask for it now, read it on the next call
+                try:
+                    self._send()
+                except redis.ConnectionError:
+                    self._drop_connection()  # the next call reads again and reports
             return [(self.stream, RawBatch(self.stream, ids, fields))]
         # Idle.
         if self._idle_since is None:
@@ -247,6 +292,10 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         return self.pos
 
     def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self.client.connection_pool.release(self._conn)
+            self._conn = None
         self.client.close()
 
 
