@@ -99,10 +99,12 @@ class IdRuns:
         starts, ends = array("q"), array("q")
         if not isinstance(ids, set | frozenset):
             ids = set(ids)
-        if ids and max(ids) - min(ids) + 1 == len(ids):  # one run: the common case
-            starts.append(min(ids))
-            ends.append(max(ids))
-            return cls(starts, ends)
+        if ids:
+            lo, hi = min(ids), max(ids)
+            if hi - lo + 1 == len(ids):  # one run: the common case
+                starts.append(lo)
+                ends.append(hi)
+                return cls(starts, ends)
         prev = None
         for x in sorted(ids):
             if prev is not None and x == prev + 1:
@@ -141,13 +143,26 @@ class IdRuns:
         return True
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (IdRuns, (self.starts, self.ends))
+        # As raw bytes: pickling arrays element by element is what made snapshots slow.
+        return (_idruns_from_bytes, (self.starts.tobytes(), self.ends.tobytes()))
+
+
+def _idruns_from_bytes(starts: bytes, ends: bytes) -> IdRuns:
+    a, b = array("q"), array("q")
+    a.frombytes(starts)
+    b.frombytes(ends)
+    return IdRuns(a, b)
 
 
 class _Win:
-    """An open 1m window: its candle so far, the trade ids in it, this batch's rows."""
+    """An open 1m window: its candle so far, the trade ids in it, this batch's rows.
 
-    __slots__ = ("candle", "exchange", "open_time", "rows", "seen", "symbol")
+    ``lo``/``hi`` bound the ids in ``seen`` (every addition goes through :meth:`add`
+    or :meth:`add_fresh`), so a snapshot can store the usual window, whose ids are
+    one consecutive run, as two numbers instead of walking the set.
+    """
+
+    __slots__ = ("candle", "exchange", "hi", "lo", "open_time", "rows", "seen", "symbol")
 
     def __init__(self, exchange: str, symbol: str, open_time: int) -> None:
         self.exchange = exchange
@@ -155,13 +170,45 @@ class _Win:
         self.open_time = open_time
         self.candle: Candle | None = None
         self.seen: set[int] = set()
+        self.lo = 1 << 63
+        self.hi = -1
         self.rows: list[int] = []
 
+    def add(self, tid: int) -> bool:
+        """Add one trade id; False if it was there already."""
+        seen = self.seen
+        if tid in seen:
+            return False
+        seen.add(tid)
+        if tid < self.lo:
+            self.lo = tid
+        if tid > self.hi:
+            self.hi = tid
+        return True
+
+    def add_fresh(self, ids: set[int]) -> None:
+        """Add ids known to be new (and non-empty)."""
+        self.seen |= ids
+        lo, hi = min(ids), max(ids)
+        if lo < self.lo:
+            self.lo = lo
+        if hi > self.hi:
+            self.hi = hi
+
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.exchange, self.symbol, self.open_time, self.candle, self.seen)
+        seen: Any = self.seen
+        if seen and self.hi - self.lo + 1 == len(seen):  # seen == [lo, hi]
+            seen = (self.lo, self.hi)
+        return (self.exchange, self.symbol, self.open_time, self.candle, seen)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.exchange, self.symbol, self.open_time, self.candle, self.seen = state
+        self.exchange, self.symbol, self.open_time, self.candle, seen = state
+        if isinstance(seen, tuple):
+            self.lo, self.hi = seen
+            self.seen = set(range(self.lo, self.hi + 1))
+        else:
+            self.seen = seen
+            self.lo, self.hi = (min(seen), max(seen)) if seen else (1 << 63, -1)
         self.rows = []
 
 
@@ -283,6 +330,8 @@ class ShardAggregator:
         self.coarse: dict[tuple[str, str, str, int], Candle] = {}
         #: Trade ids of recently closed 1m windows (sets until :meth:`compact`).
         self.retained: dict[tuple[str, str, int], IdRuns | set[int]] = {}
+        #: Keys of ``retained`` still held as sets.
+        self._uncompacted: list[tuple[str, str, int]] = []
         self.counters: dict[str, int] = {}
         self.last_id: bytes | None = None
         self._scanned_cutoff = NEVER
@@ -299,6 +348,8 @@ class ShardAggregator:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         known = state.pop("known_symbols")
+        if "_uncompacted" not in state:  # a snapshot from before it existed
+            state["_uncompacted"] = [k for k, v in state["retained"].items() if isinstance(v, set)]
         self.__dict__.update(state)
         self.parser = FastParser(known)
 
@@ -325,6 +376,9 @@ class ShardAggregator:
         the stream is idle.
         """
         out = Emitted()
+        # The trade ids of windows closed by earlier batches become runs now, not in
+        # the batch that closed them (its candles go out first) nor in a snapshot.
+        self.compact()
         if ids:
             pb = self.parser.parse_batch(entries)
             self._count("entries", len(ids))
@@ -437,20 +491,18 @@ class ShardAggregator:
             w = wins.get(key)
             if w is None:
                 w = wins[key] = _Win(*key)
-            seen = w.seen
             batch_ids = list(_picker(rows)(tids))
             fresh = set(batch_ids)
-            if len(fresh) == len(rows) and seen.isdisjoint(fresh):
-                seen |= fresh
+            if len(fresh) == len(rows) and w.seen.isdisjoint(fresh):
+                w.add_fresh(fresh)
                 good = rows
             else:
                 good = []
                 for k, tid in zip(rows, batch_ids, strict=True):
-                    if tid in seen:
-                        dups += 1
-                    else:
-                        seen.add(tid)
+                    if w.add(tid):
                         good.append(k)
+                    else:
+                        dups += 1
             if good:
                 w.rows = good
                 touched.append(w)
@@ -487,10 +539,9 @@ class ShardAggregator:
             w = wins.get(key)
             if w is None:
                 w = wins[key] = _Win(ex, sym, o)
-            if tid in w.seen:
+            if not w.add(tid):
                 dups += 1
                 continue
-            w.seen.add(tid)
             if not w.rows:
                 touched.append(w)
             w.rows.append(k)
@@ -516,13 +567,13 @@ class ShardAggregator:
             # happens to be still in memory), so a replay decides the same.
             fresh = True
         elif w is not None:  # closed in this very batch, not yet flushed
-            fresh = tid not in w.seen
-            w.seen.add(tid)
+            fresh = w.add(tid)
         else:
             runs = self.retained.get(key)
             if runs is None:
                 fresh = True
                 self.retained[key] = {tid}
+                self._uncompacted.append(key)
             elif isinstance(runs, set):
                 fresh = tid not in runs
                 runs.add(tid)
@@ -558,8 +609,12 @@ class ShardAggregator:
                     self.coarse[ck] = c.rolled_up(iv)
                 else:
                     _absorb(acc, c)
-            if retain:  # compacted later (compact()), off the path of the closed candle
-                self.retained[key] = w.seen
+            if retain:
+                if w.seen and w.hi - w.lo + 1 == len(w.seen):  # one run: the usual case
+                    self.retained[key] = IdRuns(array("q", [w.lo]), array("q", [w.hi]))
+                else:  # compacted by the next batch, off the path of the closed candle
+                    self.retained[key] = w.seen
+                    self._uncompacted.append(key)
         done = sorted(
             (k for k, c in self.coarse.items() if c.open_time + c.interval.ms <= cutoff),
             key=lambda k: (_LABEL_MS[k[2]], k),
@@ -572,10 +627,14 @@ class ShardAggregator:
         self._count("closed", len(closing) + len(done))
 
     def compact(self) -> None:
-        """Store the trade ids of closed windows as runs (before a snapshot)."""
-        for key, ids in self.retained.items():
+        """Store the trade ids of closed windows as runs (memory stays bounded by runs)."""
+        if not self._uncompacted:
+            return
+        for key in self._uncompacted:
+            ids = self.retained.get(key)
             if isinstance(ids, set):
                 self.retained[key] = IdRuns.from_ids(ids)
+        self._uncompacted = []
 
     # -- views --------------------------------------------------------------------
 
