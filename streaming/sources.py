@@ -108,6 +108,9 @@ def _entries(reply: Any) -> list[Any]:
 class PartitionObserver:
     """Receives each partition's progress (the flow's heartbeat implements it)."""
 
+    #: The reading flow's name, for messages.
+    name: str = "reading"
+
     def on_read(self, stream: str, n: int, pos: StreamPosition, lag: int, lag_ms: int) -> None:
         """After each read."""
 
@@ -219,8 +222,8 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
             first_id = first[0].decode() if first else "none"
             detail = (
                 f"{lost} entries of {self.stream} after {self.pos.last_id.decode()} were "
-                f"trimmed or deleted before the candles flow read them (first entry now "
-                f"{first_id}); their trades are missing from the speed layer"
+                f"trimmed or deleted before the {self.observer.name} flow read them (first "
+                f"entry now {first_id}); their trades are missing from the speed layer"
             )
             log.error("DATA LOSS: %s", detail)
             self.pos = StreamPosition(self.pos.last_id, max(gone, self.pos.read),
