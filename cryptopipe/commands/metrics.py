@@ -57,6 +57,6 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for k in FIELDS:
         v = record[k]
-        shown = format_ms(v) if k == "open_time" else ("-" if v is None else v)
+        shown = "-" if v is None else (format_ms(v) if k == "open_time" else v)
         print(f"{k:16} {shown}")
     return 0
