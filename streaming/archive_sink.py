@@ -10,7 +10,7 @@ order:
 2. only then, one Redis round trip per batch: each partition's watermark into
    :data:`~streaming.archive.PARTITIONS_KEY` (never lowered: a replay after a
    restore publishes older values again), its progress into
-   :data:`~streaming.archive.PROGRESS_KEY`, and ``XTRIM MINID ~`` of its stream;
+   :data:`~streaming.archive.PROGRESS_KEY`, and ``XTRIM MINID ~ ... LIMIT 0`` of its stream;
 3. the archive watermark (:data:`batch.lake.ARCHIVE_WATERMARK_KEY`) is raised to the
    minimum over every partition of the flow, once each has published one.
 
@@ -126,7 +126,9 @@ class ArchiveStore:
                     keys=[PARTITIONS_KEY], args=[stream, w.watermark, *self.streams], client=pipe
                 )
             if w.trim_minid is not None:
-                pipe.execute_command("XTRIM", stream, "MINID", "~", w.trim_minid)
+                # LIMIT 0: with "~" Redis otherwise removes at most 100 nodes' worth
+                # (10,000 entries) per call, less than a minute of a busy stream.
+                pipe.execute_command("XTRIM", stream, "MINID", "~", w.trim_minid, "LIMIT", 0)
             progress = {
                 "archived_id": w.archived_id.decode() if w.archived_id else None,
                 "watermark": w.watermark,
