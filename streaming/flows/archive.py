@@ -24,18 +24,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 
 from marketdata.rawmessage import raw_stream_names
@@ -50,14 +45,13 @@ from streaming.archive import (
 )
 from streaming.archive_sink import ArchiveSink
 from streaming.candleagg import WindowConfig
-from streaming.flows.runtime import flow_heartbeat
-from streaming.sources import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_POLL_S,
-    RawBatch,
-    RedisStreamSource,
-    StreamPosition,
+from streaming.flows.runtime import (
+    StoppableSource,
+    flow_heartbeat,
+    install_stop_handlers,
+    stop_requested,
 )
+from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 log = logging.getLogger(__name__)
 
@@ -141,75 +135,6 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(msg) from None
 
 
-# --------------------------------------------------------------------------- stopping
-
-_STOP = threading.Event()
-
-
-def request_stop() -> None:
-    """End the archive flow's input: final snapshot, then exit (what SIGTERM does)."""
-    _STOP.set()
-
-
-def install_stop_handlers() -> None:
-    """SIGTERM and a first SIGINT end the input; a second SIGINT interrupts at once.
-
-    Only in the main thread (bytewax runs ``get_flow`` there).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if _STOP.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.info("archive: %s received; stopping after a final snapshot",
-                 signal.Signals(signum).name)  # fmt: skip
-        _STOP.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-class _StoppablePartition(StatefulSourcePartition[tuple[str, RawBatch], StreamPosition]):
-    """A source partition whose input ends when a stop is requested."""
-
-    def __init__(
-        self,
-        inner: StatefulSourcePartition[tuple[str, RawBatch], StreamPosition],
-        should_stop: Callable[[], bool],
-    ) -> None:
-        self.inner = inner
-        self.should_stop = should_stop
-
-    def next_batch(self) -> Iterable[tuple[str, RawBatch]]:
-        if self.should_stop():
-            raise StopIteration
-        return self.inner.next_batch()
-
-    def next_awake(self) -> datetime | None:
-        if self.should_stop():
-            return datetime.now(UTC)
-        return self.inner.next_awake()
-
-    def snapshot(self) -> StreamPosition:
-        return self.inner.snapshot()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class _StoppableSource(RedisStreamSource):
-    def __init__(self, *args: Any, should_stop: Callable[[], bool], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.should_stop = should_stop
-
-    def build_part(  # type: ignore[override]
-        self, step_id: str, for_part: str, resume_state: StreamPosition | None
-    ) -> _StoppablePartition:
-        inner = super().build_part(step_id, for_part, resume_state)
-        return _StoppablePartition(inner, self.should_stop)
-
-
 # --------------------------------------------------------------------------- logic
 
 
@@ -260,10 +185,10 @@ def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = 
             open buckets are then not written. Default: :func:`request_stop` / signals.
 
     """
-    stop = should_stop or _STOP.is_set
+    stop = should_stop or stop_requested
     heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
     flow = Dataflow(cfg.name)
-    source = _StoppableSource(
+    source = StoppableSource(
         cfg.redis_url,
         list(cfg.streams),
         batch_size=cfg.batch_size,
@@ -293,5 +218,5 @@ def get_flow(**overrides: Any) -> Dataflow:
     Keyword arguments override :class:`ArchiveFlowConfig` fields (and
     :class:`~streaming.archive.ArchiveConfig`'s). Installs the stop handlers.
     """
-    install_stop_handlers()
+    install_stop_handlers(FLOW_NAME)
     return build_flow(ArchiveFlowConfig.from_settings(Settings.from_env(), **overrides))

@@ -11,6 +11,10 @@ Shape::
          event-time windows, late trades, live candles at most once a second)
       -> CandleSink (one pipeline per batch, idempotent)
 
+Stopping: SIGTERM (what the supervisor sends) or a first SIGINT ends the input; the
+flow takes a final snapshot and exits 0 within a poll interval. Open windows stay
+in the snapshot, unwritten (only ``--exit-when-idle`` writes them as closed).
+
 Windowing is our own, on ``stateful_batch``, not bytewax's ``EventClock``: that
 clock advances its watermark by wall-clock time, across a resume too, so a restart
 after downtime longer than the allowed lateness would turn the backlog that arrived
@@ -24,7 +28,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,9 +41,14 @@ from marketdata.rawmessage import raw_stream_names
 from marketdata.settings import Settings
 from streaming.candleagg import Emitted, ShardAggregator, WindowConfig
 from streaming.candlestore import CandleWrites, LateRecord, RejectRecord
-from streaming.flows.runtime import flow_heartbeat
+from streaming.flows.runtime import (
+    StoppableSource,
+    flow_heartbeat,
+    install_stop_handlers,
+    stop_requested,
+)
 from streaming.sinks import CandleSink
-from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch, RedisStreamSource
+from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 FLOW_NAME = "candles"
 
@@ -106,8 +115,11 @@ def _writes(stream: str, out: Emitted) -> CandleWrites:
 class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
     """One partition's aggregator inside bytewax, plus live-candle throttling."""
 
-    def __init__(self, cfg: CandlesFlowConfig, resume: bytes | None) -> None:
+    def __init__(
+        self, cfg: CandlesFlowConfig, resume: bytes | None, should_stop: Callable[[], bool]
+    ) -> None:
         self.cfg = cfg
+        self.should_stop = should_stop
         self.agg: ShardAggregator | None = pickle.loads(resume) if resume else None
         self._dirty: set[tuple[str, str]] = set()
         self._last_live = -1e18
@@ -170,10 +182,11 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
         return datetime.now(UTC) + timedelta(seconds=max(0.0, self._next_live - time.monotonic()))
 
     def on_eof(self) -> tuple[Iterable[CandleWrites], bool]:
-        # End of input: every open window is written as closed. The state is kept as
-        # it is, so a later run continues those windows and rewrites them when they
-        # really close.
-        if self.agg is None:
+        # End of input by --exit-when-idle: every open window is written as closed.
+        # The state is kept as it is, so a later run continues those windows and
+        # rewrites them when they really close. On a stop by signal they are left to
+        # the snapshot: they have not closed.
+        if self.agg is None or self.should_stop():
             return [], StatefulBatchLogic.RETAIN
         writes = CandleWrites(self.agg.stream, closed=self.agg.flush_all())
         writes.counters = self._counters(self.agg)
@@ -186,20 +199,32 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
         return pickle.dumps(self.agg, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def build_flow(cfg: CandlesFlowConfig) -> Dataflow:
-    """The candles dataflow for ``cfg``."""
+def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = None) -> Dataflow:
+    """The candles dataflow for ``cfg``.
+
+    Args:
+        cfg: the configuration.
+        should_stop: when it turns true the input ends (final snapshot, exit), open
+            windows unwritten. Default: :func:`~streaming.flows.runtime.request_stop`
+            and the signals of :func:`~streaming.flows.runtime.install_stop_handlers`.
+
+    """
+    stop = should_stop or stop_requested
     heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
     flow = Dataflow(cfg.name)
-    source = RedisStreamSource(
+    source = StoppableSource(
         cfg.redis_url,
         list(cfg.streams),
         batch_size=cfg.batch_size,
         poll_s=cfg.poll_s,
         exit_when_idle=cfg.exit_when_idle,
         observer=heartbeat,
+        should_stop=stop,
     )
     raw = op.input("raw", flow, source)
-    candles = op.stateful_batch("candles", raw, lambda resume: _CandlesLogic(cfg, resume or None))
+    candles = op.stateful_batch(
+        "candles", raw, lambda resume: _CandlesLogic(cfg, resume or None, stop)
+    )
     op.output(
         "redis", candles, CandleSink(cfg.redis_url, cfg.name, on_written=heartbeat.on_written)
     )
@@ -225,4 +250,5 @@ def get_flow(**overrides: Any) -> Dataflow:
         except ValueError:
             msg = f"{ENV_IDLE_ADVANCE_MS}={raw!r} is not an integer (milliseconds)"
             raise ValueError(msg) from None
+    install_stop_handlers(FLOW_NAME)
     return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))

@@ -11,6 +11,8 @@ Shape::
          for the cross-exchange spread
       -> MetricsSink (one pipeline per batch, idempotent)
 
+Stopping: SIGTERM or a first SIGINT ends the input; final snapshot, exit 0.
+
 Idempotent against replays: a candle whose open_time is not after the last one
 applied for its (exchange, symbol) does not move the state (so a duplicate event, a
 re-closed candle, or events read again after a restart from a snapshot change
@@ -35,11 +37,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from marketdata.indicators import AnomalyConfig, ClosedBar, MetricsState, spread
 from marketdata.settings import Settings
 from streaming.candlestore import CLOSED_EVENTS_STREAM, candle_from_record
-from streaming.flows.runtime import flow_heartbeat
+from streaming.flows.runtime import StoppableSource, flow_heartbeat, install_stop_handlers
 from streaming.metricsstore import DEFAULT_HISTORY_LEN, DEFAULT_TTL_S, MetricsStore, MetricsWrites
 from streaming.redisconn import connect
 from streaming.retry import call_with_retry
-from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch, RedisStreamSource
+from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 FLOW_NAME = "metrics"
 
@@ -175,7 +177,7 @@ def build_flow(cfg: MetricsFlowConfig) -> Dataflow:
     """The metrics dataflow for ``cfg``."""
     heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
     flow = Dataflow(cfg.name)
-    source = RedisStreamSource(
+    source = StoppableSource(
         cfg.redis_url,
         [cfg.stream],
         batch_size=cfg.batch_size,
@@ -193,4 +195,5 @@ def build_flow(cfg: MetricsFlowConfig) -> Dataflow:
 def get_flow(**overrides: Any) -> Dataflow:
     """The metrics flow of the environment's settings (``python -m bytewax.run`` entry)."""
     settings = Settings.from_env()
+    install_stop_handlers(FLOW_NAME)
     return build_flow(replace(MetricsFlowConfig(redis_url=settings.redis_url), **overrides))

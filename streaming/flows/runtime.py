@@ -1,4 +1,4 @@
-"""What every flow process shares: its heartbeat and progress counters.
+"""What every flow process shares: its heartbeat, progress counters and how it stops.
 
 One :class:`FlowHeartbeat` per flow and process. Source partitions report reads to
 it, sinks report writes; a thread writes the flow's heartbeat hash
@@ -8,6 +8,13 @@ In bytewax's multi-process mode every process but the first writes its own hash
 (``md:flow:<name>:heartbeat:p<i>``, expiring); the first adds those up into the
 flow's hash, whose ``pid`` is the process the supervisor started
 (``CRYPTOPIPE_FLOW_PID``), so liveness checks see one flow.
+
+Stopping: :func:`install_stop_handlers` makes SIGTERM (what the supervisor and
+``cryptopipe stream stop`` send) and a first SIGINT end the input of every
+:class:`StoppableSource` of the process; bytewax then closes the epoch, takes a final
+snapshot and exits 0 within a poll interval. Flows see :func:`stop_requested` at end
+of input and leave their open windows and buckets to the snapshot instead of
+flushing them. A second SIGINT interrupts at once.
 """
 
 from __future__ import annotations
@@ -15,15 +22,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from types import FrameType
 from typing import Any, cast
 
 import redis
+from bytewax.inputs import StatefulSourcePartition
 
 from streaming.heartbeat import HeartbeatWriter, heartbeat_key
 from streaming.redisconn import connect, text
-from streaming.sources import PartitionObserver, StreamPosition
+from streaming.sources import PartitionObserver, RawBatch, RedisStreamSource, StreamPosition
 
 log = logging.getLogger(__name__)
 
@@ -205,3 +217,83 @@ def stop_heartbeats() -> None:
     for hb in beats:
         if hb._started:
             hb.stop()
+
+
+# --------------------------------------------------------------------------- stopping
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """End this process's flow input: final snapshot, then exit 0 (what SIGTERM does)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    """Whether a stop was requested (by a signal or :func:`request_stop`)."""
+    return _STOP.is_set()
+
+
+def install_stop_handlers(flow: str) -> None:
+    """SIGTERM and a first SIGINT end the input; a second SIGINT interrupts at once.
+
+    Only in the main thread (bytewax runs ``get_flow`` there); elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if _STOP.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not _STOP.is_set():
+            log.warning("%s: %s received; stopping after a final snapshot",
+                        flow, signal.Signals(signum).name)  # fmt: skip
+        _STOP.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+class _StoppablePartition(StatefulSourcePartition[tuple[str, RawBatch], StreamPosition]):
+    """A source partition whose input ends when a stop is requested."""
+
+    def __init__(
+        self,
+        inner: StatefulSourcePartition[tuple[str, RawBatch], StreamPosition],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.inner = inner
+        self.should_stop = should_stop
+
+    def next_batch(self) -> Iterable[tuple[str, RawBatch]]:
+        if self.should_stop():
+            raise StopIteration
+        return self.inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        if self.should_stop():
+            return datetime.now(UTC)
+        return self.inner.next_awake()
+
+    def snapshot(self) -> StreamPosition:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class StoppableSource(RedisStreamSource):
+    """A :class:`RedisStreamSource` whose input ends when ``should_stop()`` turns true."""
+
+    def __init__(
+        self, *args: Any, should_stop: Callable[[], bool] = stop_requested, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.should_stop = should_stop
+
+    def build_part(  # type: ignore[override]
+        self, step_id: str, for_part: str, resume_state: StreamPosition | None
+    ) -> _StoppablePartition:
+        """The partition of :class:`RedisStreamSource`, ending on a stop."""
+        inner = super().build_part(step_id, for_part, resume_state)
+        return _StoppablePartition(inner, self.should_stop)

@@ -122,14 +122,15 @@ def test_replays_duplicates_and_sigkill_change_nothing(
         redis_client.xadd(CLOSED_EVENTS_STREAM, fields)
     cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     assert metrics_state(redis_client) == clean
-    # From scratch, killed with SIGKILL twice on the way: the same final state.
+    # From scratch, stopped by SIGTERM once (exit 0, promptly) and killed with SIGKILL
+    # once on the way: the same final state.
     for key in redis_client.scan_iter(match="md:metrics:*"):
         redis_client.delete(key)
     redis_client.delete(ANOMALIES_STREAM, written_key(ANOMALIES_STREAM))
     for key in redis_client.scan_iter(match="md:flow:metrics:*"):
         redis_client.delete(key)
     shutil.rmtree(Path(session["CRYPTOPIPE_HOME"]) / "recovery" / "metrics")
-    for _ in range(2):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -148,8 +149,12 @@ def test_replays_duplicates_and_sigkill_change_nothing(
             stderr=subprocess.DEVNULL,
         )
         time.sleep(4.0)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+        if sig == signal.SIGTERM:
+            assert code == 0 and time.monotonic() - t0 < 5.0, code
+            assert redis_client.hget("md:flow:metrics:heartbeat", "items_in") not in (None, b"0")
     cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     assert metrics_state(redis_client) == clean
 
