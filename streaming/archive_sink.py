@@ -33,7 +33,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, LakeWriter, WriteResult
 from streaming.archive import PARTITIONS_KEY, PROGRESS_KEY, ArchiveWork
 from streaming.redisconn import connect
-from streaming.retry import call_with_retry
+from streaming.retry import call_with_retry, sink_backoff
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
         call_with_retry(
             lambda: self.store.publish(works, int(time.time() * 1000)),
             what="archive sink",
+            backoff=sink_backoff(),
             give_up_s=self.sink.give_up_s,
         )
         if self.sink.on_written is not None and entries:

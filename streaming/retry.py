@@ -37,6 +37,16 @@ class Backoff:
         self.attempt = 0
 
 
+#: A flow's sinks retry at least once a second: a flow is back within a second of
+#: Redis (live candles are promised within a second), where a feed may wait longer.
+SINK_BACKOFF_CAP_S = 1.0
+
+
+def sink_backoff() -> Backoff:
+    """The backoff of a flow's sink: 0.1 s doubling to 1 s, full jitter."""
+    return Backoff(cap_s=SINK_BACKOFF_CAP_S)
+
+
 def call_with_retry(
     fn: Callable[[], T],
     *,

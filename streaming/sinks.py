@@ -11,19 +11,14 @@ and the flow exits for its supervisor to restart it.
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from streaming.candlestore import CandleStore, CandleWrites
 from streaming.redisconn import connect
-
-log = logging.getLogger(__name__)
+from streaming.retry import call_with_retry, sink_backoff
 
 
 class _CandleSinkPartition(StatelessSinkPartition[tuple[str, CandleWrites]]):
@@ -33,18 +28,14 @@ class _CandleSinkPartition(StatelessSinkPartition[tuple[str, CandleWrites]]):
 
     def write_batch(self, items: list[tuple[str, CandleWrites]]) -> None:
         batches = [w for _, w in items]
-        delay = 0.1
-        deadline = time.monotonic() + self.sink.give_up_s
-        while True:
-            try:
-                n = self.store.write(batches)
-                break
-            except redis.ConnectionError as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("candle sink: Redis unavailable (%s); retrying", exc)
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 5.0)
+        # The pipeline is idempotent (upserts and append-once), so a retry after a
+        # failure half-way through rewrites the same values.
+        n = call_with_retry(
+            lambda: self.store.write(batches),
+            what="candle sink",
+            backoff=sink_backoff(),
+            give_up_s=self.sink.give_up_s,
+        )
         if self.sink.on_written is not None:
             self.sink.on_written(n)
 

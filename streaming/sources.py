@@ -46,6 +46,10 @@ DEFAULT_BATCH_SIZE = 10_000
 DEFAULT_POLL_S = 0.005
 #: How often an idle stream emits an arrival-clock tick.
 DEFAULT_TICK_S = 0.25
+#: A stream ending at most this far (ms of ids) before a partition's position, with
+#: fewer entries ever added than the partition read, lost its tail in a Redis crash;
+#: farther, it was deleted and created again.
+LOST_TAIL_MAX_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         self._idle_since: float | None = None
         self._last_tick = 0.0
         self._failing = False
+        self._lost_tail_at: bytes | None = None
         self.observer = source.observer
         # A dedicated connection with at most one read in flight: while the flow works
         # on a full batch, Redis already serves the next one (on the other core).
@@ -185,6 +190,35 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         if self._conn is not None:
             self._conn.disconnect()
 
+    def _lost_tail(self, tip: bytes, added: int, length: int) -> bool:
+        """Whether Redis lost the stream's latest entries, ones this partition had read.
+
+        A restart after a crash with ``appendfsync everysec`` loses up to about a
+        second of writes: the stream then ends before our position, with fewer
+        entries ever added than we counted, its last id a moment before ours. We keep
+        our position (what comes next has later ids) and say so, once: the speed
+        layer holds those entries, the raw log (and the lake, unless the archive had
+        read them) does not, and reconciliation shows the windows that differ. Any
+        other stream ending before our position was deleted and created again.
+        """
+        behind_ms = parse_id(self.pos.last_id)[0] - parse_id(tip)[0]
+        if not (length > 0 and added <= self.pos.read and behind_ms <= LOST_TAIL_MAX_MS):
+            return False
+        if self._lost_tail_at != self.pos.last_id:
+            self._lost_tail_at = self.pos.last_id
+            detail = (
+                f"Redis lost the latest entries of {self.stream} (its last id is now "
+                f"{tip.decode()}, before {self.pos.last_id.decode()} which the "
+                f"{self.observer.name} flow had read; {self.pos.read - added} entries): a "
+                "crash before its AOF reached the disk. Continuing after "
+                f"{self.pos.last_id.decode()}; reconciliation will show the windows affected"
+            )
+            log.error("DATA LOSS IN REDIS: %s", detail)
+            self.observer.on_loss(self.stream, 0, detail)
+        # Count from the stream's own numbers again, so lag and trim checks hold.
+        self.pos = StreamPosition(self.pos.last_id, added, self.pos.lost)
+        return True
+
     def _check_trim(self, info: dict[bytes, Any]) -> None:
         """Notice entries after our position that were removed before we read them.
 
@@ -197,6 +231,8 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         length = int(info.get(b"length", 0))
         gone = added - length
         tip = info.get(b"last-generated-id") or b"0-0"
+        if parse_id(tip) < parse_id(self.pos.last_id) and self._lost_tail(tip, added, length):
+            return
         if parse_id(tip) < parse_id(self.pos.last_id):
             log.error(
                 "%s: the stream's last id %s is before this flow's position %s: the stream "

@@ -141,6 +141,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         "CRYPTOPIPE_WORKERS": str(args.workers),
         "CRYPTOPIPE_PROCESSES": str(args.processes),
     }
+    if getattr(args, "verbose", False):
+        env["CRYPTOPIPE_LOG_LEVEL"] = "DEBUG"
     if args.processes == 1:
         env.pop("CRYPTOPIPE_FLOW_PID", None)
         env.pop("CRYPTOPIPE_PROCESS_ID", None)

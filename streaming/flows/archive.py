@@ -48,7 +48,7 @@ from streaming.candleagg import WindowConfig
 from streaming.flows.runtime import (
     StoppableSource,
     flow_heartbeat,
-    install_stop_handlers,
+    setup_flow_process,
     stop_requested,
 )
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
@@ -218,5 +218,5 @@ def get_flow(**overrides: Any) -> Dataflow:
     Keyword arguments override :class:`ArchiveFlowConfig` fields (and
     :class:`~streaming.archive.ArchiveConfig`'s). Installs the stop handlers.
     """
-    install_stop_handlers(FLOW_NAME)
+    setup_flow_process(FLOW_NAME)
     return build_flow(ArchiveFlowConfig.from_settings(Settings.from_env(), **overrides))

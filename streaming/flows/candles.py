@@ -44,7 +44,7 @@ from streaming.candlestore import CandleWrites, LateRecord, RejectRecord
 from streaming.flows.runtime import (
     StoppableSource,
     flow_heartbeat,
-    install_stop_handlers,
+    setup_flow_process,
     stop_requested,
 )
 from streaming.sinks import CandleSink
@@ -250,5 +250,5 @@ def get_flow(**overrides: Any) -> Dataflow:
         except ValueError:
             msg = f"{ENV_IDLE_ADVANCE_MS}={raw!r} is not an integer (milliseconds)"
             raise ValueError(msg) from None
-    install_stop_handlers(FLOW_NAME)
+    setup_flow_process(FLOW_NAME)
     return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))

@@ -37,10 +37,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from marketdata.indicators import AnomalyConfig, ClosedBar, MetricsState, spread
 from marketdata.settings import Settings
 from streaming.candlestore import CLOSED_EVENTS_STREAM, candle_from_record
-from streaming.flows.runtime import StoppableSource, flow_heartbeat, install_stop_handlers
+from streaming.flows.runtime import StoppableSource, flow_heartbeat, setup_flow_process
 from streaming.metricsstore import DEFAULT_HISTORY_LEN, DEFAULT_TTL_S, MetricsStore, MetricsWrites
 from streaming.redisconn import connect
-from streaming.retry import call_with_retry
+from streaming.retry import call_with_retry, sink_backoff
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 FLOW_NAME = "metrics"
@@ -150,6 +150,7 @@ class _MetricsSinkPartition(StatelessSinkPartition[tuple[str, MetricsWrites]]):
         n = call_with_retry(
             lambda: self.store.write(batches, int(time.time() * 1000)),
             what="metrics sink",
+            backoff=sink_backoff(),
             give_up_s=self.sink.give_up_s,
         )
         if self.sink.on_written is not None:
@@ -195,5 +196,5 @@ def build_flow(cfg: MetricsFlowConfig) -> Dataflow:
 def get_flow(**overrides: Any) -> Dataflow:
     """The metrics flow of the environment's settings (``python -m bytewax.run`` entry)."""
     settings = Settings.from_env()
-    install_stop_handlers(FLOW_NAME)
+    setup_flow_process(FLOW_NAME)
     return build_flow(replace(MetricsFlowConfig(redis_url=settings.redis_url), **overrides))

@@ -234,6 +234,25 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
+ENV_LOG_LEVEL = "CRYPTOPIPE_LOG_LEVEL"
+
+
+def setup_flow_process(flow: str) -> None:
+    """What a flow process needs before its dataflow is built (``get_flow`` calls it).
+
+    Logging to stderr with time, level and logger, as the ``cryptopipe`` command logs
+    (``python -m bytewax.run`` configures none, so warnings alone would show, bare),
+    at ``CRYPTOPIPE_LOG_LEVEL`` (default INFO; ``stream run -v`` sets DEBUG); and the
+    stop handlers of :func:`install_stop_handlers`.
+    """
+    level = os.environ.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    install_stop_handlers(flow)
+
+
 def install_stop_handlers(flow: str) -> None:
     """SIGTERM and a first SIGINT end the input; a second SIGINT interrupts at once.
 
