@@ -34,7 +34,7 @@ from __future__ import annotations
 import pickle
 from array import array
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from typing import Any
@@ -55,6 +55,8 @@ DEFAULT_RETENTION_MS = 3_600_000
 #: Trim no further than the position at this many snapshots back (bytewax commits a
 #: snapshot after the next epoch's; two back is committed). 0 disables the guard.
 DEFAULT_TRIM_GUARD_SNAPSHOTS = 2
+#: Entries decoded and parsed at a time when a bucket is written.
+FLUSH_SLICE = 8_192
 
 #: Hash: raw-log stream -> that partition's archive watermark (ms).
 PARTITIONS_KEY = "md:archive:partitions"
@@ -312,14 +314,19 @@ class _Pending:
             self.chunks.append(_Chunk(ids, fields))
             self.n += len(ids)
 
-    def entries(self) -> tuple[list[bytes], list[list[bytes]]]:
+    def slices(self, size: int) -> Iterator[tuple[list[bytes], list[list[bytes]]]]:
+        """The entries in order, decoded a slice of about ``size`` at a time."""
         ids: list[bytes] = []
         fields: list[list[bytes]] = []
         for c in self.chunks:
             i, f = c.entries()
             ids += i
             fields += f
-        return ids, fields
+            if len(ids) >= size:
+                yield ids, fields
+                ids, fields = [], []
+        if ids:
+            yield ids, fields
 
 
 # --------------------------------------------------------------------------- partition
@@ -461,28 +468,43 @@ class PartitionArchiver:
     def _flush(self, *, complete: bool) -> ArchiveWork:
         p = self.pending
         assert p is not None
-        ids, fields = p.entries()
-        pb = self.parser.parse_batch(fields)
-        self.clock.feed(ids, pb, p.clocked, self.cfg.window)
-        p.clocked = len(ids)
-        source = SourceRange.stream(self.stream, ids[0], ids[-1])
+        # Decoded and parsed a slice at a time: the flush's memory is the bucket's
+        # trades plus one slice, not every entry's bytes and fields at once (a burst
+        # minute would otherwise set the process's memory high-water mark).
+        trades: list[Trade] = []
+        rejections: list[Rejection] = []
+        rejection_ids: list[str] = []
+        first = last = b""
+        pos = 0
+        for ids, fields in p.slices(FLUSH_SLICE):
+            pb = self.parser.parse_batch(fields)
+            self.clock.feed(ids, pb, max(0, p.clocked - pos), self.cfg.window)
+            trades += pb.trades()
+            rejections += [r for _, r, _ in pb.rejects]
+            rejection_ids += [ids[i].decode() for i, _, _ in pb.rejects]
+            first = first or ids[0]
+            last = ids[-1]
+            pos += len(ids)
+            del ids, fields, pb
+        p.clocked = pos
+        source = SourceRange.stream(self.stream, first, last)
         if complete:
             self.pending = None
             self._count("files")
         else:
             self._count("partial_files")
-        self.archived_id = ids[-1]
+        self.archived_id = last
         wm = self.clock.watermark
         self.emitted_wm = max(self.emitted_wm, wm)
         return ArchiveWork(
             self.stream,
             source,
-            pb.trades(),
-            [r for _, r, _ in pb.rejects],
-            [ids[pos].decode() for pos, _, _ in pb.rejects],
-            len(ids),
+            trades,
+            rejections,
+            rejection_ids,
+            pos,
             complete,
-            ids[-1],
+            last,
             wm if wm > NEVER else None,
             self._trim_point(),
         )

@@ -21,6 +21,7 @@ at most the true one, and the global key only grows.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -149,6 +150,28 @@ class ArchiveStore:
         return int(self._raise_key(keys=[ARCHIVE_WATERMARK_KEY], args=[low]))
 
 
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim``).
+
+    Writing a bucket allocates and frees tens of MB at once; glibc keeps freed
+    pages, and the fragments left between bursts let the resident size creep up
+    (``bench/soak.py`` saw +186 MB/h without this). Costs a few milliseconds, once
+    per file.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
     def __init__(self, store: ArchiveStore, sink: ArchiveSink) -> None:
         self.store = store
@@ -157,9 +180,11 @@ class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
     def write_batch(self, items: list[tuple[str, ArchiveWork]]) -> None:
         works = [w for _, w in items]
         entries = 0
+        wrote = False
         for w in works:
             if self.store.write_files(w) is not None:
                 entries += w.entries
+                wrote = True
         call_with_retry(
             lambda: self.store.publish(works, int(time.time() * 1000)),
             what="archive sink",
@@ -168,6 +193,8 @@ class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
         )
         if self.sink.on_written is not None and entries:
             self.sink.on_written(entries)
+        if wrote:
+            release_free_memory()
 
     def close(self) -> None:
         self.store.client.close()

@@ -19,6 +19,7 @@ from marketdata.parsing import FORMAT_WS
 from marketdata.rawmessage import RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate
 from marketdata.trade import Trade
+from streaming import archive as archive_module
 from streaming.archive import (
     ArchiveClock,
     ArchiveConfig,
@@ -180,6 +181,24 @@ def test_files_do_not_depend_on_batching_ticks_or_crashes(bucket_ms: int) -> Non
             assert Counter(other.files[name][0]) == Counter(ts)
             assert other.files[name][1] == rs
         assert other.watermark >= clean.watermark  # idle ticks may only add
+
+
+def test_a_bucket_written_in_slices_is_the_bucket_written_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The flush decodes and parses a bucket a slice at a time (bounded memory); the
+    # files, the watermark and the trim points must not depend on the slice size,
+    # with crashes and partial writes at end of input in between.
+    sim = market(seed=4, rate=60.0, duration=300)
+    ids, fields = entries_of(sim)
+    cfg = ArchiveConfig(bucket_ms=60_000, trim_guard_snapshots=0)
+    whole = run(ids, fields, cfg, random.Random(9), crashes=2)
+    for size in (1, 7, 500):
+        monkeypatch.setattr(archive_module, "FLUSH_SLICE", size)
+        sliced = run(ids, fields, cfg, random.Random(9), crashes=2)
+        assert sliced.files == whole.files, size
+        assert (sliced.watermark, sliced.trimmed) == (whole.watermark, whole.trimmed)
+    assert max(len(ts) for ts, _ in whole.files.values()) > 1_000  # several slices
 
 
 def test_end_of_input_writes_the_open_bucket_and_a_later_run_supersedes_it() -> None:

@@ -1,0 +1,724 @@
+"""Soak: every long-running process's memory at a steady rate (issue 7, "Bounded memory").
+
+Not a test: run it by hand (it takes as long as ``--minutes``, plus about a minute).
+
+    .venv/bin/python bench/soak.py                      # 30 minutes, 1,000 trades/s, 20 symbols
+    .venv/bin/python bench/soak.py --minutes 3          # a quick look
+    ./dev bench soak --minutes 30 --out soak.csv
+
+What runs, all real processes, in a temporary directory:
+
+* a ``redis-server`` on a free loopback port (AOF on, as ``cryptopipe up`` starts it);
+* ``cryptopipe stream run candles|metrics|archive`` with ``--home`` in the temporary
+  directory (recovery directories, 5 s snapshots, the lake under ``<home>/lake``);
+* ``cryptopipe feed simulate --rate R --speed 1``: a steady simulated market whose
+  event time is the wall clock, with faults on (out of order 2%, duplicates 1%,
+  late 0.1%, malformed 0.1% by default).
+
+Every ``--interval`` seconds it samples each process's resident memory (VmRSS and its
+anonymous part) and CPU time, each flow's recovery directory on disk and the size of
+its state (the newest snapshot of every state key in the bytewax recovery database:
+exactly what the flow holds, pickled), and Redis ``used_memory`` split by kind of key.
+
+At the end (or on Ctrl-C) it stops the feed, lets the flows drain the raw log, stops
+the flows and Redis, and prints:
+
+1. per process, RSS at the start, after the warm-up (``--warmup``, default 2 min),
+   at the middle and at the end, the maximum, and the slope of a least-squares line
+   through the samples after the warm-up; **flat** when the end is within
+   max(10%, 20 MB) of the warm-up value and the slope is below a third of what
+   keeping 8 bytes per trade would cost (``rate x 8 B x 3600 / 3``, 9.6 MB/h at
+   1,000 trades/s: the smallest leak that grows with the stream's length). The
+   baseline row of our benchmark convention is each process's own RSS after the
+   warm-up, in the same run;
+2. per flow, the state size (snapshot bytes): bounded when the largest value in the
+   second half of the post-warm-up samples is within 10% (or 64 KiB) of the largest in
+   the first half (the state has a sawtooth within each minute, so maxima over
+   halves, not single samples, are compared), and the recovery directory on disk;
+3. Redis memory by kind of key (the raw log, closed candles, closed-candle events,
+   the append-once ``:written`` sets, late/DLQ, metrics) at the same points;
+4. counts: what the feed wrote by kind, what the candles flow counted, DLQ, late,
+   candles, metrics, archived entries, lag and CPU per process, so the run was real.
+
+The archive flow trims the raw log to ``--raw-retention-minutes`` (default 10) behind
+what it archived (``CRYPTOPIPE_ARCHIVE_RETENTION_MS``; the production default is
+60 min, longer than a 30-minute soak, under which the raw log would only grow), so
+the raw log reaches its steady size inside the run. Candles, closed-candle events and
+the ``:written`` sets grow by design (candles are kept, events up to 1,000,000, the
+append-once identities for 2 days).
+
+Samples go to a CSV (``--out``, else ``soak.csv`` in the temporary directory, which is
+kept with the processes' logs; Redis data, lake and recovery are removed at the end
+unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import math
+import os
+import pickle
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FLOWS = ("candles", "metrics", "archive")
+PROCS = (*FLOWS, "feed")
+RAW = "md:trades:raw"
+MB = 1024 * 1024
+#: Symbols with realistic profiles first (the simulator's), then synthetic ones.
+KNOWN = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ETHBTC"]
+
+
+def symbols(n: int) -> list[str]:
+    return (KNOWN + [f"S{i:02d}USDT" for i in range(len(KNOWN), n)])[:n]
+
+
+# ---- processes ----------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the soak dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Procs:
+    """Children in their own sessions (a terminal's Ctrl-C reaches only the soak)."""
+
+    log_dir: Path
+    env: dict[str, str]
+    items: dict[str, Proc] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Proc:
+        log = self.log_dir / f"{name}.log"
+        with log.open("ab") as out:
+            p = subprocess.Popen(
+                argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env={**self.env, **(extra_env or {})}, start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        self.items[name] = Proc(name, p, log)
+        return self.items[name]
+
+    def stop(self, name: str, timeout: float = 20.0) -> int | None:
+        """SIGTERM the child's process group, SIGKILL after ``timeout``; its exit code."""
+        p = self.items.get(name)
+        if p is None:
+            return None
+        if p.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.proc.pid, signal.SIGTERM)
+            try:
+                p.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                print(f"  {name} did not stop in {timeout:.0f} s: SIGKILL", flush=True)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait()
+        return p.proc.returncode
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.items)):
+            self.stop(name)
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# ---- measurements -------------------------------------------------------------------
+
+
+def proc_mem(pid: int) -> tuple[float, float]:
+    """VmRSS and RssAnon of ``pid`` in MB."""
+    rss = anon = math.nan
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+        elif line.startswith("RssAnon:"):
+            anon = int(line.split()[1]) / 1024
+    return rss, anon
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+    return total
+
+
+def _open_bucket_bytes(ser_change: bytes | None) -> int:
+    """Pickled size of the open bucket in an archive flow's state (0 for other states).
+
+    The archive holds the current minute's raw entries until it writes them: a
+    sawtooth of up to a minute of the stream, sampled at arbitrary phases. What it
+    holds beyond that is what must stay bounded.
+    """
+    if not ser_change:
+        return 0
+    try:
+        inner = pickle.loads(ser_change)
+        if not isinstance(inner, bytes) or not inner:
+            return 0
+        arch = pickle.loads(inner)
+    except Exception:  # not an archive state
+        return 0
+    pending = getattr(arch, "pending", None)
+    return len(pickle.dumps(pending, protocol=pickle.HIGHEST_PROTOCOL)) if pending else 0
+
+
+def state_bytes(recovery: Path) -> tuple[int, int, int]:
+    """Bytes of the newest snapshot of every (step, key), snapshot rows kept, and the
+    bytes beyond an archive's open bucket.
+
+    Read-only; the databases are in WAL mode, so a reader never blocks the flow.
+    """
+    total = rows = held = 0
+    for db in sorted(recovery.glob("part-*.sqlite3")):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            for (change,) in con.execute(
+                "SELECT ser_change FROM snaps s WHERE snap_epoch = "
+                "(SELECT max(snap_epoch) FROM snaps t "
+                " WHERE t.step_id = s.step_id AND t.state_key = s.state_key)"
+            ):
+                size = len(change or b"")
+                total += size
+                held += size - _open_bucket_bytes(change)
+            rows += con.execute("SELECT count(*) FROM snaps").fetchone()[0]
+        finally:
+            con.close()
+    return total, rows, held
+
+
+def key_kind(key: str) -> str:
+    if key.startswith(RAW):
+        return "raw_log"
+    if key.endswith(":written"):
+        return "written_sets"
+    if key == "md:candles:closed":
+        return "closed_events"
+    if key.startswith("md:candles:"):
+        return "candles"
+    if key in ("md:trades:late", "md:trades:dlq"):
+        return "late_dlq"
+    if key.startswith(("md:metrics:", "md:spread:", "md:anomalies")):
+        return "metrics"
+    return "other"
+
+
+REDIS_KINDS = ("raw_log", "candles", "closed_events", "written_sets", "late_dlq", "metrics",
+               "other")  # fmt: skip
+
+
+def redis_sample(client: Any) -> dict[str, float]:
+    info = client.info("memory")
+    out: dict[str, float] = {
+        "redis_used_mb": info["used_memory"] / MB,
+        "redis_rss_mb": info["used_memory_rss"] / MB,
+    }
+    by_kind = dict.fromkeys(REDIS_KINDS, 0)
+    for raw in client.scan_iter(count=1000):
+        key = raw.decode()
+        by_kind[key_kind(key)] += client.memory_usage(key) or 0
+    for k, v in by_kind.items():
+        out[f"redis_{k}_mb"] = v / MB
+    x = client.xinfo_stream(RAW)
+    out["raw_len"] = x["length"]
+    out["raw_added"] = x["entries-added"]
+    first, last = x.get("first-entry"), x.get("last-entry")
+    span = 0.0
+    if first and last:
+        span = (int(last[0].split(b"-")[0]) - int(first[0].split(b"-")[0])) / 60_000
+    out["raw_span_min"] = span  # stream ids from the first entry left to the last
+    for name, key in (("late_len", "md:trades:late"), ("dlq_len", "md:trades:dlq"),
+                      ("closed_len", "md:candles:closed")):  # fmt: skip
+        out[name] = client.xlen(key)
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    work: Path
+    url: str
+    home: Path
+    procs: Procs
+    client: Any
+    stop: threading.Event
+    samples: list[dict[str, float]] = field(default_factory=list)
+    t0: float = 0.0
+    died: str | None = None
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def sample(self) -> dict[str, float]:
+        row: dict[str, float] = {"t_s": time.monotonic() - self.t0}
+        for name in PROCS:
+            pid = self.pids[name]
+            try:
+                row[f"{name}_rss_mb"], row[f"{name}_anon_mb"] = proc_mem(pid)
+                row[f"{name}_cpu_s"] = proc_cpu(pid)
+            except OSError:
+                row[f"{name}_rss_mb"] = row[f"{name}_anon_mb"] = row[f"{name}_cpu_s"] = math.nan
+        for name in FLOWS:
+            rec = self.home / "recovery" / name
+            row[f"{name}_recovery_bytes"] = dir_bytes(rec)
+            try:
+                (row[f"{name}_state_bytes"], row[f"{name}_snap_rows"],
+                 row[f"{name}_held_bytes"]) = state_bytes(rec)  # fmt: skip
+            except sqlite3.Error:
+                row[f"{name}_state_bytes"] = row[f"{name}_snap_rows"] = math.nan
+                row[f"{name}_held_bytes"] = math.nan
+        row["lake_bytes"] = dir_bytes(self.home / "lake")
+        row.update(redis_sample(self.client))
+        for name in FLOWS:
+            hb = self.client.hgetall(f"md:flow:{name}:heartbeat")
+            row[f"{name}_items_in"] = int(hb.get(b"items_in", 0))
+            row[f"{name}_lag"] = int(hb.get(b"lag", 0))
+            row[f"{name}_lag_ms"] = int(hb.get(b"lag_ms", 0))
+        return row
+
+    def check_alive(self) -> bool:
+        for p in self.procs.items.values():
+            if not p.alive():
+                self.died = f"{p.name} exited with {p.proc.returncode}:\n{tail(p.log)}"
+                return False
+        return True
+
+
+def start(run: Run, syms: Sequence[str]) -> None:
+    a = run.args
+    py = sys.executable
+    common = ["--redis-url", run.url, "--home", str(run.home)]
+    env = {"CRYPTOPIPE_ARCHIVE_RETENTION_MS": str(int(a.raw_retention_minutes * 60_000))}
+    if a.archive_bucket_ms is not None:
+        env["CRYPTOPIPE_ARCHIVE_BUCKET_MS"] = str(a.archive_bucket_ms)
+    for name in ("archive", "metrics", "candles"):
+        run.procs.start(name, [py, "-m", "cryptopipe", *common, "stream", "run", name], env)
+    # The flows are ready when each has beaten once (bytewax and pyarrow imports).
+    deadline = time.monotonic() + 60
+    while any(not run.client.exists(f"md:flow:{n}:heartbeat") for n in FLOWS):
+        if time.monotonic() > deadline or not run.check_alive() or run.stop.is_set():
+            msg = run.died or "the flows did not start within 60 s"
+            raise RuntimeError(msg)
+        time.sleep(0.2)
+    feed = [py, "-m", "cryptopipe", *common, "feed", "simulate", "--symbols", ",".join(syms),
+            "--rate", str(a.rate), "--speed", "1", "--seed", str(a.seed),
+            "--out-of-order", str(a.out_of_order), "--duplicates", str(a.duplicates),
+            "--late", str(a.late), "--malformed", str(a.malformed)]  # fmt: skip
+    run.procs.start("feed", feed)
+    run.t0 = time.monotonic()
+    run.pids = {n: p.proc.pid for n, p in run.procs.items.items()}
+
+
+def soak(run: Run) -> None:
+    """Sample until ``--minutes`` have passed, a process dies, or a signal comes."""
+    end = run.t0 + run.args.minutes * 60
+    next_at = run.t0 + 5.0  # a first sample right after start-up
+    csv_path = run.args.out
+    writer = None
+    with csv_path.open("w", newline="") as fh:
+        while not run.stop.is_set():
+            now = time.monotonic()
+            if now >= next_at:
+                if not run.check_alive():
+                    break
+                row = run.sample()
+                run.samples.append(row)
+                if writer is None:
+                    writer = csv.DictWriter(fh, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow(row)
+                fh.flush()
+                progress(run, row)
+                if now >= end:
+                    break
+                k = math.floor((now - run.t0) / run.args.interval) + 1
+                next_at = min(run.t0 + k * run.args.interval, end)
+            run.stop.wait(max(0.05, min(next_at, end) - time.monotonic()))
+
+
+def progress(run: Run, row: dict[str, float]) -> None:
+    mem = "  ".join(f"{n} {row[f'{n}_rss_mb']:.0f}" for n in PROCS)
+    print(f"[{row['t_s'] / 60:5.1f} min] RSS MB: {mem}  redis {row['redis_used_mb']:.0f}  "
+          f"raw {int(row['raw_len']):,}/{int(row['raw_added']):,}  "
+          f"lag ms {int(row['candles_lag_ms'])}", flush=True)  # fmt: skip
+
+
+def drain(run: Run, timeout: float = 30.0) -> float:
+    """After the feed stopped: wait until the candles flow has read the whole raw log."""
+    t = time.monotonic()
+    added = run.client.xinfo_stream(RAW)["entries-added"]
+    key = f"md:flow:candles:counts:{RAW}"
+    while time.monotonic() - t < timeout:
+        if int(run.client.hget(key, "entries") or 0) >= added:
+            break
+        time.sleep(0.2)
+    time.sleep(2.0)  # the other flows' last batches and heartbeats
+    return time.monotonic() - t
+
+
+# ---- report -------------------------------------------------------------------------
+
+
+def slope_per_hour(ts: Sequence[float], ys: Sequence[float]) -> float:
+    pts = [(t, y) for t, y in zip(ts, ys, strict=True) if not math.isnan(y)]
+    if len(pts) < 3:
+        return math.nan
+    n = len(pts)
+    mt = sum(t for t, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    den = sum((t - mt) ** 2 for t, _ in pts)
+    return math.nan if den == 0 else sum((t - mt) * (y - my) for t, y in pts) / den * 3600
+
+
+def at(samples: list[dict[str, float]], t_s: float) -> dict[str, float]:
+    return min(samples, key=lambda r: abs(r["t_s"] - t_s))
+
+
+@dataclass
+class Points:
+    """The samples the tables show."""
+
+    first: dict[str, float]
+    base: dict[str, float]
+    mid: dict[str, float]
+    last: dict[str, float]
+    post: list[dict[str, float]]
+
+
+def points(samples: list[dict[str, float]], warmup_s: float) -> Points:
+    last = samples[-1]
+    base = at(samples, warmup_s)
+    post = [r for r in samples if r["t_s"] >= base["t_s"]]
+    return Points(samples[0], base, at(samples, last["t_s"] / 2), last, post)
+
+
+def fmt_min(r: dict[str, float]) -> str:
+    return f"{r['t_s'] / 60:.1f}"
+
+
+def report_rss(p: Points, rate: float) -> list[str]:
+    limit = rate * 8 * 3600 / 3 / 1e6
+    out = [f"\n1. Resident memory (VmRSS, MB). Baseline = each process's own RSS after the "
+           f"warm-up (t = {fmt_min(p.base)} min), same run.",
+           f"   flat = end within max(10%, 20 MB) of the baseline and slope < {limit:.1f} MB/h "
+           f"(a third of 8 bytes per trade at {rate:,.0f} trades/s)",
+           f"{'process':9s} {'start':>7s} {'baseline':>9s} {'middle':>7s} {'end':>7s} "
+           f"{'max':>7s} {'end-base':>9s} {'slope MB/h':>10s} {'anon end':>9s}  flat",
+           f"{'(t min)':9s} {fmt_min(p.first):>7s} {fmt_min(p.base):>9s} {fmt_min(p.mid):>7s} "
+           f"{fmt_min(p.last):>7s}"]  # fmt: skip
+    ts = [r["t_s"] for r in p.post]
+    for name in PROCS:
+        k = f"{name}_rss_mb"
+        base, end = p.base[k], p.last[k]
+        peak = max(r[k] for r in p.post)
+        slope = slope_per_hour(ts, [r[k] for r in p.post])
+        flat = end - base <= max(0.10 * base, 20.0) and slope < limit
+        label = name if name in FLOWS else "feed*"
+        out.append(f"{label:9s} {p.first[k]:7.1f} {base:9.1f} {p.mid[k]:7.1f} {end:7.1f} "
+                   f"{peak:7.1f} {end - base:+9.1f} {slope:+10.2f} "
+                   f"{p.last[f'{name}_anon_mb']:9.1f}  {'yes' if flat else 'NO'}")  # fmt: skip
+    out.append("   * the feed (simulator) is not a flow; shown because it is long-running too")
+    return out
+
+
+def report_state(p: Points) -> list[str]:
+    out = ["\n2. Flow state: bytes of the newest snapshot of every state key (what the flow "
+           "holds, pickled), KiB; for the archive, beyond its open bucket (the current "
+           "minute's raw entries, shown in 'max total')",
+           "   bounded = the floor (minimum) of the 2nd half of the post-warm-up samples within "
+           "max(10%, 64 KiB) of the 1st half's floor:",
+           "   state kept in proportion to the stream's length raises the floor; the feed's "
+           "bursts and the sawtooth within each minute only move the peaks and medians",
+           f"{'flow':9s} {'baseline':>9s} {'end':>9s} {'floor 1st':>9s} {'floor 2nd':>9s} "
+           f"{'med 1st':>9s} {'med 2nd':>9s} {'max':>9s} {'max total':>9s} {'slope KiB/h':>11s} "
+           f"{'snap rows':>9s} {'recovery MB':>12s}  bounded"]  # fmt: skip
+    ts = [r["t_s"] for r in p.post]
+    half = len(p.post) // 2
+    for name in FLOWS:
+        k = f"{name}_held_bytes"
+        ys = [r[k] / 1024 for r in p.post]
+        total = max(r[f"{name}_state_bytes"] for r in p.post) / 1024
+        first, second = ys[: max(1, half)], ys[half:]
+        f1, f2 = min(first), min(second)
+        m1, m2 = statistics.median(first), statistics.median(second)
+        ok = f2 <= max(1.10 * f1, f1 + 64)
+        r0, r1 = p.base[f"{name}_recovery_bytes"] / MB, p.last[f"{name}_recovery_bytes"] / MB
+        rec = f"{r0:.1f} -> {r1:.1f}"
+        out.append(f"{name:9s} {p.base[k] / 1024:9.1f} {p.last[k] / 1024:9.1f} {f1:9.1f} "
+                   f"{f2:9.1f} {m1:9.1f} {m2:9.1f} {max(ys):9.1f} {total:9.1f} "
+                   f"{slope_per_hour(ts, ys):+11.1f} {int(p.last[f'{name}_snap_rows']):9d} "
+                   f"{rec:>12s}  {'yes' if ok else 'NO'}")  # fmt: skip
+    return out
+
+
+def report_redis(p: Points, retention: float) -> list[str]:
+    out = [
+        "\n3. Redis used_memory by kind of key (MEMORY USAGE, sampled), MB",
+        f"{'kind':14s} {'baseline':>9s} {'middle':>9s} {'end':>9s} {'slope MB/h':>10s}",
+    ]
+    ts = [r["t_s"] for r in p.post]
+    for kind in (*REDIS_KINDS, "used"):
+        k = f"redis_{kind}_mb"
+        s = slope_per_hour(ts, [r[k] for r in p.post])
+        out.append(f"{kind:14s} {p.base[k]:9.1f} {p.mid[k]:9.1f} {p.last[k]:9.1f} {s:+10.1f}")
+    out.append(f"raw log length {int(p.base['raw_len']):,} -> {int(p.mid['raw_len']):,} -> "
+               f"{int(p.last['raw_len']):,} (entries added {int(p.last['raw_added']):,}), "
+               f"holding {p.base['raw_span_min']:.1f} -> {p.mid['raw_span_min']:.1f} -> "
+               f"{p.last['raw_span_min']:.1f} min of stream ids (retention "
+               f"{retention:g} min behind the archive, plus the open bucket); "
+               f"lake {p.last['lake_bytes'] / MB:.1f} MB")  # fmt: skip
+    return out
+
+
+FEED_LINE = re.compile(r"simulate: wrote (\d+) messages .*?((?:\w+=\d+ ?)+)$", re.M)
+
+
+def lake_rows(lake: Path) -> tuple[int, int, int]:
+    """Files, trade rows and reject rows in the lake."""
+    import pyarrow.parquet as pq
+
+    files = trades = rejects = 0
+    for kind in ("trades", "rejects"):
+        for f in (lake / kind).rglob("*.parquet"):
+            if f.name.startswith("."):
+                continue
+            files += 1
+            n = pq.read_metadata(f).num_rows
+            if kind == "trades":
+                trades += n
+            else:
+                rejects += n
+    return files, trades, rejects
+
+
+def report_counts(run: Run, elapsed: float, final: dict[str, Any]) -> list[str]:
+    c = final["counts"]
+    p_last = run.samples[-1]
+    kinds = final["feed_kinds"]
+    added = final["raw_added"]
+    parts = sum(int(c.get(k, 0)) for k in ("trades", "duplicates", "late", "rejected"))
+    out = ["\n4. Counts (the run was real)",
+           f"feed: {final['feed_written']:,} messages in {elapsed / 60:.1f} min = "
+           f"{final['feed_written'] / elapsed:,.0f}/s (target {run.args.rate:,.0f} trades/s + "
+           f"faults); by kind: {kinds}",
+           f"raw log: {added:,} entries added, {final['raw_len']:,} left after trimming",
+           "candles flow: " + ", ".join(f"{k} {int(v):,}" for k, v in sorted(c.items())
+                                        if not k.startswith(("rejected:", "last_id"))),
+           f"  entries = trades + duplicates + late + rejected: "
+           f"{int(c.get('entries', 0)):,} = {parts:,}",
+           f"streams: DLQ {final['dlq_len']:,}, late {final['late_len']:,}, closed-candle "
+           f"events {final['closed_len']:,} ({final['closed_1m']:,} closed 1m candles stored)",
+           f"metrics flow: {final['metrics_in']:,} events read, {final['metrics_out']:,} records "
+           "written",
+           f"archive flow: {final['lake'][0]:,} lake files, {final['lake'][1]:,} trade rows + "
+           f"{final['lake'][2]:,} reject rows = {final['lake'][1] + final['lake'][2]:,} of "
+           f"{added:,} entries (the open bucket stays in the snapshot at a stop)"]  # fmt: skip
+    dur = p_last["t_s"] - run.samples[0]["t_s"]
+    cpu = ", ".join(
+        f"{n} {(p_last[f'{n}_cpu_s'] - run.samples[0][f'{n}_cpu_s']) / dur * 100:.0f}%"
+        for n in PROCS
+    )
+    lag = ", ".join(f"{n} max {max(r[f'{n}_lag_ms'] for r in run.samples):,} ms" for n in FLOWS)
+    out.append(f"CPU (share of one core): {cpu}; lag behind the raw log's tip: {lag}")
+    return out
+
+
+def final_counts(run: Run) -> dict[str, Any]:
+    cl = run.client
+    counts = {
+        k.decode(): v.decode() for k, v in cl.hgetall(f"md:flow:candles:counts:{RAW}").items()
+    }
+    feed_log = run.procs.items["feed"].log.read_text(errors="replace")
+    m = FEED_LINE.search(feed_log)
+    written, kinds = (int(m.group(1)), m.group(2).strip()) if m else (-1, "(no summary)")
+    x = cl.xinfo_stream(RAW)
+    closed_1m = sum(cl.hlen(k) for k in cl.scan_iter("md:candles:{*}:*:1m"))
+    hb = {n: cl.hgetall(f"md:flow:{n}:heartbeat") for n in FLOWS}
+    return {
+        "counts": {k: v for k, v in counts.items() if k not in ("watermark",)},
+        "feed_written": written,
+        "feed_kinds": kinds,
+        "raw_added": x["entries-added"],
+        "raw_len": x["length"],
+        "dlq_len": cl.xlen("md:trades:dlq"),
+        "late_len": cl.xlen("md:trades:late"),
+        "closed_len": cl.xlen("md:candles:closed"),
+        "closed_1m": closed_1m,
+        "metrics_in": int(hb["metrics"].get(b"items_in", 0)),
+        "metrics_out": int(hb["metrics"].get(b"items_out", 0)),
+    }
+
+
+# ---- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--rate", type=float, default=1000.0, help="trades/s (default 1000)")
+    p.add_argument("--symbols", type=int, default=20)
+    p.add_argument("--interval", type=float, default=15.0, help="seconds between samples")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up minutes (default 2)")
+    p.add_argument("--raw-retention-minutes", type=float, default=10.0)
+    p.add_argument(
+        "--archive-bucket-ms",
+        type=int,
+        default=None,
+        help="CRYPTOPIPE_ARCHIVE_BUCKET_MS of the archive flow (default: the flow's, 60000)",
+    )
+    p.add_argument("--out-of-order", type=float, default=0.02)
+    p.add_argument("--duplicates", type=float, default=0.01)
+    p.add_argument("--late", type=float, default=0.001)
+    p.add_argument("--malformed", type=float, default=0.001)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", type=Path, default=None, help="CSV of the samples")
+    p.add_argument("--dir", type=Path, default=None, help="work directory (default: a new temp)")
+    p.add_argument("--keep", action="store_true", help="keep Redis data, lake and recovery")
+    a = p.parse_args(argv)
+    if a.minutes <= a.warmup:
+        p.error(f"--minutes must be longer than the warm-up ({a.warmup} min)")
+    if not 1 <= a.symbols <= 100:
+        p.error("--symbols: 1 to 100")
+    return a
+
+
+def install_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT/SIGTERM/SIGHUP end the soak (once); returns a function that restores them."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def handler(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            print(f"\n{signal.Signals(signum).name}: stopping (the report follows)", flush=True)
+        stop.set()
+
+    for s in old:
+        if s != signal.SIGHUP or old[s] is not signal.SIG_IGN:  # keep nohup's
+            signal.signal(s, handler)
+
+    def restore() -> None:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cryptopipe.localredis import LocalRedis, free_port
+    from streaming.redisconn import connect
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="soak-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.out = args.out or work / "soak.csv"
+    home = work / "home"
+    (work / "logs").mkdir(exist_ok=True)
+    stop = threading.Event()
+    restore = install_signals(stop)
+    syms = symbols(args.symbols)
+    bucket = f", archive bucket {args.archive_bucket_ms} ms" if args.archive_bucket_ms else ""
+    print(f"soak: {args.minutes:g} min at {args.rate:,.0f} trades/s over {len(syms)} symbols, "
+          f"samples every {args.interval:g} s, warm-up {args.warmup:g} min, raw-log retention "
+          f"{args.raw_retention_minutes:g} min{bucket}; work dir {work}", flush=True)  # fmt: skip
+    server = LocalRedis(work / "redis", free_port())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env.pop("CRYPTOPIPE_SYMBOLS", None)
+    procs = Procs(work / "logs", env)
+    run: Run | None = None
+    drained = 0.0
+    final: dict[str, Any] | None = None
+    elapsed = 0.0
+    status = 0
+    try:
+        server.start()
+        client = connect(server.url)
+        run = Run(args, work, server.url, home, procs, client, stop)
+        start(run, syms)
+        soak(run)
+        elapsed = time.monotonic() - run.t0
+        print("stopping the feed; letting the flows drain the raw log", flush=True)
+        procs.stop("feed")
+        if run.died is None:
+            drained = drain(run)
+            final = final_counts(run)
+    except Exception as exc:  # report what we have, then clean up
+        print(f"soak failed: {exc}", flush=True)
+        status = 1
+    finally:
+        for name in ("candles", "metrics", "archive"):
+            code = procs.stop(name)
+            if code not in (None, 0, -signal.SIGTERM):
+                print(f"  {name} exited with {code} at the stop; log {procs.items[name].log}")
+        procs.stop_all()
+        server.stop()
+        restore()
+    if run is not None and run.died:
+        print(f"\nA PROCESS DIED: {run.died}")
+        status = 1
+    if run is not None and len(run.samples) >= 3:
+        p = points(run.samples, args.warmup * 60)
+        lines = (
+            report_rss(p, args.rate) + report_state(p) + report_redis(p, args.raw_retention_minutes)
+        )
+        if final is not None:
+            final["lake"] = lake_rows(home / "lake")
+            lines += report_counts(run, elapsed, final)
+        n, minutes = len(run.samples), run.samples[-1]["t_s"] / 60
+        lines.append(f"\n{n} samples over {minutes:.1f} min (drain after the feed stopped: "
+                     f"{drained:.1f} s); CSV {args.out}")  # fmt: skip
+        print("\n".join(lines))
+        if p.last["t_s"] - p.base["t_s"] < 600:
+            print("note: under ~10 minutes after the warm-up, slopes are noisy; the verdicts "
+                  "are for a long run")  # fmt: skip
+    if not args.keep:
+        for sub in ("redis", "home"):
+            shutil.rmtree(work / sub, ignore_errors=True)
+    print(f"logs in {work / 'logs'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
