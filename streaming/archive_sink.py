@@ -21,7 +21,6 @@ at most the true one, and the global key only grows.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, LakeWriter, WriteResult
 from streaming.archive import PARTITIONS_KEY, PROGRESS_KEY, ArchiveWork
+from streaming.memory import release_free_memory
 from streaming.redisconn import connect
 from streaming.retry import call_with_retry, sink_backoff
 
@@ -148,28 +148,6 @@ class ArchiveStore:
             return None
         low = min(int(v) for v in values)
         return int(self._raise_key(keys=[ARCHIVE_WATERMARK_KEY], args=[low]))
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim``).
-
-    Writing a bucket allocates and frees tens of MB at once; glibc keeps freed
-    pages, and the fragments left between bursts let the resident size creep up
-    (``bench/soak.py`` saw +186 MB/h without this). Costs a few milliseconds, once
-    per file.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):

@@ -34,6 +34,7 @@ import redis
 from bytewax.inputs import StatefulSourcePartition
 
 from streaming.heartbeat import HeartbeatWriter, heartbeat_key
+from streaming.memory import fix_mmap_threshold
 from streaming.redisconn import connect, text
 from streaming.sources import PartitionObserver, RawBatch, RedisStreamSource, StreamPosition
 
@@ -242,9 +243,12 @@ def setup_flow_process(flow: str) -> None:
 
     Logging to stderr with time, level and logger, as the ``cryptopipe`` command logs
     (``python -m bytewax.run`` configures none, so warnings alone would show, bare),
-    at ``CRYPTOPIPE_LOG_LEVEL`` (default INFO; ``stream run -v`` sets DEBUG); and the
-    stop handlers of :func:`install_stop_handlers`.
+    at ``CRYPTOPIPE_LOG_LEVEL`` (default INFO; ``stream run -v`` sets DEBUG); the
+    stop handlers of :func:`install_stop_handlers`; and a fixed ``mmap`` threshold,
+    so that large transient buffers do not make the C heap creep
+    (:mod:`streaming.memory`).
     """
+    fix_mmap_threshold()
     level = os.environ.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
