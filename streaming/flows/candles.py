@@ -116,7 +116,10 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
     """One partition's aggregator inside bytewax, plus live-candle throttling."""
 
     def __init__(
-        self, cfg: CandlesFlowConfig, resume: bytes | None, should_stop: Callable[[], bool]
+        self,
+        cfg: CandlesFlowConfig,
+        resume: bytes | None,
+        should_stop: Callable[[], bool] = stop_requested,
     ) -> None:
         self.cfg = cfg
         self.should_stop = should_stop
