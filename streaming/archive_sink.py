@@ -158,11 +158,9 @@ class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
     def write_batch(self, items: list[tuple[str, ArchiveWork]]) -> None:
         works = [w for _, w in items]
         entries = 0
-        wrote = False
         for w in works:
             if self.store.write_files(w) is not None:
                 entries += w.entries
-                wrote = True
         call_with_retry(
             lambda: self.store.publish(works, int(time.time() * 1000)),
             what="archive sink",
@@ -171,7 +169,7 @@ class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
         )
         if self.sink.on_written is not None and entries:
             self.sink.on_written(entries)
-        if wrote:
+        if entries:  # files were written
             release_free_memory()
 
     def close(self) -> None:

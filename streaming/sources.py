@@ -139,7 +139,6 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         self._idle_since: float | None = None
         self._last_tick = 0.0
         self._failing = False
-        self._lost_tail_at: bytes | None = None
         self.observer = source.observer
         # A dedicated connection with at most one read in flight: while the flow works
         # on a full batch, Redis already serves the next one (on the other core).
@@ -204,8 +203,7 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         behind_ms = parse_id(self.pos.last_id)[0] - parse_id(tip)[0]
         if not (length > 0 and added <= self.pos.read and behind_ms <= LOST_TAIL_MAX_MS):
             return False
-        if self._lost_tail_at != self.pos.last_id:
-            self._lost_tail_at = self.pos.last_id
+        if added < self.pos.read:  # first seen: afterwards our count is the stream's
             detail = (
                 f"Redis lost the latest entries of {self.stream} (its last id is now "
                 f"{tip.decode()}, before {self.pos.last_id.decode()} which the "

@@ -182,7 +182,8 @@ def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = 
     Args:
         cfg: the configuration.
         should_stop: when it turns true the input ends (final snapshot, exit); the
-            open buckets are then not written. Default: :func:`request_stop` / signals.
+            open buckets are then not written. Default:
+            :func:`~streaming.flows.runtime.request_stop` / signals.
 
     """
     stop = should_stop or stop_requested

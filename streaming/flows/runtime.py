@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any, cast
 
 import redis
@@ -36,6 +35,7 @@ from bytewax.inputs import StatefulSourcePartition
 from streaming.heartbeat import HeartbeatWriter, heartbeat_key
 from streaming.memory import fix_mmap_threshold
 from streaming.redisconn import connect, text
+from streaming.signals import stop_on_signals
 from streaming.sources import PartitionObserver, RawBatch, RedisStreamSource, StreamPosition
 
 log = logging.getLogger(__name__)
@@ -262,19 +262,12 @@ def install_stop_handlers(flow: str) -> None:
 
     Only in the main thread (bytewax runs ``get_flow`` there); elsewhere a no-op.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return
 
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if _STOP.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not _STOP.is_set():
-            log.warning("%s: %s received; stopping after a final snapshot",
-                        flow, signal.Signals(signum).name)  # fmt: skip
-        _STOP.set()
+    def said(signum: int) -> None:
+        log.warning("%s: %s received; stopping after a final snapshot",
+                    flow, signal.Signals(signum).name)  # fmt: skip
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    stop_on_signals(_STOP, said)
 
 
 class _StoppablePartition(StatefulSourcePartition[tuple[str, RawBatch], StreamPosition]):
