@@ -11,9 +11,12 @@ Semantics (see docs/archive.md):
   last_id)``, so one file per UTC event day of its trades, plus one rejects file)
   once it is complete: an entry of a later bucket arrived (stream order: nothing
   more can come for it), or an idle tick's Redis ``TIME`` is past its end plus
-  ``close_margin_ms``. Bucket contents depend only on the data, never on how bytewax
-  batched the reads, so the replay after a crash writes the same file names with
-  the same rows. The open bucket's entries are kept in the state, compactly.
+  ``close_margin_ms``. A bucket with more than ``max_file_entries`` entries is
+  written as consecutive ranges of that many (each written as soon as it is full),
+  so that the state and a write's memory stay bounded at any rate. Bucket contents
+  depend only on the data, never on how bytewax batched the reads, so the replay
+  after a crash writes the same file names with the same rows. The open bucket's
+  entries are kept in the state, compactly.
 * **End of input** (``--exit-when-idle``) writes the open bucket as it is and keeps
   it open; when it is written again with more entries, the sink removes the files
   of the earlier, partial range (same stream, same first id: a subset) once the new
@@ -57,6 +60,9 @@ DEFAULT_RETENTION_MS = 3_600_000
 DEFAULT_TRIM_GUARD_SNAPSHOTS = 2
 #: Entries decoded and parsed at a time when a bucket is written.
 FLUSH_SLICE = 8_192
+#: A bucket is cut into files of at most this many entries: what the flow holds and
+#: what a write needs stay bounded however busy the stream (bursts included).
+DEFAULT_MAX_FILE_ENTRIES = 50_000
 
 #: Hash: raw-log stream -> that partition's archive watermark (ms).
 PARTITIONS_KEY = "md:archive:partitions"
@@ -79,6 +85,9 @@ class ArchiveConfig:
         trim_guard_snapshots: trim no further than the position at this many
             snapshots back (0: no guard, for runs without recovery).
         progress_interval_s: at most one watermark update per this from idle ticks.
+        max_file_entries: a bucket is written as consecutive files of at most this
+            many entries (the open one is cut when it is full): bounds the open
+            bucket's state and a write's memory whatever the stream's rate.
 
     """
 
@@ -89,6 +98,7 @@ class ArchiveConfig:
     known_symbols: frozenset[str] | None = None
     trim_guard_snapshots: int = DEFAULT_TRIM_GUARD_SNAPSHOTS
     progress_interval_s: float = 1.0
+    max_file_entries: int = DEFAULT_MAX_FILE_ENTRIES
 
     def __post_init__(self) -> None:
         if self.bucket_ms < 1 or DAY_MS % self.bucket_ms:
@@ -101,6 +111,9 @@ class ArchiveConfig:
             if getattr(self, name) < 0:
                 msg = f"{name} must not be negative"
                 raise ValueError(msg)
+        if self.max_file_entries < 1:
+            msg = f"max_file_entries={self.max_file_entries}: must be at least 1"
+            raise ValueError(msg)
 
 
 def split_id(entry_id: bytes | str) -> tuple[int, int]:
@@ -432,7 +445,7 @@ class PartitionArchiver:
     def _take(self, ids: list[bytes], fields: list[list[bytes]], out: list[ArchiveWork]) -> None:
         self.last_seen = ids[-1]
         self._count("entries", len(ids))
-        b = self.cfg.bucket_ms
+        b, cap = self.cfg.bucket_ms, self.cfg.max_file_entries
         i, n = 0, len(ids)
         last_ms = id_ms(ids[-1])
         while i < n:
@@ -448,8 +461,14 @@ class PartitionArchiver:
                 start = ms - ms % b
                 p = self.pending = _Pending(start, start + b)
             j = n if last_ms < p.end else bisect_left(ids, p.end, lo=i, key=id_ms)
+            j = min(j, i + cap - p.n)
             p.add(ids[i:j], fields[i:j])
             i = j
+            if p.n >= cap:
+                # Full: written now, and the bucket goes on in a file of its own. Where
+                # it is cut depends only on the stream (the open file's count is in
+                # the state), so a replay after a crash cuts it the same way.
+                out.append(self._flush(complete=True))
 
     def finish(self, *, write_open: bool) -> list[ArchiveWork]:
         """End of input: write the open bucket as it is (``write_open``) and keep it."""

@@ -38,6 +38,7 @@ from marketdata.settings import Settings
 from streaming.archive import (
     DEFAULT_BUCKET_MS,
     DEFAULT_CLOSE_MARGIN_MS,
+    DEFAULT_MAX_FILE_ENTRIES,
     DEFAULT_RETENTION_MS,
     ArchiveConfig,
     ArchiveWork,
@@ -62,6 +63,7 @@ FLOW_NAME = "archive"
 ENV_BUCKET_MS = "CRYPTOPIPE_ARCHIVE_BUCKET_MS"
 ENV_RETENTION_MS = "CRYPTOPIPE_ARCHIVE_RETENTION_MS"
 ENV_CLOSE_MARGIN_MS = "CRYPTOPIPE_ARCHIVE_CLOSE_MARGIN_MS"
+ENV_MAX_FILE_ENTRIES = "CRYPTOPIPE_ARCHIVE_MAX_FILE_ENTRIES"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class ArchiveFlowConfig:
             bucket_ms=_env_int(env, ENV_BUCKET_MS, DEFAULT_BUCKET_MS),
             retention_ms=_env_int(env, ENV_RETENTION_MS, DEFAULT_RETENTION_MS),
             close_margin_ms=_env_int(env, ENV_CLOSE_MARGIN_MS, DEFAULT_CLOSE_MARGIN_MS),
+            max_file_entries=_env_int(env, ENV_MAX_FILE_ENTRIES, DEFAULT_MAX_FILE_ENTRIES),
             window=WindowConfig(lateness_ms=settings.lateness_ms),
             known_symbols=settings.known_symbols,
         )

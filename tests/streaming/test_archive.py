@@ -201,10 +201,44 @@ def test_a_bucket_written_in_slices_is_the_bucket_written_whole(
     assert max(len(ts) for ts, _ in whole.files.values()) > 1_000  # several slices
 
 
-def test_end_of_input_writes_the_open_bucket_and_a_later_run_supersedes_it() -> None:
+@pytest.mark.parametrize("cap", [7, 1_000, 50_000])
+def test_a_bucket_is_cut_into_files_of_at_most_max_file_entries(cap: int) -> None:
+    # A busy bucket is written as consecutive ranges of ``cap`` entries, each as soon
+    # as it is full, the same under any batching, ticks and crashes.
+    sim = market(seed=5, rate=40.0, duration=150)
+    ids, fields = entries_of(sim)
+    cfg = ArchiveConfig(bucket_ms=60_000, trim_guard_snapshots=0, max_file_entries=cap)
+    clean = run(ids, fields, cfg, None)
+    trades, bad = expected(sim)
+    assert clean.trades() == trades
+    assert Counter(p for _, _, p in clean.rejects()) == bad
+    names = set()
+    buckets = {id_ms(i) // 60_000 for i in ids}
+    for b in sorted(buckets):
+        in_bucket = [i for i in ids if id_ms(i) // 60_000 == b]
+        for k in range(0, len(in_bucket), cap):
+            part = in_bucket[k : k + cap]
+            names.add(SourceRange.stream(STREAM, part[0], part[-1]).file_name)
+    assert clean.files.keys() == names
+    assert len(names) > len(buckets) if cap < 2_000 else len(names) == len(buckets)
+    for seed in range(4):
+        other = run(ids, fields, cfg, random.Random(seed), crashes=seed)
+        assert other.files.keys() == clean.files.keys(), seed
+        for name, (ts, rs) in clean.files.items():
+            assert Counter(other.files[name][0]) == Counter(ts)
+            assert other.files[name][1] == rs
+    # The state never holds more than a file's worth of entries.
+    arch = PartitionArchiver(STREAM, cfg)
+    for k in range(0, len(ids), 333):
+        arch.process(ids[k : k + 333], fields[k : k + 333])
+        assert arch.open_entries < cap
+
+
+@pytest.mark.parametrize("cap", [500, 50_000])
+def test_end_of_input_writes_the_open_bucket_and_a_later_run_supersedes_it(cap: int) -> None:
     sim = market(duration=120)
     ids, fields = entries_of(sim)
-    cfg = ArchiveConfig(bucket_ms=60_000, trim_guard_snapshots=0)
+    cfg = ArchiveConfig(bucket_ms=60_000, trim_guard_snapshots=0, max_file_entries=cap)
     clean = run(ids, fields, cfg, None)
     lake = ModelLake()
     arch = PartitionArchiver(STREAM, cfg)

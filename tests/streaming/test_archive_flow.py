@@ -290,7 +290,10 @@ def test_kills_during_a_live_feed_leave_the_lake_of_a_clean_run(
     mirror: tuple[Any, str, threading.Event],
 ) -> None:
     copy, copy_url, stop_mirror = mirror
-    env = {**env, "CRYPTOPIPE_ARCHIVE_BUCKET_MS": "1000", "CRYPTOPIPE_ARCHIVE_RETENTION_MS": "0"}
+    # Buckets of 1 s (~300 entries at 30x) cut into files of 64 entries: kills land
+    # between and within both kinds of cut.
+    env = {**env, "CRYPTOPIPE_ARCHIVE_BUCKET_MS": "1000", "CRYPTOPIPE_ARCHIVE_RETENTION_MS": "0",
+           "CRYPTOPIPE_ARCHIVE_MAX_FILE_ENTRIES": "64"}  # fmt: skip
     args, cfg = sim_args("2025-03-14T16:00:00Z", 600, 10, 8, "BTCUSDT,ETHUSDT,SOLUSDT",
                          duplicates=0.02, malformed=0.01, out_of_order=0.05)  # fmt: skip
     feed = subprocess.Popen([sys.executable, "-m", "cryptopipe", *args, "--speed", "30"], env=env,
@@ -336,6 +339,10 @@ def test_kills_during_a_live_feed_leave_the_lake_of_a_clean_run(
     assert sorted(killed_files) == sorted(clean_files)  # the same file names
     assert killed_files == clean_files  # the same rows in each
     assert len(clean_files) > 10
+    per_range = Counter()
+    for path, rows in clean_files.items():
+        per_range[path.rsplit("/", 1)[1]] += sum(rows.values())
+    assert max(per_range.values()) == 64, per_range.most_common(3)
     trades, bad = truth(cfg)
     assert lake_trades(killed) == trades
     assert Counter(r["payload"] for r in lake_rejects(killed)) == bad
