@@ -181,6 +181,8 @@ class Lake:
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(path)
             self.local = True
         self.uri = text
+        #: Directories already cleared of orphan temporary files by this process.
+        self.swept: set[str] = set()
 
     def path(self, *parts: str) -> str:
         """A path under the root, in the file system's own form."""
@@ -244,9 +246,37 @@ class Lake:
     # -- atomic writes
 
     def temp_path(self, final: str) -> str:
-        """A hidden sibling of ``final`` to write before renaming into place."""
+        """A hidden sibling of ``final`` to write before renaming into place.
+
+        The name carries the writer's host and pid, so that what a killed writer
+        left behind can be told from a running writer's file
+        (:meth:`remove_orphan_temps`).
+        """
         directory, _, name = final.rpartition("/")
-        return f"{directory}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
+        return f"{directory}/.{name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+
+    def remove_orphan_temps(self, directory: str) -> list[str]:
+        """Delete the temporary files killed writers of this host left in ``directory``.
+
+        A writer killed between creating its temporary file and renaming it into
+        place leaves the file behind (hidden: readers never see it); the write it
+        belonged to was, or will be, made again. A temporary file is an orphan when
+        its name's host is this one and no process has its pid. Local lakes only:
+        an object store keeps no partial object of a killed upload.
+
+        Returns:
+            The base names removed.
+
+        """
+        if not self.local:
+            return []
+        removed = []
+        for name in self.list_files(directory, hidden=True):
+            m = _TEMP_NAME.fullmatch(name)
+            if m and m.group(1) == _HOST and not _pid_alive(int(m.group(2))):
+                self.remove(f"{directory}/{name}")
+                removed.append(name)
+        return removed
 
     def commit(self, temp: str, final: str, *, durable: bool = True) -> None:
         """Rename a finished temporary file into place (atomic on a local disk).
@@ -287,6 +317,23 @@ class Lake:
         """A small file's content."""
         with self.fs.open_input_stream(path) as f:
             return bytes(f.read())
+
+
+#: This host, as it appears in temporary file names (no ``-`` or ``.``: the name splits).
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", os.uname().nodename)[:40] or "host"
+_TEMP_NAME = re.compile(r"\..+\.([A-Za-z0-9_]+)-(\d+)-[0-9a-f]{12}\.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _fsync_path(path: str) -> None:
@@ -413,6 +460,10 @@ class AtomicParquetWriter:
         self.lake = lake
         self.directory = directory
         lake.mkdir(directory)
+        if directory not in lake.swept:
+            # The first write of this process here: what a killed writer left goes.
+            lake.remove_orphan_temps(directory)
+            lake.swept.add(directory)
         self.temp = lake.temp_path(f"{directory}/pending.parquet")
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self.temp, schema, filesystem=lake.fs, **PARQUET_OPTIONS

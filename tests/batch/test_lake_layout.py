@@ -139,3 +139,49 @@ def test_trade_id_index_proves_distinct_only_when_it_holds(tmp_path: Path) -> No
     # A file without an index (written by another tool): not proven.
     pq.write_table(trades_table([trade(40, D1)]), f"{lake.trades_dir(day)}/other.parquet")
     assert not proves_distinct(lake, trade_files(lake, day))
+
+
+_HALF_WRITTEN = """
+import sys, time
+from batch.lake import AtomicParquetWriter, Lake, TRADES_SCHEMA, trades_table
+from tests.batch.test_lake_layout import trade, D1
+lake = Lake(sys.argv[1])
+w = AtomicParquetWriter(lake, lake.trades_dir(__import__("datetime").date(2025, 3, 14)),
+                        TRADES_SCHEMA)
+w.write(trades_table([trade(1, D1)]))
+print(w.temp, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    day = date(2025, 3, 14)
+    lake = Lake(tmp_path)
+    directory = lake.trades_dir(day)
+
+    def half_written() -> tuple[subprocess.Popen[str], str]:
+        cmd = [sys.executable, "-c", _HALF_WRITTEN, str(tmp_path)]
+        root = Path(__file__).parents[2]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=root)
+        assert proc.stdout is not None
+        temp = proc.stdout.readline().strip()
+        assert Path(temp).exists(), temp
+        return proc, temp
+
+    running, live = half_written()
+    killed, orphan = half_written()
+    killed.kill()
+    killed.wait()
+    try:
+        other_host = Path(directory) / ".x.parquet.elsewhere-1-0123456789ab.tmp"
+        other_host.write_bytes(b"another host's writer")
+        assert Path(orphan).exists()
+        assert read_trades(tmp_path, day) == []  # hidden from readers
+        src = SourceRange.stream("md:trades:raw", "1741910400000-0", "1741910400000-0")
+        write_trades(tmp_path, [trade(2, D1)], source=src)
+        assert not Path(orphan).exists()
+        assert Path(live).exists() and other_host.exists()
+        assert read_trades(tmp_path, day) == [trade(2, D1)]
+    finally:
+        running.kill()
+        running.wait()
