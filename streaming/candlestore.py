@@ -143,7 +143,7 @@ def candle_from_record(rec: dict[str, Any]) -> Candle:
 #: KEYS: a stream, its "written" set. ARGV: now ms, retention ms, maxlen (0 = none),
 #: fields per entry (n), then per entry: identity, n field/value pairs. Appends each
 #: entry whose identity was not appended within the retention; returns how many.
-_XADD_ONCE = """
+XADD_ONCE_SCRIPT = """
 local now = tonumber(ARGV[1])
 local maxlen = tonumber(ARGV[3])
 local nf = tonumber(ARGV[4])
@@ -221,7 +221,7 @@ class CandleStore:
     def __init__(self, client: redis.Redis, flow: str = "candles") -> None:
         self.client = client
         self.flow = flow
-        self._xadd_once = client.register_script(_XADD_ONCE)
+        self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
         self._known_series: set[tuple[str, str]] = set()
 
     def _append_once(

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import redis
 
-from streaming.candlestore import _XADD_ONCE, DEDUPE_RETENTION_MS, written_key
+from streaming.candlestore import DEDUPE_RETENTION_MS, XADD_ONCE_SCRIPT, written_key
 from streaming.redisconn import text
 
 ANOMALIES_STREAM = "md:anomalies"
@@ -68,7 +68,7 @@ class MetricsStore:
         self.client = client
         self.ttl_s = ttl_s
         self.history_len = history_len
-        self._xadd_once = client.register_script(_XADD_ONCE)
+        self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
 
     def write(self, batches: Sequence[MetricsWrites], now_ms: int) -> int:
         """Write the batches in one pipeline; returns the number of records."""
