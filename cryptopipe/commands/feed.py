@@ -142,6 +142,13 @@ def register(
     bn.add_argument("--symbols", nargs="+", required=True, help="symbols, e.g. BTCUSDT,ETHUSDT")
     bn.add_argument("--ws-url", default="wss://stream.binance.com:9443")
     bn.add_argument("--rest-url", default="https://api.binance.com")
+    bn.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start from the live stream alone: do not fetch the trades missed since the "
+        "last run from REST",
+    )
     bn.set_defaults(func=cmd_binance)
 
 
@@ -222,4 +229,5 @@ def cmd_binance(args: argparse.Namespace, settings: Settings) -> int:
         ws_url=args.ws_url,
         rest_url=args.rest_url,
         stop_event=stop,
+        resume=args.resume,
     )

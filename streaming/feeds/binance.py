@@ -19,8 +19,20 @@ Keeping the log complete and duplicate-free:
   (``gap_grace_s``: an overlapping connection may still deliver them) the missing ids
   are fetched from ``GET /api/v3/historicalTrades?symbol=X&fromId=N&limit=...``
   (with header ``X-MBX-APIKEY`` when ``BINANCE_API_KEY`` is set) and written too.
-  Gaps are only seen between trades: ids before the first trade this process
-  receives for a symbol are not fetched.
+  Gaps are only seen between trades, and across restarts (below).
+* **Resuming.** After each write that leaves nothing buffered, the feed records per
+  symbol the id up to which every trade is written (or given up on) in the Redis
+  hash ``md:feed:binance:resume:<websocket host:port>`` (one per venue: testnet ids
+  are not mainnet's). The next run starts each symbol's ids there: the first trade
+  it receives opens a gap over the trades of the downtime, filled from REST like any
+  other. A first trade at or below the recorded id cannot come from the same id
+  sequence (the socket sends only new trades): the position is ignored, with a
+  warning. At most ``resume_max_ids`` of them per symbol are fetched (the
+  newest); older ones are given up with a warning that names the remedy (Binance's
+  daily trade dumps, ``cryptopipe lake import``). After a clean stop nothing is
+  fetched twice; after a SIGKILL, the trades of the last write (50 ms) may be
+  written again (the raw log is at-least-once; both layers deduplicate).
+  ``--no-resume`` starts from the live stream alone.
 * **REST-filled trades are synthesized payloads.** Binance's REST rows are rewritten
   in the websocket's trade format, so the raw log holds one format::
 
@@ -73,6 +85,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar, cast
 
 import orjson
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -97,6 +110,9 @@ MAX_STREAMS = 1024
 REST_SOURCE_KEY = "source"
 REST_SOURCE = "rest"
 EXCHANGE = "binance"
+#: Hash (suffixed ``:<websocket host:port>``): symbol -> trade id up to which every
+#: trade is in the raw log (see Resuming).
+RESUME_KEY = "md:feed:binance:resume"
 _HISTORICAL_TRADES = "/api/v3/historicalTrades"
 _USER_AGENT = "realtime-crypto-pipeline/binance-feed"
 
@@ -130,6 +146,8 @@ class FeedTuning:
         ping_interval_s: the client's own keepalive pings (``None``: off).
         ping_timeout_s: a connection whose pong is this late is dropped.
         stats_every_s: period of the INFO summary line.
+        resume_max_ids: on resuming, at most this many trades per symbol missed
+            since the last run are fetched from REST (the newest ones).
 
     """
 
@@ -151,6 +169,7 @@ class FeedTuning:
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
     stats_every_s: float = 60.0
+    resume_max_ids: int = 100_000
 
     def __post_init__(self) -> None:
         if self.max_connection_age_s <= 0:
@@ -161,6 +180,9 @@ class FeedTuning:
             raise ValueError(msg)
         if min(self.flush_interval_s, self.stats_every_s, self.roll_overlap_s) <= 0:
             msg = "flush_interval_s, stats_every_s and roll_overlap_s must be positive"
+            raise ValueError(msg)
+        if self.resume_max_ids < 0:
+            msg = f"resume_max_ids={self.resume_max_ids}: must not be negative"
             raise ValueError(msg)
         if self.flush_max < 1 or self.max_buffer < self.flush_max:
             msg = "flush_max must be >= 1 and max_buffer >= flush_max"
@@ -187,6 +209,7 @@ class FeedStats:
         rate_limited: REST or handshake answers 429/418.
         written: raw-log entries written.
         unwritten: buffered messages that could not be written before stopping.
+        resumed: symbols whose ids continued from the previous run's position.
 
     """
 
@@ -205,6 +228,7 @@ class FeedStats:
     rate_limited: int = 0
     written: int = 0
     unwritten: int = 0
+    resumed: int = 0
 
     def summary(self) -> str:
         """One line for the log."""
@@ -289,6 +313,37 @@ def rest_trade_payload(symbol: str, row: Mapping[str, Any]) -> bytes:
     }
     envelope = {"stream": f"{symbol.lower()}@trade", "data": data, REST_SOURCE_KEY: REST_SOURCE}
     return orjson.dumps(envelope)
+
+
+class ResumePoints:
+    """Per symbol, the trade id up to which every trade is in the raw log (Redis hash).
+
+    Written by the feed after each write that left nothing buffered; read when it
+    starts. A failed write is skipped (the next one carries a later position).
+    """
+
+    def __init__(self, client: redis.Redis, ws_url: str) -> None:
+        self.client = client
+        self.key = f"{RESUME_KEY}:{urllib.parse.urlsplit(ws_url).netloc}"
+
+    def load(self, symbols: tuple[str, ...]) -> dict[str, int]:
+        """The recorded positions of ``symbols`` (those without one are left out)."""
+        values = self.client.hmget(self.key, list(symbols))
+        out = {}
+        for sym, raw in zip(symbols, values, strict=True):
+            if raw is not None and raw.strip().isdigit():
+                out[sym] = int(raw)
+        return out
+
+    def save(self, marks: Mapping[str, int]) -> bool:
+        """Record positions; ``False`` when Redis refused (logged at DEBUG)."""
+        try:
+            mapping: dict[Any, Any] = dict(marks)
+            self.client.hset(self.key, mapping=mapping)
+        except redis.RedisError as exc:
+            log.debug("binance feed: resume positions not recorded: %s", exc)
+            return False
+        return True
 
 
 class _IdTracker:
@@ -475,6 +530,7 @@ class BinanceFeed:
         *,
         stats: FeedStats | None = None,
         now_ms: Callable[[], int] = _wall_ms,
+        resume: ResumePoints | None = None,
     ) -> None:
         self.config = config
         self.tuning = config.tuning
@@ -483,6 +539,10 @@ class BinanceFeed:
         self._stop_event = stop_event
         self._now_ms = now_ms
         self._trackers = {s: _IdTracker() for s in config.symbols}
+        self._resume_store = resume
+        #: Positions of the previous run not yet taken up (a symbol's first trade does).
+        self._resume_at: dict[str, int] = {}
+        self._saved: dict[str, int] = {}
         self._buf: list[RawMessage] = []
         self._backoff = Backoff(self.tuning.backoff_base_s, self.tuning.backoff_cap_s)
         self._rest_not_before = 0.0
@@ -506,6 +566,18 @@ class BinanceFeed:
         flusher = asyncio.create_task(self._flusher(), name="flusher")
         filler = asyncio.create_task(self._filler(), name="filler")
         reporter = asyncio.create_task(self._reporter(), name="reporter")
+        if self._resume_store is not None:
+            loop = asyncio.get_running_loop()
+            points = await loop.run_in_executor(
+                self._write_pool, self._resume_store.load, self.config.symbols
+            )
+            self._resume_at = dict(points)
+            self._saved = dict(points)
+            if points:
+                log.info(
+                    "binance feed: resuming after %s",
+                    ", ".join(f"{s} id {i}" for s, i in sorted(points.items())),
+                )
         log.info(
             "binance feed: %d symbols (%s) from %s",
             len(self.config.symbols),
@@ -767,6 +839,8 @@ class BinanceFeed:
     def _accept(self, symbol: str, tid: int) -> bool:
         """Account for a trade id; ``False`` for a duplicate. Opens gaps as needed."""
         tracker = self._trackers[symbol]
+        if tracker.watermark is None and symbol in self._resume_at:
+            self._take_up(symbol, self._resume_at.pop(symbol), tid)
         top = tracker.top
         if not tracker.add(tid):
             self.stats.duplicates += 1
@@ -785,6 +859,37 @@ class BinanceFeed:
             )
             self._gap.set()
         return True
+
+    def _take_up(self, symbol: str, point: int, tid: int) -> None:
+        """Start ``symbol``'s ids at the previous run's ``point`` (first trade: ``tid``)."""
+        tracker = self._trackers[symbol]
+        if tid <= point:
+            log.warning(
+                "binance feed: %s: first trade id %d is not above the last run's position "
+                "%d: not the same id sequence (another venue, or ids were reset); starting "
+                "from the live stream",
+                symbol,
+                tid,
+                point,
+            )
+            return
+        self.stats.resumed += 1
+        floor = max(point, tid - 1 - self.tuning.resume_max_ids)
+        if floor > point:
+            n = floor - point
+            self.stats.lost += n
+            log.warning(
+                "binance feed: %s: %d trades were missed since the last run; the oldest %d "
+                "(ids %d..%d) are not fetched from REST (resume_max_ids=%d): load Binance's "
+                "daily trade dumps for them with 'cryptopipe lake import'",
+                symbol,
+                tid - 1 - point,
+                n,
+                point + 1,
+                floor,
+                self.tuning.resume_max_ids,
+            )
+        tracker.watermark = floor
 
     async def _emit(self, msg: RawMessage) -> None:
         self._buf.append(msg)
@@ -810,10 +915,13 @@ class BinanceFeed:
         chunk = max(self.tuning.flush_max, 5000)
         loop = asyncio.get_running_loop()
         while self._buf:
+            # Taking the whole buffer: everything accounted for so far is in this batch
+            # or written before, so the positions reached can be recorded after it.
+            marks = self._marks() if len(self._buf) <= chunk else None
             batch = self._buf[:chunk]
             del self._buf[:chunk]
             try:
-                await loop.run_in_executor(self._write_pool, self.writer.write, batch)
+                await loop.run_in_executor(self._write_pool, self._write, batch, marks)
             except InterruptedError:
                 # Stopped while Redis was unavailable: what is left cannot be written.
                 lost = len(batch) + len(self._buf)
@@ -825,6 +933,23 @@ class BinanceFeed:
                 )
                 return
             self.stats.written += len(batch)
+
+    def _marks(self) -> dict[str, int] | None:
+        """Positions that moved since recorded (``None``: none, or no resume store)."""
+        if self._resume_store is None:
+            return None
+        out = {}
+        for sym, tracker in self._trackers.items():
+            w = tracker.watermark
+            if w is not None and w != self._saved.get(sym):
+                out[sym] = w
+        return out or None
+
+    def _write(self, batch: list[RawMessage], marks: dict[str, int] | None) -> None:
+        """Write a batch, then record the positions it completes (writer thread)."""
+        self.writer.write(batch)
+        if marks and self._resume_store is not None and self._resume_store.save(marks):
+            self._saved.update(marks)
 
     # -- filling gaps from REST -----------------------------------------------------
 
@@ -1015,6 +1140,7 @@ def run_binance_feed(
     stats: FeedStats | None = None,
     heartbeat_name: str | None = "feed",
     now_ms: Callable[[], int] = _wall_ms,
+    resume: bool = True,
 ) -> int:
     """Stream live Binance trades into the raw log until stopped (blocking).
 
@@ -1030,6 +1156,8 @@ def run_binance_feed(
         stats: counters to fill in (pass one to read them while or after it runs).
         heartbeat_name: flow name of the heartbeat hash (``None``: no heartbeat).
         now_ms: the wall clock (UTC ms) stamped as ``recv_ms``.
+        resume: fetch the trades missed since the previous run from REST (see
+            *Resuming*); ``False`` starts from the live stream alone.
 
     Returns:
         ``0`` after a clean stop; ``1`` when messages were left unwritten because
@@ -1064,7 +1192,8 @@ def run_binance_feed(
     client = connect_settings(settings)
     heartbeat = HeartbeatWriter(client, heartbeat_name) if heartbeat_name else None
     writer = RawLogWriter(client, settings.raw_shards, heartbeat, should_stop=stop.is_set)
-    feed = BinanceFeed(config, writer, stop, stats=stats, now_ms=now_ms)
+    points = ResumePoints(client, config.ws_url) if resume else None
+    feed = BinanceFeed(config, writer, stop, stats=stats, now_ms=now_ms, resume=points)
     try:
         with writer:
             return asyncio.run(feed.run())

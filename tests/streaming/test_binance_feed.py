@@ -32,6 +32,7 @@ from streaming.feeds.binance import (
     BinanceFeedConfig,
     FeedStats,
     FeedTuning,
+    ResumePoints,
     _IdTracker,
     rest_trade_payload,
     run_binance_feed,
@@ -188,6 +189,7 @@ def feed(
     shards: int = 1,
     api_key: str | None = None,
     tuning: FeedTuning = FAST,
+    resume: bool = True,
 ) -> Iterator[FeedStats]:
     stats = FeedStats()
     stop = threading.Event()
@@ -204,6 +206,7 @@ def feed(
             api_key=api_key,
             tuning=tuning,
             stats=stats,
+            resume=resume,
         )
 
     thread = threading.Thread(target=target, name="feed-under-test")
@@ -377,3 +380,98 @@ def test_stop_during_a_ban_is_prompt_and_never_hammers(
     assert set(counts) == {(s, i) for s in SYMBOLS for i in range(1, 151)} - {("ETHUSDT", 40)}
     assert stats.lost == 0 and stats.filled == 0
     assert "ETHUSDT: stopping with 1 trade ids unfilled" in caplog.text
+
+
+def wait_published(fake: FakeBinance, n: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while min(fake.published.values()) < n:
+        assert time.monotonic() < deadline, f"the fake market did not reach {n}"
+        time.sleep(0.02)
+
+
+def missing_ids(client: redis.Redis, n: int) -> dict[str, list[int]]:
+    have = trade_ids(read_log(client, 1))
+    return {s: [i for i in range(1, n + 1) if (s, i) not in have] for s in SYMBOLS}
+
+
+def test_a_restarted_feed_fetches_what_it_missed_while_down(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stop, let the market run on, start again: the downtime's trades come from REST."""
+    caplog.set_level(logging.INFO)
+    fake = FakeBinance(SYMBOLS, n_trades=500, tick_s=0.01)
+    with fake:
+        with feed(redis_url, tmp_path, fake) as first:
+            wait_published(fake, 120)
+        down_from = dict(fake.published)
+        wait_published(fake, max(down_from.values()) + 100)  # the market goes on
+        points = ResumePoints(redis_client, fake.ws_url).load(tuple(SYMBOLS))
+        # The position recorded at the clean stop is everything the first run wrote.
+        first_run = trade_ids(read_log(redis_client, 1))
+        assert points == {s: max(i for t, i in first_run if t == s) for s in SYMBOLS}
+        assert first.written == sum(first_run.values())
+        with feed(redis_url, tmp_path, fake) as second:
+            wait_complete(redis_client, fake, shards=1)
+    msgs = read_log(redis_client, 1)
+    assert_exactly_once(msgs, 500)  # nothing lost, nothing fetched twice
+    from_rest = Counter(m.symbol for m in msgs if b'"source":"rest"' in m.payload)
+    for sym in SYMBOLS:
+        assert from_rest[sym] >= 100  # at least the downtime
+    assert second.resumed == 2 and second.lost == 0
+    assert second.filled == sum(from_rest.values())
+    assert f"resuming after BTCUSDT id {points['BTCUSDT']}" in caplog.text
+    final = ResumePoints(redis_client, fake.ws_url).load(tuple(SYMBOLS))
+    assert final == dict.fromkeys(SYMBOLS, 500)
+
+
+@pytest.mark.parametrize("mode", ["capped", "no-resume", "other-sequence"])
+def test_resuming_is_bounded_and_can_be_turned_off(
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+) -> None:
+    """At most resume_max_ids per symbol are fetched; --no-resume and a foreign position
+    fetch nothing; every id not fetched is accounted for and said."""
+    caplog.set_level(logging.INFO)
+    fake = FakeBinance(SYMBOLS, n_trades=400, tick_s=0.01)
+    with fake:
+        store = ResumePoints(redis_client, fake.ws_url)
+        if mode == "other-sequence":
+            store.save(dict.fromkeys(SYMBOLS, 10**9))  # e.g. another venue's ids
+        else:
+            with feed(redis_url, tmp_path, fake):
+                wait_published(fake, 60)
+            wait_published(fake, max(fake.published.values()) + 120)
+        points = store.load(tuple(SYMBOLS))
+        tuning = dataclasses.replace(FAST, resume_max_ids=25)
+        with feed(redis_url, tmp_path, fake, tuning=tuning, resume=mode != "no-resume") as st:
+            wait_published(fake, 400)
+            time.sleep(0.5)
+    missing = missing_ids(redis_client, 400)
+    for sym in SYMBOLS:
+        m = missing[sym]
+        if mode == "other-sequence":
+            first_live = m[-1] + 1 if m else 1
+            assert m == list(range(1, first_live))  # only what came before the start
+            continue
+        assert m and m[0] == points[sym] + 1 and m == list(range(m[0], m[-1] + 1)), m[:5]
+        if mode == "capped":
+            # The 25 ids before the first live trade were fetched; the older ones not.
+            fetched = sorted(i for s, i in trade_ids(read_log(redis_client, 1))
+                             if s == sym and i > m[-1])[:26]  # fmt: skip
+            assert fetched == list(range(m[-1] + 1, m[-1] + 27))
+    if mode == "capped":
+        assert st.resumed == 2 and st.lost == sum(len(m) for m in missing.values())
+        assert st.filled == 2 * 25
+        assert "load Binance's daily trade dumps for them with 'cryptopipe lake import'" in (
+            caplog.text
+        )
+    elif mode == "no-resume":
+        assert st.resumed == 0 and st.filled == 0 and not list(fake.rest_ok())
+    else:
+        assert st.resumed == 0 and st.filled == 0
+        assert "not the same id sequence" in caplog.text
+    # Every trade this run received is in the log exactly once.
+    assert set(trade_ids(read_log(redis_client, 1)).values()) == {1}
