@@ -554,19 +554,46 @@ def decimal_unscaled(arr: pa.Array | pa.ChunkedArray) -> list[int]:
 def trades_table(trades: Sequence[Trade]) -> pa.Table:
     """Trades as a table of :data:`TRADES_SCHEMA` (ids must fit int64)."""
     cols = list(zip(*trades, strict=True)) if trades else [()] * 7
-    exchange, symbol, trade_id, price, quantity, event_time, maker = cols
+    return trades_table_from_columns(*cols)
+
+
+def trades_table_from_columns(
+    exchange: Sequence[str],
+    symbol: Sequence[str],
+    trade_id: Sequence[int],
+    price_e8: Sequence[int],
+    quantity_e8: Sequence[int],
+    event_time: Sequence[int],
+    is_buyer_maker: Sequence[bool],
+) -> pa.Table:
+    """A table of :data:`TRADES_SCHEMA` from the :class:`Trade` fields as columns.
+
+    No ``Trade`` object is made: the archive flow builds its files from parsed
+    columns this way (ids must fit int64).
+    """
     return pa.Table.from_arrays(
         [
             pa.array(exchange, pa.string()),
             pa.array(symbol, pa.string()),
             pa.array(trade_id, pa.int64()),
-            decimal_array(list(price), PRICE_TYPE),
-            decimal_array(list(quantity), QUANTITY_TYPE),
+            decimal_array(list(price_e8), PRICE_TYPE),
+            decimal_array(list(quantity_e8), QUANTITY_TYPE),
             pa.array(event_time, pa.int64()),
-            pa.array(maker, pa.bool_()),
+            pa.array(is_buyer_maker, pa.bool_()),
         ],
         schema=TRADES_SCHEMA,
     )
+
+
+def split_by_day(table: pa.Table) -> dict[date, pa.Table]:
+    """A trades table's rows by the UTC day of their event time, in row order."""
+    if not table.num_rows:
+        return {}
+    days = table.column("event_time").to_numpy() // DAY_MS
+    lo, hi = int(days.min()), int(days.max())
+    if lo == hi:
+        return {day_of_ms(lo * DAY_MS): table}
+    return {day_of_ms(int(k) * DAY_MS): table.filter(pa.array(days == k)) for k in np.unique(days)}
 
 
 def trades_from_table(table: pa.Table) -> list[Trade]:
@@ -608,8 +635,10 @@ def rejects_table(
 def oversized_id_rejection(trade: Trade) -> Rejection:
     """A trade whose id does not fit the lake's int64 column, as a rejection.
 
-    The CSV parser accepts ids of up to 20 digits; the lake (and Spark) hold int64.
-    The payload is the trade's JSON, since the writer never saw the raw row.
+    The lake (and Spark) hold int64; the parsers reject larger ids already
+    (``marketdata.parsing.MAX_TRADE_ID``), but :meth:`LakeWriter.write_trades`
+    takes ``Trade`` objects from anywhere. The payload is the trade's JSON, since
+    the writer never saw the raw row.
     """
     return Rejection(
         "bad_number:trade_id",
@@ -686,29 +715,51 @@ class LakeWriter:
             ValueError: no ``source``, or ``rejection_ids`` of the wrong length.
 
         """
-        if source is None:
-            msg = "write_trades needs the source range the trades came from (SourceRange)"
-            raise ValueError(msg)
-        rejects = list(rejections)
-        ids = list(rejection_ids) if rejection_ids is not None else [source.first] * len(rejects)
-        if len(ids) != len(rejects):
-            msg = f"{len(ids)} rejection ids for {len(rejects)} rejections"
-            raise ValueError(msg)
-        by_day: dict[date, list[Trade]] = {}
+        source, rejects, ids = _check_range(source, rejections, rejection_ids)
+        kept: list[Trade] = []
         for t in trades:
             if not 0 <= t.trade_id <= MAX_LAKE_TRADE_ID:
                 rejects.append(oversized_id_rejection(t))
                 ids.append(source.first)
                 continue
-            by_day.setdefault(day_of_ms(t.event_time), []).append(t)
+            kept.append(t)
+        return self._write_range(trades_table(kept), rejects, ids, source, reject_day)
 
+    def write_trade_table(
+        self,
+        table: pa.Table,
+        rejections: Iterable[Rejection] = (),
+        source: SourceRange | None = None,
+        *,
+        rejection_ids: Sequence[str] | None = None,
+        reject_day: date | None = None,
+    ) -> WriteResult:
+        """:meth:`write_trades` for trades already in a :data:`TRADES_SCHEMA` table.
+
+        The archive flow's path: a bucket's trades are never :class:`Trade` objects
+        (a burst minute's worth of them is most of a flow's memory otherwise). The
+        files are those :meth:`write_trades` writes for the same trades in the same
+        order.
+        """
+        source, rejects, ids = _check_range(source, rejections, rejection_ids)
+        return self._write_range(table, rejects, ids, source, reject_day)
+
+    def _write_range(
+        self,
+        table: pa.Table,
+        rejects: list[Rejection],
+        ids: list[str],
+        source: SourceRange,
+        reject_day: date | None,
+    ) -> WriteResult:
+        by_day = split_by_day(table)
         result = WriteResult()
         for day in sorted(by_day):
             rows = by_day[day]
             path = f"{self.lake.trades_dir(day)}/{source.file_name}"
-            self._write_table(path, trades_table(rows), index_trade_keys=True)
+            self._write_table(path, rows, index_trade_keys=True)
             result.files.append(path)
-            result.trades += len(rows)
+            result.trades += rows.num_rows
             result.days.append(day)
         if rejects:
             rday = reject_day or source.stream_day()
@@ -731,6 +782,22 @@ class LakeWriter:
         except BaseException:
             writer.abort()
             raise
+
+
+def _check_range(
+    source: SourceRange | None,
+    rejections: Iterable[Rejection],
+    rejection_ids: Sequence[str] | None,
+) -> tuple[SourceRange, list[Rejection], list[str]]:
+    if source is None:
+        msg = "write_trades needs the source range the trades came from (SourceRange)"
+        raise ValueError(msg)
+    rejects = list(rejections)
+    ids = list(rejection_ids) if rejection_ids is not None else [source.first] * len(rejects)
+    if len(ids) != len(rejects):
+        msg = f"{len(ids)} rejection ids for {len(rejects)} rejections"
+        raise ValueError(msg)
+    return source, rejects, ids
 
 
 def write_trades(

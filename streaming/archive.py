@@ -42,9 +42,11 @@ from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from typing import Any
 
-from batch.lake import SourceRange
+import pyarrow as pa
+
+from batch.lake import TRADES_SCHEMA, SourceRange, trades_table_from_columns
 from marketdata.timeutil import DAY_MS
-from marketdata.trade import Rejection, Trade
+from marketdata.trade import Rejection
 from streaming.candleagg import MINUTE, NEVER, WindowConfig, id_ms
 from streaming.fastparse import FastParser, ParsedBatch
 
@@ -280,7 +282,9 @@ class ArchiveWork:
     Attributes:
         stream: the raw-log stream (partition).
         source: the range to write (``None``: only publish and trim).
-        trades: its valid trades, one per raw entry (duplicates kept).
+        trades: its valid trades, one row per raw entry (duplicates kept), as a
+            table of :data:`batch.lake.TRADES_SCHEMA` (no :class:`Trade` objects: a
+            busy bucket's worth of them would be most of the flow's memory).
         rejections: its rejected entries, with reasons and payloads.
         rejection_ids: the stream id of each rejection.
         entries: raw entries in ``source``.
@@ -293,7 +297,7 @@ class ArchiveWork:
 
     stream: str
     source: SourceRange | None = None
-    trades: list[Trade] = field(default_factory=list)
+    trades: pa.Table = field(default_factory=TRADES_SCHEMA.empty_table)
     rejections: list[Rejection] = field(default_factory=list)
     rejection_ids: list[str] = field(default_factory=list)
     entries: int = 0
@@ -340,6 +344,13 @@ class _Pending:
                 ids, fields = [], []
         if ids:
             yield ids, fields
+
+
+def _trades_table(pb: ParsedBatch) -> pa.Table:
+    """A slice's trades as a lake table (the parsers bound ids to the lake's int64)."""
+    return trades_table_from_columns(
+        pb.exchange, pb.symbol, pb.trade_id, pb.price, pb.quantity, pb.event_time, pb.maker
+    )
 
 
 # --------------------------------------------------------------------------- partition
@@ -490,7 +501,7 @@ class PartitionArchiver:
         # Decoded and parsed a slice at a time: the flush's memory is the bucket's
         # trades plus one slice, not every entry's bytes and fields at once (a burst
         # minute would otherwise set the process's memory high-water mark).
-        trades: list[Trade] = []
+        tables: list[pa.Table] = []
         rejections: list[Rejection] = []
         rejection_ids: list[str] = []
         first = last = b""
@@ -498,9 +509,9 @@ class PartitionArchiver:
         for ids, fields in p.slices(FLUSH_SLICE):
             pb = self.parser.parse_batch(fields)
             self.clock.feed(ids, pb, max(0, p.clocked - pos), self.cfg.window)
-            trades += pb.trades()
             rejections += [r for _, r, _ in pb.rejects]
             rejection_ids += [ids[i].decode() for i, _, _ in pb.rejects]
+            tables.append(_trades_table(pb))
             first = first or ids[0]
             last = ids[-1]
             pos += len(ids)
@@ -518,7 +529,7 @@ class PartitionArchiver:
         return ArchiveWork(
             self.stream,
             source,
-            trades,
+            pa.concat_tables(tables) if tables else TRADES_SCHEMA.empty_table(),
             rejections,
             rejection_ids,
             pos,

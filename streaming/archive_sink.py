@@ -91,7 +91,7 @@ class ArchiveStore:
         if work.source is None:
             return None
         src = work.source
-        result = self.writer.write_trades(
+        result = self.writer.write_trade_table(
             work.trades, work.rejections, src, rejection_ids=work.rejection_ids
         )
         name = src.file_name

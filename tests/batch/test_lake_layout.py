@@ -185,3 +185,25 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
     finally:
         running.kill()
         running.wait()
+
+
+def test_the_parsers_id_bound_is_the_lakes() -> None:
+    # The archive flow writes parsed columns straight into int64 (no per-trade check).
+    from batch.lake import MAX_LAKE_TRADE_ID
+    from marketdata.parsing import MAX_TRADE_ID
+
+    assert MAX_TRADE_ID == MAX_LAKE_TRADE_ID == 2**63 - 1
+
+
+def test_a_table_writes_the_files_the_trades_write(tmp_path: Path) -> None:
+    # write_trade_table (the archive's path) = write_trades for the same rows.
+    trades = [trade(i, D1 + i * 3_600_000 * 7) for i in range(1, 12)]  # four days
+    src = SourceRange.stream("md:trades:raw", "1741996800000-0", "1741996800000-10")
+    a = LakeWriter(Lake(tmp_path / "a"), durable=False).write_trades(trades, [], src)
+    b = LakeWriter(Lake(tmp_path / "b"), durable=False).write_trade_table(
+        trades_table(trades), [], src
+    )
+    assert a.days == b.days and len(a.days) == 4 and (a.trades, b.trades) == (11, 11)
+    for fa, fb in zip(a.files, b.files, strict=True):
+        assert Path(fa).relative_to(tmp_path / "a") == Path(fb).relative_to(tmp_path / "b")
+        assert pq.read_table(fa).equals(pq.read_table(fb))

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from batch.lake import SourceRange
+from batch.lake import SourceRange, trades_from_table
 from marketdata.parsing import FORMAT_WS
 from marketdata.rawmessage import RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate
@@ -86,7 +86,7 @@ class ModelLake:
                 rejects = [(i, r.reason, r.payload)
                            for i, r in zip(w.rejection_ids, w.rejections, strict=True)]  # fmt: skip
                 name = w.source.file_name
-                self.files[name] = (list(w.trades), rejects)
+                self.files[name] = (trades_from_table(w.trades), rejects)
                 # As the sink: an earlier, partial write of the same bucket goes.
                 start = name[: name.rindex("~") + 1]
                 for other in [n for n in self.files if n.startswith(start) and n != name]:
