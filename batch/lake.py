@@ -182,7 +182,7 @@ class Lake:
             self.local = True
         self.uri = text
         #: Directories already cleared of orphan temporary files by this process.
-        self.swept: set[str] = set()
+        self._swept: set[str] = set()
 
     def path(self, *parts: str) -> str:
         """A path under the root, in the file system's own form."""
@@ -278,6 +278,17 @@ class Lake:
                 removed.append(name)
         return removed
 
+    def prepare_dir(self, directory: str) -> None:
+        """Create ``directory`` for atomic writes.
+
+        The first time in this process, what killed writers left there goes
+        (:meth:`remove_orphan_temps`).
+        """
+        self.mkdir(directory)
+        if directory not in self._swept:
+            self.remove_orphan_temps(directory)
+            self._swept.add(directory)
+
     def commit(self, temp: str, final: str, *, durable: bool = True) -> None:
         """Rename a finished temporary file into place (atomic on a local disk).
 
@@ -307,7 +318,7 @@ class Lake:
 
     def write_bytes(self, final: str, data: bytes, *, durable: bool = True) -> None:
         """Write a small file atomically."""
-        self.mkdir(final.rpartition("/")[0])
+        self.prepare_dir(final.rpartition("/")[0])
         temp = self.temp_path(final)
         with self.fs.open_output_stream(temp) as out:
             out.write(data)
@@ -459,11 +470,7 @@ class AtomicParquetWriter:
     ) -> None:
         self.lake = lake
         self.directory = directory
-        lake.mkdir(directory)
-        if directory not in lake.swept:
-            # The first write of this process here: what a killed writer left goes.
-            lake.remove_orphan_temps(directory)
-            lake.swept.add(directory)
+        lake.prepare_dir(directory)
         self.temp = lake.temp_path(f"{directory}/pending.parquet")
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self.temp, schema, filesystem=lake.fs, **PARQUET_OPTIONS
