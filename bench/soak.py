@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import ctypes
 import math
 import os
 import pickle
@@ -66,7 +65,6 @@ import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -78,6 +76,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cryptopipe.procs import ProcessGroup  # noqa: E402  (after the path: run as a script)
 
 FLOWS = ("candles", "metrics", "archive")
 PROCS = (*FLOWS, "feed")
@@ -92,63 +92,6 @@ def symbols(n: int) -> list[str]:
 
 
 # ---- processes ----------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the soak dies, even by SIGKILL (Linux prctl)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-@dataclass
-class Procs:
-    """Children in their own sessions (a terminal's Ctrl-C reaches only the soak)."""
-
-    log_dir: Path
-    env: dict[str, str]
-    items: dict[str, Proc] = field(default_factory=dict)
-
-    def start(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Proc:
-        log = self.log_dir / f"{name}.log"
-        with log.open("ab") as out:
-            p = subprocess.Popen(
-                argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**self.env, **(extra_env or {})}, start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )  # fmt: skip
-        self.items[name] = Proc(name, p, log)
-        return self.items[name]
-
-    def stop(self, name: str, timeout: float = 20.0) -> int | None:
-        """SIGTERM the child's process group, SIGKILL after ``timeout``; its exit code."""
-        p = self.items.get(name)
-        if p is None:
-            return None
-        if p.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.proc.pid, signal.SIGTERM)
-            try:
-                p.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"  {name} did not stop in {timeout:.0f} s: SIGKILL", flush=True)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.proc.pid, signal.SIGKILL)
-                p.proc.wait()
-        return p.proc.returncode
-
-    def stop_all(self) -> None:
-        for name in reversed(list(self.items)):
-            self.stop(name)
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -285,7 +228,7 @@ class Run:
     work: Path
     url: str
     home: Path
-    procs: Procs
+    procs: ProcessGroup
     client: Any
     stop: threading.Event
     samples: list[dict[str, float]] = field(default_factory=list)
@@ -321,9 +264,9 @@ class Run:
         return row
 
     def check_alive(self) -> bool:
-        for p in self.procs.items.values():
+        for p in self.procs.children:
             if not p.alive():
-                self.died = f"{p.name} exited with {p.proc.returncode}:\n{tail(p.log)}"
+                self.died = f"{p.name} exited with {p.proc.returncode}:\n{tail(p.log_path)}"
                 return False
         return True
 
@@ -350,7 +293,7 @@ def start(run: Run, syms: Sequence[str]) -> None:
             "--late", str(a.late), "--malformed", str(a.malformed)]  # fmt: skip
     run.procs.start("feed", feed)
     run.t0 = time.monotonic()
-    run.pids = {n: p.proc.pid for n, p in run.procs.items.items()}
+    run.pids = {p.name: p.proc.pid for p in run.procs.children}
 
 
 def soak(run: Run) -> None:
@@ -578,7 +521,7 @@ def final_counts(run: Run) -> dict[str, Any]:
     counts = {
         k.decode(): v.decode() for k, v in cl.hgetall(f"md:flow:candles:counts:{RAW}").items()
     }
-    feed_log = run.procs.items["feed"].log.read_text(errors="replace")
+    feed_log = run.procs.child("feed").log_path.read_text(errors="replace")
     m = FEED_LINE.search(feed_log)
     written, kinds = (int(m.group(1)), m.group(2).strip()) if m else (-1, "(no summary)")
     x = cl.xinfo_stream(RAW)
@@ -672,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     server = LocalRedis(work / "redis", free_port())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     env.pop("CRYPTOPIPE_SYMBOLS", None)
-    procs = Procs(work / "logs", env)
+    procs = ProcessGroup(work / "logs", env=env, cwd=ROOT, die_with_parent=True)
     run: Run | None = None
     drained = 0.0
     final: dict[str, Any] | None = None
@@ -686,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         soak(run)
         elapsed = time.monotonic() - run.t0
         print("stopping the feed; letting the flows drain the raw log", flush=True)
-        procs.stop("feed")
+        procs.stop("feed", timeout=20.0)
         if run.died is None:
             drained = drain(run)
             final = final_counts(run)
@@ -695,10 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         for name in ("candles", "metrics", "archive"):
-            code = procs.stop(name)
+            code = procs.stop(name, timeout=20.0)
             if code not in (None, 0, -signal.SIGTERM):
-                print(f"  {name} exited with {code} at the stop; log {procs.items[name].log}")
-        procs.stop_all()
+                print(f"  {name} exited with {code} at the stop; log {procs.child(name).log_path}")
+        procs.stop_all(timeout=20.0)
         server.stop()
         restore()
     if run is not None and run.died:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -26,41 +28,76 @@ class Child:
         return self.proc.poll() is None
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class ProcessGroup:
-    """Starts children in their own sessions and stops them all, newest first."""
+    """Starts children in their own sessions and stops them all, newest first.
+
+    Attributes:
+        log_dir: each child's output goes to ``<log_dir>/<name>.log``.
+        env: the children's base environment (default: this process's).
+        cwd: the children's working directory (default: this process's).
+        die_with_parent: children get SIGTERM when this process dies, even by
+            SIGKILL (Linux), for harnesses that must not leave processes behind.
+
+    """
 
     log_dir: Path
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    die_with_parent: bool = False
     children: list[Child] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        """Start ``argv`` with output to ``<log_dir>/<name>.log``."""
+        """Start ``argv`` with output to ``<log_dir>/<name>.log``; ``env`` is added."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
+        base = os.environ if self.env is None else self.env
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
                 argv,
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                env={**base, **(env or {})},
                 start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         child = Child(name, proc, log_path)
         self.children.append(child)
         log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
         return child
 
+    def child(self, name: str) -> Child:
+        """The child started as ``name`` (the newest, if several)."""
+        return next(c for c in reversed(self.children) if c.name == name)
+
+    def stop(self, name: str, timeout: float = 15.0) -> int:
+        """Stop one child as :meth:`stop_all` does; its exit code."""
+        child = self.child(name)
+        self._stop([child], timeout)
+        return child.proc.returncode
+
     def stop_all(self, timeout: float = 15.0) -> None:
         """SIGTERM every child's process group, then SIGKILL what is left after ``timeout``."""
-        for child in reversed(self.children):
+        self._stop(list(reversed(self.children)), timeout)
+        self.children.clear()
+
+    def _stop(self, children: list[Child], timeout: float) -> None:
+        for child in children:
             if child.alive():
                 try:
                     os.killpg(child.proc.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + timeout
-        for child in reversed(self.children):
+        for child in children:
             remaining = max(0.1, deadline - time.monotonic())
             try:
                 child.proc.wait(remaining)
@@ -71,4 +108,3 @@ class ProcessGroup:
                 except ProcessLookupError:
                     pass
                 child.proc.wait()
-        self.children.clear()
