@@ -179,9 +179,13 @@ class Supervisor:
             return None
         if state == "Z":  # a zombie child of ours: reap it
             try:
-                os.waitpid(pid, os.WNOHANG)
+                reaped, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                pass
+                reaped = pid  # not our child: its parent reaps it
+            if reaped == 0:
+                # A thread-group leader shows Z while its other threads still exit and
+                # cannot be reaped yet: the process is still there (stop() waits on).
+                return pid
             path.unlink(missing_ok=True)
             return None
         return pid
