@@ -30,16 +30,6 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from batch.lake import (
-    AGGREGATES_DIR,
-    CANDLES_DIR,
-    TRADES_DIR,
-    Lake,
-    day_bounds,
-    partition,
-    proves_distinct,
-    trade_files,
-)
 from batch.schemas import CANDLE_COLUMNS, TRADES
 from batch.spark import check_exact_decimals
 from batch.transforms import (
@@ -55,6 +45,16 @@ from batch.transforms import (
     minute_partials,
     narrow_trades,
 )
+from lake.layout import (
+    AGGREGATES_DIR,
+    CANDLES_DIR,
+    TRADES_DIR,
+    Lake,
+    day_bounds,
+    partition,
+    trade_files,
+)
+from lake.tradekeys import proves_distinct
 from marketdata.interval import INTERVAL_LABELS, Interval
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def run_batch_day(
         day: the UTC day.
         exact_only: skip the fast path (tests use it to compare the two).
         use_index: skip deduplication when the trade files' indexes prove there
-            are no duplicates (:func:`batch.lake.proves_distinct`).
+            are no duplicates (:func:`lake.tradekeys.proves_distinct`).
 
     Returns:
         Counts and what was written.

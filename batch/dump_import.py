@@ -35,24 +35,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.lake import (
-    MAX_LAKE_TRADE_ID,
-    PRICE_TYPE,
-    QUANTITY_TYPE,
+from lake.arrow import decimal_array, rejects_table, trades_table
+from lake.layout import (
     REJECTS_DIR,
     TRADES_DIR,
-    TRADES_SCHEMA,
-    AtomicParquetWriter,
     Lake,
     SourceRange,
-    decimal_array,
     import_marker_name,
-    oversized_id_rejection,
     partition,
-    rejects_table,
-    trades_table,
     write_import_marker,
 )
+from lake.schemas import MAX_LAKE_TRADE_ID, PRICE_TYPE, QUANTITY_TYPE, TRADES_SCHEMA
+from lake.writer import AtomicParquetWriter, oversized_id_rejection
 from marketdata.decimals import SCALE_DIGITS
 from marketdata.parsing import FORMAT_CSV, normalize_exchange, normalize_symbol, parse_message
 from marketdata.timeutil import (

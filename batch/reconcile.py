@@ -25,22 +25,19 @@ from typing import Any
 import orjson
 import redis
 
-from batch.candles_lake import SOURCE_BATCH, SOURCE_STREAM, read_day_candles, write_day_candles
-from batch.lake import Lake, partition
+from lake.candles import read_day_candles, write_day_candles
+from lake.layout import RECONCILIATION_DIR, Lake, partition
 from marketdata.candle import Candle
 from marketdata.decimals import parse_e8
 from marketdata.interval import ALL_INTERVALS
-from marketdata.rawmessage import LATE_STREAM
 from marketdata.reconcile import LateTrade, Reconciliation, reconcile
+from marketdata.records import SOURCE_BATCH, SOURCE_STREAM
 from marketdata.settings import Settings
 from marketdata.timeutil import DAY_MS, day_start_ms
 from marketdata.trade import Trade
-from streaming.candlestore import SYMBOLS_KEY, StreamCandleReader
-from streaming.redisconn import text
-
-LAST_KEY = "md:reconcile:last"
-DAYS_KEY = "md:reconcile:days"
-RECONCILIATION_DIR = "reconciliation"
+from redisstore.conn import text
+from redisstore.keys import LATE_STREAM, RECONCILE_DAYS_KEY, RECONCILE_LAST_KEY, SYMBOLS_KEY
+from serving.stream import StreamCandleReader
 
 
 class BatchNotRunError(RuntimeError):
@@ -135,12 +132,12 @@ def reconcile_day(
     lake.write_bytes(f"{directory}/report.json", json.dumps(full, indent=1).encode())
     lake.write_bytes(f"{directory}/summary.json", json.dumps(summary, indent=1).encode())
     pipe = client.pipeline()
-    pipe.set(LAST_KEY, json.dumps(summary))
-    pipe.hset(DAYS_KEY, day.isoformat(), json.dumps(summary["counts"]))
+    pipe.set(RECONCILE_LAST_KEY, json.dumps(summary))
+    pipe.hset(RECONCILE_DAYS_KEY, day.isoformat(), json.dumps(summary["counts"]))
     pipe.execute()
     return result, summary
 
 
 def reconciled_days(client: redis.Redis) -> set[str]:
     """Days (``YYYY-MM-DD``) that have been reconciled: readers serve the batch view there."""
-    return {text(d) for d in client.hkeys(DAYS_KEY)}
+    return {text(d) for d in client.hkeys(RECONCILE_DAYS_KEY)}

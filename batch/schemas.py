@@ -1,4 +1,4 @@
-"""Spark schemas of the lake's tables (the pyarrow ones live in :mod:`batch.lake`).
+"""Spark schemas of the lake's tables (the pyarrow ones live in :mod:`lake.schemas`).
 
 Decimal widths follow DESIGN.md section 2: price < 10^10 and quantity < 10^12 with 8
 fractional digits; sums of quantities get 38 digits, sums of price x quantity 38
@@ -22,7 +22,7 @@ QUANTITY = DecimalType(20, 8)
 VOLUME = DecimalType(38, 8)
 QUOTE = DecimalType(38, 16)
 
-#: ``trades/date=D/*.parquet`` (same columns as :data:`batch.lake.TRADES_SCHEMA`).
+#: ``trades/date=D/*.parquet`` (same columns as :data:`lake.schemas.TRADES_SCHEMA`).
 TRADES = StructType(
     [
         StructField("exchange", StringType(), False),

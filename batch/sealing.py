@@ -3,7 +3,7 @@
 A UTC day D is *sealed* when one of these holds:
 
 * **by the archive**: the archive flow's watermark (Redis key
-  :data:`batch.lake.ARCHIVE_WATERMARK_KEY`, ms since the epoch) is at or past
+  :data:`redisstore.keys.ARCHIVE_WATERMARK_KEY`, ms since the epoch) is at or past
   ``D+1 00:00 + lateness``: every trade of D that the speed layer could still have
   accepted is in the lake;
 * **by import**: every trade file of D came from ``cryptopipe lake import`` of a
@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
-from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, day_bounds, import_marker_name
+from lake.layout import Lake, day_bounds, import_marker_name
 from marketdata.timeutil import format_ms
+from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 
 class WatermarkUnavailableError(RuntimeError):

@@ -139,7 +139,7 @@ def narrow_trades(trades: DataFrame, *, distinct: bool = False) -> DataFrame:
     Args:
         trades: trade rows.
         distinct: the rows are known to hold each trade key once (the trade files'
-            indexes proved it: :func:`batch.lake.proves_distinct`); adds the
+            indexes proved it: :func:`lake.tradekeys.proves_distinct`); adds the
             ``copies`` and ``conflicting`` columns :func:`dedupe_narrow` would, so
             no shuffle is needed.
 

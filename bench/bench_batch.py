@@ -39,7 +39,7 @@ import pyarrow.dataset as ds
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from batch.lake import decimal_unscaled  # noqa: E402
+from lake.arrow import decimal_unscaled  # noqa: E402
 from marketdata.interval import Interval  # noqa: E402
 
 DAY = "2025-03-14"

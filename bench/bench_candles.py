@@ -251,7 +251,7 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
     from marketdata.rawmessage import RawMessage
     from marketdata.simulator import trade_payload
     from marketdata.trade import Trade
-    from streaming.candlestore import StreamCandleReader
+    from serving.stream import StreamCandleReader
     from streaming.rawlog import RawLogWriter
 
     trades = make_trades(n, symbols, rate=100.0)
@@ -348,7 +348,7 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
     from marketdata.settings import DEFAULT_LATENESS_MS
     from marketdata.simulator import trade_payload
     from marketdata.trade import Trade
-    from streaming.candlestore import CLOSED_EVENTS_STREAM
+    from redisstore.keys import CLOSED_EVENTS_STREAM
     from streaming.rawlog import RawLogWriter
 
     client = redis.Redis.from_url(url)

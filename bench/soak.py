@@ -598,7 +598,7 @@ def install_signals(stop: threading.Event) -> Callable[[], None]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cryptopipe.localredis import LocalRedis, free_port
-    from streaming.redisconn import connect
+    from redisstore.conn import connect
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="soak-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from marketdata.settings import Settings
-from streaming.redisconn import RedisUnavailableError
+from redisstore.conn import RedisUnavailableError
 
 #: Command modules, in the order their commands appear in ``--help``.
 COMMAND_MODULES = (

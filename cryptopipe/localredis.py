@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from streaming.redisconn import RedisUnavailableError, connect, redact
+from redisstore.conn import RedisUnavailableError, connect, redact
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
 

@@ -11,10 +11,6 @@ from typing import NamedTuple
 
 from marketdata.parsing import FORMAT_WS
 
-RAW_STREAM = "md:trades:raw"
-DLQ_STREAM = "md:trades:dlq"
-LATE_STREAM = "md:trades:late"
-
 F_PAYLOAD = b"payload"
 F_EXCHANGE = b"exchange"
 F_RECV = b"recv_ms"
@@ -76,13 +72,6 @@ class RawMessage(NamedTuple):
             fmt.decode("utf-8", "replace") if fmt else FORMAT_WS,
             sym.decode("utf-8", "replace") if sym else None,
         )
-
-
-def raw_stream_names(shards: int) -> list[str]:
-    """Names of the raw-log streams: one, or ``md:trades:raw:<n>`` per shard."""
-    if shards <= 1:
-        return [RAW_STREAM]
-    return [f"{RAW_STREAM}:{n}" for n in range(shards)]
 
 
 def shard_of(symbol: str | None, shards: int) -> int:

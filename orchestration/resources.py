@@ -9,7 +9,7 @@ from pyspark.sql import SparkSession
 
 from batch.spark import DEFAULT_SPARK_MASTER, LazySpark, SparkConfig
 from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL, Settings
-from streaming.redisconn import connect
+from redisstore.conn import connect
 from streaming.supervisor import (
     FLOWS,
     MAX_RESTARTS,

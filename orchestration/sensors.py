@@ -8,8 +8,9 @@ import dagster as dg
 from orchestration.assets.flows import flow_asset_key
 from orchestration.flows import restart_flows, start_flows
 from orchestration.resources import FlowSupervisorResource
-from streaming.redisconn import text
-from streaming.supervisor import FlowStatus, Supervisor, control_key
+from redisstore.conn import text
+from redisstore.keys import control_key
+from streaming.supervisor import FlowStatus, Supervisor
 
 #: States that pass the flow_is_healthy check.
 HEALTHY = ("running", "starting", "pending", "stopped")

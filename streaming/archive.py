@@ -44,7 +44,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from batch.lake import TRADES_SCHEMA, SourceRange, trades_table_from_columns
+from lake.arrow import trades_table_from_columns
+from lake.layout import SourceRange
+from lake.schemas import TRADES_SCHEMA
 from marketdata.timeutil import DAY_MS
 from marketdata.trade import Rejection
 from streaming.candleagg import MINUTE, NEVER, WindowConfig, id_ms
@@ -66,10 +68,6 @@ FLUSH_SLICE = 8_192
 #: what a write needs stay bounded however busy the stream (bursts included).
 DEFAULT_MAX_FILE_ENTRIES = 50_000
 
-#: Hash: raw-log stream -> that partition's archive watermark (ms).
-PARTITIONS_KEY = "md:archive:partitions"
-#: Hash: raw-log stream -> JSON progress (archived id, trim point, files, counts).
-PROGRESS_KEY = "md:archive:progress"
 
 
 @dataclass(frozen=True)
@@ -283,7 +281,7 @@ class ArchiveWork:
         stream: the raw-log stream (partition).
         source: the range to write (``None``: only publish and trim).
         trades: its valid trades, one row per raw entry (duplicates kept), as a
-            table of :data:`batch.lake.TRADES_SCHEMA` (no :class:`Trade` objects: a
+            table of :data:`lake.schemas.TRADES_SCHEMA` (no :class:`Trade` objects: a
             busy bucket's worth of them would be most of the flow's memory).
         rejections: its rejected entries, with reasons and payloads.
         rejection_ids: the stream id of each rejection.

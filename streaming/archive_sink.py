@@ -3,7 +3,7 @@
 For each batch of :class:`~streaming.archive.ArchiveWork` a worker receives, in
 order:
 
-1. each range's files are written (:class:`batch.lake.LakeWriter`: hidden temporary
+1. each range's files are written (:class:`lake.writer.LakeWriter`: hidden temporary
    name, fsync, atomic rename, fsync of the directory); then other files of the same
    stream starting at the same entry are removed: they hold the same bucket written
    partially at an earlier end of input (a subset of this one);
@@ -11,7 +11,7 @@ order:
    :data:`~streaming.archive.PARTITIONS_KEY` (never lowered: a replay after a
    restore publishes older values again), its progress into
    :data:`~streaming.archive.PROGRESS_KEY`, and ``XTRIM MINID ~ ... LIMIT 0`` of its stream;
-3. the archive watermark (:data:`batch.lake.ARCHIVE_WATERMARK_KEY`) is raised to the
+3. the archive watermark (:data:`redisstore.keys.ARCHIVE_WATERMARK_KEY`) is raised to the
    minimum over every partition of the flow, once each has published one.
 
 The keys are updated one at a time (no script spans two keys, so this works on
@@ -30,11 +30,13 @@ import orjson
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, LakeWriter, WriteResult
-from streaming.archive import PARTITIONS_KEY, PROGRESS_KEY, ArchiveWork
+from lake.layout import Lake
+from lake.writer import LakeWriter, WriteResult
+from redisstore.conn import connect
+from redisstore.keys import ARCHIVE_PARTITIONS_KEY, ARCHIVE_PROGRESS_KEY, ARCHIVE_WATERMARK_KEY
+from redisstore.retry import call_with_retry, sink_backoff
+from streaming.archive import ArchiveWork
 from streaming.memory import release_free_memory
-from streaming.redisconn import connect
-from streaming.retry import call_with_retry, sink_backoff
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,9 @@ class ArchiveStore:
         for stream, w in last.items():
             if w.watermark is not None:
                 self._raise_field(
-                    keys=[PARTITIONS_KEY], args=[stream, w.watermark, *self.streams], client=pipe
+                    keys=[ARCHIVE_PARTITIONS_KEY],
+                    args=[stream, w.watermark, *self.streams],
+                    client=pipe,
                 )
             if w.trim_minid is not None:
                 # LIMIT 0: with "~" Redis otherwise removes at most 100 nodes' worth
@@ -138,7 +142,7 @@ class ArchiveStore:
                 "files_in_batch": files.get(stream, 0),
                 "updated_ms": now_ms,
             }
-            pipe.hset(PROGRESS_KEY, stream, orjson.dumps(progress))
+            pipe.hset(ARCHIVE_PROGRESS_KEY, stream, orjson.dumps(progress))
         replies = pipe.execute()
         values = None
         for r in replies:

@@ -17,17 +17,13 @@ from typing import Any
 
 import redis
 
-from streaming.redisconn import text
+from redisstore.conn import text
+from redisstore.keys import control_key, heartbeat_key
 
 log = logging.getLogger(__name__)
 
 #: How often a heartbeat is written; DESIGN.md asks for at least every 2 s.
 INTERVAL_S = 1.0
-
-
-def heartbeat_key(name: str) -> str:
-    """Redis key of the heartbeat hash of flow ``name``."""
-    return f"md:flow:{name}:heartbeat"
 
 
 def read_heartbeat(client: redis.Redis, name: str) -> dict[str, str] | None:
@@ -77,7 +73,7 @@ class HeartbeatWriter:
             fields = dict(self._fields)
         rate = (fields["items_in"] - self._last_in) / max(now - self._last_t, 1e-6)
         self._last_in, self._last_t = fields["items_in"], now
-        restarts = self.client.hget(f"md:flow:{self.name}:control", "restarts_total")
+        restarts = self.client.hget(control_key(self.name), "restarts_total")
         fields.update(
             pid=os.getpid(),
             started_at=self.started_at,

@@ -19,28 +19,13 @@ from typing import Any
 import orjson
 import redis
 
-from streaming.candlestore import DEDUPE_RETENTION_MS, XADD_ONCE_SCRIPT, written_key
-from streaming.redisconn import text
+from redisstore.conn import text
+from redisstore.keys import ANOMALIES_STREAM, history_key, metrics_key, spread_key, written_key
+from streaming.candlestore import DEDUPE_RETENTION_MS, XADD_ONCE_SCRIPT
 
-ANOMALIES_STREAM = "md:anomalies"
 ANOMALIES_MAXLEN = 100_000
 DEFAULT_TTL_S = 86_400
 DEFAULT_HISTORY_LEN = 1_440
-
-
-def metrics_key(exchange: str, symbol: str) -> str:
-    """Hash of the latest metrics of one (exchange, symbol)."""
-    return f"md:metrics:{{{symbol}}}:{exchange}"
-
-
-def history_key(exchange: str, symbol: str) -> str:
-    """Sorted set of recent metrics of one (exchange, symbol), by open_time."""
-    return f"{metrics_key(exchange, symbol)}:history"
-
-
-def spread_key(symbol: str) -> str:
-    """Hash of the latest cross-exchange spreads of one symbol."""
-    return f"md:spread:{{{symbol}}}"
 
 
 @dataclass

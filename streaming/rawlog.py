@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from marketdata.rawmessage import RawMessage, raw_stream_names, shard_of
+from marketdata.rawmessage import RawMessage, shard_of
+from redisstore.keys import raw_stream_names
+from redisstore.retry import call_with_retry
 from streaming.heartbeat import HeartbeatWriter
-from streaming.retry import call_with_retry
 
 
 class RawLogWriter:

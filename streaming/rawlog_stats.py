@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from marketdata.rawmessage import RAW_STREAM
+from redisstore.keys import RAW_STREAM
 
 
 def raw_log_summary(client: redis.Redis) -> dict[str, dict[str, Any]]:

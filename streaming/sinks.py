@@ -16,9 +16,9 @@ from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from redisstore.conn import connect
+from redisstore.retry import call_with_retry, sink_backoff
 from streaming.candlestore import CandleStore, CandleWrites
-from streaming.redisconn import connect
-from streaming.retry import call_with_retry, sink_backoff
 
 
 class _CandleSinkPartition(StatelessSinkPartition[tuple[str, CandleWrites]]):

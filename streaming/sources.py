@@ -36,7 +36,7 @@ from typing import Any
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from streaming.redisconn import connect
+from redisstore.conn import connect
 
 log = logging.getLogger(__name__)
 

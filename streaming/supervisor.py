@@ -29,8 +29,9 @@ from typing import Any
 import redis
 
 from marketdata.settings import Settings
+from redisstore.conn import text
+from redisstore.keys import control_key, restarts_key
 from streaming.heartbeat import read_heartbeat
-from streaming.redisconn import text
 
 FLOWS = ("candles", "metrics", "archive")
 FEED = "feed"
@@ -43,16 +44,6 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 #: A flow just started gets this long to write its first heartbeat.
 START_GRACE_S = 30.0
-
-
-def control_key(name: str) -> str:
-    """Redis hash with the supervisor's state of one flow."""
-    return f"md:flow:{name}:control"
-
-
-def restarts_key(name: str) -> str:
-    """Redis sorted set of restart times (ms) of one flow."""
-    return f"md:flow:{name}:restarts"
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ import argparse
 import json
 import logging
 
-from batch.lake import ARCHIVE_WATERMARK_KEY, Lake
 from batch.sealing import SealStatus, WatermarkUnavailableError, parse_watermark, seal_status
 from cryptopipe.cli import CommandError
+from lake.layout import Lake
 from marketdata.settings import Settings
 from marketdata.timeutil import parse_day
+from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 #: Exit status when the day is not sealed (retry later, or --force).
 EXIT_UNSEALED = 3
@@ -56,7 +57,7 @@ def _watermark(settings: Settings) -> int | None:
     # Imported only when needed: history-only users may have no Redis at all.
     import redis
 
-    from streaming.redisconn import RedisUnavailableError, connect
+    from redisstore.conn import RedisUnavailableError, connect
 
     try:
         client = connect(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)

@@ -18,17 +18,13 @@ import orjson
 from cryptopipe.cli import CommandError
 from marketdata.interval import INTERVAL_LABELS, Interval
 from marketdata.parsing import normalize_exchange, normalize_symbol
+from marketdata.records import SOURCES, CandleRecord
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms, parse_time
-from streaming.candlestore import (
-    SOURCES,
-    BatchLayerUnavailableError,
-    CandleRecord,
-    closed_until,
-    fill_gaps,
-    reader_for,
-)
-from streaming.redisconn import connect_settings
+from redisstore.conn import connect_settings
+from serving.gaps import fill_gaps
+from serving.merged import reader_for
+from serving.stream import closed_until
 
 _FIELDS = ("exchange", "symbol", "interval", "open_time", "open", "high", "low", "close",
            "volume", "quote_volume", "trade_count", "taker_buy_volume", "vwap",
@@ -115,21 +111,18 @@ def cmd_candles(args: argparse.Namespace, settings: Settings) -> int:
         msg = "--end must be after --start (--start is inclusive, --end exclusive)"
         raise CommandError(msg)
     client = connect_settings(settings)
-    try:
-        reader = reader_for(args.source, settings, client)
-        records = reader.read(symbol, interval, exchange=exchange, start=start, end=end)
-        if args.fill:
-            exchanges = sorted(
-                {r.candle.exchange for r in records} | ({exchange} if exchange else set())
-            )
-            previous: dict[str, CandleRecord | None] = {}
-            if start is not None:
-                previous = {ex: reader.previous(symbol, interval, ex, start) for ex in exchanges}
-            records = fill_gaps(
-                records, interval, start=start, end=end, previous=previous,
-                closed_until_ms=closed_until(client, settings, symbol),
-            )  # fmt: skip
-    except BatchLayerUnavailableError as exc:
-        raise CommandError(str(exc)) from None
+    reader = reader_for(args.source, settings, client)
+    records = reader.read(symbol, interval, exchange=exchange, start=start, end=end)
+    if args.fill:
+        exchanges = sorted(
+            {r.candle.exchange for r in records} | ({exchange} if exchange else set())
+        )
+        previous: dict[str, CandleRecord | None] = {}
+        if start is not None:
+            previous = {ex: reader.previous(symbol, interval, ex, start) for ex in exchanges}
+        records = fill_gaps(
+            records, interval, start=start, end=end, previous=previous,
+            closed_until_ms=closed_until(client, settings, symbol),
+        )  # fmt: skip
     _print(records, args.format, args.fill)
     return 0

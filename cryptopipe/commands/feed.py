@@ -12,12 +12,12 @@ from marketdata.parsing import FORMATS, normalize_exchange, normalize_symbol
 from marketdata.settings import Settings
 from marketdata.simulator import SimConfig
 from marketdata.timeutil import now_ms, parse_time
+from redisstore.conn import connect_settings
 from streaming.feeds.pacing import Progress, parse_speed
 from streaming.feeds.replay import replay_files
 from streaming.feeds.simulate import run_simulation
 from streaming.heartbeat import HeartbeatWriter
 from streaming.rawlog import RawLogWriter
-from streaming.redisconn import connect_settings
 
 log = logging.getLogger(__name__)
 

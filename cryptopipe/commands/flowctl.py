@@ -12,7 +12,8 @@ import json
 import time
 
 from marketdata.settings import Settings
-from streaming.redisconn import connect_settings
+from redisstore.conn import connect_settings
+from redisstore.keys import RECONCILE_LAST_KEY
 from streaming.supervisor import ALL, FLOWS, FlowStatus, Supervisor
 
 
@@ -98,7 +99,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     client = connect_settings(settings)
     sup = Supervisor(settings, client)
     rows = [_row(sup.status(n)) for n in (*FLOWS, "feed")]
-    raw = client.get("md:reconcile:last")
+    raw = client.get(RECONCILE_LAST_KEY)
     last = json.loads(raw) if raw else None
     if args.format == "json":
         print(

@@ -9,8 +9,8 @@ from cryptopipe.cli import CommandError
 from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms
+from redisstore.conn import connect_settings
 from streaming.metricsstore import metrics_exchanges, read_metrics
-from streaming.redisconn import connect_settings
 
 #: Output fields, in order (DESIGN.md section 8), then the anomaly details.
 FIELDS = ("symbol", "exchange", "open_time", "close", "ema_12", "ema_26", "macd", "macd_signal",

@@ -10,7 +10,7 @@ from cryptopipe.cli import CommandError
 from marketdata.reconcile import OUTCOMES
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms, parse_day
-from streaming.redisconn import connect_settings
+from redisstore.conn import connect_settings
 
 
 def register(

@@ -19,7 +19,7 @@ from cryptopipe.localredis import ensure_redis
 from cryptopipe.procs import ProcessGroup
 from cryptopipe.signals import stop_event_on_signals
 from marketdata.settings import Settings
-from streaming.redisconn import connect_settings, redact
+from redisstore.conn import connect_settings, redact
 from streaming.supervisor import FLOWS, Supervisor
 
 log = logging.getLogger(__name__)

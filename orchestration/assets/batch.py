@@ -6,10 +6,11 @@ from datetime import date
 import dagster as dg
 
 from batch.daily import NoTradesError, run_batch_day
-from batch.lake import ARCHIVE_WATERMARK_KEY, Lake
 from batch.sealing import SealStatus, parse_watermark, seal_status
+from lake.layout import Lake
 from orchestration.partitions import daily
 from orchestration.resources import PipelineResource, SparkResource
+from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 
 def day_seal(pipeline: PipelineResource, day: date) -> SealStatus:

@@ -92,10 +92,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from marketdata.parsing import FORMAT_WS, normalize_symbol
 from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
+from redisstore.conn import connect_settings
+from redisstore.keys import BINANCE_RESUME_KEY
+from redisstore.retry import Backoff
 from streaming.heartbeat import HeartbeatWriter
 from streaming.rawlog import RawLogWriter
-from streaming.redisconn import connect_settings
-from streaming.retry import Backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,7 +113,7 @@ REST_SOURCE = "rest"
 EXCHANGE = "binance"
 #: Hash (suffixed ``:<websocket host:port>``): symbol -> trade id up to which every
 #: trade is in the raw log (see Resuming).
-RESUME_KEY = "md:feed:binance:resume"
+RESUME_KEY = BINANCE_RESUME_KEY
 _HISTORICAL_TRADES = "/api/v3/historicalTrades"
 _USER_AGENT = "realtime-crypto-pipeline/binance-feed"
 

@@ -33,8 +33,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from marketdata.rawmessage import raw_stream_names
 from marketdata.settings import Settings
+from redisstore.keys import raw_stream_names
 from streaming.archive import (
     DEFAULT_BUCKET_MS,
     DEFAULT_CLOSE_MARGIN_MS,

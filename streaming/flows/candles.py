@@ -37,8 +37,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from marketdata.rawmessage import raw_stream_names
 from marketdata.settings import Settings
+from redisstore.keys import raw_stream_names
 from streaming.candleagg import Emitted, ShardAggregator, WindowConfig
 from streaming.candlestore import CandleWrites, LateRecord, RejectRecord
 from streaming.flows.runtime import (

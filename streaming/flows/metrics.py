@@ -35,12 +35,13 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from marketdata.indicators import AnomalyConfig, ClosedBar, MetricsState, spread
+from marketdata.records import candle_from_record
 from marketdata.settings import Settings
-from streaming.candlestore import CLOSED_EVENTS_STREAM, candle_from_record
+from redisstore.conn import connect
+from redisstore.keys import CLOSED_EVENTS_STREAM
+from redisstore.retry import call_with_retry, sink_backoff
 from streaming.flows.runtime import StoppableSource, flow_heartbeat, setup_flow_process
 from streaming.metricsstore import DEFAULT_HISTORY_LEN, DEFAULT_TTL_S, MetricsStore, MetricsWrites
-from streaming.redisconn import connect
-from streaming.retry import call_with_retry, sink_backoff
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 FLOW_NAME = "metrics"

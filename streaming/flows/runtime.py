@@ -32,9 +32,10 @@ from typing import Any, cast
 import redis
 from bytewax.inputs import StatefulSourcePartition
 
-from streaming.heartbeat import HeartbeatWriter, heartbeat_key
+from redisstore.conn import connect, text
+from redisstore.keys import control_key, heartbeat_key
+from streaming.heartbeat import HeartbeatWriter
 from streaming.memory import fix_mmap_threshold
-from streaming.redisconn import connect, text
 from streaming.signals import stop_on_signals
 from streaming.sources import PartitionObserver, RawBatch, RedisStreamSource, StreamPosition
 
@@ -183,7 +184,7 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
             fields["streams"] = json.dumps(streams, sort_keys=True)
         rate = (fields["items_in"] - self._last_in) / max(now - self._last_t, 1e-6)
         self._last_in, self._last_t = fields["items_in"], now
-        restarts = self.client.hget(f"md:flow:{self.name}:control", "restarts_total")
+        restarts = self.client.hget(control_key(self.name), "restarts_total")
         fields.update(
             pid=self.pid,
             started_at=self.started_at,

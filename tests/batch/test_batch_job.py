@@ -18,11 +18,12 @@ import pyarrow.dataset as ds
 import pytest
 from pyspark.sql import SparkSession
 
-from batch.candles_read import read_aggregates, read_batch_candles
 from batch.daily import NoTradesError, day_files, run_batch_day
 from batch.dump_import import import_dump
-from batch.lake import Lake, LakeWriter, SourceRange
 from cryptopipe.cli import main
+from lake.candles import read_aggregates, read_batch_candles
+from lake.layout import Lake, SourceRange
+from lake.writer import LakeWriter
 from marketdata.candle import Candle, dedupe, fold_trades
 from marketdata.decimals import decimal_to_e8, div_half_even, format_e8, format_e16
 from marketdata.interval import Interval

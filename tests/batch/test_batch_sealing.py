@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from batch.dump_import import import_dump
-from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, LakeWriter, SourceRange
 from batch.sealing import (
     WatermarkUnavailableError,
     import_seal,
@@ -20,8 +19,11 @@ from batch.sealing import (
 from cryptopipe.cli import main
 from cryptopipe.commands.batch import EXIT_UNSEALED
 from cryptopipe.localredis import free_port
+from lake.layout import Lake, SourceRange
+from lake.writer import LakeWriter
 from marketdata.timeutil import day_start_ms
 from marketdata.trade import Trade
+from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 DAY = date(2025, 3, 14)
 D0 = day_start_ms(DAY)

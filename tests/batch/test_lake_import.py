@@ -12,8 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch.dump_import import import_dump, parse_block
-from batch.lake import MAX_LAKE_TRADE_ID, Lake, read_rejects, read_trades
 from cryptopipe.cli import main
+from lake.layout import Lake
+from lake.schemas import MAX_LAKE_TRADE_ID
+from lake.trades import read_rejects, read_trades
 from marketdata.parsing import MAX_PAYLOAD_BYTES, parse_message
 from marketdata.trade import Rejection, Trade
 
@@ -110,7 +112,7 @@ def split_outcome(
 
 
 def block_outcome(data: bytes, *, fast: bool) -> tuple[list[Trade], list[tuple[int, str, bytes]]]:
-    from batch.lake import trades_from_table
+    from lake.arrow import trades_from_table
 
     block = parse_block(data, 1, exchange="binance", symbol="BTCUSDT", fast=fast)
     trades = trades_from_table(block.trades.drop_columns(["line"]))

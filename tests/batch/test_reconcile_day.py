@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from batch.candles_lake import SOURCE_BATCH, SOURCE_STREAM, read_day_candles, write_day_candles
+from lake.candles import read_day_candles, write_day_candles
 from marketdata.candle import fold_trades
 from marketdata.interval import ALL_INTERVALS, Interval
 from marketdata.parsing import parse_message
+from marketdata.records import SOURCE_BATCH, SOURCE_STREAM
 from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
 

@@ -19,11 +19,13 @@ from pathlib import Path
 import pyspark
 import pytest
 
-from batch.candles_lake import SOURCE_BATCH, read_day_candles
-from batch.lake import LakeWriter, SourceRange
 from cryptopipe.localredis import free_port
+from lake.candles import read_day_candles
+from lake.layout import SourceRange
+from lake.writer import LakeWriter
 from marketdata.candle import fold_trades
 from marketdata.interval import ALL_INTERVALS
+from marketdata.records import SOURCE_BATCH
 from marketdata.simulator import SimConfig, simulate
 
 DAY = date(2025, 3, 14)

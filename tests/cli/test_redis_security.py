@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from cryptopipe.localredis import LocalRedis, TlsFiles, free_port
-from streaming.redisconn import redact
+from redisstore.conn import redact
 
 SECRET = "s3cr3t-Pa55word"
 

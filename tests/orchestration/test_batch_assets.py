@@ -9,10 +9,12 @@ import dagster as dg
 import pytest
 import redis
 
-from batch.lake import ARCHIVE_WATERMARK_KEY, LakeWriter, SourceRange
+from lake.layout import SourceRange
+from lake.writer import LakeWriter
 from orchestration.assets.batch import archived_trades, daily_batch
 from orchestration.assets.daily import reconciliation, stream_candles
 from orchestration.resources import PipelineResource, SparkResource
+from redisstore.keys import ARCHIVE_WATERMARK_KEY
 from tests.batch.test_reconcile_day import DAY, run_stream, valid_trades
 
 SEALED = 1_742_083_200_000  # 2025-03-16T00:00:00Z: past 2025-03-15 00:00 + lateness

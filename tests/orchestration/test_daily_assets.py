@@ -9,7 +9,8 @@ import dagster as dg
 import pytest
 import redis
 
-from batch.candles_lake import SOURCE_BATCH, write_day_candles
+from lake.candles import write_day_candles
+from marketdata.records import SOURCE_BATCH
 from orchestration.assets.daily import reconciliation, stream_candles
 from orchestration.resources import PipelineResource
 from tests.batch.test_reconcile_day import DAY, batch_candles, run_stream, valid_trades

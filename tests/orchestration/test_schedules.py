@@ -9,9 +9,9 @@ from pathlib import Path
 import dagster as dg
 import redis
 
-from batch.lake import ARCHIVE_WATERMARK_KEY
 from orchestration.resources import PipelineResource
 from orchestration.schedules import daily_batch_job, daily_batch_schedule, sealed_day_sensor
+from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 
 def tick(redis_url: str, home: Path) -> dg.SensorResult:

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from batch.lake import SourceRange, trades_from_table
+from lake.arrow import trades_from_table
+from lake.layout import SourceRange
 from marketdata.parsing import FORMAT_WS
 from marketdata.rawmessage import RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate

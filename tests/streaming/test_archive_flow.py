@@ -27,12 +27,19 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from batch.lake import ARCHIVE_WATERMARK_KEY, Lake, read_rejects, read_trades
-from marketdata.rawmessage import RAW_STREAM, RawMessage, raw_stream_names
+from lake.layout import Lake
+from lake.trades import read_rejects, read_trades
+from marketdata.rawmessage import RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate
 from marketdata.timeutil import DAY_MS, day_start_ms, parse_time
 from marketdata.trade import Trade
-from streaming.archive import PARTITIONS_KEY, PROGRESS_KEY
+from redisstore.keys import (
+    ARCHIVE_PARTITIONS_KEY,
+    ARCHIVE_PROGRESS_KEY,
+    ARCHIVE_WATERMARK_KEY,
+    RAW_STREAM,
+    raw_stream_names,
+)
 from streaming.fastparse import parse_raw_message
 
 LATENESS_MS = 5_000
@@ -127,7 +134,7 @@ def sealed(client: Any, lake: Lake, day: date) -> bool:
     raw = client.get(ARCHIVE_WATERMARK_KEY)
     try:
         from batch.sealing import parse_watermark, seal_status
-    except ImportError:  # the rule batch.lake documents
+    except ImportError:  # the rule ARCHIVE_WATERMARK_KEY documents
         return raw is not None and int(raw) >= day_start_ms(day) + DAY_MS + LATENESS_MS
     st = seal_status(lake, day, lateness_ms=LATENESS_MS, watermark=lambda: parse_watermark(raw))
     return st.sealed
@@ -164,8 +171,8 @@ def test_every_message_is_archived_once_per_raw_entry(
     last_event = max(t.event_time for t in trades)
     wm = int(redis_client.get(ARCHIVE_WATERMARK_KEY))
     assert wm >= last_event - LATENESS_MS
-    assert int(redis_client.hget(PARTITIONS_KEY, RAW_STREAM)) == wm
-    assert redis_client.hget(PROGRESS_KEY, RAW_STREAM)
+    assert int(redis_client.hget(ARCHIVE_PARTITIONS_KEY, RAW_STREAM)) == wm
+    assert redis_client.hget(ARCHIVE_PROGRESS_KEY, RAW_STREAM)
 
 
 # --------------------------------------------------------------------------- (3)
@@ -183,14 +190,14 @@ def test_a_day_seals_only_when_every_partition_has_archived_past_it(
     cli(env, *a, "--speed", "max")
     cli(env, "stream", "run", "archive", "--exit-when-idle", "1")
     assert not sealed(redis_client, lake, day)
-    parts = {k.decode(): int(v) for k, v in redis_client.hgetall(PARTITIONS_KEY).items()}
+    parts = {k.decode(): int(v) for k, v in redis_client.hgetall(ARCHIVE_PARTITIONS_KEY).items()}
     assert set(parts) == set(raw_stream_names(2))
     assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == min(parts.values())
     # Shard 0 passes midnight + lateness; shard 1 has not: still not sealed.
     b, cfg_b = sim_args("2025-03-15T00:00:00Z", 30, 20, 2, "BTCUSDT")
     cli(env, *b, "--speed", "max")
     cli(env, "stream", "run", "archive", "--exit-when-idle", "1")
-    parts = {k.decode(): int(v) for k, v in redis_client.hgetall(PARTITIONS_KEY).items()}
+    parts = {k.decode(): int(v) for k, v in redis_client.hgetall(ARCHIVE_PARTITIONS_KEY).items()}
     assert parts["md:trades:raw:0"] >= day_start_ms(day) + DAY_MS + LATENESS_MS
     assert not sealed(redis_client, lake, day)
     # Shard 1 too: sealed, and everything of the day is in the lake exactly once

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from marketdata.rawmessage import RAW_STREAM
+from redisstore.keys import RAW_STREAM
 from streaming.archive import ArchiveWork
 from streaming.archive_sink import ArchiveStore
 

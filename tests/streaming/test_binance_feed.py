@@ -25,9 +25,10 @@ import pytest
 import redis
 
 from marketdata.parsing import parse_message
-from marketdata.rawmessage import RawMessage, raw_stream_names
+from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
 from marketdata.trade import Trade
+from redisstore.keys import raw_stream_names
 from streaming.feeds.binance import (
     BinanceFeedConfig,
     FeedStats,

@@ -27,11 +27,18 @@ from test_candles_data import T0, gen_day, ref_map
 from marketdata.candle import fold_trades
 from marketdata.hostile import GENERATORS
 from marketdata.interval import Interval
-from marketdata.rawmessage import DLQ_STREAM, LATE_STREAM, RawMessage, raw_stream_names, shard_of
+from marketdata.rawmessage import RawMessage, shard_of
 from marketdata.simulator import trade_payload
 from marketdata.timeutil import format_ms
 from marketdata.trade import Trade
-from streaming.candlestore import CLOSED_EVENTS_STREAM, StreamCandleReader, counts_key
+from redisstore.keys import (
+    CLOSED_EVENTS_STREAM,
+    DLQ_STREAM,
+    LATE_STREAM,
+    counts_key,
+    raw_stream_names,
+)
+from serving.stream import StreamCandleReader
 from streaming.heartbeat import read_heartbeat
 from streaming.rawlog import RawLogWriter
 

@@ -24,15 +24,10 @@ from test_candles_data import T0, Day, gen_day, ref_map
 
 from cryptopipe.commands.stream import ensure_recovery_dir
 from marketdata.interval import Interval
-from marketdata.rawmessage import DLQ_STREAM, LATE_STREAM
 from marketdata.trade import Trade
+from redisstore.keys import CLOSED_EVENTS_STREAM, DLQ_STREAM, LATE_STREAM, counts_key, live_key
+from serving.stream import StreamCandleReader
 from streaming.candleagg import WindowConfig
-from streaming.candlestore import (
-    CLOSED_EVENTS_STREAM,
-    StreamCandleReader,
-    counts_key,
-    live_key,
-)
 from streaming.flows.candles import CandlesFlowConfig, build_flow
 from streaming.flows.runtime import stop_heartbeats
 from streaming.heartbeat import read_heartbeat

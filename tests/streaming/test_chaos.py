@@ -27,15 +27,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from batch.candles_lake import SOURCE_BATCH, read_day_candles
+from lake.candles import read_day_candles
 from marketdata.decimals import format_e8, parse_e8
 from marketdata.interval import Interval
 from marketdata.parsing import parse_message
-from marketdata.rawmessage import LATE_STREAM
+from marketdata.records import SOURCE_BATCH
 from marketdata.settings import Settings
 from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
-from streaming.candlestore import StreamCandleReader, counts_key
+from redisstore.keys import LATE_STREAM, counts_key
+from serving.stream import StreamCandleReader
 from streaming.supervisor import FLOWS, Supervisor
 
 pytestmark = pytest.mark.slow

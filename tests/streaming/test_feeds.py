@@ -13,9 +13,10 @@ import pytest
 import redis
 
 from marketdata.parsing import parse_message
-from marketdata.rawmessage import RawMessage, raw_stream_names, shard_of
+from marketdata.rawmessage import RawMessage, shard_of
 from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
+from redisstore.keys import raw_stream_names
 from streaming.feeds.pacing import PacedWriter, parse_speed
 from streaming.rawlog import RawLogWriter
 

@@ -31,9 +31,10 @@ from marketdata.candle import fold_trades
 from marketdata.hostile import GENERATORS, hostile_messages
 from marketdata.interval import Interval
 from marketdata.parsing import parse_message
-from marketdata.rawmessage import DLQ_STREAM, LATE_STREAM, RAW_STREAM, RawMessage
+from marketdata.rawmessage import RawMessage
 from marketdata.trade import Trade
-from streaming.candlestore import StreamCandleReader, counts_key
+from redisstore.keys import DLQ_STREAM, LATE_STREAM, RAW_STREAM, counts_key
+from serving.stream import StreamCandleReader
 from streaming.rawlog import RawLogWriter
 
 pytestmark = pytest.mark.slow

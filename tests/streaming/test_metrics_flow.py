@@ -26,8 +26,15 @@ import talib
 from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.trade import Trade
-from streaming.candlestore import CLOSED_EVENTS_STREAM, CandleStore, CandleWrites, written_key
-from streaming.metricsstore import ANOMALIES_STREAM, history_key, metrics_key, spread_key
+from redisstore.keys import (
+    ANOMALIES_STREAM,
+    CLOSED_EVENTS_STREAM,
+    history_key,
+    metrics_key,
+    spread_key,
+    written_key,
+)
+from streaming.candlestore import CandleStore, CandleWrites
 
 T0 = 1_741_910_400_000
 WARMUP = 150

@@ -12,7 +12,7 @@ import redis
 
 from cryptopipe.localredis import LocalRedis, free_port
 from marketdata.simulator import SimConfig, simulate
-from streaming.retry import Backoff, call_with_retry
+from redisstore.retry import Backoff, call_with_retry
 
 T0 = 1_741_910_400_000
 

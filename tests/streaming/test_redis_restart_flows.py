@@ -28,16 +28,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from batch.candles_lake import SOURCE_BATCH, read_day_candles
 from cryptopipe.localredis import LocalRedis, free_port
+from lake.candles import read_day_candles
 from marketdata.candle import fold_trades
 from marketdata.interval import ALL_INTERVALS, Interval
 from marketdata.parsing import parse_message
 from marketdata.rawmessage import F_RECV
+from marketdata.records import SOURCE_BATCH
 from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
-from streaming.candlestore import StreamCandleReader
-from streaming.metricsstore import metrics_key
+from redisstore.keys import metrics_key
+from serving.stream import StreamCandleReader
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from marketdata.settings import Settings
-from streaming.heartbeat import heartbeat_key
+from redisstore.keys import heartbeat_key
 from streaming.supervisor import FEED, Supervisor
 
 

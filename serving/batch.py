@@ -1,9 +1,6 @@
 """The batch layer's candles for readers (``cryptopipe candles --source batch|merged``).
 
-Importing this module registers :class:`BatchCandleReader` with the speed layer's
-reader factory. In the merged view, a day for which the batch layer has candles is
-served from the batch layer alone: its candles supersede the stream's for the whole
-day (DESIGN.md sections 1 and 5), including stream candles the batch does not have.
+Read from the lake with pyarrow (no Spark): ``candles/source=batch/``.
 """
 
 from __future__ import annotations
@@ -12,13 +9,12 @@ from datetime import date
 
 import pyarrow.parquet as pq
 
-from batch.candles_read import candle_days, read_batch_candles
-from batch.lake import Lake
+from lake.candles import candle_days, read_batch_candles
+from lake.layout import Lake
 from marketdata.interval import Interval
+from marketdata.records import SOURCE_BATCH, CandleRecord
 from marketdata.settings import Settings
 from marketdata.timeutil import DAY_MS
-from streaming import candlestore
-from streaming.candlestore import SOURCE_BATCH, CandleRecord
 
 
 class BatchCandleReader:
@@ -77,6 +73,3 @@ class BatchCandleReader:
             if found:
                 return CandleRecord(found[-1], True, SOURCE_BATCH)
         return None
-
-
-candlestore.BATCH_READER_FACTORY = BatchCandleReader

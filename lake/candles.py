@@ -1,48 +1,90 @@
-"""Reading candles and aggregates back from the lake, with pyarrow (no Spark, fast).
+"""Candles and aggregates in the lake: ``candles/source=batch|stream/interval=I/date=D/``.
 
-``cryptopipe candles --source batch`` calls :func:`read_batch_candles`; the stream
-side's candles, written under ``candles/source=stream/`` with the same schema, are
-read by :func:`read_lake_candles` with ``source="stream"``.
+Both sources share one schema (:data:`lake.schemas.CANDLE_SCHEMA`), so reconciliation
+and readers treat them alike. The batch job (Spark) writes ``source=batch``;
+reconciliation keeps each day's stream candles under ``source=stream``; readers
+(``cryptopipe candles --source batch``) read with pyarrow, no Spark. Decimals are
+exact.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.lake import AGGREGATES_DIR, CANDLES_DIR, Lake, decimal_unscaled, partition
+from lake.arrow import candles_from_table, candles_table, decimal_unscaled
+from lake.layout import AGGREGATES_DIR, CANDLES_DIR, Lake, as_lake, partition
+from lake.schemas import CANDLE_SCHEMA
+from lake.writer import AtomicParquetWriter
 from marketdata.candle import Candle
 from marketdata.decimals import format_e8, format_e16
-from marketdata.interval import Interval
+from marketdata.interval import ALL_INTERVALS, Interval
+from marketdata.records import SOURCE_BATCH
 from marketdata.settings import Settings
 from marketdata.timeutil import day_of_ms
 
-_CANDLE_INTS = (
-    "open_time",
-    "trade_count",
-    "first_event_time",
-    "first_trade_id",
-    "last_event_time",
-    "last_trade_id",
-)
-_CANDLE_DECIMALS = ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume")
+Key = tuple[str, str, str, int]
 
 
-def _lake(where: Settings | Lake | str) -> Lake:
-    if isinstance(where, Lake):
-        return where
-    if isinstance(where, Settings):
-        return Lake(where.lake)
-    return Lake(where)
+def write_day_candles(
+    lake: str | os.PathLike[str] | Lake,
+    source: str,
+    day: date,
+    candles: Iterable[Candle],
+    *,
+    durable: bool = True,
+) -> dict[str, int]:
+    """Replace the day's candles of ``source`` (every interval); returns rows per interval.
+
+    Idempotent: each interval's partition holds one file, ``part-0.parquet``, replaced
+    atomically; other files in the partition (an earlier writer's) are removed.
+    """
+    lk = as_lake(lake)
+    by_interval: dict[Interval, list[Candle]] = {iv: [] for iv in ALL_INTERVALS}
+    for c in candles:
+        by_interval[c.interval].append(c)
+    out = {}
+    for iv, cs in by_interval.items():
+        directory = lk.candles_dir(source, iv.label, day)
+        writer = AtomicParquetWriter(lk, directory, CANDLE_SCHEMA)
+        writer.write(candles_table(cs))
+        writer.commit("part-0.parquet", durable=durable)
+        for stale in lk.list_files(directory):
+            if stale != "part-0.parquet" and stale.endswith(".parquet"):
+                lk.remove(f"{directory}/{stale}")
+        out[iv.label] = len(cs)
+    return out
+
+
+def read_day_candles(
+    lake: str | os.PathLike[str] | Lake, source: str, day: date
+) -> dict[Key, Candle] | None:
+    """Every candle of ``source`` for ``day``, keyed; ``None`` when the day has none written."""
+    lk = as_lake(lake)
+    out: dict[Key, Candle] = {}
+    found = False
+    for iv in ALL_INTERVALS:
+        directory = lk.candles_dir(source, iv.label, day)
+        files = [f for f in lk.list_files(directory) if f.endswith(".parquet")]
+        if not files:
+            continue
+        found = True
+        for name in files:
+            table = pq.read_table(f"{directory}/{name}", filesystem=lk.fs, partitioning=None)
+            for c in candles_from_table(table, iv):
+                out[c.key] = c
+    return out if found else None
 
 
 def candle_days(where: Settings | Lake | str, source: str, interval: Interval | str) -> list[date]:
     """Days that have candles of ``interval`` from ``source`` (``batch`` or ``stream``)."""
     iv = interval if isinstance(interval, Interval) else Interval.parse(interval)
-    return _lake(where).list_days(f"{CANDLES_DIR}/source={source}/interval={iv.label}")
+    return as_lake(where).list_days(f"{CANDLES_DIR}/source={source}/interval={iv.label}")
 
 
 def _read_dir(lake: Lake, directory: str, filters: list[tuple[str, str, Any]]) -> pa.Table | None:
@@ -69,7 +111,7 @@ def read_lake_candles(
     """Candles of one key from ``candles/source=<source>/``, in open_time order.
 
     Args:
-        where: settings (their lake), a :class:`~batch.lake.Lake` or a lake URI.
+        where: settings (their lake), a :class:`~lake.layout.Lake` or a lake URI.
         source: ``batch`` or ``stream``.
         exchange: e.g. ``binance`` (lower case).
         symbol: e.g. ``BTCUSDT`` (upper case).
@@ -81,7 +123,7 @@ def read_lake_candles(
         Exact :class:`Candle` objects (empty windows have none).
 
     """
-    lake = _lake(where)
+    lake = as_lake(where)
     iv = interval if isinstance(interval, Interval) else Interval.parse(interval)
     days = candle_days(lake, source, iv)
     if start_ms is not None:
@@ -118,41 +160,12 @@ def read_batch_candles(
     touches, with pyarrow. A day being rewritten by ``batch run`` at that moment may
     read as empty for an instant (its directory is swapped whole).
     """
-    return read_lake_candles(settings, "batch", exchange, symbol, interval, start_ms, end_ms)
-
-
-def candles_from_table(table: pa.Table, interval: Interval) -> list[Candle]:
-    """Rows of the candles schema as :class:`Candle` objects, exactly."""
-    cols: dict[str, list[Any]] = {c: table.column(c).to_pylist() for c in _CANDLE_INTS}
-    cols.update({c: decimal_unscaled(table.column(c)) for c in _CANDLE_DECIMALS})
-    exchanges = table.column("exchange").to_pylist()
-    symbols = table.column("symbol").to_pylist()
-    return [
-        Candle(
-            exchanges[i],
-            symbols[i],
-            interval,
-            cols["open_time"][i],
-            cols["open"][i],
-            cols["high"][i],
-            cols["low"][i],
-            cols["close"][i],
-            cols["volume"][i],
-            cols["quote_volume"][i],
-            cols["trade_count"][i],
-            cols["taker_buy_volume"][i],
-            cols["first_event_time"][i],
-            cols["first_trade_id"][i],
-            cols["last_event_time"][i],
-            cols["last_trade_id"][i],
-        )
-        for i in range(table.num_rows)
-    ]
+    return read_lake_candles(settings, SOURCE_BATCH, exchange, symbol, interval, start_ms, end_ms)
 
 
 def read_aggregates(where: Settings | Lake | str, day: date) -> list[dict[str, Any]]:
     """The day's aggregates, one dict per (exchange, symbol); decimals as exact strings."""
-    lake = _lake(where)
+    lake = as_lake(where)
     table = _read_dir(lake, lake.path(AGGREGATES_DIR, partition(day)), [])
     if table is None:
         return []

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import redis
 
-from batch.candles_lake import SOURCE_BATCH, write_day_candles
+from lake.candles import write_day_candles
 from marketdata.candle import Candle
 from marketdata.interval import Interval
+from marketdata.records import SOURCE_BATCH
 from marketdata.trade import Trade
 from streaming.candlestore import CandleStore, CandleWrites
 

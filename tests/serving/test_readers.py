@@ -7,22 +7,15 @@ import redis
 
 from marketdata.candle import Candle, fold_trades
 from marketdata.interval import Interval
+from marketdata.records import CandleRecord, candle_from_record, candle_record
 from marketdata.settings import Settings
 from marketdata.trade import Trade
-from streaming.candlestore import (
-    CandleRecord,
-    CandleStore,
-    CandleWrites,
-    MergedCandleReader,
-    StreamCandleReader,
-    candle_from_record,
-    candle_record,
-    fill_gaps,
-    index_key,
-    live_key,
-    reader_for,
-    series_key,
-)
+from redisstore.keys import index_key, live_key, series_key
+from serving.batch import BatchCandleReader
+from serving.gaps import fill_gaps
+from serving.merged import MergedCandleReader, reader_for
+from serving.stream import StreamCandleReader
+from streaming.candlestore import CandleStore, CandleWrites
 
 T0 = 1_741_910_400_000
 M = 60_000
@@ -96,9 +89,6 @@ def test_fill_gaps_uses_previous_close_and_zero_volume() -> None:
 def test_sources(redis_client: redis.Redis) -> None:
     settings = Settings()
     assert isinstance(reader_for("stream", settings, redis_client), StreamCandleReader)
-    # The batch layer registers its reader on first use (batch.serving).
-    from batch.serving import BatchCandleReader
-
     merged = reader_for("merged", settings, redis_client)
     assert isinstance(merged, MergedCandleReader)
     assert isinstance(merged.batch, BatchCandleReader)

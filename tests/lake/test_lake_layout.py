@@ -11,20 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.lake import (
-    Lake,
-    LakeWriter,
-    SourceRange,
-    decimal_array,
-    decimal_unscaled,
-    proves_distinct,
-    read_rejects,
-    read_trade_key_ranges,
-    read_trades,
-    trade_files,
-    trades_table,
-    write_trades,
-)
+from lake.arrow import decimal_array, decimal_unscaled, trades_table
+from lake.layout import Lake, SourceRange, trade_files
+from lake.tradekeys import proves_distinct, read_trade_key_ranges
+from lake.trades import read_rejects, read_trades
+from lake.writer import LakeWriter, write_trades
 from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
 from marketdata.trade import Rejection, Trade
 
@@ -110,7 +101,10 @@ def test_writer_needs_a_source_range(tmp_path: Path) -> None:
 
 
 def test_lake_module_imports_no_spark() -> None:
-    code = "import sys, batch.lake, batch.dump_import\nprint('pyspark' in sys.modules)"
+    code = (
+        "import sys, lake.layout, lake.schemas, lake.arrow, lake.tradekeys, lake.writer, "
+        "lake.trades, lake.candles, batch.dump_import\nprint('pyspark' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -143,8 +137,11 @@ def test_trade_id_index_proves_distinct_only_when_it_holds(tmp_path: Path) -> No
 
 _HALF_WRITTEN = """
 import sys, time
-from batch.lake import AtomicParquetWriter, Lake, TRADES_SCHEMA, trades_table
-from tests.batch.test_lake_layout import trade, D1
+from lake.arrow import trades_table
+from lake.layout import Lake
+from lake.schemas import TRADES_SCHEMA
+from lake.writer import AtomicParquetWriter
+from tests.lake.test_lake_layout import trade, D1
 lake = Lake(sys.argv[1])
 w = AtomicParquetWriter(lake, lake.trades_dir(__import__("datetime").date(2025, 3, 14)),
                         TRADES_SCHEMA)
@@ -165,7 +162,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=root)
         assert proc.stdout is not None
         temp = proc.stdout.readline().strip()
-        assert Path(temp).exists(), temp
+        assert temp and Path(temp).exists(), temp
         return proc, temp
 
     running, live = half_written()
@@ -189,7 +186,7 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
 
 def test_the_parsers_id_bound_is_the_lakes() -> None:
     # The archive flow writes parsed columns straight into int64 (no per-trade check).
-    from batch.lake import MAX_LAKE_TRADE_ID
+    from lake.schemas import MAX_LAKE_TRADE_ID
     from marketdata.parsing import MAX_TRADE_ID
 
     assert MAX_TRADE_ID == MAX_LAKE_TRADE_ID == 2**63 - 1

@@ -1,0 +1,136 @@
+"""Every Redis key of the pipeline, in one place (docs/storage.md says what each holds).
+
+Every key that holds one symbol's data carries the ``{SYMBOL}`` hash tag, so all of
+a symbol's keys live in one Redis Cluster slot (docs/architecture.md section 6).
+Add a new key here, document it in docs/storage.md, and import it from here: no
+``md:`` literal lives anywhere else.
+"""
+
+from __future__ import annotations
+
+from marketdata.interval import Interval
+from marketdata.rawmessage import shard_of
+
+# ---- the raw log and the streams beside it -----------------------------------------
+
+#: The raw log: every message as a feed received it (or its shards, below).
+RAW_STREAM = "md:trades:raw"
+#: Rejected raw-log entries, with their reason and payload.
+DLQ_STREAM = "md:trades:dlq"
+#: Trades that came after their window closed, with the window keys.
+LATE_STREAM = "md:trades:late"
+
+
+def raw_stream_names(shards: int) -> list[str]:
+    """Names of the raw-log streams: one, or ``md:trades:raw:<n>`` per shard."""
+    if shards <= 1:
+        return [RAW_STREAM]
+    return [f"{RAW_STREAM}:{n}" for n in range(shards)]
+
+
+def raw_stream_of(symbol: str | None, shards: int) -> str:
+    """The raw-log stream (shard) that carries ``symbol``'s messages."""
+    return raw_stream_names(shards)[shard_of(symbol, shards)]
+
+
+def written_key(stream: str) -> str:
+    """Sorted set of what was appended to ``stream`` (same Cluster slot as the stream)."""
+    return f"{{{stream}}}:written"
+
+
+# ---- candles --------------------------------------------------------------------------
+
+#: Stream of closed-candle events, read by the metrics flow.
+CLOSED_EVENTS_STREAM = "md:candles:closed"
+#: Set of ``exchange:SYMBOL`` that have candles (global).
+SYMBOLS_KEY = "md:candles:symbols"
+
+
+def series_key(exchange: str, symbol: str, interval: Interval | str) -> str:
+    """Hash of the closed candles of one (exchange, symbol, interval)."""
+    return f"md:candles:{{{symbol}}}:{exchange}:{interval}"
+
+
+def index_key(exchange: str, symbol: str, interval: Interval | str) -> str:
+    """Sorted set of the open times of the closed candles of one series."""
+    return series_key(exchange, symbol, interval) + ":idx"
+
+
+def live_key(exchange: str, symbol: str) -> str:
+    """Hash interval -> newest open window's candle of one (exchange, symbol)."""
+    return f"md:candles:{{{symbol}}}:{exchange}:live"
+
+
+def exchanges_key(symbol: str) -> str:
+    """Set of the exchanges that have candles of ``symbol``."""
+    return f"md:candles:{{{symbol}}}:exchanges"
+
+
+# ---- metrics --------------------------------------------------------------------------
+
+#: Stream of detected anomalies.
+ANOMALIES_STREAM = "md:anomalies"
+
+
+def metrics_key(exchange: str, symbol: str) -> str:
+    """Hash of the latest metrics of one (exchange, symbol)."""
+    return f"md:metrics:{{{symbol}}}:{exchange}"
+
+
+def history_key(exchange: str, symbol: str) -> str:
+    """Sorted set of recent metrics of one (exchange, symbol), by open_time."""
+    return f"{metrics_key(exchange, symbol)}:history"
+
+
+def spread_key(symbol: str) -> str:
+    """Hash of the latest cross-exchange spreads of one symbol."""
+    return f"md:spread:{{{symbol}}}"
+
+
+# ---- flows and their supervision ------------------------------------------------------
+
+
+def heartbeat_key(name: str) -> str:
+    """Hash: the heartbeat of flow (or feed) ``name``."""
+    return f"md:flow:{name}:heartbeat"
+
+
+def control_key(name: str) -> str:
+    """Hash: the supervisor's state of one flow (desired state, restarts, failure)."""
+    return f"md:flow:{name}:control"
+
+
+def restarts_key(name: str) -> str:
+    """Sorted set of the restart times (ms) of one flow."""
+    return f"md:flow:{name}:restarts"
+
+
+def counts_key(flow: str, source_stream: str) -> str:
+    """Hash of a flow's exactly-once counters for one source partition."""
+    return f"md:flow:{flow}:counts:{source_stream}"
+
+
+# ---- the archive ----------------------------------------------------------------------
+
+#: The archive flow's watermark, ms since the epoch (a decimal string). Set only
+#: after the trades up to it are durable in the lake; with several raw-log shards, the
+#: minimum over the shards. A day D is sealed once it is at or past D+1 00:00 plus the
+#: allowed lateness.
+ARCHIVE_WATERMARK_KEY = "md:archive:watermark"
+#: Hash: raw-log stream -> that partition's archive watermark (ms).
+ARCHIVE_PARTITIONS_KEY = "md:archive:partitions"
+#: Hash: raw-log stream -> JSON progress (archived id, trim point, files, counts).
+ARCHIVE_PROGRESS_KEY = "md:archive:progress"
+
+# ---- reconciliation -------------------------------------------------------------------
+
+#: The last reconciliation's summary (JSON).
+RECONCILE_LAST_KEY = "md:reconcile:last"
+#: Hash: day -> that day's reconciliation counts per outcome (JSON).
+RECONCILE_DAYS_KEY = "md:reconcile:days"
+
+# ---- feeds ----------------------------------------------------------------------------
+
+#: Hash (suffixed ``:<websocket host:port>``): symbol -> the Binance trade id up to
+#: which every trade is in the raw log (the feed resumes from it after a restart).
+BINANCE_RESUME_KEY = "md:feed:binance:resume"
