@@ -115,6 +115,28 @@ class ClosedBar:
     quote_volume_e16: int
 
 
+#: The fields of a symbol's latest metrics, in output order (``cryptopipe metrics``,
+#: docs/architecture.md section 8), then the anomaly details: :meth:`MetricsState.apply`
+#: returns them (and the exchange). A new indicator adds its field here and in ``apply``.
+METRIC_FIELDS = (
+    "symbol",
+    "exchange",
+    "open_time",
+    "close",
+    "ema_12",
+    "ema_26",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "rsi_14",
+    "vwap",
+    "price_anomaly",
+    "volume_anomaly",
+    "price_deviation",
+    "volume_zscore",
+)
+
+
 @dataclass
 class MetricsState:
     """Indicators of one (exchange, symbol), updated candle by candle."""

@@ -6,16 +6,12 @@ import argparse
 import json
 
 from cryptopipe.cli import CommandError
+from marketdata.indicators import METRIC_FIELDS
 from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms
 from redisstore.conn import connect_settings
-from streaming.metricsstore import metrics_exchanges, read_metrics
-
-#: Output fields, in order (DESIGN.md section 8), then the anomaly details.
-FIELDS = ("symbol", "exchange", "open_time", "close", "ema_12", "ema_26", "macd", "macd_signal",
-          "macd_hist", "rsi_14", "vwap", "price_anomaly", "volume_anomaly", "price_deviation",
-          "volume_zscore")  # fmt: skip
+from serving.metrics import metrics_exchanges, read_metrics
 
 
 def register(
@@ -51,11 +47,11 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
             "closed 1m candles arrive (cryptopipe stream status metrics)"
         )
         raise CommandError(msg, status=1)
-    record = {k: m.get(k) for k in FIELDS}
+    record = {k: m.get(k) for k in METRIC_FIELDS}
     if args.format == "json":
         print(json.dumps(record))
         return 0
-    for k in FIELDS:
+    for k in METRIC_FIELDS:
         v = record[k]
         shown = "-" if v is None else (format_ms(v) if k == "open_time" else v)
         print(f"{k:16} {shown}")

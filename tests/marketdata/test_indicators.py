@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import talib
 
-from marketdata.indicators import AnomalyConfig, ClosedBar, Ema, MetricsState, Rsi, spread
+from marketdata.indicators import (
+    METRIC_FIELDS,
+    AnomalyConfig,
+    ClosedBar,
+    Ema,
+    MetricsState,
+    Rsi,
+    spread,
+)
 
 T0 = 1_741_910_400_000
 WARMUP = 200
@@ -111,3 +119,11 @@ def test_ema_and_rsi_edge_cases() -> None:
     assert [e.update(x) for x in (1.0, 2.0, 3.0, 4.0)] == [None, None, 2.0, 3.0]
     r = Rsi(2)
     assert [r.update(x) for x in (1.0, 1.0, 1.0)] == [None, None, 0.0]
+
+
+def test_every_output_field_is_computed_and_every_computed_field_is_shown() -> None:
+    state = MetricsState()
+    out = state.apply(ClosedBar("binance", "X", T0, 100 * 10**8, 10**8, 100 * 10**16))
+    assert out is not None
+    assert set(out) == set(METRIC_FIELDS)
+    assert len(METRIC_FIELDS) == len(set(METRIC_FIELDS))
