@@ -208,22 +208,22 @@ def candles_from_table(table: pa.Table, interval: Interval) -> list[Candle]:
     symbols = table.column("symbol").to_pylist()
     return [
         Candle(
-            exchanges[i],
-            symbols[i],
-            interval,
-            cols["open_time"][i],
-            cols["open"][i],
-            cols["high"][i],
-            cols["low"][i],
-            cols["close"][i],
-            cols["volume"][i],
-            cols["quote_volume"][i],
-            cols["trade_count"][i],
-            cols["taker_buy_volume"][i],
-            cols["first_event_time"][i],
-            cols["first_trade_id"][i],
-            cols["last_event_time"][i],
-            cols["last_trade_id"][i],
+            exchange=exchanges[i],
+            symbol=symbols[i],
+            interval=interval,
+            open_time=cols["open_time"][i],
+            open_e8=cols["open"][i],
+            high_e8=cols["high"][i],
+            low_e8=cols["low"][i],
+            close_e8=cols["close"][i],
+            volume_e8=cols["volume"][i],
+            quote_volume_e16=cols["quote_volume"][i],
+            trade_count=cols["trade_count"][i],
+            taker_buy_volume_e8=cols["taker_buy_volume"][i],
+            first_event_time=cols["first_event_time"][i],
+            first_trade_id=cols["first_trade_id"][i],
+            last_event_time=cols["last_event_time"][i],
+            last_trade_id=cols["last_trade_id"][i],
         )
         for i in range(table.num_rows)
     ]

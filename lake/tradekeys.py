@@ -49,9 +49,13 @@ def summarize_trade_keys(table: pa.Table) -> list[TradeKeyRange]:
     if not table.num_rows:
         return []
     agg = table.group_by(["exchange", "symbol"]).aggregate(
-        [("trade_id", "min"), ("trade_id", "max"), ("trade_id", "count"),
-         ("trade_id", "count_distinct")]
-    )  # fmt: skip
+        [
+            ("trade_id", "min"),
+            ("trade_id", "max"),
+            ("trade_id", "count"),
+            ("trade_id", "count_distinct"),
+        ]
+    )
     return [
         TradeKeyRange(
             r["exchange"],

@@ -122,9 +122,12 @@ class LakeWriter:
     """
 
     def __init__(
-        self, lake: str | os.PathLike[str] | Lake, *, durable: bool = True,
+        self,
+        lake: str | os.PathLike[str] | Lake,
+        *,
+        durable: bool = True,
         clock: Callable[[], int] = now_ms,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.lake = as_lake(lake)
         self.durable = durable
         self.clock = clock

@@ -122,22 +122,22 @@ class Candle:
             else other
         )
         return Candle(
-            self.exchange,
-            self.symbol,
-            self.interval,
-            self.open_time,
-            first.open_e8,
-            max(self.high_e8, other.high_e8),
-            min(self.low_e8, other.low_e8),
-            last.close_e8,
-            self.volume_e8 + other.volume_e8,
-            self.quote_volume_e16 + other.quote_volume_e16,
-            self.trade_count + other.trade_count,
-            self.taker_buy_volume_e8 + other.taker_buy_volume_e8,
-            first.first_event_time,
-            first.first_trade_id,
-            last.last_event_time,
-            last.last_trade_id,
+            exchange=self.exchange,
+            symbol=self.symbol,
+            interval=self.interval,
+            open_time=self.open_time,
+            open_e8=first.open_e8,
+            high_e8=max(self.high_e8, other.high_e8),
+            low_e8=min(self.low_e8, other.low_e8),
+            close_e8=last.close_e8,
+            volume_e8=self.volume_e8 + other.volume_e8,
+            quote_volume_e16=self.quote_volume_e16 + other.quote_volume_e16,
+            trade_count=self.trade_count + other.trade_count,
+            taker_buy_volume_e8=self.taker_buy_volume_e8 + other.taker_buy_volume_e8,
+            first_event_time=first.first_event_time,
+            first_trade_id=first.first_trade_id,
+            last_event_time=last.last_event_time,
+            last_trade_id=last.last_trade_id,
         )
 
     def rolled_up(self, interval: Interval) -> Candle:

@@ -39,8 +39,14 @@ def _dump(d: dict[str, Any]) -> bytes:
     return json.dumps(d, allow_nan=True).encode()
 
 
-_FIELDS = {"s": "symbol", "t": "trade_id", "p": "price", "q": "quantity", "T": "event_time",
-           "m": "is_buyer_maker"}  # fmt: skip
+_FIELDS = {
+    "s": "symbol",
+    "t": "trade_id",
+    "p": "price",
+    "q": "quantity",
+    "T": "event_time",
+    "m": "is_buyer_maker",
+}
 
 
 def _valid(rng: random.Random, d: dict[str, Any]) -> Case:
@@ -129,8 +135,12 @@ def _non_positive(rng: random.Random, d: dict[str, Any]) -> Case:
 def _wrong_type(rng: random.Random, d: dict[str, Any]) -> Case:
     key = rng.choice(("s", "t", "T", "m"))
     d[key] = rng.choice(([1], {"a": 1}, None, "x", 1.5) if key != "s" else ([1], None, 5))
-    expected = {"s": "unknown_symbol", "t": "bad_number:trade_id", "T": "bad_timestamp",
-                "m": "bad_bool:is_buyer_maker"}[key]  # fmt: skip
+    expected = {
+        "s": "unknown_symbol",
+        "t": "bad_number:trade_id",
+        "T": "bad_timestamp",
+        "m": "bad_bool:is_buyer_maker",
+    }[key]
     return _dump(d), expected
 
 

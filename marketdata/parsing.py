@@ -206,13 +206,13 @@ def _parse_ws(
     if not isinstance(maker, bool):
         raise _Reject("bad_bool:is_buyer_maker", "m must be true or false")
     return Trade(
-        exchange,
-        _symbol(obj["s"], known),
-        _trade_id(obj["t"]),
-        _e8(obj["p"], "price", MAX_PRICE_E8),
-        _e8(obj["q"], "quantity", MAX_QUANTITY_E8),
-        normalize_event_time(obj["T"], recv_ms),
-        maker,
+        exchange=exchange,
+        symbol=_symbol(obj["s"], known),
+        trade_id=_trade_id(obj["t"]),
+        price_e8=_e8(obj["p"], "price", MAX_PRICE_E8),
+        quantity_e8=_e8(obj["q"], "quantity", MAX_QUANTITY_E8),
+        event_time=normalize_event_time(obj["T"], recv_ms),
+        is_buyer_maker=maker,
     )
 
 
@@ -246,13 +246,13 @@ def _parse_csv(
     if maker is None:
         raise _Reject("bad_bool:is_buyer_maker", f"{cols[5][:20]!r} is not true/false")
     return Trade(
-        exchange,
-        _symbol(symbol, known),
-        _trade_id(_csv_int(cols[0], "bad_number:trade_id")),
-        _e8(cols[1].strip(), "price", MAX_PRICE_E8),
-        _e8(cols[2].strip(), "quantity", MAX_QUANTITY_E8),
-        normalize_event_time(_csv_int(cols[4], "bad_timestamp")),
-        maker,
+        exchange=exchange,
+        symbol=_symbol(symbol, known),
+        trade_id=_trade_id(_csv_int(cols[0], "bad_number:trade_id")),
+        price_e8=_e8(cols[1].strip(), "price", MAX_PRICE_E8),
+        quantity_e8=_e8(cols[2].strip(), "quantity", MAX_QUANTITY_E8),
+        event_time=normalize_event_time(_csv_int(cols[4], "bad_timestamp")),
+        is_buyer_maker=maker,
     )
 
 

@@ -56,22 +56,22 @@ def candle_from_record(rec: dict[str, Any]) -> Candle:
     """A stored record back to a :class:`Candle` (exact)."""
     e8 = lambda name: _scaled(rec[name], SCALE_DIGITS)  # noqa: E731
     return Candle(
-        rec["exchange"],
-        rec["symbol"],
-        Interval.parse(rec["interval"]),
-        int(rec["open_time"]),
-        e8("open"),
-        e8("high"),
-        e8("low"),
-        e8("close"),
-        e8("volume"),
-        _scaled(rec["quote_volume"], QUOTE_SCALE_DIGITS),
-        int(rec["trade_count"]),
-        e8("taker_buy_volume"),
-        int(rec.get("first_event_time", rec["open_time"])),
-        int(rec["first_trade_id"]),
-        int(rec.get("last_event_time", rec["open_time"])),
-        int(rec["last_trade_id"]),
+        exchange=rec["exchange"],
+        symbol=rec["symbol"],
+        interval=Interval.parse(rec["interval"]),
+        open_time=int(rec["open_time"]),
+        open_e8=e8("open"),
+        high_e8=e8("high"),
+        low_e8=e8("low"),
+        close_e8=e8("close"),
+        volume_e8=e8("volume"),
+        quote_volume_e16=_scaled(rec["quote_volume"], QUOTE_SCALE_DIGITS),
+        trade_count=int(rec["trade_count"]),
+        taker_buy_volume_e8=e8("taker_buy_volume"),
+        first_event_time=int(rec.get("first_event_time", rec["open_time"])),
+        first_trade_id=int(rec["first_trade_id"]),
+        last_event_time=int(rec.get("last_event_time", rec["open_time"])),
+        last_trade_id=int(rec["last_trade_id"]),
     )
 
 

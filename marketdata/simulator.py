@@ -166,8 +166,9 @@ def simulate(cfg: SimConfig) -> Iterator[SimMessage]:  # noqa: C901 - one genera
         for ex in cfg.exchanges:
             books[(ex, s)] = _Book(0, tick, lot, qty, cfg.first_trade_id)
     weights = [1.0 / (1 + i) for i in range(len(cfg.symbols))]
-    basis = {ex: (0.0 if i == 0 else rng.uniform(-0.0015, 0.0015))
-             for i, ex in enumerate(cfg.exchanges)}  # fmt: skip
+    basis = {
+        ex: (0.0 if i == 0 else rng.uniform(-0.0015, 0.0015)) for i, ex in enumerate(cfg.exchanges)
+    }
 
     end_ms = None if cfg.duration_s is None else cfg.start_ms + int(cfg.duration_s * 1000)
     pending: list[tuple[int, int, SimMessage]] = []  # (arrival, seq, message)
@@ -226,9 +227,19 @@ def simulate(cfg: SimConfig) -> Iterator[SimMessage]:  # noqa: C901 - one genera
         mids[sym] *= math.exp(rng.gauss(0.0, cfg.vol * math.sqrt(dt_years * len(cfg.symbols))))
         px = mids[sym] * (1 + basis[ex]) * (1 + rng.uniform(-0.0002, 0.0002))
         price_e8 = max(book.tick_e8, round(px * SCALE / book.tick_e8) * book.tick_e8)
-        qty_e8 = max(book.lot_e8, round(rng.lognormvariate(0, 1.0) * book.qty * SCALE
-                                        / book.lot_e8) * book.lot_e8)  # fmt: skip
-        trade = Trade(ex, sym, book.next_id, price_e8, qty_e8, now, rng.random() < 0.5)
+        qty_e8 = max(
+            book.lot_e8,
+            round(rng.lognormvariate(0, 1.0) * book.qty * SCALE / book.lot_e8) * book.lot_e8,
+        )
+        trade = Trade(
+            exchange=ex,
+            symbol=sym,
+            trade_id=book.next_id,
+            price_e8=price_e8,
+            quantity_e8=qty_e8,
+            event_time=now,
+            is_buyer_maker=rng.random() < 0.5,
+        )
         book.next_id += 1
         payload = trade_payload(trade, now + rng.randrange(0, 3))
 
@@ -241,8 +252,9 @@ def simulate(cfg: SimConfig) -> Iterator[SimMessage]:  # noqa: C901 - one genera
             arrival = window_end + cfg.lateness_ms + rng.randrange(1_000, 30_000)
         elif roll < cfg.late + cfg.out_of_order:
             kind = KIND_OUT_OF_ORDER
-            arrival = now + rng.randrange(max(1, cfg.lateness_ms // 10),
-                                          max(2, cfg.lateness_ms * 8 // 10))  # fmt: skip
+            arrival = now + rng.randrange(
+                max(1, cfg.lateness_ms // 10), max(2, cfg.lateness_ms * 8 // 10)
+            )
         push(SimMessage(arrival, ex, sym, payload, kind, trade))
         if rng.random() < cfg.duplicates:
             # A duplicate must stay inside the lateness of its original's arrival.

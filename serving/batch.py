@@ -38,11 +38,21 @@ class BatchCandleReader:
         directory = lake.candles_dir(SOURCE_BATCH, interval.label, days[-1])
         found: set[str] = set()
         for name in lake.list_files(directory):
-            table = pq.read_table(f"{directory}/{name}", filesystem=lake.fs, partitioning=None,
-                                  columns=["exchange", "symbol"])  # fmt: skip
-            found |= {e for e, s in zip(table.column("exchange").to_pylist(),
-                                       table.column("symbol").to_pylist(), strict=True)
-                      if s == symbol}  # fmt: skip
+            table = pq.read_table(
+                f"{directory}/{name}",
+                filesystem=lake.fs,
+                partitioning=None,
+                columns=["exchange", "symbol"],
+            )
+            found |= {
+                e
+                for e, s in zip(
+                    table.column("exchange").to_pylist(),
+                    table.column("symbol").to_pylist(),
+                    strict=True,
+                )
+                if s == symbol
+            }
         return sorted(found)
 
     def read(
@@ -65,8 +75,9 @@ class BatchCandleReader:
         self, symbol: str, interval: Interval, exchange: str, before: int
     ) -> CandleRecord | None:
         """The last batch candle before ``before`` (within the covered days)."""
-        days = sorted(d for d in self.covered_days(interval)
-                      if (d - date(1970, 1, 1)).days * DAY_MS < before)  # fmt: skip
+        days = sorted(
+            d for d in self.covered_days(interval) if (d - date(1970, 1, 1)).days * DAY_MS < before
+        )
         for d in reversed(days):
             start = (d - date(1970, 1, 1)).days * DAY_MS
             found = read_batch_candles(self.settings, exchange, symbol, interval, start, before)

@@ -63,6 +63,22 @@ def fill_gaps(
 
 def _filled(prev: Candle, interval: Interval, open_time: int, source: str) -> CandleRecord:
     p = prev.close_e8
-    c = Candle(prev.exchange, prev.symbol, interval, open_time, p, p, p, p, 0, 0, 0, 0,
-               open_time, 0, open_time, 0)  # fmt: skip
+    c = Candle(
+        exchange=prev.exchange,
+        symbol=prev.symbol,
+        interval=interval,
+        open_time=open_time,
+        open_e8=p,
+        high_e8=p,
+        low_e8=p,
+        close_e8=p,
+        volume_e8=0,
+        quote_volume_e16=0,
+        trade_count=0,
+        taker_buy_volume_e8=0,
+        first_event_time=open_time,
+        first_trade_id=0,
+        last_event_time=open_time,
+        last_trade_id=0,
+    )
     return CandleRecord(c, True, source, filled=True)
