@@ -1,6 +1,6 @@
 """The candle as a pure fold over trades and a merge of two partial candles.
 
-DESIGN.md section 3. This is the reference both layers are tested against:
+docs/architecture.md section 3. This is the reference both layers are tested against:
 ``fold(trades)`` for any order of arrival gives the same candle, and
 ``merge(fold(a), fold(b)) == fold(a + b)`` for disjoint ``a`` and ``b``.
 
@@ -155,7 +155,7 @@ class Candle:
         return Candle(*(getattr(self, f) for f in self.__slots__))
 
     def fields(self) -> dict[str, Any]:
-        """The comparable content: every field of DESIGN.md section 3, as exact strings."""
+        """The comparable content: every candle field (docs/architecture.md section 3), exact."""
         return {
             "open": format_e8(self.open_e8),
             "high": format_e8(self.high_e8),
@@ -171,7 +171,7 @@ class Candle:
         }
 
     def to_json_dict(self, *, closed: bool = True, source: str = "stream") -> dict[str, Any]:
-        """The output record of ``cryptopipe candles --format json`` (DESIGN.md section 8)."""
+        """The record of ``cryptopipe candles --format json`` (docs/architecture.md section 8)."""
         out: dict[str, Any] = {
             "exchange": self.exchange,
             "symbol": self.symbol,

@@ -18,9 +18,9 @@ SCALE = 10**SCALE_DIGITS
 #: Product of two e8 values (price x quantity) is in units of 1e-16.
 QUOTE_SCALE_DIGITS = 2 * SCALE_DIGITS
 
-#: Largest accepted price (exclusive), per DESIGN.md: price < 10^10.
+#: Largest accepted price (exclusive), per docs/architecture.md: price < 10^10.
 MAX_PRICE_E8 = 10**10 * SCALE
-#: Largest accepted quantity (exclusive), per DESIGN.md: quantity < 10^12.
+#: Largest accepted quantity (exclusive), per docs/architecture.md: quantity < 10^12.
 MAX_QUANTITY_E8 = 10**12 * SCALE
 
 _ASCII_DIGITS = frozenset("0123456789")

@@ -1,4 +1,4 @@
-"""Incremental indicators over closed 1m candles (DESIGN.md section 8).
+"""Incremental indicators over closed 1m candles (docs/architecture.md section 8).
 
 Per (exchange, symbol), candles are applied in open_time order; empty minutes get no
 synthetic candle. Definitions follow TA-Lib:

@@ -1,4 +1,4 @@
-"""Parsing and validation of raw trade messages (DESIGN.md section 2).
+"""Parsing and validation of raw trade messages (docs/architecture.md section 2).
 
 Two wire formats:
 

@@ -1,6 +1,6 @@
 """The raw-log entry: a message as received, with where and when it came from.
 
-DESIGN.md section 6. The Redis stream entry is a flat map of byte fields; this
+docs/architecture.md section 6. The Redis stream entry is a flat map of byte fields; this
 module turns a :class:`RawMessage` into that map and back, without Redis.
 """
 

@@ -1,4 +1,4 @@
-"""Reconciliation: the stream's candles against the batch's, exactly (DESIGN.md section 5).
+"""Reconciliation: stream candles against batch candles, exactly (docs/architecture.md section 5).
 
 Pure: candles and late trades in, outcomes out. For each candle key of a day:
 

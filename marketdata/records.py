@@ -27,7 +27,7 @@ SOURCES = (SOURCE_MERGED, SOURCE_STREAM, SOURCE_BATCH)
 
 
 def candle_record(c: Candle, *, closed: bool) -> dict[str, Any]:
-    """The stored form: DESIGN.md section 8's JSON plus the open/close order keys.
+    """The stored form: docs/architecture.md section 8's JSON plus the open/close order keys.
 
     ``first_event_time`` and ``last_event_time`` are kept so that a stored candle can
     be merged exactly with late trades (reconciliation) or with other candles.
@@ -96,7 +96,7 @@ class CandleRecord:
     filled: bool = False
 
     def to_json_dict(self, *, with_filled: bool = False) -> dict[str, Any]:
-        """DESIGN.md section 8's record; ``filled`` added when asked for gap filling.
+        """docs/architecture.md section 8's record; ``filled`` added when asked for gap filling.
 
         A filled record has zero volume, so its ``vwap`` and trade ids are ``null``.
         """

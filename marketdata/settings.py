@@ -12,7 +12,7 @@ from pathlib import Path
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_HOME = "./.cryptopipe"
-#: Allowed lateness of the candles flow, ms (DESIGN.md section 4).
+#: Allowed lateness of the candles flow, ms (docs/architecture.md section 4).
 DEFAULT_LATENESS_MS = 5_000
 
 

@@ -1,4 +1,4 @@
-"""The trade: the one fact both layers are built from (DESIGN.md section 2)."""
+"""The trade: the one fact both layers are built from (docs/architecture.md section 2)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class Rejection(NamedTuple):
     """A message that failed validation: never dropped, always explained.
 
     Attributes:
-        reason: machine-readable code, e.g. ``"bad_number:price"`` (DESIGN.md section 2).
+        reason: machine-readable code, e.g. ``"bad_number:price"`` (docs/architecture.md section 2).
         payload: the raw payload as received (bytes, possibly not UTF-8).
         exchange: the exchange the feed said it came from.
         detail: a short human-readable explanation.

@@ -50,7 +50,8 @@ class MergedCandleReader:
         if self.batch is None:
             return got
         batch = self.batch.read(symbol, interval, exchange=exchange, start=start, end=end)
-        # A day the batch layer has computed is served from it alone (DESIGN.md 1, 5).
+        # A day the batch layer has computed is served from it alone
+        # (docs/architecture.md sections 1 and 5).
         covered = getattr(self.batch, "covered_days", None)
         days = {(d - date(1970, 1, 1)).days for d in covered(interval)} if covered else set()
         by_key = {r.candle.key: r for r in got if r.candle.open_time // DAY_MS not in days}
