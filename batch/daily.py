@@ -50,12 +50,12 @@ from lake.layout import (
     CANDLES_DIR,
     TRADES_DIR,
     Lake,
-    day_bounds,
     partition,
     trade_files,
 )
 from lake.tradekeys import proves_distinct
 from marketdata.interval import INTERVAL_LABELS, Interval
+from marketdata.timeutil import day_bounds
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
-from lake.layout import Lake, day_bounds, import_marker_name
-from marketdata.timeutil import format_ms
+from lake.layout import Lake, import_marker_name
+from marketdata.timeutil import day_bounds, format_ms
 from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 

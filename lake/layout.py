@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from marketdata.settings import Settings
-from marketdata.timeutil import DAY_MS, day_of_ms
+from marketdata.timeutil import day_of_ms
 
 TRADES_DIR = "trades"
 REJECTS_DIR = "rejects"
@@ -308,11 +308,6 @@ def write_import_marker(lake: Lake, day: date, stem: str, info: dict[str, Any]) 
     lake.write_bytes(path, json.dumps(info, sort_keys=True).encode())
     return path
 
-
-def day_bounds(day: date) -> tuple[int, int]:
-    """``[start, end)`` of a UTC day in ms."""
-    start = (day - date(1970, 1, 1)).days * DAY_MS
-    return start, start + DAY_MS
 
 
 def as_lake(where: Settings | Lake | str | os.PathLike[str]) -> Lake:

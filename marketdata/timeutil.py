@@ -75,6 +75,12 @@ def day_start_ms(day: date) -> int:
     return datetime_to_ms(datetime(day.year, day.month, day.day, tzinfo=UTC))
 
 
+def day_bounds(day: date) -> tuple[int, int]:
+    """``[start, end)`` of a UTC day in ms."""
+    start = day_start_ms(day)
+    return start, start + DAY_MS
+
+
 def day_of_ms(ms: int) -> date:
     """UTC day holding ``ms``."""
     return date(1970, 1, 1) + timedelta(days=ms // DAY_MS)

@@ -14,7 +14,7 @@ from lake.layout import Lake
 from marketdata.interval import Interval
 from marketdata.records import SOURCE_BATCH, CandleRecord
 from marketdata.settings import Settings
-from marketdata.timeutil import DAY_MS
+from marketdata.timeutil import day_start_ms
 
 
 class BatchCandleReader:
@@ -76,10 +76,10 @@ class BatchCandleReader:
     ) -> CandleRecord | None:
         """The last batch candle before ``before`` (within the covered days)."""
         days = sorted(
-            d for d in self.covered_days(interval) if (d - date(1970, 1, 1)).days * DAY_MS < before
+            d for d in self.covered_days(interval) if day_start_ms(d) < before
         )
         for d in reversed(days):
-            start = (d - date(1970, 1, 1)).days * DAY_MS
+            start = day_start_ms(d)
             found = read_batch_candles(self.settings, exchange, symbol, interval, start, before)
             if found:
                 return CandleRecord(found[-1], True, SOURCE_BATCH)

@@ -7,8 +7,6 @@ stream candles the batch does not have (docs/architecture.md sections 1 and 5).
 
 from __future__ import annotations
 
-from datetime import date
-
 import redis
 
 from marketdata.interval import Interval
@@ -21,7 +19,7 @@ from marketdata.records import (
     CandleRecord,
 )
 from marketdata.settings import Settings
-from marketdata.timeutil import DAY_MS
+from marketdata.timeutil import DAY_MS, day_start_ms
 from serving.batch import BatchCandleReader
 from serving.stream import StreamCandleReader
 
@@ -53,7 +51,7 @@ class MergedCandleReader:
         # A day the batch layer has computed is served from it alone
         # (docs/architecture.md sections 1 and 5).
         covered = getattr(self.batch, "covered_days", None)
-        days = {(d - date(1970, 1, 1)).days for d in covered(interval)} if covered else set()
+        days = {day_start_ms(d) // DAY_MS for d in covered(interval)} if covered else set()
         by_key = {r.candle.key: r for r in got if r.candle.open_time // DAY_MS not in days}
         by_key.update({r.candle.key: r for r in batch})
         return [by_key[k] for k in sorted(by_key)]
