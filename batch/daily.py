@@ -1,7 +1,7 @@
 """The daily batch job: a day's archived trades in, candles and aggregates out.
 
 Reading and writing live here; the computations are in :mod:`batch.transforms`.
-For a UTC day D (DESIGN.md sections 3 and 6)::
+For a UTC day D (docs/architecture.md sections 3 and 6)::
 
     trades/date=D/*.parquet
       -> dedupe by (exchange, symbol, trade_id)

@@ -60,13 +60,13 @@ def stream_day_candles(client: redis.Redis, day: date) -> dict[tuple[str, str, s
 
 def _late_trade(f: dict[bytes, bytes]) -> LateTrade:
     t = Trade(
-        f[b"exchange"].decode(),
-        f[b"symbol"].decode(),
-        int(f[b"trade_id"]),
-        parse_e8(f[b"price"].decode()),
-        parse_e8(f[b"quantity"].decode()),
-        int(f[b"event_time"]),
-        f[b"is_buyer_maker"] == b"true",
+        exchange=f[b"exchange"].decode(),
+        symbol=f[b"symbol"].decode(),
+        trade_id=int(f[b"trade_id"]),
+        price_e8=parse_e8(f[b"price"].decode()),
+        quantity_e8=parse_e8(f[b"quantity"].decode()),
+        event_time=int(f[b"event_time"]),
+        is_buyer_maker=f[b"is_buyer_maker"] == b"true",
     )
     return LateTrade(t, orjson.loads(f[b"windows"]))
 

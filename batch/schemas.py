@@ -1,6 +1,6 @@
 """Spark schemas of the lake's tables (the pyarrow ones live in :mod:`lake.schemas`).
 
-Decimal widths follow DESIGN.md section 2: price < 10^10 and quantity < 10^12 with 8
+Decimal widths follow docs/architecture.md section 2: price < 10^10 and quantity < 10^12 with 8
 fractional digits; sums of quantities get 38 digits, sums of price x quantity 38
 digits with 16 fractional ones (exact: the product of two 8-digit fractions).
 """
@@ -35,7 +35,7 @@ TRADES = StructType(
     ]
 )
 
-#: ``candles/source=S/interval=I/date=D/*.parquet``: every field of DESIGN.md section 3.
+#: ``candles/source=S/interval=I/date=D/*.parquet``: every field of docs/architecture.md section 3.
 #: ``interval`` and ``date`` are the directories, not columns of the files. The
 #: ``first/last_event_time`` columns are the open and close trades' event times: with
 #: the trade ids they are the order key that merging candles needs (the roll-up

@@ -1,8 +1,8 @@
-"""The batch layer's computations: DataFrame in, DataFrame out (DESIGN.md section 3).
+"""The batch layer's computations: DataFrame in, DataFrame out (docs/architecture.md section 3).
 
 No reading, writing or session creation here (see :mod:`batch.daily`). Every
 function is exact: prices and quantities stay exact decimals or exact integers of
-1e-8 units, and the only rounding is the half-even rounding DESIGN.md asks for
+1e-8 units, and the only rounding is the half-even rounding docs/architecture.md asks for
 (VWAP, and the ratios of the daily aggregates).
 
 1m candles have two implementations with the same result:
@@ -18,7 +18,7 @@ function is exact: prices and quantities stay exact decimals or exact integers o
   overflow, duplicates that agree; :func:`fast_path_valid`).
 * :func:`minute_candles_exact`, the general one: decimal arithmetic and
   ``min``/``max`` of structs. Slower (sort-based aggregation, big decimals), valid
-  for every value DESIGN.md allows. The job falls back to it when a fast partial
+  for every value docs/architecture.md allows. The job falls back to it when a fast partial
   is not valid, and the tests compare both with :func:`marketdata.candle.fold_trades`.
 
 Coarser candles are rolled up from 1m candles with the merge rule (:func:`roll_up_many`).
@@ -88,7 +88,7 @@ def ratio_e8(num: str, den: str) -> Column:
 
 
 def vwap() -> Column:
-    """``quote_volume / volume`` rounded half-even to 8 digits (DESIGN.md section 3)."""
+    """``quote_volume / volume`` rounded half-even to 8 digits (docs/architecture.md section 3)."""
     return ratio_e8("quote_volume", "volume").alias("vwap")
 
 
@@ -101,11 +101,12 @@ def _candle_select(extra: Sequence[str] = ()) -> list[Column | str]:
 
 
 def dedupe_trades(trades: DataFrame) -> DataFrame:
-    """One row per (exchange, symbol, trade_id): duplicates count once (DESIGN.md section 2).
+    """One row per (exchange, symbol, trade_id): duplicates count once.
 
-    Duplicates carry the same content by contract. Should two rows with one key
-    differ anyway, the kept version is the one with the smallest xxhash64 of its
-    content: arbitrary but independent of file order, so re-runs agree.
+    Duplicates carry the same content by contract (docs/architecture.md section 2).
+    Should two rows with one key differ anyway, the kept version is the one with the
+    smallest xxhash64 of its content: arbitrary but independent of file order, so
+    re-runs agree.
 
     Returns:
         The trade columns plus ``copies`` (rows seen for the key) and
@@ -290,7 +291,7 @@ def candles_from_partials(partials: DataFrame) -> DataFrame:
 
 
 def minute_candles_exact(deduped: DataFrame) -> DataFrame:
-    """1m candles by decimal arithmetic, for every value DESIGN.md allows (slower).
+    """1m candles by decimal arithmetic, for every value docs/architecture.md allows (slower).
 
     Args:
         deduped: :func:`dedupe_trades` rows.

@@ -162,10 +162,24 @@ FROM candles
 """
 
 COMPARED = [
-    "interval", "exchange", "symbol", "open_time", "open", "high", "low", "close", "volume",
-    "quote_volume", "trade_count", "taker_buy_volume", "vwap", "first_trade_id",
-    "last_trade_id", "first_event_time", "last_event_time",
-]  # fmt: skip
+    "interval",
+    "exchange",
+    "symbol",
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "trade_count",
+    "taker_buy_volume",
+    "vwap",
+    "first_trade_id",
+    "last_trade_id",
+    "first_event_time",
+    "last_event_time",
+]
 
 
 def run_duckdb(files: list[Path], out: Path, threads: int) -> None:
@@ -182,10 +196,15 @@ def run_duckdb(files: list[Path], out: Path, threads: int) -> None:
 def duckdb_rows(path: Path) -> list[tuple[object, ...]]:
     t = ds.dataset(path).to_table()
     names = {
-        "open_e8": "open", "high_e8": "high", "low_e8": "low", "close_e8": "close",
-        "volume_e8": "volume", "quote_e16": "quote_volume", "taker_e8": "taker_buy_volume",
+        "open_e8": "open",
+        "high_e8": "high",
+        "low_e8": "low",
+        "close_e8": "close",
+        "volume_e8": "volume",
+        "quote_e16": "quote_volume",
+        "taker_e8": "taker_buy_volume",
         "vwap_e8": "vwap",
-    }  # fmt: skip
+    }
     cols = {
         names.get(n, n): [int(v) if isinstance(v, Decimal) else v for v in t.column(n).to_pylist()]
         for n in t.column_names
@@ -246,8 +265,10 @@ def main() -> int:
             files.append(path)
         gen_s = time.monotonic() - t
         size_mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"data: 3 files x {args.rows:,} trades ({size_mb:,.0f} MB) in {work} "
-              f"[{gen_s:.1f} s]", flush=True)  # fmt: skip
+        print(
+            f"data: 3 files x {args.rows:,} trades ({size_mb:,.0f} MB) in {work} [{gen_s:.1f} s]",
+            flush=True,
+        )
         if home.exists():
             shutil.rmtree(home)
         load0 = os.getloadavg()[0]
@@ -275,13 +296,19 @@ def main() -> int:
             print(f"{name:<48} {secs:8.2f} {r:>9}")
         print()
         print(f"batch run said: {batch_out}")
-        print(f"candles identical to DuckDB's: {'yes' if same else 'NO'} ({n:,} rows, "
-              f"{len(list(Interval))} intervals)")  # fmt: skip
-        print(f"machine: {os.cpu_count()} cores, load average {load0:.1f} -> {load1:.1f} "
-              "(shared machine: other work inflates both sides)")  # fmt: skip
+        print(
+            f"candles identical to DuckDB's: {'yes' if same else 'NO'} ({n:,} rows, "
+            f"{len(list(Interval))} intervals)"
+        )
+        print(
+            f"machine: {os.cpu_count()} cores, load average {load0:.1f} -> {load1:.1f} "
+            "(shared machine: other work inflates both sides)"
+        )
         ok = batch_s <= TARGET_RATIO * duck_s and batch_s < TARGET_SECONDS and same
-        print(f"target (<= {TARGET_RATIO:g}x DuckDB and < {TARGET_SECONDS:g} s, same candles): "
-              f"{'met' if ok else 'NOT met'}")  # fmt: skip
+        print(
+            f"target (<= {TARGET_RATIO:g}x DuckDB and < {TARGET_SECONDS:g} s, same candles): "
+            f"{'met' if ok else 'NOT met'}"
+        )
         return 0 if ok else 1
     finally:
         if not args.keep and args.workdir is None:

@@ -1,6 +1,6 @@
-"""``cryptopipe candles SYMBOL --interval I ...``: read candles back (DESIGN.md section 8).
+"""``cryptopipe candles SYMBOL --interval I ...``: read candles back (docs/architecture.md 8).
 
-``--format json`` prints one object per line with the fields of DESIGN.md section 3
+``--format json`` prints one object per line with the fields of docs/architecture.md section 3
 plus ``symbol``, ``interval``, ``open_time`` (ms), ``closed`` and ``source``;
 decimals are strings. ``--start`` is inclusive and ``--end`` exclusive, both on
 ``open_time``; times are ISO 8601 in UTC or ms since the epoch.
@@ -26,11 +26,38 @@ from serving.gaps import fill_gaps
 from serving.merged import reader_for
 from serving.stream import closed_until
 
-_FIELDS = ("exchange", "symbol", "interval", "open_time", "open", "high", "low", "close",
-           "volume", "quote_volume", "trade_count", "taker_buy_volume", "vwap",
-           "first_trade_id", "last_trade_id", "closed", "source")  # fmt: skip
-_TABLE = ("open_time", "exchange", "open", "high", "low", "close", "volume", "trade_count",
-          "vwap", "closed", "source")  # fmt: skip
+_FIELDS = (
+    "exchange",
+    "symbol",
+    "interval",
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "trade_count",
+    "taker_buy_volume",
+    "vwap",
+    "first_trade_id",
+    "last_trade_id",
+    "closed",
+    "source",
+)
+_TABLE = (
+    "open_time",
+    "exchange",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "trade_count",
+    "vwap",
+    "closed",
+    "source",
+)
 
 
 def register(
@@ -121,8 +148,12 @@ def cmd_candles(args: argparse.Namespace, settings: Settings) -> int:
         if start is not None:
             previous = {ex: reader.previous(symbol, interval, ex, start) for ex in exchanges}
         records = fill_gaps(
-            records, interval, start=start, end=end, previous=previous,
+            records,
+            interval,
+            start=start,
+            end=end,
+            previous=previous,
             closed_until_ms=closed_until(client, settings, symbol),
-        )  # fmt: skip
+        )
     _print(records, args.format, args.fill)
     return 0

@@ -36,10 +36,16 @@ def register(
         ),
     )
     imp.add_argument("files", nargs="+", metavar="FILE", type=Path)
-    imp.add_argument("--format", default=FORMAT_CSV, choices=(FORMAT_CSV,), dest="fmt",
-                     help="input format (Binance public trade dumps)")  # fmt: skip
-    imp.add_argument("--symbol", default=None,
-                     help="the symbol of every file (default: from the file name)")  # fmt: skip
+    imp.add_argument(
+        "--format",
+        default=FORMAT_CSV,
+        choices=(FORMAT_CSV,),
+        dest="fmt",
+        help="input format (Binance public trade dumps)",
+    )
+    imp.add_argument(
+        "--symbol", default=None, help="the symbol of every file (default: from the file name)"
+    )
     imp.add_argument("--exchange", default="binance", help="exchange (default binance)")
     imp.set_defaults(func=cmd_import)
 

@@ -26,7 +26,7 @@ def register(
         help="exchange (default: the only one with metrics, else binance)",
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.set_defaults(func=cmd_metrics)  # fmt: skip
+    p.set_defaults(func=cmd_metrics)
 
 
 def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:

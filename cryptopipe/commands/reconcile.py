@@ -28,7 +28,7 @@ def register(
         action="store_true",
         help="exit 1 when any difference is unexplained (for scripts)",
     )
-    p.set_defaults(func=cmd_reconcile)  # fmt: skip
+    p.set_defaults(func=cmd_reconcile)
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
@@ -43,14 +43,21 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     else:
         counts = "  ".join(f"{o}={summary['counts'][o]}" for o in OUTCOMES)
         print(f"{day}: {counts}")
-        print(f"stream candles {summary['stream_candles']}, batch candles "
-              f"{summary['batch_candles']}, late trades {summary['late_trades']}")  # fmt: skip
+        print(
+            f"stream candles {summary['stream_candles']}, batch candles "
+            f"{summary['batch_candles']}, late trades {summary['late_trades']}"
+        )
         for d in summary["worst"]:
             if d["outcome"] == "explained_by_late":
                 continue
-            print(f"  {d['outcome']:18} {d['exchange']}:{d['symbol']} {d['interval']:>3} "
-                  f"{format_ms(d['open_time'])} differs in {','.join(d['differing']) or '-'} "
-                  f"quote gap {d['quote_volume_gap']}")  # fmt: skip
-        print("OK: every difference is explained" if result.ok
-              else f"UNEXPLAINED: {result.unexplained} (report in the lake)")  # fmt: skip
+            print(
+                f"  {d['outcome']:18} {d['exchange']}:{d['symbol']} {d['interval']:>3} "
+                f"{format_ms(d['open_time'])} differs in {','.join(d['differing']) or '-'} "
+                f"quote gap {d['quote_volume_gap']}"
+            )
+        print(
+            "OK: every difference is explained"
+            if result.ok
+            else f"UNEXPLAINED: {result.unexplained} (report in the lake)"
+        )
     return 1 if args.fail_on_unexplained and not result.ok else 0

@@ -54,14 +54,56 @@ def generate_trades(seed: int, per_key: int = 400) -> list[Trade]:
                 tid += rng.choice((1, 1, 1, 2, 7))
                 price = max(1, price + rng.randrange(-(10**9), 10**9))
                 qty = rng.randrange(1, 10**10)
-                out.append(Trade(ex, sym, tid, price, qty, t, rng.random() < 0.5))
+                out.append(
+                    Trade(
+                        exchange=ex,
+                        symbol=sym,
+                        trade_id=tid,
+                        price_e8=price,
+                        quantity_e8=qty,
+                        event_time=t,
+                        is_buyer_maker=rng.random() < 0.5,
+                    )
+                )
     # VWAP ties at 8 digits: (1.00000001 + 1.00000002) / 2 rounds up to ...02 (even),
     # (1.00000000 + 1.00000001) / 2 rounds down to ...00 (even); half-up would not.
     out += [
-        Trade("binance", "TIEUSDT", 1, 100_000_001, 1, TIE_MINUTE + 5, False),
-        Trade("binance", "TIEUSDT", 2, 100_000_002, 1, TIE_MINUTE + 5, True),
-        Trade("binance", "TIEUSDT", 3, 100_000_000, 1, TIE_MINUTE + 60_000, False),
-        Trade("binance", "TIEUSDT", 4, 100_000_001, 1, TIE_MINUTE + 119_999, False),
+        Trade(
+            exchange="binance",
+            symbol="TIEUSDT",
+            trade_id=1,
+            price_e8=100_000_001,
+            quantity_e8=1,
+            event_time=TIE_MINUTE + 5,
+            is_buyer_maker=False,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="TIEUSDT",
+            trade_id=2,
+            price_e8=100_000_002,
+            quantity_e8=1,
+            event_time=TIE_MINUTE + 5,
+            is_buyer_maker=True,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="TIEUSDT",
+            trade_id=3,
+            price_e8=100_000_000,
+            quantity_e8=1,
+            event_time=TIE_MINUTE + 60_000,
+            is_buyer_maker=False,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="TIEUSDT",
+            trade_id=4,
+            price_e8=100_000_001,
+            quantity_e8=1,
+            event_time=TIE_MINUTE + 119_999,
+            is_buyer_maker=False,
+        ),
     ]
     return out
 
@@ -131,26 +173,35 @@ def reference_aggregates(trades: list[Trade]) -> list[dict[str, Any]]:
         big = max(ts, key=lambda t: (t.price_e8 * t.quantity_e8, -t.event_time, -t.trade_id))
         rows.append(
             {
-                "exchange": ex, "symbol": sym, "open_time": D0,
-                "open": format_e8(d.open_e8), "high": format_e8(d.high_e8),
-                "low": format_e8(d.low_e8), "close": format_e8(d.close_e8),
-                "volume": format_e8(d.volume_e8), "quote_volume": format_e16(d.quote_volume_e16),
-                "vwap": format_e8(d.vwap_e8), "trade_count": d.trade_count,
+                "exchange": ex,
+                "symbol": sym,
+                "open_time": D0,
+                "open": format_e8(d.open_e8),
+                "high": format_e8(d.high_e8),
+                "low": format_e8(d.low_e8),
+                "close": format_e8(d.close_e8),
+                "volume": format_e8(d.volume_e8),
+                "quote_volume": format_e16(d.quote_volume_e16),
+                "vwap": format_e8(d.vwap_e8),
+                "trade_count": d.trade_count,
                 "taker_buy_volume": format_e8(d.taker_buy_volume_e8),
                 "taker_buy_share": format_e8(
                     div_half_even(d.taker_buy_volume_e8 * 10**8, d.volume_e8)
                 ),
-                "first_trade_id": d.first_trade_id, "last_trade_id": d.last_trade_id,
+                "first_trade_id": d.first_trade_id,
+                "last_trade_id": d.last_trade_id,
                 "realized_volatility": math.sqrt(sum(r * r for r in rets)),
-                "return_count": len(rets), "active_minutes": len(m1),
+                "return_count": len(rets),
+                "active_minutes": len(m1),
                 "trades_per_minute": format_e8(div_half_even(d.trade_count * 10**8, 1440)),
                 "max_trades_per_minute": max(c.trade_count for c in m1),
-                "largest_trade_id": big.trade_id, "largest_trade_time": big.event_time,
+                "largest_trade_id": big.trade_id,
+                "largest_trade_time": big.event_time,
                 "largest_trade_price": format_e8(big.price_e8),
                 "largest_trade_quantity": format_e8(big.quantity_e8),
                 "largest_trade_quote": format_e16(big.price_e8 * big.quantity_e8),
             }
-        )  # fmt: skip
+        )
     return rows
 
 
@@ -238,10 +289,42 @@ def test_values_beyond_the_fast_path_fall_back_to_exact(
 ) -> None:
     lake = Lake(tmp_path / "lake")
     trades = [
-        Trade("binance", "BIGUSDT", 2**47 + 5, 10**18 - 1, 10**19 + 1, D0 + 10, False),
-        Trade("binance", "BIGUSDT", 2**47 + 4, 10**18 - 1, 1, D0 + 10, True),
-        Trade("binance", "BIGUSDT", 2**62, 5 * 10**17, 99 * 10**18, D0 + 61_000, False),
-        Trade("binance", "BIGUSDT", 7, 1, 10**19 + 1, D0 + 3_600_000, False),
+        Trade(
+            exchange="binance",
+            symbol="BIGUSDT",
+            trade_id=2**47 + 5,
+            price_e8=10**18 - 1,
+            quantity_e8=10**19 + 1,
+            event_time=D0 + 10,
+            is_buyer_maker=False,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="BIGUSDT",
+            trade_id=2**47 + 4,
+            price_e8=10**18 - 1,
+            quantity_e8=1,
+            event_time=D0 + 10,
+            is_buyer_maker=True,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="BIGUSDT",
+            trade_id=2**62,
+            price_e8=5 * 10**17,
+            quantity_e8=99 * 10**18,
+            event_time=D0 + 61_000,
+            is_buyer_maker=False,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="BIGUSDT",
+            trade_id=7,
+            price_e8=1,
+            quantity_e8=10**19 + 1,
+            event_time=D0 + 3_600_000,
+            is_buyer_maker=False,
+        ),
     ]
     LakeWriter(lake, durable=False).write_trades(trades, [], SourceRange.rows("big", 1, 4))
     res = run_batch_day(spark, lake, DAY)
@@ -255,9 +338,26 @@ def test_conflicting_duplicates_keep_one_whole_version(spark: SparkSession, tmp_
     lake = Lake(tmp_path / "lake")
     writer = LakeWriter(lake, durable=False)
     base = [
-        Trade("binance", "XYZUSDT", i, 10**8 + i, 10**6, D0 + i * 1000, False) for i in range(9)
+        Trade(
+            exchange="binance",
+            symbol="XYZUSDT",
+            trade_id=i,
+            price_e8=10**8 + i,
+            quantity_e8=10**6,
+            event_time=D0 + i * 1000,
+            is_buyer_maker=False,
+        )
+        for i in range(9)
     ]
-    a = Trade("binance", "XYZUSDT", 100, 2 * 10**8, 10**6, D0 + 500, True)
+    a = Trade(
+        exchange="binance",
+        symbol="XYZUSDT",
+        trade_id=100,
+        price_e8=2 * 10**8,
+        quantity_e8=10**6,
+        event_time=D0 + 500,
+        is_buyer_maker=True,
+    )
     b = a._replace(price_e8=3 * 10**8, quantity_e8=7)  # same key, other content
     writer.write_trades([*base, a], [], SourceRange.rows("one", 1, 10))
     writer.write_trades([b], [], SourceRange.rows("two", 1, 1))
@@ -277,11 +377,40 @@ def test_rerun_replaces_the_days_partitions_only(spark: SparkSession, tmp_path: 
     lake = Lake(tmp_path / "lake")
     writer = LakeWriter(lake, durable=False)
     a = [
-        Trade("binance", "AAAUSDT", i, 10**8 + i, 10**6, D0 + i * 7_000, i % 2 == 0)
+        Trade(
+            exchange="binance",
+            symbol="AAAUSDT",
+            trade_id=i,
+            price_e8=10**8 + i,
+            quantity_e8=10**6,
+            event_time=D0 + i * 7_000,
+            is_buyer_maker=i % 2 == 0,
+        )
         for i in range(50)
     ]
-    b = [Trade("binance", "BBBUSDT", i, 10**9 + i, 10**5, D0 + i * 9_000, False) for i in range(30)]
-    other = [Trade("binance", "AAAUSDT", 1000, 10**8, 10**6, D0 + DAY_MS + 5, False)]
+    b = [
+        Trade(
+            exchange="binance",
+            symbol="BBBUSDT",
+            trade_id=i,
+            price_e8=10**9 + i,
+            quantity_e8=10**5,
+            event_time=D0 + i * 9_000,
+            is_buyer_maker=False,
+        )
+        for i in range(30)
+    ]
+    other = [
+        Trade(
+            exchange="binance",
+            symbol="AAAUSDT",
+            trade_id=1000,
+            price_e8=10**8,
+            quantity_e8=10**6,
+            event_time=D0 + DAY_MS + 5,
+            is_buyer_maker=False,
+        )
+    ]
     writer.write_trades(a, [], SourceRange.rows("a", 1, 50))
     writer.write_trades(b, [], SourceRange.rows("b", 1, 30))
     writer.write_trades(other, [], SourceRange.rows("o", 1, 1))  # the next day

@@ -31,7 +31,18 @@ NEXT = D0 + 86_400_000
 
 
 def archive_day(lake: Lake) -> None:
-    trades = [Trade("binance", "BTCUSDT", i, 10**12, 10**6, D0 + i * 1000, False) for i in range(5)]
+    trades = [
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=i,
+            price_e8=10**12,
+            quantity_e8=10**6,
+            event_time=D0 + i * 1000,
+            is_buyer_maker=False,
+        )
+        for i in range(5)
+    ]
     LakeWriter(lake, durable=False).write_trades(
         trades, [], SourceRange.stream("md:trades:raw", "1-0", "5-0")
     )

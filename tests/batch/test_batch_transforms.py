@@ -56,9 +56,7 @@ def test_ratio_is_half_even_where_spark_rounds_half_up(spark: SparkSession) -> N
 
 
 def trades_df(spark: SparkSession, rows: list[tuple[object, ...]]):  # type: ignore[no-untyped-def]
-    data = [
-        ("binance", s, tid, Decimal(p), Decimal(q), t, m) for s, tid, p, q, t, m in rows
-    ]  # fmt: skip
+    data = [("binance", s, tid, Decimal(p), Decimal(q), t, m) for s, tid, p, q, t, m in rows]
     return spark.createDataFrame(data, TRADES)
 
 

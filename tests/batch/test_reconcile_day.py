@@ -28,14 +28,29 @@ from marketdata.trade import Trade
 
 DAY = date(2025, 3, 14)
 START = 1_741_993_200_000  # 2025-03-14T23:00:00Z
-CFG = SimConfig(symbols=("BTCUSDT", "ETHUSDT"), rate=15, start_ms=START, duration_s=3000,
-                seed=21, late=0.01, duplicates=0.02, malformed=0.01, out_of_order=0.03,
-                first_trade_id=START * 10)  # fmt: skip
+CFG = SimConfig(
+    symbols=("BTCUSDT", "ETHUSDT"),
+    rate=15,
+    start_ms=START,
+    duration_s=3000,
+    seed=21,
+    late=0.01,
+    duplicates=0.02,
+    malformed=0.01,
+    out_of_order=0.03,
+    first_trade_id=START * 10,
+)
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cryptopipe", *args], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -55,10 +70,30 @@ def batch_candles(trades: list[Trade]) -> dict:
 
 
 def run_stream(env: dict[str, str], drop_every: int = 0, client: redis.Redis | None = None) -> None:
-    args = ["feed", "simulate", "--symbols", "BTCUSDT,ETHUSDT", "--rate", "15", "--start",
-            str(START), "--duration", "3000", "--seed", "21", "--late", "0.01",
-            "--duplicates", "0.02", "--malformed", "0.01", "--out-of-order", "0.03",
-            "--speed", "max"]  # fmt: skip
+    args = [
+        "feed",
+        "simulate",
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
+        "--rate",
+        "15",
+        "--start",
+        str(START),
+        "--duration",
+        "3000",
+        "--seed",
+        "21",
+        "--late",
+        "0.01",
+        "--duplicates",
+        "0.02",
+        "--malformed",
+        "0.01",
+        "--out-of-order",
+        "0.03",
+        "--speed",
+        "max",
+    ]
     assert cli(env, *args).returncode == 0
     if drop_every and client is not None:  # the stream "loses" raw entries
         ids = [i for i, _ in client.xrange("md:trades:raw")][::drop_every]
@@ -81,8 +116,13 @@ def test_late_trades_are_all_explained(env: dict[str, str], redis_client: redis.
     expected = batch_candles(valid_trades())
     write_day_candles(lake, SOURCE_BATCH, DAY, expected.values())
     summary = reconcile_json(env)
-    assert set(summary["counts"]) == {"match", "explained_by_late", "mismatch",
-                                      "missing_in_stream", "extra_in_stream"}  # fmt: skip
+    assert set(summary["counts"]) == {
+        "match",
+        "explained_by_late",
+        "mismatch",
+        "missing_in_stream",
+        "extra_in_stream",
+    }
     assert summary["unexplained"] == 0 and summary["ok"]
     assert summary["explained_by_late"] > 0 and summary["match"] > 0
     assert summary["match"] == summary["counts"]["match"]
@@ -102,8 +142,9 @@ def test_stream_that_lost_trades_is_unexplained(
 ) -> None:
     trades = valid_trades()
     run_stream(env, drop_every=997, client=redis_client)
-    write_day_candles(Path(env["CRYPTOPIPE_HOME"]) / "lake", SOURCE_BATCH, DAY,
-                      batch_candles(trades).values())  # fmt: skip
+    write_day_candles(
+        Path(env["CRYPTOPIPE_HOME"]) / "lake", SOURCE_BATCH, DAY, batch_candles(trades).values()
+    )
     summary = reconcile_json(env)
     assert summary["unexplained"] > 0 and not summary["ok"]
     assert summary["mismatch"] + summary["missing_in_stream"] > 0
@@ -121,8 +162,9 @@ def test_archive_that_lost_a_window_is_extra_in_stream(env: dict[str, str]) -> N
     in_gone = lambda t: t.symbol == "ETHUSDT" and Interval.M1.floor(t.event_time) == gone  # noqa: E731
     archived = [t for t in trades if not in_gone(t)]
     run_stream(env)
-    write_day_candles(Path(env["CRYPTOPIPE_HOME"]) / "lake", SOURCE_BATCH, DAY,
-                      batch_candles(archived).values())  # fmt: skip
+    write_day_candles(
+        Path(env["CRYPTOPIPE_HOME"]) / "lake", SOURCE_BATCH, DAY, batch_candles(archived).values()
+    )
     summary = reconcile_json(env)
     extra = [d for d in summary["worst"] if d["outcome"] == "extra_in_stream"]
     assert summary["extra_in_stream"] == 1

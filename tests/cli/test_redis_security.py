@@ -18,8 +18,9 @@ SECRET = "s3cr3t-Pa55word"
 
 @pytest.fixture(scope="module")
 def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
-    server = LocalRedis(tmp_path_factory.mktemp("acl"), free_port(), username="feeder",
-                        password=SECRET).start()  # fmt: skip
+    server = LocalRedis(
+        tmp_path_factory.mktemp("acl"), free_port(), username="feeder", password=SECRET
+    ).start()
     yield server
     server.stop()
 
@@ -27,18 +28,41 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
     d = tmp_path_factory.mktemp("tls")
-    server = LocalRedis(d / "data", free_port(), username="feeder", password=SECRET,
-                        tls=TlsFiles.self_signed(d / "pki")).start()  # fmt: skip
+    server = LocalRedis(
+        d / "data",
+        free_port(),
+        username="feeder",
+        password=SECRET,
+        tls=TlsFiles.self_signed(d / "pki"),
+    ).start()
     yield server
     server.stop()
 
 
 def simulate(url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cryptopipe", "-v", "feed", "simulate", "--redis-url", url,
-         "--duration", "20", "--rate", "50", "--speed", "max", *extra],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cryptopipe",
+            "-v",
+            "feed",
+            "simulate",
+            "--redis-url",
+            url,
+            "--duration",
+            "20",
+            "--rate",
+            "50",
+            "--speed",
+            "max",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_acl_user_end_to_end_and_no_secret_in_output(acl_redis: LocalRedis) -> None:

@@ -24,7 +24,15 @@ D2 = D1 + 86_400_000
 
 
 def trade(tid: int, t: int, price: int = 8_400_000_000_000, qty: int = 100_000) -> Trade:
-    return Trade("binance", "BTCUSDT", tid, price, qty, t, tid % 2 == 0)
+    return Trade(
+        exchange="binance",
+        symbol="BTCUSDT",
+        trade_id=tid,
+        price_e8=price,
+        quantity_e8=qty,
+        event_time=t,
+        is_buyer_maker=tid % 2 == 0,
+    )
 
 
 @pytest.mark.parametrize(

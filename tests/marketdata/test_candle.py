@@ -31,21 +31,66 @@ def _by_hand(trades: list[Trade]) -> dict:
     vol = sum((t.quantity for t in ts), Decimal(0))
     quote = sum((t.price * t.quantity for t in ts), Decimal(0))
     return {
-        "open": ts[0].price, "close": ts[-1].price,
-        "high": max(t.price for t in ts), "low": min(t.price for t in ts),
-        "volume": vol, "quote_volume": quote, "trade_count": len(ts),
+        "open": ts[0].price,
+        "close": ts[-1].price,
+        "high": max(t.price for t in ts),
+        "low": min(t.price for t in ts),
+        "volume": vol,
+        "quote_volume": quote,
+        "trade_count": len(ts),
         "taker_buy_volume": sum((t.quantity for t in ts if not t.is_buyer_maker), Decimal(0)),
-        "first_trade_id": ts[0].trade_id, "last_trade_id": ts[-1].trade_id,
-    }  # fmt: skip
+        "first_trade_id": ts[0].trade_id,
+        "last_trade_id": ts[-1].trade_id,
+    }
 
 
 def test_fold_against_hand_computation() -> None:
     trades = [
-        Trade("binance", "BTCUSDT", 3, 10_050_000_000, 200_000_000, T0 + 500, True),
-        Trade("binance", "BTCUSDT", 1, 10_000_000_000, 100_000_000, T0 + 100, False),
-        Trade("binance", "BTCUSDT", 2, 9_900_000_000, 50_000_000, T0 + 100, False),
-        Trade("binance", "BTCUSDT", 4, 10_100_000_000, 25_000_000, T0 + 59_999, True),
-        Trade("binance", "BTCUSDT", 5, 7_000_000_000, 1, T0 + 60_000, True),  # next window
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=3,
+            price_e8=10_050_000_000,
+            quantity_e8=200_000_000,
+            event_time=T0 + 500,
+            is_buyer_maker=True,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=1,
+            price_e8=10_000_000_000,
+            quantity_e8=100_000_000,
+            event_time=T0 + 100,
+            is_buyer_maker=False,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=2,
+            price_e8=9_900_000_000,
+            quantity_e8=50_000_000,
+            event_time=T0 + 100,
+            is_buyer_maker=False,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=4,
+            price_e8=10_100_000_000,
+            quantity_e8=25_000_000,
+            event_time=T0 + 59_999,
+            is_buyer_maker=True,
+        ),
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=5,
+            price_e8=7_000_000_000,
+            quantity_e8=1,
+            event_time=T0 + 60_000,
+            is_buyer_maker=True,
+        ),  # next window
     ]
     candles = fold_trades(trades, Interval.M1)
     assert sorted(k[3] for k in candles) == [T0, T0 + 60_000]
@@ -70,11 +115,53 @@ def test_vwap_rounds_half_even() -> None:
     # price 0.00000005 x quantity 0.5 -> quote 0.000000025, volume 0.5 -> vwap 0.00000005;
     # two trades 0.00000002 x 0.5 and 0.00000003 x 0.5 -> quote 0.000000025 / 1.0 =
     # 0.000000025 -> 0.00000002 (half to even); with 0.00000004 the tie 0.000000035 -> ...04.
-    c = Candle.from_trade(Trade("b", "X", 1, 2, 50_000_000, T0, True), Interval.M1)
-    c.add(Trade("b", "X", 2, 3, 50_000_000, T0 + 1, True))
+    c = Candle.from_trade(
+        Trade(
+            exchange="b",
+            symbol="X",
+            trade_id=1,
+            price_e8=2,
+            quantity_e8=50_000_000,
+            event_time=T0,
+            is_buyer_maker=True,
+        ),
+        Interval.M1,
+    )
+    c.add(
+        Trade(
+            exchange="b",
+            symbol="X",
+            trade_id=2,
+            price_e8=3,
+            quantity_e8=50_000_000,
+            event_time=T0 + 1,
+            is_buyer_maker=True,
+        )
+    )
     assert c.fields()["vwap"] == "0.00000002"
-    d = Candle.from_trade(Trade("b", "X", 1, 3, 50_000_000, T0, True), Interval.M1)
-    d.add(Trade("b", "X", 2, 4, 50_000_000, T0 + 1, True))
+    d = Candle.from_trade(
+        Trade(
+            exchange="b",
+            symbol="X",
+            trade_id=1,
+            price_e8=3,
+            quantity_e8=50_000_000,
+            event_time=T0,
+            is_buyer_maker=True,
+        ),
+        Interval.M1,
+    )
+    d.add(
+        Trade(
+            exchange="b",
+            symbol="X",
+            trade_id=2,
+            price_e8=4,
+            quantity_e8=50_000_000,
+            event_time=T0 + 1,
+            is_buyer_maker=True,
+        )
+    )
     assert d.fields()["vwap"] == "0.00000004"
 
 
@@ -89,9 +176,10 @@ def test_fold_is_arrival_order_independent_and_matches_decimal(trades, rnd) -> N
         assert {k: c.fields() for k, c in a.items()} == {k: c.fields() for k, c in b.items()}
         for key, candle in a.items():
             members = [
-                t for t in trades
+                t
+                for t in trades
                 if (t.exchange, t.symbol, interval.floor(t.event_time)) == (key[0], key[1], key[3])
-            ]  # fmt: skip
+            ]
             expected = _by_hand(members)
             f = candle.fields()
             for name, value in expected.items():
@@ -124,7 +212,15 @@ def test_roll_up_equals_fold(trades) -> None:
 
 
 def test_duplicates_count_once_per_exchange_symbol_and_id() -> None:
-    t = Trade("binance", "BTCUSDT", 7, 100, 100, T0, False)
+    t = Trade(
+        exchange="binance",
+        symbol="BTCUSDT",
+        trade_id=7,
+        price_e8=100,
+        quantity_e8=100,
+        event_time=T0,
+        is_buyer_maker=False,
+    )
     folded = fold_trades([t, t, t._replace(exchange="kraken"), t._replace(trade_id=8)], Interval.M1)
     counts = {k[0]: c.trade_count for k, c in folded.items()}
     assert counts == {"binance": 2, "kraken": 1}
@@ -133,7 +229,15 @@ def test_duplicates_count_once_per_exchange_symbol_and_id() -> None:
 
 def test_json_record_shape() -> None:
     rnd = random.Random(1)
-    t = Trade("binance", "BTCUSDT", 1, rnd.randrange(1, 10**12), 5, T0 + 61_000, True)
+    t = Trade(
+        exchange="binance",
+        symbol="BTCUSDT",
+        trade_id=1,
+        price_e8=rnd.randrange(1, 10**12),
+        quantity_e8=5,
+        event_time=T0 + 61_000,
+        is_buyer_maker=True,
+    )
     rec = Candle.from_trade(t, Interval.M1).to_json_dict(closed=False, source="stream")
     assert rec["open_time"] == T0 + 60_000 and rec["closed"] is False
     assert {"symbol", "interval", "open_time", "closed", "source", "vwap", "open"} <= rec.keys()

@@ -31,8 +31,16 @@ def session(n: int, seed: int = 1) -> list[ClosedBar]:
         price *= 1 + rnd.gauss(0, 0.002)
         close_e8 = round(price * 100) * 1_000_000  # 2-decimal tick
         vol_e8 = rnd.randrange(1, 10**9)
-        bars.append(ClosedBar("binance", "BTCUSDT", T0 + i * 60_000, close_e8, vol_e8,
-                              close_e8 * vol_e8))  # fmt: skip
+        bars.append(
+            ClosedBar(
+                exchange="binance",
+                symbol="BTCUSDT",
+                open_time=T0 + i * 60_000,
+                close_e8=close_e8,
+                volume_e8=vol_e8,
+                quote_volume_e16=close_e8 * vol_e8,
+            )
+        )
     return bars
 
 
@@ -96,21 +104,54 @@ def test_replayed_or_older_candles_do_not_move_the_state() -> None:
 def test_anomalies_with_known_answers() -> None:
     cfg = AnomalyConfig(price_deviation=0.05, volume_window=30, volume_min_samples=20, volume_z=3)
     state = MetricsState(anomaly=cfg)
-    base = [ClosedBar("binance", "X", T0 + i * 60_000, 100 * 10**8, (10 + i % 3) * 10**8, 0)
-            for i in range(40)]  # fmt: skip
+    base = [
+        ClosedBar(
+            exchange="binance",
+            symbol="X",
+            open_time=T0 + i * 60_000,
+            close_e8=100 * 10**8,
+            volume_e8=(10 + i % 3) * 10**8,
+            quote_volume_e16=0,
+        )
+        for i in range(40)
+    ]
     outs = [state.apply(b) for b in base]
     assert not any(o["price_anomaly"] or o["volume_anomaly"] for o in outs)
-    spike = state.apply(ClosedBar("binance", "X", T0 + 40 * 60_000, 106 * 10**8, 100 * 10**8, 0))
+    spike = state.apply(
+        ClosedBar(
+            exchange="binance",
+            symbol="X",
+            open_time=T0 + 40 * 60_000,
+            close_e8=106 * 10**8,
+            volume_e8=100 * 10**8,
+            quote_volume_e16=0,
+        )
+    )
     assert spike["price_anomaly"] and spike["volume_anomaly"]
     assert spike["price_deviation"] == pytest.approx(0.06)
-    calm = state.apply(ClosedBar("binance", "X", T0 + 41 * 60_000, 104 * 10**8, 11 * 10**8, 0))
+    calm = state.apply(
+        ClosedBar(
+            exchange="binance",
+            symbol="X",
+            open_time=T0 + 41 * 60_000,
+            close_e8=104 * 10**8,
+            volume_e8=11 * 10**8,
+            quote_volume_e16=0,
+        )
+    )
     assert not calm["volume_anomaly"]
 
 
 def test_spread_between_exchanges() -> None:
     out = spread({"kraken": 100_100_000_000, "binance": 100_000_000_000})
-    assert out == [{"a": "binance", "b": "kraken", "spread": "-1.00000000",
-                    "spread_share": pytest.approx(-1 / 1000.5)}]  # fmt: skip
+    assert out == [
+        {
+            "a": "binance",
+            "b": "kraken",
+            "spread": "-1.00000000",
+            "spread_share": pytest.approx(-1 / 1000.5),
+        }
+    ]
     assert spread({"binance": 5}) == []
 
 
@@ -123,7 +164,16 @@ def test_ema_and_rsi_edge_cases() -> None:
 
 def test_every_output_field_is_computed_and_every_computed_field_is_shown() -> None:
     state = MetricsState()
-    out = state.apply(ClosedBar("binance", "X", T0, 100 * 10**8, 10**8, 100 * 10**16))
+    out = state.apply(
+        ClosedBar(
+            exchange="binance",
+            symbol="X",
+            open_time=T0,
+            close_e8=100 * 10**8,
+            volume_e8=10**8,
+            quote_volume_e16=100 * 10**16,
+        )
+    )
     assert out is not None
     assert set(out) == set(METRIC_FIELDS)
     assert len(METRIC_FIELDS) == len(set(METRIC_FIELDS))

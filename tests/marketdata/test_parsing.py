@@ -21,9 +21,16 @@ REASON = re.compile(
 T = 1_741_910_400_000
 
 GOOD: dict[str, Any] = {
-    "e": "trade", "E": T + 1, "s": "BTCUSDT", "t": 42, "p": "96000.01000000",
-    "q": "0.00100000", "T": T, "m": True, "M": True,
-}  # fmt: skip
+    "e": "trade",
+    "E": T + 1,
+    "s": "BTCUSDT",
+    "t": 42,
+    "p": "96000.01000000",
+    "q": "0.00100000",
+    "T": T,
+    "m": True,
+    "M": True,
+}
 
 
 def ws(**changes: Any) -> bytes:
@@ -48,7 +55,15 @@ def check(result: Trade | Rejection, payload: bytes) -> None:
 
 def test_good_trade() -> None:
     t = parse_message(ws())
-    assert t == Trade("binance", "BTCUSDT", 42, 9_600_001_000_000, 100_000, T, True)
+    assert t == Trade(
+        exchange="binance",
+        symbol="BTCUSDT",
+        trade_id=42,
+        price_e8=9_600_001_000_000,
+        quantity_e8=100_000,
+        event_time=T,
+        is_buyer_maker=True,
+    )
     assert t.price == Decimal("96000.01") and t.quantity == Decimal("0.001")
 
 
@@ -234,15 +249,17 @@ def test_mutated_csv_never_crash(cols: list[str]) -> None:
 
 @settings(max_examples=1000, deadline=None)
 @given(
-    price=st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("9999999999.99999999"),
-                      places=8),
-    qty=st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("999999999999.99999999"),
-                    places=8),
+    price=st.decimals(
+        min_value=Decimal("0.00000001"), max_value=Decimal("9999999999.99999999"), places=8
+    ),
+    qty=st.decimals(
+        min_value=Decimal("0.00000001"), max_value=Decimal("999999999999.99999999"), places=8
+    ),
     tid=st.integers(0, 2**63 - 1),
     ts=st.integers(1_230_940_800_000, 4_102_444_799_999),
     maker=st.booleans(),
     symbol=st.from_regex(r"[A-Z0-9]{2,12}", fullmatch=True),
-)  # fmt: skip
+)
 def test_valid_trades_parse_exactly(
     price: Decimal, qty: Decimal, tid: int, ts: int, maker: bool, symbol: str
 ) -> None:

@@ -24,10 +24,17 @@ T0 = 1_741_910_400_000
 def day(n: int = 3000, seed: int = 1) -> list[Trade]:
     rnd = random.Random(seed)
     return [
-        Trade("binance", rnd.choice(["BTCUSDT", "ETHUSDT"]), i, rnd.randrange(10**9, 10**12),
-              rnd.randrange(1, 10**8), T0 + rnd.randrange(86_400_000), rnd.random() < 0.5)
+        Trade(
+            exchange="binance",
+            symbol=rnd.choice(["BTCUSDT", "ETHUSDT"]),
+            trade_id=i,
+            price_e8=rnd.randrange(10**9, 10**12),
+            quantity_e8=rnd.randrange(1, 10**8),
+            event_time=T0 + rnd.randrange(86_400_000),
+            is_buyer_maker=rnd.random() < 0.5,
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def candles(trades: list[Trade]) -> dict:
@@ -39,8 +46,9 @@ def candles(trades: list[Trade]) -> dict:
 
 def late_for(trades: list[Trade]) -> list[LateTrade]:
     # Late for its 1m window, hence for every coarser one (as the candles flow does it).
-    return [LateTrade(t, {iv.label: iv.floor(t.event_time) for iv in ALL_INTERVALS})
-            for t in trades]  # fmt: skip
+    return [
+        LateTrade(t, {iv.label: iv.floor(t.event_time) for iv in ALL_INTERVALS}) for t in trades
+    ]
 
 
 def test_identical_days_match_everywhere() -> None:
@@ -58,10 +66,19 @@ def test_late_trades_are_all_explained() -> None:
     # A window whose every trade was late: the stream has no candle there.
     busy = {Interval.M1.floor(t.event_time) for t in trades if t.symbol == "BTCUSDT"}
     empty = next(T0 + m * 60_000 for m in range(1440) if T0 + m * 60_000 not in busy)
-    lonely = Trade("binance", "BTCUSDT", 99_999, 5 * 10**10, 10**8, empty + 1, False)
+    lonely = Trade(
+        exchange="binance",
+        symbol="BTCUSDT",
+        trade_id=99_999,
+        price_e8=5 * 10**10,
+        quantity_e8=10**8,
+        event_time=empty + 1,
+        is_buyer_maker=False,
+    )
+    # late[0] again: a repeated late trade
     result = reconcile(
         candles(on_time), candles([*trades, lonely]), late_for([*late, lonely, late[0]])
-    )  # fmt: skip  (a repeated late trade)
+    )
     assert result.ok, result.summary()
     assert result.counts[EXPLAINED] > 0 and result.counts[MISMATCH] == 0
     lonely_key = ("binance", "BTCUSDT", "1m", Interval.M1.floor(lonely.event_time))
@@ -85,8 +102,9 @@ def test_archive_that_lost_a_whole_window_is_extra_in_stream() -> None:
     trades = day()
     gone = Interval.M1.floor(trades[0].event_time)
     sym = trades[0].symbol
-    archived = [t for t in trades
-                if not (t.symbol == sym and Interval.M1.floor(t.event_time) == gone)]  # fmt: skip
+    archived = [
+        t for t in trades if not (t.symbol == sym and Interval.M1.floor(t.event_time) == gone)
+    ]
     result = reconcile(candles(trades), candles(archived))
     extra = [d for d in result.differences if d.outcome == EXTRA]
     assert [d.key for d in extra] == [("binance", sym, "1m", gone)]

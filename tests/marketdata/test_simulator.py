@@ -32,8 +32,13 @@ def test_rate_duration_and_order() -> None:
 
 
 def test_trades_are_valid_with_increasing_ids_per_symbol() -> None:
-    cfg = SimConfig(symbols=("BTCUSDT", "DOGEUSDT"), exchanges=("binance", "kraken"),
-                    rate=100, duration_s=120, seed=2)  # fmt: skip
+    cfg = SimConfig(
+        symbols=("BTCUSDT", "DOGEUSDT"),
+        exchanges=("binance", "kraken"),
+        rate=100,
+        duration_s=120,
+        seed=2,
+    )
     last: dict[tuple[str, str], int] = {}
     for m in simulate(cfg):
         t = parse_message(m.payload, exchange=m.exchange)
@@ -46,13 +51,25 @@ def test_trades_are_valid_with_increasing_ids_per_symbol() -> None:
 
 def test_fault_semantics() -> None:
     lateness = 5_000
-    cfg = SimConfig(rate=100, duration_s=600, seed=3, out_of_order=0.05, duplicates=0.05,
-                    late=0.02, malformed=0.02, lateness_ms=lateness)  # fmt: skip
+    cfg = SimConfig(
+        rate=100,
+        duration_s=600,
+        seed=3,
+        out_of_order=0.05,
+        duplicates=0.05,
+        late=0.02,
+        malformed=0.02,
+        lateness_ms=lateness,
+    )
     msgs = list(simulate(cfg))
     kinds = Counter(m.kind for m in msgs)
     trades = kinds["trade"] + kinds["out_of_order"] + kinds["late"]
-    for kind, share in (("out_of_order", 0.05), ("duplicate", 0.05), ("late", 0.02),
-                        ("malformed", 0.02)):  # fmt: skip
+    for kind, share in (
+        ("out_of_order", 0.05),
+        ("duplicate", 0.05),
+        ("late", 0.02),
+        ("malformed", 0.02),
+    ):
         assert share * 0.7 < kinds[kind] / trades < share * 1.3, kind
     max_seen = 0
     for m in msgs:

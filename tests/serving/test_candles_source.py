@@ -23,14 +23,40 @@ T0 = 1_741_910_400_000
 
 
 def c(minute: int, price: int, ex: str = "binance") -> Candle:
-    t = Trade(ex, "BTCUSDT", minute + 1, price * 10**8, 10**8, T0 + minute * 60_000, False)
+    t = Trade(
+        exchange=ex,
+        symbol="BTCUSDT",
+        trade_id=minute + 1,
+        price_e8=price * 10**8,
+        quantity_e8=10**8,
+        event_time=T0 + minute * 60_000,
+        is_buyer_maker=False,
+    )
     return Candle.from_trade(t, Interval.M1)
 
 
 def candles(env: dict[str, str], source: str, *extra: str) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "cryptopipe", "candles", "BTCUSDT", "--interval",
-                          "1m", "--source", source, "--format", "json", *extra], env=env,
-                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cryptopipe",
+            "candles",
+            "BTCUSDT",
+            "--interval",
+            "1m",
+            "--source",
+            source,
+            "--format",
+            "json",
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 
@@ -41,10 +67,15 @@ def test_batch_days_supersede_the_stream(
     env = {**os.environ, "REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(tmp_path)}
     next_day = 1440
     # Stream: minutes 0, 1 (wrong price), 2 (only in the stream) of DAY, and one next day.
-    CandleStore(redis_client).write([CandleWrites("md:trades:raw", closed=[
-        c(0, 100), c(1, 999), c(2, 102), c(next_day, 200)])])  # fmt: skip
+    CandleStore(redis_client).write(
+        [CandleWrites("md:trades:raw", closed=[c(0, 100), c(1, 999), c(2, 102), c(next_day, 200)])]
+    )
     assert [r["close"] for r in candles(env, "merged")] == [
-        "100.00000000", "999.00000000", "102.00000000", "200.00000000"]  # fmt: skip
+        "100.00000000",
+        "999.00000000",
+        "102.00000000",
+        "200.00000000",
+    ]
     # The batch layer computes DAY: minutes 0 and 1 (right price), no minute 2.
     write_day_candles(tmp_path / "lake", SOURCE_BATCH, DAY, [c(0, 100), c(1, 101)])
     merged = candles(env, "merged")

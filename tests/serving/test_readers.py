@@ -25,14 +25,26 @@ def trades(minutes: list[int], sym: str = "BTCUSDT", ex: str = "binance") -> lis
     out = []
     for k, m in enumerate(minutes):
         for j in range(3):
-            out.append(Trade(ex, sym, 100 * k + j, (100 + k) * 10**8 + j, 10**7 * (j + 1),
-                             T0 + m * M + 1000 * j, j == 1))  # fmt: skip
+            out.append(
+                Trade(
+                    exchange=ex,
+                    symbol=sym,
+                    trade_id=100 * k + j,
+                    price_e8=(100 + k) * 10**8 + j,
+                    quantity_e8=10**7 * (j + 1),
+                    event_time=T0 + m * M + 1000 * j,
+                    is_buyer_maker=j == 1,
+                )
+            )
     return out
 
 
 def test_layout_keys_carry_the_symbol_hash_tag() -> None:
-    for key in (series_key("binance", "BTCUSDT", Interval.M1),
-                index_key("binance", "BTCUSDT", "1h"), live_key("okx", "BTCUSDT")):  # fmt: skip
+    for key in (
+        series_key("binance", "BTCUSDT", Interval.M1),
+        index_key("binance", "BTCUSDT", "1h"),
+        live_key("okx", "BTCUSDT"),
+    ):
         assert "{BTCUSDT}" in key
     assert series_key("binance", "BTCUSDT", Interval.M5) == "md:candles:{BTCUSDT}:binance:5m"
 
@@ -70,8 +82,9 @@ def test_store_and_read_closed_and_live(redis_client: redis.Redis) -> None:
 def test_fill_gaps_uses_previous_close_and_zero_volume() -> None:
     ones = fold_trades(trades([0, 3]), Interval.M1)
     recs = [CandleRecord(ones[k], True, "stream") for k in sorted(ones)]
-    out = fill_gaps(recs, Interval.M1, start=None, end=None, previous={},
-                    closed_until_ms=T0 + 10 * M)  # fmt: skip
+    out = fill_gaps(
+        recs, Interval.M1, start=None, end=None, previous={}, closed_until_ms=T0 + 10 * M
+    )
     assert [r.candle.open_time for r in out] == [T0 + m * M for m in range(4)]
     assert [r.filled for r in out] == [False, True, True, False]
     gap = out[1].to_json_dict(with_filled=True)
@@ -80,8 +93,14 @@ def test_fill_gaps_uses_previous_close_and_zero_volume() -> None:
     assert gap["volume"] == "0.00000000" and gap["trade_count"] == 0 and gap["filled"] is True
     assert gap["vwap"] is None and gap["first_trade_id"] is None
     # With a range: leading windows from the candle before it, trailing ones while closed.
-    out = fill_gaps(recs[1:], Interval.M1, start=T0 + M, end=T0 + 8 * M,
-                    previous={"binance": recs[0]}, closed_until_ms=T0 + 6 * M)  # fmt: skip
+    out = fill_gaps(
+        recs[1:],
+        Interval.M1,
+        start=T0 + M,
+        end=T0 + 8 * M,
+        previous={"binance": recs[0]},
+        closed_until_ms=T0 + 6 * M,
+    )
     assert [r.candle.open_time for r in out] == [T0 + m * M for m in range(1, 6)]
     assert [r.filled for r in out] == [True, True, False, True, True]
 
