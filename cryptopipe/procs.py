@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streaming import proctable
+
 log = logging.getLogger(__name__)
 
 
@@ -90,21 +92,18 @@ class ProcessGroup:
         self.children.clear()
 
     def _stop(self, children: list[Child], timeout: float) -> None:
+        # Each child leads its own process group (its own session): stopping it means
+        # stopping the whole group, whose other members (Dagster's code server, a
+        # flow's workers) may outlive the leader. SIGTERM all first so they stop in
+        # parallel, then wait for each group in turn and SIGKILL what is left.
         for child in children:
-            if child.alive():
-                try:
-                    os.killpg(child.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for child in children:
             remaining = max(0.1, deadline - time.monotonic())
-            try:
-                child.proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs; killing it", child.name, timeout)
-                try:
-                    os.killpg(child.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                child.proc.wait()
+            proctable.terminate_group(
+                child.proc.pid, remaining, also_alive=lambda c=child: c.proc.poll() is None
+            )
+            if proctable.group_members(child.proc.pid) or child.proc.poll() is None:
+                log.warning("%s is still there after SIGKILL", child.name)

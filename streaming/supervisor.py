@@ -17,11 +17,9 @@ writes (:mod:`streaming.heartbeat`).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import redis
 from marketdata.settings import Settings
 from redisstore.conn import text
 from redisstore.keys import control_key, restarts_key
+from streaming import proctable
 from streaming.heartbeat import read_heartbeat
 
 FLOWS = ("candles", "metrics", "archive")
@@ -88,34 +87,6 @@ class FlowStatus:
         return self.desired == "running" and self.state == "pending"
 
 
-def _proc_start_ticks(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (starttime); the command name in field 2 may hold spaces, so split after ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _terminate(send: Callable[[int], None], alive: Callable[[], bool], timeout: float) -> bool:
-    """SIGTERM, wait up to ``timeout`` for it to go, then SIGKILL; False if it was gone."""
-    try:
-        send(signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive():
-        try:
-            send(signal.SIGKILL)
-        except ProcessLookupError:
-            return True
-        while alive() and time.monotonic() < deadline + 5:
-            time.sleep(0.05)
-    return True
-
-
 class Supervisor:
     """Starts, stops and inspects flows of one ``--home`` and Redis."""
 
@@ -161,12 +132,11 @@ class Supervisor:
             pid = int(pid_text)
         except (OSError, ValueError):
             return None
-        if _proc_start_ticks(pid) != ticks:
+        if proctable.start_ticks(pid) != ticks:
             path.unlink(missing_ok=True)
             return None
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+        state = proctable.state(pid)
+        if state is None:
             return None
         if state == "Z":  # a zombie child of ours: reap it
             try:
@@ -213,7 +183,7 @@ class Supervisor:
             return False
         if pid <= 0 or pid == os.getpid() or f"flows.{name}:" not in cmdline:
             return False
-        return _terminate(
+        return proctable.terminate(
             lambda sig: os.kill(pid, sig), lambda: Path(f"/proc/{pid}").exists(), timeout
         )
 
@@ -236,7 +206,7 @@ class Supervisor:
                 start_new_session=True,  # outlives the caller (Dagster, a shell)
                 close_fds=True,
             )
-        ticks = _proc_start_ticks(proc.pid) or "0"
+        ticks = proctable.start_ticks(proc.pid) or "0"
         tmp = self._pid_file(name).with_suffix(".tmp")
         tmp.write_text(f"{proc.pid} {ticks}\n")
         tmp.replace(self._pid_file(name))
@@ -251,8 +221,8 @@ class Supervisor:
         pid = self.pid(name)
         if pid is None:
             return False
-        was_running = _terminate(
-            lambda sig: os.killpg(pid, sig), lambda: self.pid(name) is not None, timeout
+        was_running = proctable.terminate_group(
+            pid, timeout, also_alive=lambda: self.pid(name) is not None
         )
         self._pid_file(name).unlink(missing_ok=True)
         return was_running

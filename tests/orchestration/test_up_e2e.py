@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from cryptopipe.localredis import free_port
+from tests.processes import leftovers
 
 
 def wait_for(pred: Callable[[], object], timeout: float, what: str) -> object:
@@ -71,17 +72,6 @@ def test_up_sensor_starts_flows_and_restarts_a_killed_one(tmp_path: Path) -> Non
             up.kill()
     assert up.returncode == 0, up.stdout.read() if up.stdout else ""
 
-    def leftovers() -> str:
-        found = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True,
-                               check=False).stdout.split()  # fmt: skip
-        if not found:
-            return ""
-        ps = subprocess.run(["ps", "-o", "pid,ppid,etime,cmd", "-p", ",".join(found)],
-                            capture_output=True, text=True, check=False)  # fmt: skip
-        return ps.stdout if len(ps.stdout.splitlines()) > 1 else ""
-
     # Processes still exiting get a moment; anything alive after that is a leak.
-    deadline = time.monotonic() + 15
-    while (left := leftovers()) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    left = leftovers(str(tmp_path), grace_s=15)
     assert left == "", left

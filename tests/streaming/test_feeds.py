@@ -19,6 +19,7 @@ from marketdata.trade import Trade
 from redisstore.keys import raw_stream_names
 from streaming.feeds.pacing import PacedWriter, parse_speed
 from streaming.rawlog import RawLogWriter
+from tests.processes import leftovers
 
 T0 = 1_741_910_400_000
 
@@ -209,7 +210,7 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0
     with pytest.raises(redis.ConnectionError):
         client.ping()  # the Redis it started is gone
-    left = subprocess.run(["pgrep", "-f", f"(redis-server.*{port}|--redis-url {url}|{tmp_path})"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    assert left.stdout.strip() == ""
+    # Nothing it started is left (up waits for each child's whole process group).
+    left = leftovers(f"(redis-server.*{port}|--redis-url {url}|{tmp_path})", grace_s=0)
+    assert left == "", left
     assert (tmp_path / "redis" / "appendonlydir").is_dir()
