@@ -1,4 +1,4 @@
-"""When is a day complete enough for the batch layer? (DESIGN.md section 4).
+"""When is a day complete enough for the batch layer? (docs/architecture.md section 4).
 
 A UTC day D is *sealed* when one of these holds:
 
@@ -12,7 +12,11 @@ A UTC day D is *sealed* when one of these holds:
   file came from the archive flow. Imported history has no archive watermark; a
   complete daily dump cannot grow later.
 
-Nothing here talks to Redis: the watermark comes from a function the caller gives.
+:func:`seal_status` does not talk to Redis: the watermark comes from a function the
+caller gives. :func:`day_seal` and :func:`require_sealed` are what the command line
+and Dagster use: the settings' lake and Redis, and "refuse unless forced" in one place
+(each caller turns :class:`DayNotSealedError` into its own kind of error and says how
+to force it there).
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
+import redis
+
 from lake.layout import Lake, import_marker_name
+from marketdata.settings import Settings
 from marketdata.timeutil import day_bounds, format_ms
+from redisstore.conn import RedisUnavailableError, connect
 from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 
@@ -142,3 +150,51 @@ def parse_watermark(raw: bytes | str | None) -> int | None:
     except ValueError:
         msg = f"{ARCHIVE_WATERMARK_KEY} holds {text[:40]!r}, not milliseconds"
         raise WatermarkUnavailableError(msg) from None
+
+
+def watermark_from_redis(url: str) -> int | None:
+    """The archive watermark in the Redis at ``url`` (connect, read, close).
+
+    Raises:
+        WatermarkUnavailableError: Redis cannot be reached or holds no number.
+
+    """
+    try:
+        client = connect(url, socket_connect_timeout=2, socket_timeout=5)
+        try:
+            return parse_watermark(client.get(ARCHIVE_WATERMARK_KEY))
+        finally:
+            client.close()
+    except (RedisUnavailableError, redis.RedisError) as exc:
+        raise WatermarkUnavailableError(str(exc)) from None
+
+
+def day_seal(settings: Settings, day: date) -> SealStatus:
+    """Whether ``day`` is sealed in the settings' lake; Redis is read only if needed."""
+    return seal_status(
+        Lake(settings.lake),
+        day,
+        lateness_ms=settings.lateness_ms,
+        watermark=lambda: watermark_from_redis(settings.redis_url),
+    )
+
+
+class DayNotSealedError(RuntimeError):
+    """A batch job was asked for a day that is not sealed, without force."""
+
+    def __init__(self, status: SealStatus) -> None:
+        super().__init__(f"{status.day.isoformat()} is not sealed: {status.reason}")
+        self.status = status
+
+
+def require_sealed(settings: Settings, day: date, *, force: bool) -> SealStatus:
+    """The day's seal; refuses an unsealed day unless ``force``.
+
+    Raises:
+        DayNotSealedError: the day is not sealed and ``force`` is false.
+
+    """
+    status = day_seal(settings, day)
+    if not status.sealed and not force:
+        raise DayNotSealedError(status)
+    return status

@@ -189,8 +189,15 @@ def key_kind(key: str) -> str:
     return "other"
 
 
-REDIS_KINDS = ("raw_log", "candles", "closed_events", "written_sets", "late_dlq", "metrics",
-               "other")  # fmt: skip
+REDIS_KINDS = (
+    "raw_log",
+    "candles",
+    "closed_events",
+    "written_sets",
+    "late_dlq",
+    "metrics",
+    "other",
+)
 
 
 def redis_sample(client: Any) -> dict[str, float]:
@@ -213,8 +220,11 @@ def redis_sample(client: Any) -> dict[str, float]:
     if first and last:
         span = (int(last[0].split(b"-")[0]) - int(first[0].split(b"-")[0])) / 60_000
     out["raw_span_min"] = span  # stream ids from the first entry left to the last
-    for name, key in (("late_len", "md:trades:late"), ("dlq_len", "md:trades:dlq"),
-                      ("closed_len", "md:candles:closed")):  # fmt: skip
+    for name, key in (
+        ("late_len", "md:trades:late"),
+        ("dlq_len", "md:trades:dlq"),
+        ("closed_len", "md:candles:closed"),
+    ):
         out[name] = client.xlen(key)
     return out
 
@@ -249,8 +259,11 @@ class Run:
             rec = self.home / "recovery" / name
             row[f"{name}_recovery_bytes"] = dir_bytes(rec)
             try:
-                (row[f"{name}_state_bytes"], row[f"{name}_snap_rows"],
-                 row[f"{name}_held_bytes"]) = state_bytes(rec)  # fmt: skip
+                (
+                    row[f"{name}_state_bytes"],
+                    row[f"{name}_snap_rows"],
+                    row[f"{name}_held_bytes"],
+                ) = state_bytes(rec)
             except sqlite3.Error:
                 row[f"{name}_state_bytes"] = row[f"{name}_snap_rows"] = math.nan
                 row[f"{name}_held_bytes"] = math.nan
@@ -287,10 +300,30 @@ def start(run: Run, syms: Sequence[str]) -> None:
             msg = run.died or "the flows did not start within 60 s"
             raise RuntimeError(msg)
         time.sleep(0.2)
-    feed = [py, "-m", "cryptopipe", *common, "feed", "simulate", "--symbols", ",".join(syms),
-            "--rate", str(a.rate), "--speed", "1", "--seed", str(a.seed),
-            "--out-of-order", str(a.out_of_order), "--duplicates", str(a.duplicates),
-            "--late", str(a.late), "--malformed", str(a.malformed)]  # fmt: skip
+    feed = [
+        py,
+        "-m",
+        "cryptopipe",
+        *common,
+        "feed",
+        "simulate",
+        "--symbols",
+        ",".join(syms),
+        "--rate",
+        str(a.rate),
+        "--speed",
+        "1",
+        "--seed",
+        str(a.seed),
+        "--out-of-order",
+        str(a.out_of_order),
+        "--duplicates",
+        str(a.duplicates),
+        "--late",
+        str(a.late),
+        "--malformed",
+        str(a.malformed),
+    ]
     run.procs.start("feed", feed)
     run.t0 = time.monotonic()
     run.pids = {p.name: p.proc.pid for p in run.procs.children}
@@ -325,9 +358,12 @@ def soak(run: Run) -> None:
 
 def progress(run: Run, row: dict[str, float]) -> None:
     mem = "  ".join(f"{n} {row[f'{n}_rss_mb']:.0f}" for n in PROCS)
-    print(f"[{row['t_s'] / 60:5.1f} min] RSS MB: {mem}  redis {row['redis_used_mb']:.0f}  "
-          f"raw {int(row['raw_len']):,}/{int(row['raw_added']):,}  "
-          f"lag ms {int(row['candles_lag_ms'])}", flush=True)  # fmt: skip
+    print(
+        f"[{row['t_s'] / 60:5.1f} min] RSS MB: {mem}  redis {row['redis_used_mb']:.0f}  "
+        f"raw {int(row['raw_len']):,}/{int(row['raw_added']):,}  "
+        f"lag ms {int(row['candles_lag_ms'])}",
+        flush=True,
+    )
 
 
 def drain(run: Run, timeout: float = 30.0) -> float:
@@ -385,17 +421,19 @@ def fmt_min(r: dict[str, float]) -> str:
 
 def report_rss(p: Points, rate: float) -> list[str]:
     limit = rate * 8 * 3600 / 3 / 1e6
-    out = [f"\n1. Resident memory (VmRSS, MB). Baseline = each process's own RSS after the "
-           f"warm-up (t = {fmt_min(p.base)} min), same run.",
-           f"   flat = in the second half (steady state: an allocator first grows to its "
-           f"working set), slope < {limit:.1f} MB/h (a third of 8 bytes per trade at "
-           f"{rate:,.0f} trades/s) and end within max(5%, 10 MB) of the middle; "
-           f"'slope' is over the whole run after the warm-up",
-           f"{'process':9s} {'start':>7s} {'baseline':>9s} {'middle':>7s} {'end':>7s} "
-           f"{'max':>7s} {'end-base':>9s} {'slope MB/h':>10s} {'2nd half':>9s} {'anon end':>9s}"
-           f"  flat",
-           f"{'(t min)':9s} {fmt_min(p.first):>7s} {fmt_min(p.base):>9s} {fmt_min(p.mid):>7s} "
-           f"{fmt_min(p.last):>7s}"]  # fmt: skip
+    out = [
+        f"\n1. Resident memory (VmRSS, MB). Baseline = each process's own RSS after the "
+        f"warm-up (t = {fmt_min(p.base)} min), same run.",
+        f"   flat = in the second half (steady state: an allocator first grows to its "
+        f"working set), slope < {limit:.1f} MB/h (a third of 8 bytes per trade at "
+        f"{rate:,.0f} trades/s) and end within max(5%, 10 MB) of the middle; "
+        f"'slope' is over the whole run after the warm-up",
+        f"{'process':9s} {'start':>7s} {'baseline':>9s} {'middle':>7s} {'end':>7s} "
+        f"{'max':>7s} {'end-base':>9s} {'slope MB/h':>10s} {'2nd half':>9s} {'anon end':>9s}"
+        f"  flat",
+        f"{'(t min)':9s} {fmt_min(p.first):>7s} {fmt_min(p.base):>9s} {fmt_min(p.mid):>7s} "
+        f"{fmt_min(p.last):>7s}",
+    ]
     ts = [r["t_s"] for r in p.post]
     half = [r for r in p.post if r["t_s"] >= p.mid["t_s"]]
     for name in PROCS:
@@ -407,24 +445,28 @@ def report_rss(p: Points, rate: float) -> list[str]:
         mid = p.mid[k]
         flat = slope2 < limit and abs(end - mid) <= max(0.05 * mid, 10.0)
         label = name if name in FLOWS else "feed*"
-        out.append(f"{label:9s} {p.first[k]:7.1f} {base:9.1f} {mid:7.1f} {end:7.1f} "
-                   f"{peak:7.1f} {end - base:+9.1f} {slope:+10.2f} {slope2:+9.2f} "
-                   f"{p.last[f'{name}_anon_mb']:9.1f}  {'yes' if flat else 'NO'}")  # fmt: skip
+        out.append(
+            f"{label:9s} {p.first[k]:7.1f} {base:9.1f} {mid:7.1f} {end:7.1f} "
+            f"{peak:7.1f} {end - base:+9.1f} {slope:+10.2f} {slope2:+9.2f} "
+            f"{p.last[f'{name}_anon_mb']:9.1f}  {'yes' if flat else 'NO'}"
+        )
     out.append("   * the feed (simulator) is not a flow; shown because it is long-running too")
     return out
 
 
 def report_state(p: Points) -> list[str]:
-    out = ["\n2. Flow state: bytes of the newest snapshot of every state key (what the flow "
-           "holds, pickled), KiB; for the archive, beyond its open bucket (the current "
-           "minute's raw entries, shown in 'max total')",
-           "   bounded = the floor (minimum) of the 2nd half of the post-warm-up samples within "
-           "max(10%, 64 KiB) of the 1st half's floor:",
-           "   state kept in proportion to the stream's length raises the floor; the feed's "
-           "bursts and the sawtooth within each minute only move the peaks and medians",
-           f"{'flow':9s} {'baseline':>9s} {'end':>9s} {'floor 1st':>9s} {'floor 2nd':>9s} "
-           f"{'med 1st':>9s} {'med 2nd':>9s} {'max':>9s} {'max total':>9s} {'slope KiB/h':>11s} "
-           f"{'snap rows':>9s} {'recovery MB':>12s}  bounded"]  # fmt: skip
+    out = [
+        "\n2. Flow state: bytes of the newest snapshot of every state key (what the flow "
+        "holds, pickled), KiB; for the archive, beyond its open bucket (the current "
+        "minute's raw entries, shown in 'max total')",
+        "   bounded = the floor (minimum) of the 2nd half of the post-warm-up samples within "
+        "max(10%, 64 KiB) of the 1st half's floor:",
+        "   state kept in proportion to the stream's length raises the floor; the feed's "
+        "bursts and the sawtooth within each minute only move the peaks and medians",
+        f"{'flow':9s} {'baseline':>9s} {'end':>9s} {'floor 1st':>9s} {'floor 2nd':>9s} "
+        f"{'med 1st':>9s} {'med 2nd':>9s} {'max':>9s} {'max total':>9s} {'slope KiB/h':>11s} "
+        f"{'snap rows':>9s} {'recovery MB':>12s}  bounded",
+    ]
     ts = [r["t_s"] for r in p.post]
     half = len(p.post) // 2
     for name in FLOWS:
@@ -437,10 +479,12 @@ def report_state(p: Points) -> list[str]:
         ok = f2 <= max(1.10 * f1, f1 + 64)
         r0, r1 = p.base[f"{name}_recovery_bytes"] / MB, p.last[f"{name}_recovery_bytes"] / MB
         rec = f"{r0:.1f} -> {r1:.1f}"
-        out.append(f"{name:9s} {p.base[k] / 1024:9.1f} {p.last[k] / 1024:9.1f} {f1:9.1f} "
-                   f"{f2:9.1f} {m1:9.1f} {m2:9.1f} {max(ys):9.1f} {total:9.1f} "
-                   f"{slope_per_hour(ts, ys):+11.1f} {int(p.last[f'{name}_snap_rows']):9d} "
-                   f"{rec:>12s}  {'yes' if ok else 'NO'}")  # fmt: skip
+        out.append(
+            f"{name:9s} {p.base[k] / 1024:9.1f} {p.last[k] / 1024:9.1f} {f1:9.1f} "
+            f"{f2:9.1f} {m1:9.1f} {m2:9.1f} {max(ys):9.1f} {total:9.1f} "
+            f"{slope_per_hour(ts, ys):+11.1f} {int(p.last[f'{name}_snap_rows']):9d} "
+            f"{rec:>12s}  {'yes' if ok else 'NO'}"
+        )
     return out
 
 
@@ -454,12 +498,14 @@ def report_redis(p: Points, retention: float) -> list[str]:
         k = f"redis_{kind}_mb"
         s = slope_per_hour(ts, [r[k] for r in p.post])
         out.append(f"{kind:14s} {p.base[k]:9.1f} {p.mid[k]:9.1f} {p.last[k]:9.1f} {s:+10.1f}")
-    out.append(f"raw log length {int(p.base['raw_len']):,} -> {int(p.mid['raw_len']):,} -> "
-               f"{int(p.last['raw_len']):,} (entries added {int(p.last['raw_added']):,}), "
-               f"holding {p.base['raw_span_min']:.1f} -> {p.mid['raw_span_min']:.1f} -> "
-               f"{p.last['raw_span_min']:.1f} min of stream ids (retention "
-               f"{retention:g} min behind the archive, plus the open bucket); "
-               f"lake {p.last['lake_bytes'] / MB:.1f} MB")  # fmt: skip
+    out.append(
+        f"raw log length {int(p.base['raw_len']):,} -> {int(p.mid['raw_len']):,} -> "
+        f"{int(p.last['raw_len']):,} (entries added {int(p.last['raw_added']):,}), "
+        f"holding {p.base['raw_span_min']:.1f} -> {p.mid['raw_span_min']:.1f} -> "
+        f"{p.last['raw_span_min']:.1f} min of stream ids (retention "
+        f"{retention:g} min behind the archive, plus the open bucket); "
+        f"lake {p.last['lake_bytes'] / MB:.1f} MB"
+    )
     return out
 
 
@@ -490,22 +536,28 @@ def report_counts(run: Run, elapsed: float, final: dict[str, Any]) -> list[str]:
     kinds = final["feed_kinds"]
     added = final["raw_added"]
     parts = sum(int(c.get(k, 0)) for k in ("trades", "duplicates", "late", "rejected"))
-    out = ["\n4. Counts (the run was real)",
-           f"feed: {final['feed_written']:,} messages in {elapsed / 60:.1f} min = "
-           f"{final['feed_written'] / elapsed:,.0f}/s (target {run.args.rate:,.0f} trades/s + "
-           f"faults); by kind: {kinds}",
-           f"raw log: {added:,} entries added, {final['raw_len']:,} left after trimming",
-           "candles flow: " + ", ".join(f"{k} {int(v):,}" for k, v in sorted(c.items())
-                                        if not k.startswith(("rejected:", "last_id"))),
-           f"  entries = trades + duplicates + late + rejected: "
-           f"{int(c.get('entries', 0)):,} = {parts:,}",
-           f"streams: DLQ {final['dlq_len']:,}, late {final['late_len']:,}, closed-candle "
-           f"events {final['closed_len']:,} ({final['closed_1m']:,} closed 1m candles stored)",
-           f"metrics flow: {final['metrics_in']:,} events read, {final['metrics_out']:,} records "
-           "written",
-           f"archive flow: {final['lake'][0]:,} lake files, {final['lake'][1]:,} trade rows + "
-           f"{final['lake'][2]:,} reject rows = {final['lake'][1] + final['lake'][2]:,} of "
-           f"{added:,} entries (the open bucket stays in the snapshot at a stop)"]  # fmt: skip
+    out = [
+        "\n4. Counts (the run was real)",
+        f"feed: {final['feed_written']:,} messages in {elapsed / 60:.1f} min = "
+        f"{final['feed_written'] / elapsed:,.0f}/s (target {run.args.rate:,.0f} trades/s + "
+        f"faults); by kind: {kinds}",
+        f"raw log: {added:,} entries added, {final['raw_len']:,} left after trimming",
+        "candles flow: "
+        + ", ".join(
+            f"{k} {int(v):,}"
+            for k, v in sorted(c.items())
+            if not k.startswith(("rejected:", "last_id"))
+        ),
+        f"  entries = trades + duplicates + late + rejected: "
+        f"{int(c.get('entries', 0)):,} = {parts:,}",
+        f"streams: DLQ {final['dlq_len']:,}, late {final['late_len']:,}, closed-candle "
+        f"events {final['closed_len']:,} ({final['closed_1m']:,} closed 1m candles stored)",
+        f"metrics flow: {final['metrics_in']:,} events read, {final['metrics_out']:,} records "
+        "written",
+        f"archive flow: {final['lake'][0]:,} lake files, {final['lake'][1]:,} trade rows + "
+        f"{final['lake'][2]:,} reject rows = {final['lake'][1] + final['lake'][2]:,} of "
+        f"{added:,} entries (the open bucket stays in the snapshot at a stop)",
+    ]
     dur = p_last["t_s"] - run.samples[0]["t_s"]
     cpu = ", ".join(
         f"{n} {(p_last[f'{n}_cpu_s'] - run.samples[0][f'{n}_cpu_s']) / dur * 100:.0f}%"
@@ -609,9 +661,12 @@ def main(argv: list[str] | None = None) -> int:
     restore = install_signals(stop)
     syms = symbols(args.symbols)
     bucket = f", archive bucket {args.archive_bucket_ms} ms" if args.archive_bucket_ms else ""
-    print(f"soak: {args.minutes:g} min at {args.rate:,.0f} trades/s over {len(syms)} symbols, "
-          f"samples every {args.interval:g} s, warm-up {args.warmup:g} min, raw-log retention "
-          f"{args.raw_retention_minutes:g} min{bucket}; work dir {work}", flush=True)  # fmt: skip
+    print(
+        f"soak: {args.minutes:g} min at {args.rate:,.0f} trades/s over {len(syms)} symbols, "
+        f"samples every {args.interval:g} s, warm-up {args.warmup:g} min, raw-log retention "
+        f"{args.raw_retention_minutes:g} min{bucket}; work dir {work}",
+        flush=True,
+    )
     server = LocalRedis(work / "redis", free_port())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     env.pop("CRYPTOPIPE_SYMBOLS", None)
@@ -656,12 +711,16 @@ def main(argv: list[str] | None = None) -> int:
             final["lake"] = lake_rows(home / "lake")
             lines += report_counts(run, elapsed, final)
         n, minutes = len(run.samples), run.samples[-1]["t_s"] / 60
-        lines.append(f"\n{n} samples over {minutes:.1f} min (drain after the feed stopped: "
-                     f"{drained:.1f} s); CSV {args.out}")  # fmt: skip
+        lines.append(
+            f"\n{n} samples over {minutes:.1f} min (drain after the feed stopped: "
+            f"{drained:.1f} s); CSV {args.out}"
+        )
         print("\n".join(lines))
         if p.last["t_s"] - p.base["t_s"] < 600:
-            print("note: under ~10 minutes after the warm-up, slopes are noisy; the verdicts "
-                  "are for a long run")  # fmt: skip
+            print(
+                "note: under ~10 minutes after the warm-up, slopes are noisy; the verdicts "
+                "are for a long run"
+            )
     if not args.keep:
         for sub in ("redis", "home"):
             shutil.rmtree(work / sub, ignore_errors=True)

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from cryptopipe.errors import CommandError
 from marketdata.settings import Settings
 from redisstore.conn import RedisUnavailableError
 
@@ -28,14 +29,6 @@ COMMAND_MODULES = (
     "cryptopipe.commands.metrics",
     "cryptopipe.commands.reconcile",
 )
-
-
-class CommandError(Exception):
-    """A user-facing error: printed as one line, exit status 2 unless given."""
-
-    def __init__(self, message: str, status: int = 2) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def common_parser(*, top: bool = False) -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
 """The Dagster code location: assembles assets, checks, jobs, schedules and sensors.
 
-Kept short on purpose: each piece lives in its own module of :mod:`orchestration`.
-Settings come from the environment at run time (``REDIS_URL``, ``CRYPTOPIPE_HOME``),
-with the command line's defaults when unset.
+Kept short on purpose: the speed layer's pieces live in
+:mod:`orchestration.speed_layer`, the batch layer's in :mod:`orchestration.batch_layer`,
+the resources in :mod:`orchestration.resources`. Settings come from the environment at
+run time (``REDIS_URL``, ``CRYPTOPIPE_HOME``), with the command line's defaults when
+unset.
 """
 
 import os
@@ -10,19 +12,16 @@ import os
 import dagster as dg
 
 from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL
-from orchestration.assets.batch import archived_trades, daily_batch
-from orchestration.assets.daily import reconciliation, stream_candles
-from orchestration.assets.flows import flow_assets, flow_checks
-from orchestration.assets.raw_log import raw_log_stats
-from orchestration.flows import restart_flows, start_flows, stop_flows
-from orchestration.resources import (
-    FlowSupervisorResource,
-    PipelineResource,
-    RedisResource,
-    SparkResource,
+from orchestration.batch_layer.assets import batch_assets
+from orchestration.batch_layer.schedules import (
+    daily_batch_job,
+    daily_batch_schedule,
+    sealed_day_sensor,
 )
-from orchestration.schedules import daily_batch_job, daily_batch_schedule, sealed_day_sensor
-from orchestration.sensors import flow_health_sensor
+from orchestration.resources import FlowSupervisorResource, PipelineResource, SparkResource
+from orchestration.speed_layer.assets import flow_checks, speed_assets
+from orchestration.speed_layer.jobs import restart_flows, start_flows, stop_flows
+from orchestration.speed_layer.sensors import flow_health_sensor
 
 
 def _env(name: str, default: str) -> str | dg.EnvVar:
@@ -30,29 +29,19 @@ def _env(name: str, default: str) -> str | dg.EnvVar:
     return dg.EnvVar(name) if name in os.environ else default
 
 
+pipeline = PipelineResource(
+    redis_url=_env("REDIS_URL", DEFAULT_REDIS_URL), home=_env("CRYPTOPIPE_HOME", DEFAULT_HOME)
+)
+
 defs = dg.Definitions(
-    assets=[
-        raw_log_stats,
-        *flow_assets,
-        archived_trades,
-        daily_batch,
-        stream_candles,
-        reconciliation,
-    ],
+    assets=[*speed_assets, *batch_assets],
     asset_checks=[*flow_checks],
     jobs=[start_flows, stop_flows, restart_flows, daily_batch_job],
     schedules=[daily_batch_schedule],
     sensors=[flow_health_sensor, sealed_day_sensor],
     resources={
-        "redis": RedisResource(url=_env("REDIS_URL", DEFAULT_REDIS_URL)),
-        "pipeline": PipelineResource(
-            redis_url=_env("REDIS_URL", DEFAULT_REDIS_URL),
-            home=_env("CRYPTOPIPE_HOME", DEFAULT_HOME),
-        ),
+        "pipeline": pipeline,
         "spark": SparkResource(master=_env("CRYPTOPIPE_SPARK_MASTER", "local[2]")),
-        "flow_supervisor": FlowSupervisorResource(
-            redis_url=_env("REDIS_URL", DEFAULT_REDIS_URL),
-            home=_env("CRYPTOPIPE_HOME", DEFAULT_HOME),
-        ),
+        "flow_supervisor": FlowSupervisorResource(pipeline=pipeline),
     },
 )

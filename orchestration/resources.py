@@ -1,4 +1,9 @@
-"""Dagster resources: thin, configurable handles on our own interfaces."""
+"""Dagster resources: thin, configurable handles on our own interfaces.
+
+:class:`PipelineResource` is the one place that says which Redis and which home (lake,
+pid files, logs) the pipeline uses; the others take it as a nested resource rather
+than repeating ``redis_url`` and ``home``.
+"""
 
 from dataclasses import replace
 
@@ -19,38 +24,26 @@ from streaming.supervisor import (
 )
 
 
-class RedisResource(dg.ConfigurableResource):
-    """The Redis that holds the raw log and the speed layer's output.
-
-    Attributes:
-        url: ``redis://[user:pass@]host:port/db`` or ``rediss://``; from ``REDIS_URL``.
-    """
-
-    url: str = DEFAULT_REDIS_URL
-
-    def client(self) -> redis.Redis:
-        """A checked client (fails with one line saying what to do)."""
-        return connect(self.url)
-
-
 class PipelineResource(dg.ConfigurableResource):
-    """The pipeline's Redis and home (lake), for the batch-side assets.
+    """The pipeline's Redis and home, as every asset, sensor and job sees them.
 
     Attributes:
-        redis_url: the pipeline's Redis (``REDIS_URL``).
+        redis_url: ``redis://[user:pass@]host:port/db`` or ``rediss://``; from
+            ``REDIS_URL``.
         home: the pipeline's ``--home`` (``CRYPTOPIPE_HOME``): the lake lives there
-            unless ``CRYPTOPIPE_LAKE_URI`` says otherwise.
+            unless ``CRYPTOPIPE_LAKE_URI`` says otherwise, and the flows' pid files
+            and logs.
     """
 
     redis_url: str = DEFAULT_REDIS_URL
     home: str = DEFAULT_HOME
 
     def settings(self) -> Settings:
-        """The pipeline's settings."""
+        """The pipeline's settings (the environment fills in the rest)."""
         return Settings.from_env(redis_url=self.redis_url, home=self.home)
 
     def client(self) -> redis.Redis:
-        """A checked Redis client."""
+        """A checked Redis client (fails with one line saying what to do)."""
         return connect(self.redis_url)
 
 
@@ -81,16 +74,14 @@ class FlowSupervisorResource(dg.ConfigurableResource):
     """Starts, stops and inspects the long-running flows (OS processes outliving Dagster).
 
     Attributes:
-        redis_url: the pipeline's Redis (``REDIS_URL``).
-        home: the pipeline's ``--home`` (``CRYPTOPIPE_HOME``): pid files and logs.
+        pipeline: the pipeline's Redis and home.
         flows: the flows the health sensor watches.
         stale_after_s: a heartbeat older than this is a stalled flow.
         max_restarts: more restarts than this inside ``window_s`` mark the flow failed.
         window_s: the crash-loop window.
     """
 
-    redis_url: str = DEFAULT_REDIS_URL
-    home: str = DEFAULT_HOME
+    pipeline: PipelineResource
     flows: list[str] = Field(default_factory=lambda: list(FLOWS))
     stale_after_s: float = STALE_AFTER_S
     max_restarts: int = MAX_RESTARTS
@@ -98,10 +89,9 @@ class FlowSupervisorResource(dg.ConfigurableResource):
 
     def supervisor(self) -> Supervisor:
         """The supervisor for these settings."""
-        settings = Settings.from_env(redis_url=self.redis_url, home=self.home)
         return Supervisor(
-            settings,
-            connect(self.redis_url),
+            self.pipeline.settings(),
+            self.pipeline.client(),
             stale_after_s=self.stale_after_s,
             max_restarts=self.max_restarts,
             window_s=self.window_s,

@@ -8,7 +8,11 @@ whatever started them (a Dagster run, the command line). The supervisor keeps:
   recycled pid is never mistaken for the flow);
 * in Redis, per flow, the desired state (``running``/``stopped``: a flow a user
   stopped is not restarted), the restart history and a ``failed`` mark with its
-  reason once the crash-loop limit is hit (DESIGN.md section 7).
+  reason once the crash-loop limit is hit (docs/architecture.md section 7).
+
+:meth:`Supervisor.decide` is the one place that decides what to do about a flow
+(start it, restart it, or give up on a crash loop); whoever supervises (Dagster's
+health sensor) carries the decision out and shows it.
 
 Liveness comes from the process table and from the heartbeat hash each flow
 writes (:mod:`streaming.heartbeat`).
@@ -36,13 +40,15 @@ FLOWS = ("candles", "metrics", "archive")
 FEED = "feed"
 ALL = (*FLOWS, FEED)
 
-#: A heartbeat older than this means the flow is stalled (DESIGN.md section 7).
+#: A heartbeat older than this means the flow is stalled (docs/architecture.md section 7).
 STALE_AFTER_S = 15.0
 #: More than this many restarts inside the window stops the restarts.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 #: A flow just started gets this long to write its first heartbeat.
 START_GRACE_S = 30.0
+#: States in which a flow is as it should be (a flow stopped on purpose is healthy).
+HEALTHY_STATES = ("running", "starting", "pending", "stopped")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,32 @@ class FlowStatus:
     def needs_start(self) -> bool:
         """Wanted and never started (a first start is not a restart)."""
         return self.desired == "running" and self.state == "pending"
+
+    @property
+    def healthy(self) -> bool:
+        """Running, on its way, or stopped on purpose (:data:`HEALTHY_STATES`)."""
+        return self.state in HEALTHY_STATES
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do about one flow now (:meth:`Supervisor.decide`).
+
+    Attributes:
+        action: ``start`` (wanted, never started), ``restart`` (dead or stalled),
+            ``failed`` (just marked failed: too many restarts in the window) or
+            ``none``.
+        run_key: names this incident (or start request) once: the flow, the action
+            and a generation counter that grows with each restart (or request), so
+            a scheduler that dedupes by key starts one run per incident.
+        reason: why, in words (the state seen, or the crash-loop message).
+        status: the flow's status after the decision.
+    """
+
+    action: str
+    run_key: str
+    reason: str
+    status: FlowStatus
 
 
 class Supervisor:
@@ -258,6 +290,34 @@ class Supervisor:
         """Forget a crash loop (a manual start or restart does this)."""
         self.client.hdel(control_key(name), "failed", "failed_reason")
         self.client.delete(restarts_key(name))
+
+    def generation(self, name: str, counter: str = "restarts_total") -> str:
+        """A counter of the flow's control hash: ``restarts_total`` or ``wants``."""
+        raw = self.client.hget(control_key(name), counter)
+        return text(raw) if raw else "0"
+
+    def decide(self, name: str) -> Decision:
+        """What to do about ``name`` now; marks it failed when the crash loop is hit.
+
+        A flow that should run but is dead or stalled is restarted unless it was
+        restarted ``max_restarts`` times inside ``window_s``: then it is marked failed
+        (restarts stop until a person starts it again, which clears the mark).
+        """
+        st = self.status(name)
+        if st.needs_start:
+            return Decision("start", f"start:{name}:{self.generation(name, 'wants')}", "wanted", st)
+        if not st.needs_restart:
+            return Decision("none", "", st.reason, st)
+        done = self.restarts_in_window(name)
+        if done >= self.max_restarts:
+            reason = (
+                f"{done} restarts in the last {self.window_s / 60:.0f} min; "
+                f"last seen {st.state}: {st.reason}. Fix the cause (see the flow's log), "
+                "then run start_flows to clear it."
+            )
+            self.mark_failed(name, reason)
+            return Decision("failed", "", reason, self.status(name))
+        return Decision("restart", f"restart:{name}:{self.generation(name)}", st.state, st)
 
     # ---- status ----------------------------------------------------------------------
 

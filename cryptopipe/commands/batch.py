@@ -6,12 +6,11 @@ import argparse
 import json
 import logging
 
-from batch.sealing import SealStatus, WatermarkUnavailableError, parse_watermark, seal_status
-from cryptopipe.cli import CommandError
+from batch.sealing import DayNotSealedError, require_sealed
+from cryptopipe.errors import CommandError
 from lake.layout import Lake
 from marketdata.settings import Settings
 from marketdata.timeutil import parse_day
-from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 #: Exit status when the day is not sealed (retry later, or --force).
 EXIT_UNSEALED = 3
@@ -53,38 +52,18 @@ def register(
     run.set_defaults(func=cmd_run)
 
 
-def _watermark(settings: Settings) -> int | None:
-    # Imported only when needed: history-only users may have no Redis at all.
-    import redis
-
-    from redisstore.conn import RedisUnavailableError, connect
-
-    try:
-        client = connect(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-        try:
-            return parse_watermark(client.get(ARCHIVE_WATERMARK_KEY))
-        finally:
-            client.close()
-    except (RedisUnavailableError, redis.RedisError) as exc:
-        raise WatermarkUnavailableError(str(exc)) from None
-
-
-def _refusal(status: SealStatus) -> str:
-    return (
-        f"{status.day.isoformat()} is not sealed: {status.reason}. Run it anyway with "
-        "--force (trades still to come would be missing until a later run replaces it)"
-    )
-
-
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Check sealing, then run the job and print a summary."""
     day = parse_day(args.date)
+    try:
+        status = require_sealed(settings, day, force=args.force)
+    except DayNotSealedError as exc:
+        msg = (
+            f"{exc}. Run it anyway with --force (trades still to come would be missing "
+            "until a later run replaces it)"
+        )
+        raise CommandError(msg, status=EXIT_UNSEALED) from None
     lake = Lake(settings.lake)
-    status = seal_status(
-        lake, day, lateness_ms=settings.lateness_ms, watermark=lambda: _watermark(settings)
-    )
-    if not status.sealed and not args.force:
-        raise CommandError(_refusal(status), status=EXIT_UNSEALED)
 
     from batch.daily import NoTradesError, run_batch_day
     from batch.spark import LazySpark

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from cryptopipe.cli import CommandError
+from cryptopipe.errors import CommandError
 from marketdata.interval import INTERVAL_LABELS, Interval
 from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.records import SOURCES, CandleRecord

@@ -28,8 +28,13 @@ def add_control_commands(
         ("status", "state, lag, throughput and restarts of flows"),
     ):
         p = ssub.add_parser(action, parents=[common], help=help_text)
-        p.add_argument("name", nargs="?", default=None, choices=ALL,
-                       help="one flow (default: candles, metrics and archive)")  # fmt: skip
+        p.add_argument(
+            "name",
+            nargs="?",
+            default=None,
+            choices=ALL,
+            help="one flow (default: candles, metrics and archive)",
+        )
         if action == "status":
             p.add_argument("--format", choices=("table", "json"), default="table")
         p.set_defaults(func=cmd_flow, action=action)
@@ -69,8 +74,9 @@ def _table(rows: list[dict[str, object]]) -> str:
     cells = [[str(heads.get(c, c)) for c in cols]]
     cells += [["-" if r.get(c) is None else str(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)  # fmt: skip
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
 
 
 def cmd_flow(args: argparse.Namespace, settings: Settings) -> int:

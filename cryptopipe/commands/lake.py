@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from batch.dump_import import ImportResult, import_dump
-from cryptopipe.cli import CommandError
+from cryptopipe.errors import CommandError
 from lake.layout import Lake
 from marketdata.parsing import FORMAT_CSV, normalize_exchange
 from marketdata.settings import Settings

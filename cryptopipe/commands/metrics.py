@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from cryptopipe.cli import CommandError
+from cryptopipe.errors import CommandError
 from marketdata.indicators import METRIC_FIELDS
 from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.settings import Settings

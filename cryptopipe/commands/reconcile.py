@@ -6,7 +6,7 @@ import argparse
 import json
 
 from batch.reconcile import BatchNotRunError, reconcile_day
-from cryptopipe.cli import CommandError
+from cryptopipe.errors import CommandError
 from marketdata.reconcile import OUTCOMES
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms, parse_day

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from cryptopipe.cli import CommandError
 from cryptopipe.commands.flowctl import add_control_commands
+from cryptopipe.errors import CommandError
 from marketdata.settings import Settings
 from streaming.supervisor import FLOWS
 

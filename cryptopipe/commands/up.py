@@ -61,7 +61,7 @@ def register(
         metavar="SECONDS",
         help="stop by itself after this many seconds (default: until Ctrl-C)",
     )
-    up.set_defaults(func=cmd_up)  # fmt: skip
+    up.set_defaults(func=cmd_up)
 
 
 def _cli(*args: str) -> list[str]:
@@ -122,8 +122,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 if not child.alive():
                     log.error(
                         "%s exited with status %s; see %s",
-                        child.name, child.proc.returncode, child.log_path,
-                    )  # fmt: skip
+                        child.name,
+                        child.proc.returncode,
+                        child.log_path,
+                    )
                     return 1
             stop.wait(0.5)
         return 0

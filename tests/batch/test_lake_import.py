@@ -171,10 +171,16 @@ def test_import_of_tricky_file_equals_parser_and_partitions_by_day(tmp_path: Pat
 def day_lines(n: int, first_id: int = 1000) -> bytes:
     rows = [
         b"%d,%d.%08d,0.%08d,1,%d,%s,True"
-        % (first_id + i, 84000 + i % 7, i * 37 % 10**8, 1 + i % 99, T_US + i * 1000,
-           b"True" if i % 3 else b"False")
+        % (
+            first_id + i,
+            84000 + i % 7,
+            i * 37 % 10**8,
+            1 + i % 99,
+            T_US + i * 1000,
+            b"True" if i % 3 else b"False",
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     return b"\n".join(rows) + b"\n"
 
 
@@ -222,15 +228,41 @@ def test_file_schema_is_exact_decimal(tmp_path: Path) -> None:
     st.lists(
         st.lists(
             st.sampled_from(
-                ["1", "0", "007", "12.5", "0.00000001", "1.123456789", "1.10", "-1", " 2", "",
-                 "true", "True", "FALSE", "1741910400000", "1741910400000123", "x", "1e3",
-                 "\r", "é", "9999999999", "99999999999", "1.", ".1", "\t", "\x1c"]
+                [
+                    "1",
+                    "0",
+                    "007",
+                    "12.5",
+                    "0.00000001",
+                    "1.123456789",
+                    "1.10",
+                    "-1",
+                    " 2",
+                    "",
+                    "true",
+                    "True",
+                    "FALSE",
+                    "1741910400000",
+                    "1741910400000123",
+                    "x",
+                    "1e3",
+                    "\r",
+                    "é",
+                    "9999999999",
+                    "99999999999",
+                    "1.",
+                    ".1",
+                    "\t",
+                    "\x1c",
+                ]
             ),
-            min_size=3, max_size=9,
+            min_size=3,
+            max_size=9,
         ).map(lambda cols: ",".join(cols).encode()),
-        min_size=1, max_size=30,
+        min_size=1,
+        max_size=30,
     )
-)  # fmt: skip
+)
 def test_fast_path_equals_parser_on_generated_lines(lines: list[bytes]) -> None:
     data = b"\n".join(lines)
     assert block_outcome(data, fast=True) == split_outcome(expected_outcomes(data.split(b"\n")))

@@ -11,8 +11,12 @@ import redis
 
 from lake.layout import SourceRange
 from lake.writer import LakeWriter
-from orchestration.assets.batch import archived_trades, daily_batch
-from orchestration.assets.daily import reconciliation, stream_candles
+from orchestration.batch_layer.assets import (
+    archived_trades,
+    daily_batch,
+    reconciliation,
+    stream_candles,
+)
 from orchestration.resources import PipelineResource, SparkResource
 from redisstore.keys import ARCHIVE_WATERMARK_KEY
 from tests.batch.test_reconcile_day import DAY, run_stream, valid_trades

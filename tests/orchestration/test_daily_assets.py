@@ -11,7 +11,7 @@ import redis
 
 from lake.candles import write_day_candles
 from marketdata.records import SOURCE_BATCH
-from orchestration.assets.daily import reconciliation, stream_candles
+from orchestration.batch_layer.assets import reconciliation, stream_candles
 from orchestration.resources import PipelineResource
 from tests.batch.test_reconcile_day import DAY, batch_candles, run_stream, valid_trades
 
@@ -39,8 +39,12 @@ def check_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
 
 def test_check_passes_on_a_day_explained_by_late_trades(env: dict[str, str]) -> None:
     run_stream(env)
-    write_day_candles(Path(env["CRYPTOPIPE_HOME"]) / "lake", SOURCE_BATCH, DAY,
-                      batch_candles(valid_trades()).values())  # fmt: skip
+    write_day_candles(
+        Path(env["CRYPTOPIPE_HOME"]) / "lake",
+        SOURCE_BATCH,
+        DAY,
+        batch_candles(valid_trades()).values(),
+    )
     result = materialize(env)
     assert result.success
     ev = check_of(result)
@@ -56,8 +60,9 @@ def test_check_fails_when_the_stream_lost_trades(
 ) -> None:
     trades = valid_trades()
     run_stream(env, drop_every=500, client=redis_client)
-    write_day_candles(Path(env["CRYPTOPIPE_HOME"]) / "lake", SOURCE_BATCH, DAY,
-                      batch_candles(trades).values())  # fmt: skip
+    write_day_candles(
+        Path(env["CRYPTOPIPE_HOME"]) / "lake", SOURCE_BATCH, DAY, batch_candles(trades).values()
+    )
     ev = check_of(materialize(env))
     assert not ev.passed
     assert ev.metadata["unexplained"].value > 0

@@ -12,10 +12,10 @@ import dagster as dg
 import pytest
 import redis
 
-from orchestration.assets.flows import flow_asset_key
-from orchestration.flows import restart_flows, start_flows, stop_flows
-from orchestration.resources import FlowSupervisorResource
-from orchestration.sensors import flow_health_sensor
+from orchestration.resources import FlowSupervisorResource, PipelineResource
+from orchestration.speed_layer.assets import flow_asset_key
+from orchestration.speed_layer.jobs import restart_flows, start_flows, stop_flows
+from orchestration.speed_layer.sensors import flow_health_sensor
 
 # The simulated feed is a real long-running process that beats like every flow; it
 # stands in for the bytewax flows here, so these tests exercise supervision only.
@@ -25,15 +25,19 @@ FLOW = "feed"
 @pytest.fixture
 def resource(redis_url: str, tmp_path: Path) -> Iterator[FlowSupervisorResource]:
     res = FlowSupervisorResource(
-        redis_url=redis_url, home=str(tmp_path), flows=[FLOW], stale_after_s=3, max_restarts=2
+        pipeline=PipelineResource(redis_url=redis_url, home=str(tmp_path)),
+        flows=[FLOW],
+        stale_after_s=3,
+        max_restarts=2,
     )
     yield res
     res.supervisor().stop(FLOW, timeout=5)
 
 
 def tick(resource: FlowSupervisorResource, cursor: str | None = None) -> dg.SensorResult:
-    ctx = dg.build_sensor_context(resources={"flow_supervisor": resource}, cursor=cursor)
-    result = flow_health_sensor(ctx)
+    # A resource with a nested resource is opened as a context manager by Dagster.
+    with dg.build_sensor_context(resources={"flow_supervisor": resource}, cursor=cursor) as ctx:
+        result = flow_health_sensor(ctx)
     assert isinstance(result, dg.SensorResult)
     return result
 

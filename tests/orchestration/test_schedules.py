@@ -9,8 +9,12 @@ from pathlib import Path
 import dagster as dg
 import redis
 
+from orchestration.batch_layer.schedules import (
+    daily_batch_job,
+    daily_batch_schedule,
+    sealed_day_sensor,
+)
 from orchestration.resources import PipelineResource
-from orchestration.schedules import daily_batch_job, daily_batch_schedule, sealed_day_sensor
 from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 

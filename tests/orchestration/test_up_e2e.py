@@ -33,20 +33,40 @@ def test_up_sensor_starts_flows_and_restarts_a_killed_one(tmp_path: Path) -> Non
     url = f"redis://127.0.0.1:{free_port()}/0"
     env = {**os.environ, "REDIS_URL": url, "CRYPTOPIPE_HOME": str(tmp_path)}
     up = subprocess.Popen(
-        [sys.executable, "-m", "cryptopipe", "up", "--rate", "40", "--dagster-port",
-         str(free_port()), "--for", "400"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cryptopipe",
+            "up",
+            "--rate",
+            "40",
+            "--dagster-port",
+            str(free_port()),
+            "--for",
+            "400",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     def status(name: str) -> dict:
-        out = subprocess.run([sys.executable, "-m", "cryptopipe", "stream", "status", name,
-                              "--format", "json"], env=env, capture_output=True, text=True,
-                             check=False)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "cryptopipe", "stream", "status", name, "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return json.loads(out.stdout)[0] if out.returncode == 0 else {}
 
     try:
-        first = wait_for(lambda: (s := status("candles")).get("state") == "running" and s,
-                         120, "the sensor to start the candles flow")  # fmt: skip
+        first = wait_for(
+            lambda: (s := status("candles")).get("state") == "running" and s,
+            120,
+            "the sensor to start the candles flow",
+        )
         client = redis.Redis.from_url(url)
         live = "md:candles:{BTCUSDT}:binance:live"
         wait_for(lambda: client.exists(live), 60, "live candles")
@@ -55,10 +75,14 @@ def test_up_sensor_starts_flows_and_restarts_a_killed_one(tmp_path: Path) -> Non
         before = client.hgetall(closed_key)
         os.kill(first["pid"], signal.SIGKILL)
         again = wait_for(
-            lambda: (s := status("candles")).get("state") == "running"
-            and s.get("pid") != first["pid"] and s,
-            60, "the sensor to restart the killed flow",
-        )  # fmt: skip
+            lambda: (
+                (s := status("candles")).get("state") == "running"
+                and s.get("pid") != first["pid"]
+                and s
+            ),
+            60,
+            "the sensor to restart the killed flow",
+        )
         assert int(again["restarts"]) >= 1
         # Candles written before the kill are intact (idempotent rewrites at most).
         after = client.hgetall(closed_key)

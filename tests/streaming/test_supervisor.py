@@ -84,3 +84,32 @@ def test_a_recycled_pid_is_not_the_flow(sup: Supervisor, tmp_path: Path) -> None
 def test_unknown_flow_is_refused(sup: Supervisor) -> None:
     with pytest.raises(ValueError, match="candles, metrics, archive"):
         sup.start("nonsense")
+
+
+def test_decide_starts_restarts_once_per_incident_and_gives_up_on_a_crash_loop(
+    sup: Supervisor,
+) -> None:
+    assert sup.decide(FEED).action == "none"  # never wanted
+    sup.want(FEED)
+    first = sup.decide(FEED)
+    assert (first.action, first.reason) == ("start", "wanted")
+    assert sup.decide(FEED).run_key == first.run_key  # the same request: the same key
+    pid = sup.start(FEED)
+    assert sup.decide(FEED).action == "none" and sup.decide(FEED).status.healthy
+    keys = []
+    for _ in range(sup.max_restarts):
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: sup.status(FEED).state == "dead")
+        d = sup.decide(FEED)
+        assert d.action == "restart" and d.reason == "dead" and not d.status.healthy
+        keys.append(d.run_key)
+        pid = sup.restart(FEED, reason=d.reason)
+    assert len(set(keys)) == len(keys)  # a new incident gets a new run key
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: sup.status(FEED).state == "dead")
+    d = sup.decide(FEED)
+    assert d.action == "failed" and f"{sup.max_restarts} restarts" in d.reason
+    assert d.status.state == "failed" and not d.status.healthy
+    assert sup.decide(FEED).action == "none"  # failed: no more restarts
+    sup.want(FEED)  # a person asks again: the crash loop is forgotten
+    assert sup.decide(FEED).action == "start"

@@ -1,8 +1,13 @@
-"""The long-running flows as assets of the graph (observed, not materialised by Dagster)."""
+"""The speed layer as assets of the graph.
+
+The raw log (observed: its length and range) and the long-running flows (observed,
+not materialised by Dagster), each flow with its ``flow_is_healthy`` check.
+"""
 
 import dagster as dg
 
-from orchestration.resources import FlowSupervisorResource
+from orchestration.resources import FlowSupervisorResource, PipelineResource
+from streaming.rawlog_stats import raw_log_summary
 from streaming.supervisor import FLOWS
 
 _DESCRIPTIONS = {
@@ -11,6 +16,21 @@ _DESCRIPTIONS = {
     "archive": "bytewax: raw log -> Parquet lake trades/ (typed, append-only).",
 }
 _DEPS = {"candles": ["raw_log"], "metrics": ["candles_flow"], "archive": ["raw_log"]}
+
+
+@dg.asset(name="raw_log", group_name="speed_layer", kinds={"redis"})
+def raw_log_stats(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> dg.MaterializeResult:
+    """Length and id range of every raw-log stream (``md:trades:raw`` and its shards)."""
+    summary = raw_log_summary(pipeline.client())
+    context.log.info("raw log: %s", summary)
+    return dg.MaterializeResult(
+        metadata={
+            "entries": dg.MetadataValue.int(sum(s["length"] for s in summary.values())),
+            "streams": dg.MetadataValue.json(summary),
+        }
+    )
 
 
 def flow_asset_key(name: str) -> dg.AssetKey:
@@ -39,11 +59,11 @@ def _health_check(name: str) -> dg.AssetChecksDefinition:
     def check(flow_supervisor: FlowSupervisorResource) -> dg.AssetCheckResult:
         st = flow_supervisor.supervisor().status(name)
         return dg.AssetCheckResult(
-            passed=st.state in ("running", "starting", "pending", "stopped"),
-            metadata={"state": st.state, "reason": st.reason},
+            passed=st.healthy, metadata={"state": st.state, "reason": st.reason}
         )
 
     return check
 
 
 flow_checks = [_health_check(name) for name in FLOWS]
+speed_assets = [raw_log_stats, *flow_assets]

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from orchestration.assets.batch import day_seal
-from orchestration.partitions import daily
+from batch.sealing import day_seal
+from orchestration.batch_layer.partitions import daily
 from orchestration.resources import PipelineResource
 
 #: The day's batch, then the stream snapshot and the reconciliation with its check.
@@ -14,7 +14,7 @@ daily_batch_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(
         "archived_trades", "batch_candles", "daily_aggregates", "stream_candles", "reconciliation"
     ),
-    partitions_def=daily,
+    partitions_def=daily,  # resolves the schedule now (Dagster infers it otherwise, later)
     description="Batch candles and aggregates of a UTC day, then reconciliation against the "
     "stream (refuses an unsealed day unless forced).",
 )
@@ -39,13 +39,14 @@ def sealed_day_sensor(
 ) -> dg.SensorResult:
     """One run per newly sealed day among the last few."""
     today = datetime.now(tz=UTC).date()
+    settings = pipeline.settings()
     requests = []
     skipped = []
     for back in range(1, LOOKBACK_DAYS + 1):
         day = today - timedelta(days=back)
         if day < daily.start.date():
             continue
-        seal = day_seal(pipeline, day)
+        seal = day_seal(settings, day)
         if seal.sealed:
             requests.append(dg.RunRequest(run_key=f"sealed:{day}", partition_key=day.isoformat()))
         else:

@@ -1,0 +1,176 @@
+"""The batch layer's daily assets.
+
+A day's archived trades, batch candles and aggregates, the stream's candles of the
+day, and their reconciliation.
+
+Each asset is thin: it calls one function of :mod:`batch` for the partition's day and
+turns its result into Dagster metadata (or a ``Failure`` saying what to do).
+"""
+
+from collections.abc import Iterator
+from datetime import date
+
+import dagster as dg
+
+from batch.daily import NoTradesError, run_batch_day
+from batch.reconcile import reconcile_day, snapshot_stream_day
+from batch.sealing import DayNotSealedError, day_seal, require_sealed
+from lake.layout import Lake
+from marketdata.reconcile import OUTCOMES
+from orchestration.batch_layer.partitions import daily
+from orchestration.resources import PipelineResource, SparkResource
+
+
+def _day(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> date:
+    return date.fromisoformat(context.partition_key)
+
+
+@dg.asset(
+    partitions_def=daily,
+    group_name="batch_layer",
+    kinds={"parquet"},
+    deps=["archive_flow"],
+    description="The day's trades in the lake (trades/date=D), written by the archive flow "
+    "or lake import; materialising records what is there and whether the day is sealed.",
+)
+def archived_trades(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> dg.MaterializeResult:
+    """Look at the day's archived trades."""
+    day = _day(context)
+    settings = pipeline.settings()
+    lake = Lake(settings.lake)
+    seal = day_seal(settings, day)
+    return dg.MaterializeResult(
+        metadata={
+            "files": len(lake.list_files(lake.trades_dir(day))),
+            "sealed": seal.sealed,
+            "sealed_by": seal.by or "-",
+            "reason": seal.reason,
+        }
+    )
+
+
+class BatchConfig(dg.Config):
+    """Options of the daily batch.
+
+    Attributes:
+        force: run on a day that is not sealed yet (its trades may still be arriving).
+    """
+
+    force: bool = False
+
+
+@dg.multi_asset(
+    partitions_def=daily,
+    group_name="batch_layer",
+    specs=[
+        dg.AssetSpec(
+            "batch_candles",
+            deps=[archived_trades],
+            kinds={"spark", "parquet"},
+            description="Candles of every interval recomputed from the day's trades.",
+        ),
+        dg.AssetSpec(
+            "daily_aggregates",
+            deps=[archived_trades],
+            kinds={"spark", "parquet"},
+            description="Per symbol: OHLCV, VWAP, trades, taker-buy share, realised "
+            "volatility, largest trade, trades per minute.",
+        ),
+    ],
+)
+def daily_batch(
+    context: dg.AssetExecutionContext,
+    config: BatchConfig,
+    pipeline: PipelineResource,
+    spark: SparkResource,
+) -> Iterator[dg.MaterializeResult]:
+    """Run the PySpark daily batch for the partition's day (refuses an unsealed day)."""
+    day = _day(context)
+    settings = pipeline.settings()
+    try:
+        seal = require_sealed(settings, day, force=config.force)
+        result = run_batch_day(spark.session(), Lake(settings.lake), day)
+    except DayNotSealedError as exc:
+        raise dg.Failure(f"{exc}. Wait, or run with config force: true.") from None
+    except NoTradesError as exc:
+        raise dg.Failure(str(exc)) from None
+    summary = result.to_json_dict()
+    context.log.info(f"batch {day}: {summary}")
+    yield dg.MaterializeResult(
+        asset_key="batch_candles",
+        metadata={
+            "trades": result.trades,
+            "duplicates": result.duplicates,
+            "candles": dg.MetadataValue.json(result.candles),
+            "seconds": summary["seconds"],
+            "forced": not seal.sealed,
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key="daily_aggregates",
+        metadata={"rows": result.aggregates, "symbols": result.symbols},
+    )
+
+
+@dg.asset(
+    partitions_def=daily,
+    group_name="batch_layer",
+    kinds={"redis", "parquet"},
+    description="The speed layer's closed candles of the day, as stored in Redis, copied to "
+    "candles/source=stream in the lake.",
+)
+def stream_candles(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> dg.MaterializeResult:
+    """Snapshot the day's stream candles into the lake."""
+    candles = snapshot_stream_day(pipeline.settings(), _day(context), pipeline.client())
+    per_interval: dict[str, int] = {}
+    for key in candles:
+        per_interval[key[2]] = per_interval.get(key[2], 0) + 1
+    return dg.MaterializeResult(
+        metadata={"candles": len(candles), "per_interval": dg.MetadataValue.json(per_interval)}
+    )
+
+
+@dg.asset(
+    partitions_def=daily,
+    group_name="batch_layer",
+    kinds={"python", "parquet"},
+    deps=["batch_candles", stream_candles],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "reconciliation_is_exact",
+            asset="reconciliation",
+            blocking=True,
+            description="Every stream candle equals its batch candle, or late trades explain "
+            "the difference exactly; anything else fails.",
+        )
+    ],
+    description="Stream vs batch candles of the day, exact; report in reconciliation/date=D.",
+)
+def reconciliation(
+    context: dg.AssetExecutionContext, pipeline: PipelineResource
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Reconcile the day; the blocking check fails on any unexplained difference."""
+    result, summary = reconcile_day(pipeline.settings(), _day(context), pipeline.client())
+    counts = {o: summary["counts"][o] for o in OUTCOMES}
+    worst = [d for d in summary["worst"] if d["outcome"] != "explained_by_late"][:10]
+    meta = {
+        **{o: dg.MetadataValue.int(n) for o, n in counts.items()},
+        "unexplained": dg.MetadataValue.int(result.unexplained),
+        "late_trades": dg.MetadataValue.int(summary["late_trades"]),
+        "worst": dg.MetadataValue.json(worst),
+    }
+    yield dg.MaterializeResult(metadata=meta)
+    yield dg.AssetCheckResult(
+        check_name="reconciliation_is_exact",
+        passed=result.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**meta},
+        description=None if result.ok else f"{result.unexplained} unexplained differences",
+    )
+
+
+batch_assets = [archived_trades, daily_batch, stream_candles, reconciliation]

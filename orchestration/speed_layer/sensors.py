@@ -1,0 +1,86 @@
+"""The flow health sensor: carries out the supervisor's decisions and shows each flow.
+
+What to do about a flow (start, restart, give up on a crash loop) is decided by
+:meth:`streaming.supervisor.Supervisor.decide`; this sensor turns a decision into a
+run of :data:`start_flows` or :data:`restart_flows` (one per incident: the run key is
+the decision's) and reports each flow's state as an observation and a
+``flow_is_healthy`` check evaluation.
+"""
+
+import json
+import time
+
+import dagster as dg
+
+from orchestration.resources import FlowSupervisorResource
+from orchestration.speed_layer.assets import flow_asset_key
+from orchestration.speed_layer.jobs import restart_flows, start_flows
+from streaming.supervisor import Decision, FlowStatus
+
+#: Observations are reported on a change of state, and at least this often.
+OBSERVE_EVERY_S = 30.0
+_JOBS = {"start": (start_flows, "start_flow"), "restart": (restart_flows, "restart_flow")}
+
+
+def _observation(st: FlowStatus) -> dg.AssetObservation:
+    hb = st.heartbeat
+    meta: dict[str, dg.RawMetadataValue] = {
+        "state": st.state,
+        "reason": st.reason,
+        "pid": st.pid if st.pid is not None else "-",
+        "restarts_in_window": st.restarts_in_window,
+        "heartbeat_age_s": round(st.heartbeat_age_s, 1) if st.heartbeat_age_s is not None else "-",
+    }
+    for field in ("items_in", "items_out", "lag", "last_source_id", "throughput"):
+        if field in hb:
+            meta[field] = hb[field]
+    return dg.AssetObservation(asset_key=flow_asset_key(st.name), metadata=meta)
+
+
+def _run_request(name: str, decision: Decision) -> dg.RunRequest:
+    job, op = _JOBS[decision.action]
+    config = {"flow": name, "reason": decision.reason, "automatic": True}
+    return dg.RunRequest(
+        job_name=job.name,
+        run_key=decision.run_key,
+        run_config={"ops": {op: {"config": config}}},
+        tags={"flow": name, "reason": "start" if decision.action == "start" else decision.reason},
+    )
+
+
+@dg.sensor(
+    jobs=[start_flows, restart_flows],
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches every flow's heartbeat; restarts dead or stalled flows within 30 s; "
+    "more than max_restarts in the window marks the flow failed and stops restarting it.",
+)
+def flow_health_sensor(
+    context: dg.SensorEvaluationContext, flow_supervisor: FlowSupervisorResource
+) -> dg.SensorResult:
+    """One look at every flow."""
+    sup = flow_supervisor.supervisor()
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    now = time.time()
+    requests: list[dg.RunRequest] = []
+    events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
+    for name in flow_supervisor.flows:
+        decision = sup.decide(name)
+        if decision.action in _JOBS:
+            requests.append(_run_request(name, decision))
+        elif decision.action == "failed":
+            context.log.error(f"{name}: {decision.reason}")
+        st = decision.status
+        last = cursor.get(name, {})
+        if last.get("state") != st.state or now - last.get("at", 0) >= OBSERVE_EVERY_S:
+            events.append(_observation(st))
+            events.append(
+                dg.AssetCheckEvaluation(
+                    asset_key=flow_asset_key(name),
+                    check_name="flow_is_healthy",
+                    passed=st.healthy,
+                    metadata={"state": st.state, "reason": st.reason},
+                )
+            )
+            cursor[name] = {"state": st.state, "at": now}
+    return dg.SensorResult(run_requests=requests, asset_events=events, cursor=json.dumps(cursor))
