@@ -1,4 +1,4 @@
-"""Soak: every long-running process's memory at a steady rate (issue 7, "Bounded memory").
+"""Soak: every long-running process's memory at a steady rate.
 
 Not a test: run it by hand (it takes as long as ``--minutes``, plus about a minute).
 

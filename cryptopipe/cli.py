@@ -1,4 +1,4 @@
-"""The ``cryptopipe`` command line (DESIGN.md section 8).
+"""The ``cryptopipe`` command line (docs/architecture.md section 8).
 
 Each command group lives in a module of :mod:`cryptopipe.commands` that exposes
 ``register(subparsers, common)``; ``common`` is the parent parser holding the

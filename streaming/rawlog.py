@@ -16,7 +16,7 @@ class RawLogWriter:
     """Appends raw messages to ``md:trades:raw`` (or its shards) in pipelines.
 
     Entries are never trimmed here: trimming is the archive's job, which must
-    not drop what it has not yet written (DESIGN.md section 6).
+    not drop what it has not yet written (docs/architecture.md section 6).
 
     A Redis outage does not lose messages: the batch is retried with backoff until
     Redis is back (or ``should_stop`` says to give up). A retry after a pipeline that
