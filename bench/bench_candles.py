@@ -46,6 +46,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from redisstore.keys import (  # noqa: E402  (after the path: run as a script)
+    CANDLES_PATTERN,
+    CLOSED_EVENTS_STREAM,
+    DLQ_STREAM,
+    LATE_STREAM,
+    RAW_STREAM,
+    flow_pattern,
+    written_key,
+)
+
 T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
 IDLE_S = 0.25
 
@@ -265,19 +275,18 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
             for tr in objs]  # fmt: skip
     for i in range(0, n, 5000):
         writer.write(msgs[i : i + 5000])
-    print(f"raw log: {client.xlen('md:trades:raw'):,} entries of {symbols} symbols, "
+    print(f"raw log: {client.xlen(RAW_STREAM):,} entries of {symbols} symbols, "
           f"{(trades[-1][4] - trades[0][4]) / 60000:.0f} minutes of market")  # fmt: skip
     quiesce(client)
 
     seed_runs, ours_runs = [], []
     for r in range(rounds):
         seed_runs.append(run_child(["--child", "seed", str(trades_file)]))
-        for key in client.scan_iter("md:candles*"):
+        for key in client.scan_iter(CANDLES_PATTERN):
             client.delete(key)
-        for key in ("md:trades:late", "md:trades:dlq", "{md:trades:late}:written",
-                    "{md:trades:dlq}:written", "{md:candles:closed}:written"):  # fmt: skip
-            client.delete(key)
-        for key in client.scan_iter("md:flow:candles:*"):
+        for stream in (LATE_STREAM, DLQ_STREAM, CLOSED_EVENTS_STREAM):
+            client.delete(stream, written_key(stream))
+        for key in client.scan_iter(flow_pattern("candles")):
             client.delete(key)
         quiesce(client)
         home = work / f"home{r}"

@@ -78,10 +78,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cryptopipe.procs import ProcessGroup  # noqa: E402  (after the path: run as a script)
+from redisstore.keys import (  # noqa: E402
+    CLOSED_EVENTS_STREAM,
+    DLQ_STREAM,
+    LATE_STREAM,
+    RAW_STREAM,
+    counts_key,
+    heartbeat_key,
+    series_key,
+)
 
 FLOWS = ("candles", "metrics", "archive")
 PROCS = (*FLOWS, "feed")
-RAW = "md:trades:raw"
+RAW = RAW_STREAM
 MB = 1024 * 1024
 #: Symbols with realistic profiles first (the simulator's), then synthetic ones.
 KNOWN = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "DOGEUSDT", "ETHBTC"]
@@ -178,13 +187,14 @@ def key_kind(key: str) -> str:
         return "raw_log"
     if key.endswith(":written"):
         return "written_sets"
-    if key == "md:candles:closed":
+    if key == CLOSED_EVENTS_STREAM:
         return "closed_events"
-    if key.startswith("md:candles:"):
+    family = key.split(":")[1] if ":" in key else ""  # md:<family>:... (redisstore.keys)
+    if family == "candles":
         return "candles"
-    if key in ("md:trades:late", "md:trades:dlq"):
+    if key in (LATE_STREAM, DLQ_STREAM):
         return "late_dlq"
-    if key.startswith(("md:metrics:", "md:spread:", "md:anomalies")):
+    if family in ("metrics", "spread", "anomalies"):
         return "metrics"
     return "other"
 
@@ -221,9 +231,9 @@ def redis_sample(client: Any) -> dict[str, float]:
         span = (int(last[0].split(b"-")[0]) - int(first[0].split(b"-")[0])) / 60_000
     out["raw_span_min"] = span  # stream ids from the first entry left to the last
     for name, key in (
-        ("late_len", "md:trades:late"),
-        ("dlq_len", "md:trades:dlq"),
-        ("closed_len", "md:candles:closed"),
+        ("late_len", LATE_STREAM),
+        ("dlq_len", DLQ_STREAM),
+        ("closed_len", CLOSED_EVENTS_STREAM),
     ):
         out[name] = client.xlen(key)
     return out
@@ -270,7 +280,7 @@ class Run:
         row["lake_bytes"] = dir_bytes(self.home / "lake")
         row.update(redis_sample(self.client))
         for name in FLOWS:
-            hb = self.client.hgetall(f"md:flow:{name}:heartbeat")
+            hb = self.client.hgetall(heartbeat_key(name))
             row[f"{name}_items_in"] = int(hb.get(b"items_in", 0))
             row[f"{name}_lag"] = int(hb.get(b"lag", 0))
             row[f"{name}_lag_ms"] = int(hb.get(b"lag_ms", 0))
@@ -295,7 +305,7 @@ def start(run: Run, syms: Sequence[str]) -> None:
         run.procs.start(name, [py, "-m", "cryptopipe", *common, "stream", "run", name], env)
     # The flows are ready when each has beaten once (bytewax and pyarrow imports).
     deadline = time.monotonic() + 60
-    while any(not run.client.exists(f"md:flow:{n}:heartbeat") for n in FLOWS):
+    while any(not run.client.exists(heartbeat_key(n)) for n in FLOWS):
         if time.monotonic() > deadline or not run.check_alive() or run.stop.is_set():
             msg = run.died or "the flows did not start within 60 s"
             raise RuntimeError(msg)
@@ -370,7 +380,7 @@ def drain(run: Run, timeout: float = 30.0) -> float:
     """After the feed stopped: wait until the candles flow has read the whole raw log."""
     t = time.monotonic()
     added = run.client.xinfo_stream(RAW)["entries-added"]
-    key = f"md:flow:candles:counts:{RAW}"
+    key = counts_key("candles", RAW)
     while time.monotonic() - t < timeout:
         if int(run.client.hget(key, "entries") or 0) >= added:
             break
@@ -571,23 +581,23 @@ def report_counts(run: Run, elapsed: float, final: dict[str, Any]) -> list[str]:
 def final_counts(run: Run) -> dict[str, Any]:
     cl = run.client
     counts = {
-        k.decode(): v.decode() for k, v in cl.hgetall(f"md:flow:candles:counts:{RAW}").items()
+        k.decode(): v.decode() for k, v in cl.hgetall(counts_key("candles", RAW)).items()
     }
     feed_log = run.procs.child("feed").log_path.read_text(errors="replace")
     m = FEED_LINE.search(feed_log)
     written, kinds = (int(m.group(1)), m.group(2).strip()) if m else (-1, "(no summary)")
     x = cl.xinfo_stream(RAW)
-    closed_1m = sum(cl.hlen(k) for k in cl.scan_iter("md:candles:{*}:*:1m"))
-    hb = {n: cl.hgetall(f"md:flow:{n}:heartbeat") for n in FLOWS}
+    closed_1m = sum(cl.hlen(k) for k in cl.scan_iter(series_key("*", "*", "1m")))
+    hb = {n: cl.hgetall(heartbeat_key(n)) for n in FLOWS}
     return {
         "counts": {k: v for k, v in counts.items() if k not in ("watermark",)},
         "feed_written": written,
         "feed_kinds": kinds,
         "raw_added": x["entries-added"],
         "raw_len": x["length"],
-        "dlq_len": cl.xlen("md:trades:dlq"),
-        "late_len": cl.xlen("md:trades:late"),
-        "closed_len": cl.xlen("md:candles:closed"),
+        "dlq_len": cl.xlen(DLQ_STREAM),
+        "late_len": cl.xlen(LATE_STREAM),
+        "closed_len": cl.xlen(CLOSED_EVENTS_STREAM),
         "closed_1m": closed_1m,
         "metrics_in": int(hb["metrics"].get(b"items_in", 0)),
         "metrics_out": int(hb["metrics"].get(b"items_out", 0)),

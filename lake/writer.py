@@ -116,9 +116,9 @@ class LakeWriter:
     Example (the archive flow, after draining entries ``a .. b`` of a raw-log shard)::
 
         writer = LakeWriter(settings.lake)
-        writer.write_trades(trades, rejections, SourceRange.stream("md:trades:raw", a, b),
+        writer.write_trades(trades, rejections, SourceRange.stream(RAW_STREAM, a, b),
                             rejection_ids=ids_of_rejected_entries)
-        # only now: advance md:archive:watermark, trim the raw log up to b
+        # only now: advance ARCHIVE_WATERMARK_KEY, trim the raw log up to b
     """
 
     def __init__(

@@ -44,6 +44,9 @@ def written_key(stream: str) -> str:
 CLOSED_EVENTS_STREAM = "md:candles:closed"
 #: Set of ``exchange:SYMBOL`` that have candles (global).
 SYMBOLS_KEY = "md:candles:symbols"
+#: SCAN pattern matching every key above and below in this section (candles of every
+#: series, their indexes, live candles, the closed-candle events, the symbol set).
+CANDLES_PATTERN = "md:candles*"
 
 
 def series_key(exchange: str, symbol: str, interval: Interval | str) -> str:
@@ -103,6 +106,11 @@ def control_key(name: str) -> str:
 def restarts_key(name: str) -> str:
     """Sorted set of the restart times (ms) of one flow."""
     return f"md:flow:{name}:restarts"
+
+
+def flow_pattern(name: str) -> str:
+    """SCAN pattern matching every key of flow ``name`` (heartbeat, control, counts ...)."""
+    return f"md:flow:{name}:*"
 
 
 def counts_key(flow: str, source_stream: str) -> str:

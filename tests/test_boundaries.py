@@ -203,3 +203,37 @@ def test_the_check_would_notice_a_framework() -> None:
     code = "import sys, redis\nprint('redis' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+KEYS_MODULE = ROOT / "redisstore" / "keys.py"
+
+
+def redis_key_literals(path: Path) -> list[str]:
+    """Strings (also parts of f-strings) in ``path`` that start a Redis key (``md:``).
+
+    Docstrings do not count: they may show a key to the reader.
+    """
+    tree = ast.parse(path.read_text(), str(path))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.startswith(("md:", "{md:"))
+        and id(node) not in docstrings
+    ]
+
+
+def test_redis_key_names_live_in_one_module() -> None:
+    files = [f for p in (*PACKAGES, "bench") for f in sorted((ROOT / p).rglob("*.py"))]
+    found = [hit for f in files if f != KEYS_MODULE for hit in redis_key_literals(f)]
+    assert found == [], "use redisstore.keys instead:\n" + "\n".join(found)
+    assert redis_key_literals(KEYS_MODULE), "the check would find nothing: it is broken"
