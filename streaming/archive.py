@@ -49,7 +49,9 @@ from lake.layout import SourceRange
 from lake.schemas import TRADES_SCHEMA
 from marketdata.timeutil import DAY_MS
 from marketdata.trade import Rejection
-from streaming.candleagg import MINUTE, NEVER, WindowConfig, id_ms
+from marketdata.watermark import NEVER, Watermark
+from redisstore.streamids import id_ms, join_id, parse_id
+from streaming.candleagg import MINUTE, WindowConfig
 from streaming.fastparse import FastParser, ParsedBatch
 
 #: Default bucket: files hold one minute of stream ids.
@@ -67,7 +69,6 @@ FLUSH_SLICE = 8_192
 #: A bucket is cut into files of at most this many entries: what the flow holds and
 #: what a write needs stay bounded however busy the stream (bursts included).
 DEFAULT_MAX_FILE_ENTRIES = 50_000
-
 
 
 @dataclass(frozen=True)
@@ -116,60 +117,42 @@ class ArchiveConfig:
             raise ValueError(msg)
 
 
-def split_id(entry_id: bytes | str) -> tuple[int, int]:
-    """A stream id as ``(ms, seq)``."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def join_id(ms: int, seq: int) -> bytes:
-    """``(ms, seq)`` as a stream id."""
-    return f"{ms}-{seq}".encode()
-
-
 # --------------------------------------------------------------------------- watermark
 
 
 class ArchiveClock:
     """The candles flow's per-partition watermark, over what the archive has written.
 
-    Exactly :class:`streaming.candleagg.ShardAggregator`'s rule (tests compare them):
-    the largest event time of a trade that was not late (capped at receive time +
-    ``max_ahead_ms``) minus the lateness, moved on by the arrival clock (entry ids,
-    idle ticks) once ``idle_advance_ms`` of arrivals brought no new largest event
-    time. Fed with the same entries, it gives the same value whatever the batching.
+    The same :class:`marketdata.watermark.Watermark` as
+    :class:`streaming.candleagg.ShardAggregator`'s (tests compare them), fed with the
+    trades the candles flow would not find late, so that, fed with the same entries,
+    it gives the same value whatever the batching.
     """
 
-    __slots__ = ("capped", "cutoff", "e_max", "r_at_max", "watermark")
+    __slots__ = ("capped", "mark")
 
     def __init__(self) -> None:
-        self.e_max = NEVER
-        self.r_at_max = 0
-        self.watermark = NEVER
-        self.cutoff = NEVER
+        self.mark = Watermark()
         #: (exchange, symbol, trade_id) -> 1m open time of trades whose event time was
         #: capped (the candles flow skips their duplicates before the cap matters).
         self.capped: dict[tuple[str, str, int], int] = {}
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.e_max, self.r_at_max, self.watermark, self.cutoff, self.capped)
+        m = self.mark
+        return (m.e_max, m.r_at_max, m.value, m.cutoff, self.capped)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.e_max, self.r_at_max, self.watermark, self.cutoff, self.capped = state
+        self.mark = Watermark(*state[:4])
+        self.capped = state[4]
 
-    def _set(self, wm: int) -> None:
-        if wm > self.watermark:
-            self.watermark = wm
-            self.cutoff = wm - wm % MINUTE
+    @property
+    def watermark(self) -> int:
+        """The watermark, ms (``NEVER`` before any trade or tick)."""
+        return self.mark.value
 
     def advance(self, clock: int, cfg: WindowConfig) -> None:
         """The arrival clock reads ``clock`` (an entry id's ms)."""
-        if self.e_max == NEVER:
-            return
-        ahead = clock - self.r_at_max - cfg.idle_advance_ms
-        if ahead > 0:
-            self._set(self.e_max - cfg.lateness_ms + ahead)
+        self.mark.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
 
     def tick(self, now_ms: int, cfg: WindowConfig) -> None:
         """Redis ``TIME`` while everything read is archived (the partition is idle).
@@ -178,8 +161,8 @@ class ArchiveClock:
         follows the tick as if a trade had arrived on time just now, so that an
         empty shard does not hold back sealing forever.
         """
-        if self.e_max == NEVER:
-            self._set(now_ms - cfg.lateness_ms - cfg.idle_advance_ms)
+        if self.mark.e_max == NEVER:
+            self.mark.raise_to(now_ms - cfg.lateness_ms - cfg.idle_advance_ms)
             return
         self.advance(now_ms, cfg)
 
@@ -188,13 +171,14 @@ class ArchiveClock:
         if start >= len(ids):
             return
         k0 = bisect_left(pb.idx, start)
-        lateness, max_ahead = cfg.lateness_ms, cfg.max_ahead_ms
+        lateness, max_ahead, idle = cfg.lateness_ms, cfg.max_ahead_ms, cfg.idle_advance_ms
+        mark = self.mark
         for k in range(k0, len(pb.idx)):
             clock = id_ms(ids[pb.idx[k]])
-            self.advance(clock, cfg)
+            mark.advance(clock, lateness, idle)
             t = pb.event_time[k]
             o = t - t % MINUTE
-            if o < self.cutoff:
+            if o < mark.cutoff:
                 continue  # late for the candles flow: it does not move the watermark
             ev = t
             recv = pb.recv[k]
@@ -204,13 +188,10 @@ class ArchiveClock:
                     continue  # a duplicate: the candles flow skips it
                 self.capped[key] = o
                 ev = recv + max_ahead
-            if ev > self.e_max:
-                self.e_max = ev
-                self.r_at_max = clock
-                self._set(ev - lateness)
+            mark.observe(ev, clock, lateness)
         self.advance(id_ms(ids[-1]), cfg)
         if self.capped:
-            cut = self.cutoff
+            cut = mark.cutoff
             self.capped = {key: o for key, o in self.capped.items() if o >= cut}
 
 
@@ -556,13 +537,13 @@ class PartitionArchiver:
         """
         if self.archived_id is None:
             return (0, 0)
-        a_ms, a_seq = split_id(self.archived_id)
+        a_ms, a_seq = parse_id(self.archived_id)
         bounds = [(a_ms, a_seq + 1), (a_ms - self.cfg.retention_ms, 0)]
         guard = self.cfg.trim_guard_snapshots
         if guard:
             if len(self.snaps) < guard:
                 return (0, 0)
-            g_ms, g_seq = split_id(self.snaps[0])
+            g_ms, g_seq = parse_id(self.snaps[0])
             bounds.append((g_ms, g_seq + 1))
         return max((0, 0), min(bounds))
 

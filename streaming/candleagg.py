@@ -40,20 +40,13 @@ from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.settings import DEFAULT_LATENESS_MS
 from marketdata.trade import Rejection, Trade
+from marketdata.watermark import NEVER, Watermark
+from redisstore.streamids import id_ms
 from streaming.fastparse import FastParser, ParsedBatch, _picker
 
 M1 = Interval.M1
 MINUTE = M1.ms
 COARSE: tuple[Interval, ...] = tuple(i for i in Interval if i is not M1)
-#: Below every real time: "no watermark yet".
-NEVER = -(1 << 62)
-
-
-def id_ms(entry_id: bytes | str) -> int:
-    """Millisecond part of a Redis stream id (``b"1741910400000-3"`` -> 1741910400000)."""
-    if isinstance(entry_id, str):
-        entry_id = entry_id.encode()
-    return int(entry_id[: entry_id.index(b"-")])
 
 
 @dataclass(frozen=True)
@@ -319,12 +312,9 @@ class ShardAggregator:
         self.stream = stream
         self.config = config or WindowConfig()
         self.parser = FastParser(known_symbols)
-        #: Largest watermark-relevant event time seen, and the arrival clock then.
-        self.e_max = NEVER
-        self.r_at_max = 0
-        self.watermark = NEVER
-        #: Open time of the oldest open 1m window: 1m windows before it are closed.
-        self.cutoff = NEVER
+        #: The partition's watermark; its ``cutoff`` is the open time of the oldest
+        #: open 1m window: 1m windows before it are closed.
+        self.mark = Watermark()
         self.wins: dict[tuple[str, str, int], _Win] = {}
         #: (exchange, symbol, interval label, open_time) -> roll-up of its closed 1m candles.
         self.coarse: dict[tuple[str, str, str, int], Candle] = {}
@@ -348,6 +338,13 @@ class ShardAggregator:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         known = state.pop("known_symbols")
+        if "mark" not in state:  # a snapshot from before the watermark had its own class
+            state["mark"] = Watermark(
+                state.pop("e_max"),
+                state.pop("r_at_max"),
+                state.pop("watermark"),
+                state.pop("cutoff"),
+            )
         if "_uncompacted" not in state:  # a snapshot from before it existed
             state["_uncompacted"] = [k for k, v in state["retained"].items() if isinstance(v, set)]
         self.__dict__.update(state)
@@ -356,10 +353,15 @@ class ShardAggregator:
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
-    def _set_watermark(self, wm: int) -> None:
-        if wm > self.watermark:
-            self.watermark = wm
-            self.cutoff = wm - wm % MINUTE
+    @property
+    def watermark(self) -> int:
+        """The partition's watermark, ms (``NEVER`` before any trade)."""
+        return self.mark.value
+
+    @property
+    def cutoff(self) -> int:
+        """Open time of the oldest open 1m window."""
+        return self.mark.cutoff
 
     # -- one batch ----------------------------------------------------------------
 
@@ -396,11 +398,7 @@ class ShardAggregator:
         return out
 
     def _advance_clock(self, clock: int) -> None:
-        if self.e_max == NEVER:
-            return
-        ahead = clock - self.r_at_max - self.config.idle_advance_ms
-        if ahead > 0:
-            self._set_watermark(self.e_max - self.config.lateness_ms + ahead)
+        self.mark.advance(clock, self.config.lateness_ms, self.config.idle_advance_ms)
 
     def _fold(self, ids: Sequence[bytes], pb: ParsedBatch, out: Emitted) -> None:
         cfg = self.config
@@ -408,7 +406,7 @@ class ShardAggregator:
         if not exact:
             # The arrival clock cannot matter inside this batch if even its last entry
             # is within idle_advance_ms of the arrival of the largest event time.
-            since = self.r_at_max if self.e_max != NEVER else id_ms(ids[pb.idx[0]])
+            since = self.mark.r_at_max if self.mark.e_max != NEVER else id_ms(ids[pb.idx[0]])
             exact = id_ms(ids[-1]) - since > cfg.idle_advance_ms
         if not exact:
             least = min(pb.recv)
@@ -506,12 +504,10 @@ class ShardAggregator:
             if good:
                 w.rows = good
                 touched.append(w)
-        if maxt > self.e_max:
+        if maxt > self.mark.e_max:
             # The first row with the largest time raised it (it cannot be a duplicate:
             # everything seen before had a smaller time).
-            self.e_max = maxt
-            self.r_at_max = id_ms(ids[pb.idx[ts.index(maxt)]])
-            self._set_watermark(maxt - lateness)
+            self.mark.observe(maxt, id_ms(ids[pb.idx[ts.index(maxt)]]), lateness)
         self._count("duplicates", dups)
         self._count("trades", sum(len(w.rows) for w in touched))
         return touched, late_rows
@@ -521,6 +517,7 @@ class ShardAggregator:
     ) -> tuple[list[_Win], list[tuple[int, int]]]:
         """Assign rows to windows, with the arrival clock and receive-time bound per entry."""
         cfg = self.config
+        mark = self.mark
         wins = self.wins
         touched: list[_Win] = []
         late_rows: list[tuple[int, int]] = []
@@ -530,10 +527,10 @@ class ShardAggregator:
                 strict=True)
         ):  # fmt: skip
             clock = id_ms(ids[pos])
-            self._advance_clock(clock)
+            mark.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
             o = t - t % MINUTE
-            if o < self.cutoff:
-                late_rows.append((k, self.watermark))
+            if o < mark.cutoff:
+                late_rows.append((k, mark.value))
                 continue
             key = (ex, sym, o)
             w = wins.get(key)
@@ -548,10 +545,7 @@ class ShardAggregator:
             ev = t
             if recv > 0 and t > recv + cfg.max_ahead_ms:
                 ev = recv + cfg.max_ahead_ms
-            if ev > self.e_max:
-                self.e_max = ev
-                self.r_at_max = clock
-                self._set_watermark(ev - cfg.lateness_ms)
+            mark.observe(ev, clock, cfg.lateness_ms)
         self._count("duplicates", dups)
         self._count("trades", sum(len(w.rows) for w in touched))
         return touched, late_rows

@@ -37,6 +37,7 @@ import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from redisstore.conn import connect
+from redisstore.streamids import parse_id
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,6 @@ class StreamPosition:
     last_id: bytes = b"0-0"
     read: int = 0
     lost: int = 0
-
-
-def parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    """A stream id as ``(ms, seq)``, for comparisons."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _as_map(reply: Any) -> dict[bytes, Any]:

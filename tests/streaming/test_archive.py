@@ -20,6 +20,8 @@ from marketdata.parsing import FORMAT_WS
 from marketdata.rawmessage import RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate
 from marketdata.trade import Trade
+from marketdata.watermark import NEVER
+from redisstore.streamids import id_ms, parse_id
 from streaming import archive as archive_module
 from streaming.archive import (
     ArchiveClock,
@@ -27,9 +29,8 @@ from streaming.archive import (
     ArchiveWork,
     PartitionArchiver,
     _Chunk,
-    split_id,
 )
-from streaming.candleagg import NEVER, ShardAggregator, WindowConfig, id_ms
+from streaming.candleagg import ShardAggregator, WindowConfig
 from streaming.fastparse import FastParser
 
 STREAM = "md:trades:raw"
@@ -92,11 +93,11 @@ class ModelLake:
                 start = name[: name.rindex("~") + 1]
                 for other in [n for n in self.files if n.startswith(start) and n != name]:
                     del self.files[other]
-                self.written_through = max(self.written_through, split_id(w.source.last))
+                self.written_through = max(self.written_through, parse_id(w.source.last))
             if w.watermark is not None:
                 self.watermark = max(self.watermark, w.watermark)
             if w.trim_minid is not None:
-                minid = split_id(w.trim_minid)
+                minid = parse_id(w.trim_minid)
                 # Never past what is written.
                 assert minid <= (self.written_through[0], self.written_through[1] + 1)
                 self.trimmed = max(self.trimmed, minid)
@@ -372,8 +373,8 @@ def test_trim_point_never_passes_what_is_written_nor_the_guarded_snapshot() -> N
             if w.trim_minid is not None:
                 # Never past the position of the snapshot two back.
                 assert len(snaps) >= 2
-                g_ms, g_seq = split_id(ids[snaps[-2] - 1])
-                assert split_id(w.trim_minid) <= (g_ms, g_seq + 1)
+                g_ms, g_seq = parse_id(ids[snaps[-2] - 1])
+                assert parse_id(w.trim_minid) <= (g_ms, g_seq + 1)
         pos = end
         if pos % 3 == 0:
             arch.note_snapshot()
@@ -382,7 +383,7 @@ def test_trim_point_never_passes_what_is_written_nor_the_guarded_snapshot() -> N
     # With an hour of retention, nothing of these 200 s goes.
     keep = PartitionArchiver(STREAM, replace(cfg, retention_ms=3_600_000, trim_guard_snapshots=0))
     works = keep.process(ids, fields) + keep.finish(write_open=True)
-    assert all(w.trim_minid is None or split_id(w.trim_minid) <= (T0, 0) for w in works)
+    assert all(w.trim_minid is None or parse_id(w.trim_minid) <= (T0, 0) for w in works)
 
 
 def test_open_bucket_state_is_compact_and_exact() -> None:

@@ -16,7 +16,8 @@ from marketdata.interval import Interval
 from marketdata.rawmessage import RawMessage
 from marketdata.simulator import trade_payload
 from marketdata.trade import Rejection, Trade
-from streaming.candleagg import IdRuns, ShardAggregator, WindowConfig, id_ms
+from redisstore.streamids import id_ms
+from streaming.candleagg import IdRuns, ShardAggregator, WindowConfig
 from streaming.fastparse import FastParser, parse_raw_message
 
 
@@ -122,6 +123,26 @@ def test_resume_from_a_snapshot_replays_to_the_same_result() -> None:
     assert got == straight
     # Outputs replayed after a crash are the same values again (idempotent upserts).
     assert {(lt.trade, lt.entry_id) for lt in late} == {(lt.trade, lt.entry_id) for lt in late_s}
+
+
+def test_a_snapshot_from_before_the_watermark_class_resumes_the_same() -> None:
+    """Snapshots written when the watermark's fields sat on the aggregator still load."""
+    day = gen_day(11, n=6000, late=0.02, duplicates=0.05, out_of_order=0.1)
+    ids, fields = day.stream_ids(), day.field_lists()
+    half = len(ids) // 2
+    agg = ShardAggregator("s", WindowConfig(lateness_ms=day.lateness_ms))
+    agg.process(ids[:half], fields[:half])
+    state = agg.__getstate__()
+    mark = state.pop("mark")
+    old = {**state, "e_max": mark.e_max, "r_at_max": mark.r_at_max}
+    old |= {"watermark": mark.value, "cutoff": mark.cutoff}
+    resumed = ShardAggregator.__new__(ShardAggregator)
+    resumed.__setstate__(pickle.loads(pickle.dumps(old)))
+    assert (resumed.watermark, resumed.cutoff) == (agg.watermark, agg.cutoff) > (0, 0)
+    a = agg.process(ids[half:], fields[half:])
+    b = resumed.process(ids[half:], fields[half:])
+    assert (b.closed, b.late, resumed.watermark) == (a.closed, a.late, agg.watermark)
+    assert len(a.closed) > 100
 
 
 def _entry(t: Trade, recv: int | None = None) -> list[bytes]:

@@ -1,0 +1,72 @@
+"""The event-time watermark of one raw-log partition (docs/architecture.md section 4).
+
+One implementation, used by the candles flow (:class:`streaming.candleagg.ShardAggregator`,
+which decides what is late) and the archive (:class:`streaming.archive.ArchiveClock`,
+which tells the batch layer when a day is sealed): both must reach the same value on
+the same entries, whatever the batching.
+
+The rule: the largest event time seen (of a trade that was not late, capped at its
+receive time plus ``max_ahead_ms`` by the caller), minus the allowed lateness. When
+event time stalls, the *arrival clock* (the ms part of the stream ids, or Redis
+``TIME`` when the stream is idle) moves it on: after ``idle_advance_ms`` of arrivals
+without a new largest event time, by as much as the arrival clock moves. It never
+goes back. The 1m window whose end it passed is closed: ``cutoff`` is the open time
+of the oldest 1m window still open.
+"""
+
+from __future__ import annotations
+
+#: Below every real time: "no watermark yet".
+NEVER = -(1 << 62)
+MINUTE_MS = 60_000
+
+
+class Watermark:
+    """A partition's watermark and what it was derived from.
+
+    Attributes:
+        e_max: the largest event time that moved it (``NEVER`` before any).
+        r_at_max: the arrival clock (ms) when ``e_max`` arrived.
+        value: the watermark, ms (``NEVER`` before any).
+        cutoff: open time of the oldest open 1m window (``value`` floored to the minute).
+    """
+
+    __slots__ = ("cutoff", "e_max", "r_at_max", "value")
+
+    def __init__(
+        self, e_max: int = NEVER, r_at_max: int = 0, value: int = NEVER, cutoff: int = NEVER
+    ) -> None:
+        self.e_max = e_max
+        self.r_at_max = r_at_max
+        self.value = value
+        self.cutoff = cutoff
+
+    def __getstate__(self) -> tuple[int, int, int, int]:
+        return (self.e_max, self.r_at_max, self.value, self.cutoff)
+
+    def __setstate__(self, state: tuple[int, int, int, int]) -> None:
+        self.e_max, self.r_at_max, self.value, self.cutoff = state
+
+    def __repr__(self) -> str:
+        return f"Watermark(e_max={self.e_max}, r_at_max={self.r_at_max}, value={self.value})"
+
+    def raise_to(self, wm: int) -> None:
+        """Move to ``wm`` if that is later (a watermark never goes back)."""
+        if wm > self.value:
+            self.value = wm
+            self.cutoff = wm - wm % MINUTE_MS
+
+    def advance(self, clock: int, lateness_ms: int, idle_advance_ms: int) -> None:
+        """The arrival clock reads ``clock``: move on if event time has stalled."""
+        if self.e_max == NEVER:
+            return
+        ahead = clock - self.r_at_max - idle_advance_ms
+        if ahead > 0:
+            self.raise_to(self.e_max - lateness_ms + ahead)
+
+    def observe(self, event_time: int, clock: int, lateness_ms: int) -> None:
+        """A trade (not late, event time already capped) arrived at ``clock``."""
+        if event_time > self.e_max:
+            self.e_max = event_time
+            self.r_at_max = clock
+            self.raise_to(event_time - lateness_ms)
