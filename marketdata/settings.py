@@ -7,6 +7,7 @@ opens a connection.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +17,23 @@ DEFAULT_HOME = "./.cryptopipe"
 DEFAULT_LATENESS_MS = 5_000
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+def env_int(
+    name: str, default: int, environ: Mapping[str, str] | None = None, *, unit: str = ""
+) -> int:
+    """Integer variable ``name`` of the environment (``default`` when unset or blank).
+
+    Raises:
+        ValueError: naming the variable, its value and what it should be.
+
+    """
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
+    if not raw:
         return default
     try:
         return int(raw)
     except ValueError:
-        msg = f"{name}={raw!r} is not an integer"
+        what = f"an integer ({unit})" if unit else "an integer"
+        msg = f"{name}={raw!r} is not {what}"
         raise ValueError(msg) from None
 
 
@@ -58,11 +68,11 @@ class Settings:
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
         """Settings from explicit values, else ``REDIS_URL``/``CRYPTOPIPE_*``, else defaults."""
-        shards = _env_int("CRYPTOPIPE_RAW_SHARDS", 1)
+        shards = env_int("CRYPTOPIPE_RAW_SHARDS", 1)
         if shards < 1:
             msg = f"CRYPTOPIPE_RAW_SHARDS={shards}: need at least 1"
             raise ValueError(msg)
-        lateness = _env_int("CRYPTOPIPE_LATENESS_MS", DEFAULT_LATENESS_MS)
+        lateness = env_int("CRYPTOPIPE_LATENESS_MS", DEFAULT_LATENESS_MS)
         if lateness < 0:
             msg = f"CRYPTOPIPE_LATENESS_MS={lateness}: must not be negative"
             raise ValueError(msg)

@@ -2,7 +2,7 @@
 
 Pure Python, no bytewax, no Redis: the archive flow (:mod:`streaming.flows.archive`)
 wraps one :class:`PartitionArchiver` per raw-log stream (partition) in a bytewax
-``stateful_batch`` step, and :mod:`streaming.archive_sink` writes what it emits.
+``stateful_batch`` step, and :mod:`streaming.archivestore` writes what it emits.
 Semantics (see docs/archive.md):
 
 * **Files cut by stream-id buckets.** Entries whose id's millisecond part falls in

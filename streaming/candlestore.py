@@ -49,6 +49,7 @@ from redisstore.keys import (
     series_key,
     written_key,
 )
+from streaming.candleagg import LateTrade, RejectedEntry
 
 #: Closed-candle events kept (approximately) in their stream.
 CLOSED_EVENTS_MAXLEN = 1_000_000
@@ -87,44 +88,14 @@ return added
 
 
 @dataclass
-class LateRecord:
-    """A late trade as the late stream stores it."""
-
-    exchange: str
-    symbol: str
-    trade_id: int
-    price_e8: int
-    quantity_e8: int
-    event_time: int
-    is_buyer_maker: bool
-    windows: dict[str, int]
-    watermark: int
-    source_stream: str
-    source_id: bytes
-
-
-@dataclass
-class RejectRecord:
-    """A rejected raw-log entry as the DLQ stores it."""
-
-    reason: str
-    payload: bytes
-    exchange: str
-    detail: str
-    source_stream: str
-    source_id: bytes
-    recv_ms: int
-
-
-@dataclass
 class CandleWrites:
     """Everything one step of the candles flow writes, in one pipeline."""
 
     source_stream: str
     closed: list[Candle] = field(default_factory=list)
     live: list[Candle] = field(default_factory=list)
-    late: list[LateRecord] = field(default_factory=list)
-    rejects: list[RejectRecord] = field(default_factory=list)
+    late: list[LateTrade] = field(default_factory=list)
+    rejects: list[RejectedEntry] = field(default_factory=list)
     #: Absolute counters of the partition (exactly once: they are part of its state).
     counters: dict[str, int | str] = field(default_factory=dict)
     #: Raw-log entries consumed by this step (for the heartbeat).
@@ -157,6 +128,10 @@ class CandleStore:
             for k, v in fields.items():
                 args += [k, v]
         self._xadd_once(keys=[stream, written_key(stream)], args=args, client=pipe)
+
+    def stage(self, batches: Sequence[CandleWrites]) -> int:
+        """Nothing to do before Redis (:class:`streaming.sinks.FlowSink`)."""
+        return 0
 
     def write(self, batches: Sequence[CandleWrites]) -> int:
         """Write the batches in one pipeline; returns the number of records written."""
@@ -215,31 +190,31 @@ def _closed_event(c: Candle, value: bytes) -> tuple[str, dict[str, Any]]:
     }
 
 
-def _late_entry(lt: LateRecord) -> tuple[str, dict[str, Any]]:
-    return f"{lt.exchange}:{lt.symbol}:{lt.trade_id}", {
-        "exchange": lt.exchange,
-        "symbol": lt.symbol,
-        "trade_id": lt.trade_id,
-        "price": format_e8(lt.price_e8),
-        "quantity": format_e8(lt.quantity_e8),
-        "event_time": lt.event_time,
-        "is_buyer_maker": "true" if lt.is_buyer_maker else "false",
+def _late_entry(lt: LateTrade) -> tuple[str, dict[str, Any]]:
+    t = lt.trade
+    return f"{t.exchange}:{t.symbol}:{t.trade_id}", {
+        "exchange": t.exchange,
+        "symbol": t.symbol,
+        "trade_id": t.trade_id,
+        "price": format_e8(t.price_e8),
+        "quantity": format_e8(t.quantity_e8),
+        "event_time": t.event_time,
+        "is_buyer_maker": "true" if t.is_buyer_maker else "false",
         "windows": orjson.dumps(lt.windows),
         "watermark": lt.watermark,
-        "source_stream": lt.source_stream,
-        "source_id": lt.source_id,
+        "source_stream": lt.stream,
+        "source_id": lt.entry_id,
     }
 
 
-def _reject_entry(rj: RejectRecord) -> tuple[str, dict[str, Any]]:
-    return f"{rj.source_stream}/{rj.source_id.decode()}", {
-        "reason": rj.reason,
-        "payload": rj.payload,
-        "exchange": rj.exchange,
-        "detail": rj.detail,
-        "source_stream": rj.source_stream,
-        "source_id": rj.source_id,
+def _reject_entry(rj: RejectedEntry) -> tuple[str, dict[str, Any]]:
+    r = rj.rejection
+    return f"{rj.stream}/{rj.entry_id.decode()}", {
+        "reason": r.reason,
+        "payload": r.payload,
+        "exchange": r.exchange,
+        "detail": r.detail,
+        "source_stream": rj.stream,
+        "source_id": rj.entry_id,
         "recv_ms": rj.recv_ms,
     }
-
-

@@ -1,4 +1,4 @@
-"""Per-flow heartbeat hashes in Redis (DESIGN.md sections 6 and 7).
+"""Per-flow heartbeat hashes in Redis (docs/architecture.md sections 6 and 7).
 
 Key ``md:flow:<name>:heartbeat``; fields ``pid``, ``started_at`` and
 ``heartbeat_at`` (ms since the epoch), ``items_in``, ``items_out``,
@@ -22,7 +22,7 @@ from redisstore.keys import control_key, heartbeat_key
 
 log = logging.getLogger(__name__)
 
-#: How often a heartbeat is written; DESIGN.md asks for at least every 2 s.
+#: How often a heartbeat is written; docs/architecture.md asks for at least every 2 s.
 INTERVAL_S = 1.0
 
 
@@ -45,6 +45,7 @@ class HeartbeatWriter:
     def __init__(self, client: redis.Redis, name: str, interval_s: float = INTERVAL_S) -> None:
         self.client = client
         self.name = name
+        self.pid = os.getpid()
         self.interval_s = interval_s
         self.started_at = int(time.time() * 1000)
         self._fields: dict[str, Any] = {"items_in": 0, "items_out": 0}
@@ -66,20 +67,31 @@ class HeartbeatWriter:
             self._fields["items_in"] += items_in
             self._fields["items_out"] += items_out
 
-    def beat(self) -> None:
-        """Write the heartbeat now."""
-        now = time.monotonic()
+    def collect(self) -> dict[str, Any] | None:
+        """The counters to write (a subclass adds its own, or writes elsewhere: ``None``)."""
         with self._lock:
-            fields = dict(self._fields)
+            return dict(self._fields)
+
+    def extra(self) -> dict[str, Any]:
+        """Fields a subclass adds to every beat."""
+        return {}
+
+    def beat(self) -> None:
+        """Write the heartbeat now: the counters, pid, times, throughput, restarts."""
+        fields = self.collect()
+        if fields is None:
+            return
+        now = time.monotonic()
         rate = (fields["items_in"] - self._last_in) / max(now - self._last_t, 1e-6)
         self._last_in, self._last_t = fields["items_in"], now
         restarts = self.client.hget(control_key(self.name), "restarts_total")
         fields.update(
-            pid=os.getpid(),
+            pid=self.pid,
             started_at=self.started_at,
             heartbeat_at=int(time.time() * 1000),
             throughput=f"{rate:.1f}",
-            restarts=int(restarts or 0),
+            restarts=int(text(restarts)) if restarts else 0,
+            **self.extra(),
         )
         self.client.hset(heartbeat_key(self.name), mapping={k: str(v) for k, v in fields.items()})
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,8 +55,13 @@ class MetricsStore:
         self.history_len = history_len
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
 
-    def write(self, batches: Sequence[MetricsWrites], now_ms: int) -> int:
+    def stage(self, batches: Sequence[MetricsWrites]) -> int:
+        """Nothing to do before Redis (:class:`streaming.sinks.FlowSink`)."""
+        return 0
+
+    def write(self, batches: Sequence[MetricsWrites], now_ms: int | None = None) -> int:
         """Write the batches in one pipeline; returns the number of records."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         pipe = self.client.pipeline(transaction=False)
         n = 0
         for b in batches:

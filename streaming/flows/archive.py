@@ -10,7 +10,8 @@ Shape::
                        idle ticks; ends its input on SIGTERM/SIGINT)
       -> stateful_batch keyed by partition: PartitionArchiver (stream-id buckets,
          parse, watermark over what is written, trim point)
-      -> ArchiveSink (lake files, then watermark and progress, then XTRIM MINID ~)
+      -> FlowSink of an ArchiveStore (lake files, then watermark and progress, then
+         XTRIM MINID ~)
 
 Files are cut by stream-id buckets, so a replay after a crash writes the same files
 (same names, same rows) whatever bytewax's batches were; see docs/archive.md.
@@ -33,7 +34,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from marketdata.settings import Settings
+from marketdata.settings import Settings, env_int
+from redisstore.conn import connect
 from redisstore.keys import raw_stream_names
 from streaming.archive import (
     DEFAULT_BUCKET_MS,
@@ -44,14 +46,10 @@ from streaming.archive import (
     ArchiveWork,
     PartitionArchiver,
 )
-from streaming.archive_sink import ArchiveSink
+from streaming.archivestore import ArchiveStore
 from streaming.candleagg import WindowConfig
-from streaming.flows.runtime import (
-    StoppableSource,
-    flow_heartbeat,
-    setup_flow_process,
-    stop_requested,
-)
+from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested
+from streaming.sinks import FlowSink
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 log = logging.getLogger(__name__)
@@ -109,10 +107,10 @@ class ArchiveFlowConfig:
         env = os.environ if environ is None else environ
         archive_keys = set(ArchiveConfig.__dataclass_fields__)
         archive = ArchiveConfig(
-            bucket_ms=_env_int(env, ENV_BUCKET_MS, DEFAULT_BUCKET_MS),
-            retention_ms=_env_int(env, ENV_RETENTION_MS, DEFAULT_RETENTION_MS),
-            close_margin_ms=_env_int(env, ENV_CLOSE_MARGIN_MS, DEFAULT_CLOSE_MARGIN_MS),
-            max_file_entries=_env_int(env, ENV_MAX_FILE_ENTRIES, DEFAULT_MAX_FILE_ENTRIES),
+            bucket_ms=env_int(ENV_BUCKET_MS, DEFAULT_BUCKET_MS, env, unit="ms"),
+            retention_ms=env_int(ENV_RETENTION_MS, DEFAULT_RETENTION_MS, env, unit="ms"),
+            close_margin_ms=env_int(ENV_CLOSE_MARGIN_MS, DEFAULT_CLOSE_MARGIN_MS, env, unit="ms"),
+            max_file_entries=env_int(ENV_MAX_FILE_ENTRIES, DEFAULT_MAX_FILE_ENTRIES, env),
             window=WindowConfig(lateness_ms=settings.lateness_ms),
             known_symbols=settings.known_symbols,
         )
@@ -125,17 +123,6 @@ class ArchiveFlowConfig:
             archive=archive,
         )
         return replace(cfg, **overrides)
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        msg = f"{name}={raw!r} is not an integer"
-        raise ValueError(msg) from None
 
 
 # --------------------------------------------------------------------------- logic
@@ -190,27 +177,24 @@ def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = 
 
     """
     stop = should_stop or stop_requested
-    heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
-    flow = Dataflow(cfg.name)
-    source = StoppableSource(
+    flow, raw, heartbeat = flow_input(
+        cfg.name,
         cfg.redis_url,
-        list(cfg.streams),
+        cfg.streams,
         batch_size=cfg.batch_size,
         poll_s=cfg.poll_s,
         exit_when_idle=cfg.exit_when_idle,
-        observer=heartbeat,
         should_stop=stop,
     )
-    raw = op.input("raw", flow, source)
     works = op.stateful_batch(
         "archive", raw, lambda resume: _ArchiveLogic(cfg, resume or None, stop)
     )
-    sink = ArchiveSink(
-        cfg.lake,
-        cfg.redis_url,
-        list(cfg.streams),
+    sink = FlowSink(
+        "archive sink",
+        lambda: ArchiveStore(
+            cfg.lake, connect(cfg.redis_url), list(cfg.streams), durable=cfg.durable
+        ),
         on_written=heartbeat.on_written,
-        durable=cfg.durable,
     )
     op.output("lake", works, sink)
     return flow

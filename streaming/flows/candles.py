@@ -9,7 +9,7 @@ Shape::
     RedisStreamSource (one partition per raw-log stream/shard, XREAD in batches)
       -> stateful_batch keyed by partition: ShardAggregator (parse, dedupe,
          event-time windows, late trades, live candles at most once a second)
-      -> CandleSink (one pipeline per batch, idempotent)
+      -> FlowSink of a CandleStore (one pipeline per batch, idempotent)
 
 Stopping: SIGTERM (what the supervisor sends) or a first SIGINT ends the input; the
 flow takes a final snapshot and exits 0 within a poll interval. Open windows stay
@@ -37,17 +37,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from marketdata.settings import Settings
+from marketdata.settings import Settings, env_int
+from redisstore.conn import connect
 from redisstore.keys import raw_stream_names
-from streaming.candleagg import Emitted, ShardAggregator, WindowConfig
-from streaming.candlestore import CandleWrites, LateRecord, RejectRecord
-from streaming.flows.runtime import (
-    StoppableSource,
-    flow_heartbeat,
-    setup_flow_process,
-    stop_requested,
-)
-from streaming.sinks import CandleSink
+from streaming.candleagg import ShardAggregator, WindowConfig
+from streaming.candlestore import CandleStore, CandleWrites
+from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested
+from streaming.sinks import FlowSink
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 FLOW_NAME = "candles"
@@ -98,20 +94,6 @@ class CandlesFlowConfig:
         return replace(cfg, **overrides)
 
 
-def _writes(stream: str, out: Emitted) -> CandleWrites:
-    w = CandleWrites(stream, closed=out.closed)
-    for lt in out.late:
-        t = lt.trade
-        w.late.append(LateRecord(t.exchange, t.symbol, t.trade_id, t.price_e8, t.quantity_e8,
-                                 t.event_time, t.is_buyer_maker, lt.windows, lt.watermark,
-                                 lt.stream, lt.entry_id))  # fmt: skip
-    for rj in out.rejects:
-        r = rj.rejection
-        w.rejects.append(RejectRecord(r.reason, r.payload, r.exchange, r.detail, rj.stream,
-                                      rj.entry_id, rj.recv_ms))  # fmt: skip
-    return w
-
-
 class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
     """One partition's aggregator inside bytewax, plus live-candle throttling."""
 
@@ -138,10 +120,9 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
         writes = CandleWrites(agg.stream)
         for b in values:
             out = agg.process(b.ids, b.fields, b.tick_ms)
-            w = _writes(agg.stream, out)
-            writes.closed += w.closed
-            writes.late += w.late
-            writes.rejects += w.rejects
+            writes.closed += out.closed
+            writes.late += out.late
+            writes.rejects += out.rejects
             writes.entries += len(b.ids)
             self._dirty |= out.touched
         writes.live = self._live(time.monotonic())
@@ -213,24 +194,24 @@ def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = 
 
     """
     stop = should_stop or stop_requested
-    heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
-    flow = Dataflow(cfg.name)
-    source = StoppableSource(
+    flow, raw, heartbeat = flow_input(
+        cfg.name,
         cfg.redis_url,
-        list(cfg.streams),
+        cfg.streams,
         batch_size=cfg.batch_size,
         poll_s=cfg.poll_s,
         exit_when_idle=cfg.exit_when_idle,
-        observer=heartbeat,
         should_stop=stop,
     )
-    raw = op.input("raw", flow, source)
     candles = op.stateful_batch(
         "candles", raw, lambda resume: _CandlesLogic(cfg, resume or None, stop)
     )
-    op.output(
-        "redis", candles, CandleSink(cfg.redis_url, cfg.name, on_written=heartbeat.on_written)
+    sink = FlowSink(
+        "candle sink",
+        lambda: CandleStore(connect(cfg.redis_url), cfg.name),
+        on_written=heartbeat.on_written,
     )
+    op.output("redis", candles, sink)
     return flow
 
 
@@ -246,12 +227,7 @@ def get_flow(**overrides: Any) -> Dataflow:
     Keyword arguments override :class:`CandlesFlowConfig` fields (and the window's
     ``idle_advance_ms``, ``max_ahead_ms``, ``dedupe_retention_ms``).
     """
-    raw = os.environ.get(ENV_IDLE_ADVANCE_MS, "").strip()
-    if raw and "idle_advance_ms" not in overrides:
-        try:
-            overrides["idle_advance_ms"] = int(raw)
-        except ValueError:
-            msg = f"{ENV_IDLE_ADVANCE_MS}={raw!r} is not an integer (milliseconds)"
-            raise ValueError(msg) from None
+    if "idle_advance_ms" not in overrides and os.environ.get(ENV_IDLE_ADVANCE_MS, "").strip():
+        overrides["idle_advance_ms"] = env_int(ENV_IDLE_ADVANCE_MS, 0, unit="milliseconds")
     setup_flow_process(FLOW_NAME)
     return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))

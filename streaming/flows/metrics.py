@@ -1,4 +1,4 @@
-"""The metrics flow: closed 1m candles -> indicators, anomalies, spreads (issue 4).
+"""The metrics flow: closed 1m candles -> indicators, anomalies, spreads.
 
 Run it as ``cryptopipe stream run metrics``; build it with :func:`build_flow` in tests.
 
@@ -9,7 +9,7 @@ Shape::
       -> stateful_batch keyed by symbol: one MetricsState per exchange (EMA 12/26,
          MACD, signal, RSI 14, session VWAP, anomaly flags), latest price per exchange
          for the cross-exchange spread
-      -> MetricsSink (one pipeline per batch, idempotent)
+      -> FlowSink of a MetricsStore (one pipeline per batch, idempotent)
 
 Stopping: SIGTERM or a first SIGINT ends the input; final snapshot, exit 0.
 
@@ -23,25 +23,23 @@ appended once per (exchange, symbol, open_time, kind).
 from __future__ import annotations
 
 import pickle
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import bytewax.operators as op
-import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from marketdata.indicators import AnomalyConfig, ClosedBar, MetricsState, spread
-from marketdata.records import candle_from_record
+from marketdata.indicators import AnomalyConfig, ClosedBar
 from marketdata.settings import Settings
 from redisstore.conn import connect
 from redisstore.keys import CLOSED_EVENTS_STREAM
-from redisstore.retry import call_with_retry, sink_backoff
-from streaming.flows.runtime import StoppableSource, flow_heartbeat, setup_flow_process
+from streaming.flows.runtime import flow_input, setup_flow_process
+from streaming.metricsagg import SymbolState as _SymbolState
+from streaming.metricsagg import apply_bars, closed_bars
 from streaming.metricsstore import DEFAULT_HISTORY_LEN, DEFAULT_TTL_S, MetricsStore, MetricsWrites
+from streaming.sinks import FlowSink
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
 FLOW_NAME = "metrics"
@@ -74,123 +72,48 @@ class MetricsFlowConfig:
     name: str = FLOW_NAME
 
 
-def closed_bars(item: tuple[str, RawBatch]) -> list[tuple[str, ClosedBar]]:
-    """The 1m closed-candle events of a batch, keyed by symbol."""
-    _, batch = item
-    out = []
-    for flat in batch.fields:
-        fields = dict(zip(flat[::2], flat[1::2], strict=False))
-        if fields.get(b"interval") != b"1m" or b"candle" not in fields:
-            continue
-        c = candle_from_record(orjson.loads(fields[b"candle"]))
-        bar = ClosedBar(c.exchange, c.symbol, c.open_time, c.close_e8, c.volume_e8,
-                        c.quote_volume_e16)  # fmt: skip
-        out.append((c.symbol, bar))
-    return out
+def _keyed_bars(item: tuple[str, RawBatch]) -> list[tuple[str, ClosedBar]]:
+    """The 1m closed candles of a batch of events, keyed by symbol."""
+    return [(bar.symbol, bar) for bar in closed_bars(item[1].fields)]
 
 
-@dataclass
-class SymbolState:
-    """Metrics of one symbol: per exchange, plus each exchange's latest close."""
-
-    per_exchange: dict[str, MetricsState] = field(default_factory=dict)
-    last_close: dict[str, tuple[int, int]] = field(default_factory=dict)  # open_time, close
+# Snapshots taken before the state moved to streaming.metricsagg name it here.
+SymbolState = _SymbolState
 
 
 class _MetricsLogic(StatefulBatchLogic[ClosedBar, MetricsWrites, bytes]):
+    """One symbol's :class:`~streaming.metricsagg.SymbolState` inside bytewax."""
+
     def __init__(self, cfg: MetricsFlowConfig, resume: bytes | None) -> None:
         self.cfg = cfg
-        self.state: SymbolState = pickle.loads(resume) if resume else SymbolState()
+        self.state: _SymbolState = pickle.loads(resume) if resume else _SymbolState()
 
     def on_batch(self, values: list[ClosedBar]) -> tuple[Iterable[MetricsWrites], bool]:
-        out = MetricsWrites(values[0].symbol)
-        moved = False
-        for bar in values:
-            st = self.state.per_exchange.get(bar.exchange)
-            if st is None:
-                st = self.state.per_exchange[bar.exchange] = MetricsState(anomaly=self.cfg.anomaly)
-            m = st.apply(bar)
-            if m is None:
-                continue  # a replayed or older candle
-            moved = True
-            out.metrics.append(m)
-            self.state.last_close[bar.exchange] = (bar.open_time, bar.close_e8)
-            for kind in ("price", "volume"):
-                if m[f"{kind}_anomaly"]:
-                    out.anomalies.append(_anomaly(kind, m))
-        if moved and len(self.state.last_close) > 1:
-            at = max(t for t, _ in self.state.last_close.values())
-            prices = {ex: c for ex, (_, c) in self.state.last_close.items()}
-            out.spreads = [{**s, "open_time": at} for s in spread(prices)]
+        out = apply_bars(self.state, values, self.cfg.anomaly)
         return ([out] if len(out) else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _anomaly(kind: str, m: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "exchange": m["exchange"],
-        "symbol": m["symbol"],
-        "open_time": m["open_time"],
-        "close": m["close"],
-        "ema_26": m["ema_26"],
-        "price_deviation": m["price_deviation"],
-        "volume_zscore": m["volume_zscore"],
-    }
-
-
-class _MetricsSinkPartition(StatelessSinkPartition[tuple[str, MetricsWrites]]):
-    def __init__(self, store: MetricsStore, sink: MetricsSink) -> None:
-        self.store = store
-        self.sink = sink
-
-    def write_batch(self, items: list[tuple[str, MetricsWrites]]) -> None:
-        batches = [w for _, w in items]
-        n = call_with_retry(
-            lambda: self.store.write(batches, int(time.time() * 1000)),
-            what="metrics sink",
-            backoff=sink_backoff(),
-            give_up_s=self.sink.give_up_s,
-        )
-        if self.sink.on_written is not None:
-            self.sink.on_written(n)
-
-    def close(self) -> None:
-        self.store.client.close()
-
-
-class MetricsSink(DynamicSink[tuple[str, MetricsWrites]]):
-    """Writes the metrics flow's output to Redis (see :mod:`streaming.metricsstore`)."""
-
-    def __init__(self, cfg: MetricsFlowConfig, on_written: Any = None, give_up_s: float = 120.0):
-        self.cfg = cfg
-        self.on_written = on_written
-        self.give_up_s = give_up_s
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MetricsSinkPartition:
-        """This worker's connection and store."""
-        store = MetricsStore(connect(self.cfg.redis_url), self.cfg.ttl_s, self.cfg.history_len)
-        return _MetricsSinkPartition(store, self)
-
-
 def build_flow(cfg: MetricsFlowConfig) -> Dataflow:
     """The metrics dataflow for ``cfg``."""
-    heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
-    flow = Dataflow(cfg.name)
-    source = StoppableSource(
+    flow, events, heartbeat = flow_input(
+        cfg.name,
         cfg.redis_url,
         [cfg.stream],
         batch_size=cfg.batch_size,
         poll_s=cfg.poll_s,
         exit_when_idle=cfg.exit_when_idle,
-        observer=heartbeat,
     )
-    events = op.input("closed", flow, source)
-    bars = op.flat_map("bars", events, closed_bars)
+    bars = op.flat_map("bars", events, _keyed_bars)
     metrics = op.stateful_batch("metrics", bars, lambda resume: _MetricsLogic(cfg, resume or None))
-    op.output("redis", metrics, MetricsSink(cfg, on_written=heartbeat.on_written))
+    sink = FlowSink(
+        "metrics sink",
+        lambda: MetricsStore(connect(cfg.redis_url), cfg.ttl_s, cfg.history_len),
+        on_written=heartbeat.on_written,
+    )
+    op.output("redis", metrics, sink)
     return flow
 
 

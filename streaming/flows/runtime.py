@@ -2,7 +2,7 @@
 
 One :class:`FlowHeartbeat` per flow and process. Source partitions report reads to
 it, sinks report writes; a thread writes the flow's heartbeat hash
-(:mod:`streaming.heartbeat`, DESIGN.md section 7) every second.
+(:mod:`streaming.heartbeat`, docs/architecture.md section 7) every second.
 
 In bytewax's multi-process mode every process but the first writes its own hash
 (``md:flow:<name>:heartbeat:p<i>``, expiring); the first adds those up into the
@@ -24,16 +24,18 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
+import bytewax.operators as op
 import redis
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import StatefulSourcePartition
 
+from marketdata.settings import env_int
 from redisstore.conn import connect, text
-from redisstore.keys import control_key, heartbeat_key
+from redisstore.keys import heartbeat_key
 from streaming.heartbeat import HeartbeatWriter
 from streaming.memory import fix_mmap_threshold
 from streaming.signals import stop_on_signals
@@ -87,14 +89,13 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
     @classmethod
     def from_env(cls, client: redis.Redis, name: str) -> FlowHeartbeat:
         """Pid, process index and counts as ``cryptopipe stream run`` sets them."""
-        env = os.environ
         return cls(
             client,
             name,
-            pid=int(env.get(ENV_FLOW_PID) or os.getpid()),
-            process_id=int(env.get(ENV_PROCESS_ID) or 0),
-            processes=int(env.get(ENV_PROCESSES) or 1),
-            workers=int(env.get(ENV_WORKERS) or 1),
+            pid=env_int(ENV_FLOW_PID, os.getpid()),
+            process_id=env_int(ENV_PROCESS_ID, 0),
+            processes=env_int(ENV_PROCESSES, 1),
+            workers=env_int(ENV_WORKERS, 1),
         )
 
     def ensure_started(self) -> None:
@@ -162,17 +163,20 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
                 out.append({text(k): text(v) for k, v in raw.items()})
         return out
 
-    def beat(self) -> None:
-        """Write the heartbeat now (the first process sums up the others)."""
+    def collect(self) -> dict[str, Any] | None:
+        """This process's fields; the first process adds up the others' (see module doc).
+
+        Every process but the first writes its own expiring hash here and returns
+        ``None``: only the first writes the flow's heartbeat.
+        """
         fields = self._own_fields()
-        now = time.monotonic()
         if self.processes > 1 and self.process_id > 0:
             key = process_key(self.name, self.process_id)
             pipe = self.client.pipeline(transaction=False)
             pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
             pipe.expire(key, _PROC_TTL_S)
             pipe.execute()
-            return
+            return None
         if self.processes > 1:
             streams = json.loads(fields["streams"])
             for other in self._others():
@@ -182,19 +186,11 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
                 streams.update(json.loads(other.get("streams", "{}")))
                 fields["last_error"] = fields["last_error"] or other.get("last_error", "")
             fields["streams"] = json.dumps(streams, sort_keys=True)
-        rate = (fields["items_in"] - self._last_in) / max(now - self._last_t, 1e-6)
-        self._last_in, self._last_t = fields["items_in"], now
-        restarts = self.client.hget(control_key(self.name), "restarts_total")
-        fields.update(
-            pid=self.pid,
-            started_at=self.started_at,
-            heartbeat_at=int(time.time() * 1000),
-            throughput=f"{rate:.1f}",
-            restarts=int(cast(bytes, restarts or 0)),
-            workers=self.workers,
-            processes=self.processes,
-        )
-        self.client.hset(heartbeat_key(self.name), mapping={k: str(v) for k, v in fields.items()})
+        return fields
+
+    def extra(self) -> dict[str, Any]:
+        """The flow's parallelism."""
+        return {"workers": self.workers, "processes": self.processes}
 
 
 _HEARTBEATS: dict[tuple[str, str], FlowHeartbeat] = {}
@@ -314,3 +310,36 @@ class StoppableSource(RedisStreamSource):
         """The partition of :class:`RedisStreamSource`, ending on a stop."""
         inner = super().build_part(step_id, for_part, resume_state)
         return _StoppablePartition(inner, self.should_stop)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def flow_input(
+    name: str,
+    redis_url: str,
+    streams: Iterable[str],
+    *,
+    batch_size: int,
+    poll_s: float,
+    exit_when_idle: float | None,
+    should_stop: Callable[[], bool] = stop_requested,
+) -> tuple[Dataflow, Stream[tuple[str, RawBatch]], FlowHeartbeat]:
+    """What every flow starts with: its dataflow, its input and its heartbeat.
+
+    The input reads ``streams`` (one partition each) with a :class:`StoppableSource`
+    that reports to the process's heartbeat and ends when ``should_stop()`` turns
+    true. The flow's sink reports its writes with ``heartbeat.on_written``.
+    """
+    heartbeat = flow_heartbeat(name, redis_url)
+    flow = Dataflow(name)
+    source = StoppableSource(
+        redis_url,
+        list(streams),
+        batch_size=batch_size,
+        poll_s=poll_s,
+        exit_when_idle=exit_when_idle,
+        observer=heartbeat,
+        should_stop=should_stop,
+    )
+    return flow, op.input("raw", flow, source), heartbeat

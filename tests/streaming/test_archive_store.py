@@ -7,7 +7,7 @@ from typing import Any
 
 from redisstore.keys import RAW_STREAM
 from streaming.archive import ArchiveWork
-from streaming.archive_sink import ArchiveStore
+from streaming.archivestore import ArchiveStore
 
 
 def test_one_trim_removes_everything_before_the_trim_point(

@@ -1,7 +1,7 @@
-"""The archive flow's sink: lake files first, then the watermark, then the trim.
+"""The archive flow's store: lake files first, then the watermark, then the trim.
 
-For each batch of :class:`~streaming.archive.ArchiveWork` a worker receives, in
-order:
+For each batch of :class:`~streaming.archive.ArchiveWork` a worker receives (through
+:class:`streaming.sinks.FlowSink`), in order:
 
 1. each range's files are written (:class:`lake.writer.LakeWriter`: hidden temporary
    name, fsync, atomic rename, fsync of the directory); then other files of the same
@@ -23,18 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
 
 import orjson
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from lake.layout import Lake
 from lake.writer import LakeWriter, WriteResult
-from redisstore.conn import connect
 from redisstore.keys import ARCHIVE_PARTITIONS_KEY, ARCHIVE_PROGRESS_KEY, ARCHIVE_WATERMARK_KEY
-from redisstore.retry import call_with_retry, sink_backoff
 from streaming.archive import ArchiveWork
 from streaming.memory import release_free_memory
 
@@ -108,6 +103,21 @@ class ArchiveStore:
                     self.lake.remove(f"{directory}/{other}")
         return result
 
+    def stage(self, works: list[ArchiveWork]) -> int:
+        """Write the files of every range in ``works``; the raw entries they hold."""
+        entries = 0
+        for w in works:
+            if self.write_files(w) is not None:
+                entries += w.entries
+        if entries:  # files were written: give their buffers back to the system
+            release_free_memory()
+        return entries
+
+    def write(self, works: list[ArchiveWork]) -> int:
+        """:meth:`publish` now (retried by the sink); no records of its own."""
+        self.publish(works, int(time.time() * 1000))
+        return 0
+
     def publish(self, works: list[ArchiveWork], now_ms: int) -> int | None:
         """Publish the last state of each partition in ``works``; trim; raise the watermark.
 
@@ -152,65 +162,3 @@ class ArchiveStore:
             return None
         low = min(int(v) for v in values)
         return int(self._raise_key(keys=[ARCHIVE_WATERMARK_KEY], args=[low]))
-
-
-class _ArchiveSinkPartition(StatelessSinkPartition[tuple[str, ArchiveWork]]):
-    def __init__(self, store: ArchiveStore, sink: ArchiveSink) -> None:
-        self.store = store
-        self.sink = sink
-
-    def write_batch(self, items: list[tuple[str, ArchiveWork]]) -> None:
-        works = [w for _, w in items]
-        entries = 0
-        for w in works:
-            if self.store.write_files(w) is not None:
-                entries += w.entries
-        call_with_retry(
-            lambda: self.store.publish(works, int(time.time() * 1000)),
-            what="archive sink",
-            backoff=sink_backoff(),
-            give_up_s=self.sink.give_up_s,
-        )
-        if self.sink.on_written is not None and entries:
-            self.sink.on_written(entries)
-        if entries:  # files were written
-            release_free_memory()
-
-    def close(self) -> None:
-        self.store.client.close()
-
-
-class ArchiveSink(DynamicSink[tuple[str, ArchiveWork]]):
-    """Writes the archive flow's output (see the module docstring).
-
-    Args:
-        lake: the lake's root (path or URI).
-        redis_url: the Redis of the raw log and the archive keys.
-        streams: every partition of the flow.
-        on_written: called with the number of raw entries written after each batch.
-        give_up_s: how long a Redis outage is retried before the error is raised.
-        durable: fsync lake files (keep it on outside tests).
-
-    """
-
-    def __init__(
-        self,
-        lake: str,
-        redis_url: str,
-        streams: list[str],
-        *,
-        on_written: Callable[[int], Any] | None = None,
-        give_up_s: float = 120.0,
-        durable: bool = True,
-    ) -> None:
-        self.lake = lake
-        self.redis_url = redis_url
-        self.streams = list(streams)
-        self.on_written = on_written
-        self.give_up_s = give_up_s
-        self.durable = durable
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ArchiveSinkPartition:
-        """This worker's connection and lake writer."""
-        store = ArchiveStore(self.lake, connect(self.redis_url), self.streams, durable=self.durable)
-        return _ArchiveSinkPartition(store, self)
