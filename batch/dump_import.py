@@ -47,6 +47,7 @@ from lake.layout import (
 )
 from lake.schemas import MAX_LAKE_TRADE_ID, PRICE_TYPE, QUANTITY_TYPE, TRADES_SCHEMA
 from lake.writer import AtomicParquetWriter, oversized_id_rejection
+from marketdata.binance_csv import row_pattern
 from marketdata.decimals import SCALE_DIGITS
 from marketdata.parsing import FORMAT_CSV, normalize_exchange, normalize_symbol, parse_message
 from marketdata.timeutil import (
@@ -60,22 +61,10 @@ from marketdata.timeutil import (
 from marketdata.trade import Rejection, Trade
 
 _DUMP_NAME = re.compile(r"^([A-Za-z0-9]+)-trades-(\d{4})-(\d{2})(?:-(\d{2}))?")
-# Printable ASCII except the comma: the ignored columns (quoteQty, isBestMatch).
-_ANY = r"[\x21-\x2b\x2d-\x7e]*"
-#: A line the fast path takes. Integer parts are short enough that every value is
-#: inside the domain's ranges (price < 10^10, quantity < 10^12, trade id < 2^63) and
-#: fits int64 in 1e-8 units; a trailing ``\r`` run and the ``\n`` are the line end.
-FAST_LINE = (
-    r"^[0-9]{1,18},"  # trade id
-    r"[0-9]{1,10}(?:\.[0-9]{1,8})?,"  # price
-    r"[0-9]{1,10}(?:\.[0-9]{1,8})?,"  # quantity
-    + _ANY  # quoteQty: ignored
-    + r",[0-9]{1,16},"  # time
-    r"(?:true|false|True|False)"  # isBuyerMaker
-    r"(?:,"
-    + _ANY  # isBestMatch: ignored
-    + r")?\r*\n?$"
-)
+#: A line the fast path takes: a row of :mod:`marketdata.binance_csv`'s grammar (the
+#: speed layer's fast path accepts the same rows), then a trailing ``\r`` run and the
+#: ``\n`` as the line end.
+FAST_LINE = "^" + row_pattern(capture=False, exact_fraction=False) + r"\r*\n?$"
 #: Bytes read per block; one block of trades is one Parquet row group.
 DEFAULT_BLOCK_BYTES = 32 << 20
 

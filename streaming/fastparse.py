@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from operator import add, itemgetter
 from typing import Any, cast
 
+from marketdata.binance_csv import MAKER_TRUE, row_pattern
 from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
 from marketdata.parsing import (
     FORMAT_CSV,
@@ -54,18 +55,13 @@ _LINES = re.compile(rb"^(?:" + _TRADE + rb"|.*)$", re.MULTILINE)
 _TRUE = b"true"
 _COLUMN = [itemgetter(j) for j in range(_ONE.groups)]
 
-# A row of Binance's trade dumps as the domain parser accepts it without stripping:
-# trade id, price, quantity, quote quantity (ignored), time, buyer-is-maker and an
-# optional, ignored best-match column. ASCII only (the row must be UTF-8), no commas
-# or newlines inside columns. Groups: trade id, price whole/fraction, quantity
-# whole/fraction, time, maker.
-_CSV = (
-    rb"([0-9]{1,19}),([0-9]{1,10})\.([0-9]{8}),([0-9]{1,12})\.([0-9]{8}),"
-    rb"[^,\n\r\x80-\xff]*,([0-9]{1,16}),(true|false|True|False)(?:,[^,\n\x80-\xff]*)?"
-)
+# A row of Binance's trade dumps (marketdata.binance_csv, the lake import's grammar too),
+# with exactly 8 fractional digits so that whole + fraction converts as one integer.
+# Groups: trade id, price whole/fraction, quantity whole/fraction, time, maker.
+_CSV = row_pattern(capture=True, exact_fraction=True).encode()
 _CSV_ONE = re.compile(_CSV)
 _CSV_LINES = re.compile(rb"^(?:" + _CSV + rb"|.*)$", re.MULTILINE)
-_CSV_TRUE = frozenset((b"true", b"True"))
+_CSV_TRUE = frozenset(v.encode() for v in MAKER_TRUE)
 _FORMAT_CSV = FORMAT_CSV.encode()
 
 # Entry layouts (RawMessage.to_fields of a binance-ws message, with or without the
