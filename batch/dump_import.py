@@ -19,9 +19,7 @@ removed, blank lines and a header line skipped.
 
 from __future__ import annotations
 
-import re
 import time
-import zipfile
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,7 +45,14 @@ from lake.layout import (
 )
 from lake.schemas import MAX_LAKE_TRADE_ID, PRICE_TYPE, QUANTITY_TYPE, TRADES_SCHEMA
 from lake.writer import AtomicParquetWriter, oversized_id_rejection
-from marketdata.binance_csv import row_pattern
+from marketdata.binance_dump import (
+    covered_days,
+    dump_stem,
+    is_header,
+    open_dump,
+    row_pattern,
+    symbol_from_filename,
+)
 from marketdata.decimals import SCALE_DIGITS
 from marketdata.parsing import FORMAT_CSV, normalize_exchange, normalize_symbol, parse_message
 from marketdata.timeutil import (
@@ -60,8 +65,7 @@ from marketdata.timeutil import (
 )
 from marketdata.trade import Rejection, Trade
 
-_DUMP_NAME = re.compile(r"^([A-Za-z0-9]+)-trades-(\d{4})-(\d{2})(?:-(\d{2}))?")
-#: A line the fast path takes: a row of :mod:`marketdata.binance_csv`'s grammar (the
+#: A line the fast path takes: a row of :mod:`marketdata.binance_dump`'s grammar (the
 #: speed layer's fast path accepts the same rows), then a trailing ``\r`` run and the
 #: ``\n`` as the line end.
 FAST_LINE = "^" + row_pattern(capture=False, exact_fraction=False) + r"\r*\n?$"
@@ -69,56 +73,6 @@ FAST_LINE = "^" + row_pattern(capture=False, exact_fraction=False) + r"\r*\n?$"
 DEFAULT_BLOCK_BYTES = 32 << 20
 
 Progress = Callable[[int, int, int], None]  # (bytes done, bytes total, lines done)
-
-
-def symbol_from_filename(path: Path) -> str | None:
-    """``BTCUSDT-trades-2025-03-14.csv`` -> ``BTCUSDT`` (Binance's dump naming)."""
-    m = _DUMP_NAME.match(path.name)
-    return normalize_symbol(m.group(1)) if m else None
-
-
-def covered_days(path: Path) -> tuple[date, date] | None:
-    """``[first, last]`` UTC days a Binance dump covers by its name, if it says.
-
-    ``X-trades-2025-03-14`` covers that day, ``X-trades-2025-03`` the whole month.
-    """
-    m = _DUMP_NAME.match(path.name)
-    if not m:
-        return None
-    y, mo, d = int(m.group(2)), int(m.group(3)), m.group(4)
-    try:
-        if d is not None:
-            day = date(y, mo, int(d))
-            return day, day
-        first = date(y, mo, 1)
-        nxt = date(y + 1, 1, 1) if mo == 12 else date(y, mo + 1, 1)
-    except ValueError:
-        return None
-    return first, date.fromordinal(nxt.toordinal() - 1)
-
-
-def dump_stem(path: Path) -> str:
-    """The input's name without ``.zip`` / ``.csv``: a zip and its csv share it."""
-    name = path.name
-    for ext in (".zip", ".csv"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-    return name
-
-
-def open_dump(path: Path) -> tuple[IO[bytes], int]:
-    """The file, or the single CSV inside a ``.zip``, and its uncompressed size."""
-    if not path.exists():
-        msg = f"{path}: no such file"
-        raise FileNotFoundError(msg)
-    if path.suffix.lower() == ".zip":
-        zf = zipfile.ZipFile(path)
-        members = [i for i in zf.infolist() if not i.filename.endswith("/")]
-        if len(members) != 1:
-            msg = f"{path}: expected one file inside the zip, found {len(members)}"
-            raise ValueError(msg)
-        return zf.open(members[0]), members[0].file_size
-    return path.open("rb"), path.stat().st_size
 
 
 # --------------------------------------------------------------------------- parsing
@@ -262,7 +216,7 @@ def parse_block(
     for i in np.flatnonzero(rest).tolist():
         raw = lines[i].as_py().rstrip(b"\r\n")
         lineno = first_line + i
-        if not raw.strip() or (lineno == 1 and b"price" in raw.lower()):
+        if not raw.strip() or is_header(lineno, raw):
             out.skipped += 1  # a blank line, or a header line: not data
             continue
         out.slow += 1

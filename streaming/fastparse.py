@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from operator import add, itemgetter
 from typing import Any, cast
 
-from marketdata.binance_csv import MAKER_TRUE, row_pattern
+from marketdata.binance_dump import MAKER_TRUE, row_pattern
 from marketdata.decimals import MAX_PRICE_E8, MAX_QUANTITY_E8
 from marketdata.parsing import (
     FORMAT_CSV,
@@ -55,7 +55,7 @@ _LINES = re.compile(rb"^(?:" + _TRADE + rb"|.*)$", re.MULTILINE)
 _TRUE = b"true"
 _COLUMN = [itemgetter(j) for j in range(_ONE.groups)]
 
-# A row of Binance's trade dumps (marketdata.binance_csv, the lake import's grammar too),
+# A row of Binance's trade dumps (marketdata.binance_dump, the lake import's grammar too),
 # with exactly 8 fractional digits so that whole + fraction converts as one integer.
 # Groups: trade id, price whole/fraction, quantity whole/fraction, time, maker.
 _CSV = row_pattern(capture=True, exact_fraction=True).encode()

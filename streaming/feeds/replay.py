@@ -16,43 +16,18 @@ candles flow validates them, so a bad line ends up in the DLQ, not lost.
 from __future__ import annotations
 
 import heapq
-import re
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import orjson
 
+from marketdata.binance_dump import is_header, open_dump, symbol_from_filename
 from marketdata.parsing import FORMAT_CSV, FORMAT_WS, FORMATS, normalize_symbol
 from marketdata.rawmessage import RawMessage
 from marketdata.timeutil import MICROS_THRESHOLD
 from streaming.feeds.pacing import PacedWriter, Progress
 from streaming.rawlog import RawLogWriter
-
-_DUMP_NAME = re.compile(r"^([A-Za-z0-9]+)-trades-\d{4}-\d{2}(-\d{2})?")
-
-
-def symbol_from_filename(path: Path) -> str | None:
-    """``BTCUSDT-trades-2025-03-14.csv`` -> ``BTCUSDT`` (Binance's dump naming)."""
-    m = _DUMP_NAME.match(path.name)
-    return normalize_symbol(m.group(1)) if m else None
-
-
-def open_dump(path: Path) -> IO[bytes]:
-    """A file, or the single CSV inside a Binance ``.zip``, opened for binary reading."""
-    if not path.exists():
-        msg = f"{path}: no such file"
-        raise FileNotFoundError(msg)
-    if path.suffix.lower() == ".zip":
-        zf = zipfile.ZipFile(path)
-        names = [n for n in zf.namelist() if not n.endswith("/")]
-        if len(names) != 1:
-            msg = f"{path}: expected one file inside the zip, found {len(names)}"
-            raise ValueError(msg)
-        return zf.open(names[0])
-    return path.open("rb")
 
 
 def _ws_time(line: bytes, last: int) -> tuple[int, str | None]:
@@ -81,14 +56,14 @@ def _read_file(
     path: Path, fmt: str, exchange: str, symbol: str | None, consumed: list[int]
 ) -> Iterator[tuple[int, RawMessage]]:
     t = 0
-    with open_dump(path) as f:
+    with open_dump(path)[0] as f:
         for lineno, raw in enumerate(f):
             consumed[0] += len(raw)
             line = raw.rstrip(b"\r\n")
             if not line.strip():
                 continue
             if fmt == FORMAT_CSV:
-                if lineno == 0 and b"price" in line.lower():
+                if is_header(lineno + 1, line):
                     continue  # a header line (futures dumps have one): not data
                 t = _csv_time(line, t)
                 yield t, RawMessage(line, exchange, 0, FORMAT_CSV, symbol)

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch.dump_import import FAST_LINE
-from marketdata.binance_csv import row_pattern
+from marketdata.binance_dump import row_pattern
 from streaming.fastparse import _CSV_ONE
 
 ROWS = {
