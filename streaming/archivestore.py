@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import orjson
 import redis
@@ -103,7 +104,7 @@ class ArchiveStore:
                     self.lake.remove(f"{directory}/{other}")
         return result
 
-    def stage(self, works: list[ArchiveWork]) -> int:
+    def stage(self, works: Sequence[ArchiveWork]) -> int:
         """Write the files of every range in ``works``; the raw entries they hold."""
         entries = 0
         for w in works:
@@ -113,9 +114,9 @@ class ArchiveStore:
             release_free_memory()
         return entries
 
-    def write(self, works: list[ArchiveWork]) -> int:
+    def write(self, works: Sequence[ArchiveWork]) -> int:
         """:meth:`publish` now (retried by the sink); no records of its own."""
-        self.publish(works, int(time.time() * 1000))
+        self.publish(list(works), int(time.time() * 1000))
         return 0
 
     def publish(self, works: list[ArchiveWork], now_ms: int) -> int | None:

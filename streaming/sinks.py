@@ -19,7 +19,7 @@ side, the same for all three. Each worker opens its own store (its own connectio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import redis
@@ -36,11 +36,11 @@ class SinkStore(Protocol[W_contra]):
 
     client: redis.Redis
 
-    def stage(self, batches: list[W_contra]) -> int:
+    def stage(self, batches: Sequence[W_contra]) -> int:
         """Work before the Redis writes, done once; the records it wrote."""
         ...
 
-    def write(self, batches: list[W_contra]) -> int:
+    def write(self, batches: Sequence[W_contra]) -> int:
         """The Redis writes, idempotent (retried); the records they wrote."""
         ...
 

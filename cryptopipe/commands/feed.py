@@ -220,7 +220,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_binance(args: argparse.Namespace, settings: Settings) -> int:
     """Run the live Binance websocket feed until stopped."""
-    from streaming.feeds.binance import run_binance_feed
+    from streaming.feeds.binance.feed import run_binance_feed
 
     stop = stop_event_on_signals()
     return run_binance_feed(

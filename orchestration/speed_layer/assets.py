@@ -66,4 +66,4 @@ def _health_check(name: str) -> dg.AssetChecksDefinition:
 
 
 flow_checks = [_health_check(name) for name in FLOWS]
-speed_assets = [raw_log_stats, *flow_assets]
+speed_assets: list[dg.AssetsDefinition | dg.AssetSpec] = [raw_log_stats, *flow_assets]

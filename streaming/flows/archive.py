@@ -189,7 +189,7 @@ def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = 
     works = op.stateful_batch(
         "archive", raw, lambda resume: _ArchiveLogic(cfg, resume or None, stop)
     )
-    sink = FlowSink(
+    sink: FlowSink[ArchiveWork] = FlowSink(
         "archive sink",
         lambda: ArchiveStore(
             cfg.lake, connect(cfg.redis_url), list(cfg.streams), durable=cfg.durable

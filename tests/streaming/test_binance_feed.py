@@ -29,15 +29,10 @@ from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
 from marketdata.trade import Trade
 from redisstore.keys import raw_stream_names
-from streaming.feeds.binance import (
-    BinanceFeedConfig,
-    FeedStats,
-    FeedTuning,
-    ResumePoints,
-    _IdTracker,
-    rest_trade_payload,
-    run_binance_feed,
-)
+from streaming.feeds.binance.config import BinanceFeedConfig, FeedStats, FeedTuning
+from streaming.feeds.binance.feed import run_binance_feed
+from streaming.feeds.binance.ids import IdTracker, ResumePoints
+from streaming.feeds.binance.rest import rest_trade_payload
 from tests.streaming.fake_binance import (
     ConnPlan,
     FakeBinance,
@@ -77,13 +72,13 @@ FAST = FeedTuning(
 def test_id_tracker(
     ids: list[int], watermark: int, holes: list[tuple[int, int]], duplicates: int
 ) -> None:
-    tracker = _IdTracker()
+    tracker = IdTracker()
     dups = sum(not tracker.add(i) for i in ids)
     assert (tracker.watermark, tracker.holes(), dups) == (watermark, holes, duplicates)
 
 
 def test_id_tracker_ranges_and_memory() -> None:
-    tracker = _IdTracker()
+    tracker = IdTracker()
     tracker.add(100)
     for i in range(200, 100_000):  # a long run above one gap: one range, not 99,800 ids
         tracker.add(i)

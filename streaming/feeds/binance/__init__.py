@@ -1,0 +1,74 @@
+"""``cryptopipe feed binance``: Binance's live trade streams into the raw log.
+
+One combined-stream websocket (``/stream?streams=btcusdt@trade/ethusdt@trade``)
+carries every symbol. Each frame is written to the raw log exactly as received (the
+whole ``{"stream": ..., "data": {...}}`` envelope; the parser accepts it), with
+exchange ``binance``, ``recv_ms`` = wall clock (UTC ms) at receipt and the trade's
+symbol for sharding. Writes are pipelined: a batch every ``flush_interval_s`` or
+every ``flush_max`` messages, whichever comes first.
+
+Keeping the log complete and duplicate-free:
+
+* **Ids.** Binance trade ids are contiguous per symbol. The feed tracks, per symbol,
+  the ids it has written: a watermark (every id up to it is accounted for) and the
+  disjoint ranges above it, so memory grows with the number of open gaps, not with
+  the number of trades. A trade whose id is already accounted for is dropped as a
+  duplicate (a frame sent twice, or the overlap of two connections).
+* **Gaps.** An id more than one above the highest seen opens a gap (a trade the
+  socket skipped, or the trades missed while reconnecting). After a short grace
+  (``gap_grace_s``: an overlapping connection may still deliver them) the missing ids
+  are fetched from ``GET /api/v3/historicalTrades?symbol=X&fromId=N&limit=...``
+  (with header ``X-MBX-APIKEY`` when ``BINANCE_API_KEY`` is set) and written too.
+  Gaps are only seen between trades, and across restarts (below).
+* **Resuming.** After each write that leaves nothing buffered, the feed records per
+  symbol the id up to which every trade is written (or given up on) in the Redis
+  hash ``md:feed:binance:resume:<websocket host:port>`` (one per venue: testnet ids
+  are not mainnet's). The next run starts each symbol's ids there: the first trade
+  it receives opens a gap over the trades of the downtime, filled from REST like any
+  other. A first trade at or below the recorded id cannot come from the same id
+  sequence (the socket sends only new trades): the position is ignored, with a
+  warning. At most ``resume_max_ids`` of them per symbol are fetched (the
+  newest); older ones are given up with a warning that names the remedy (Binance's
+  daily trade dumps, ``cryptopipe lake import``). After a clean stop nothing is
+  fetched twice; after a SIGKILL, the trades of the last write (50 ms) may be
+  written again (the raw log is at-least-once; both layers deduplicate).
+  ``--no-resume`` starts from the live stream alone.
+* **REST-filled trades are synthesized payloads.** Binance's REST rows are rewritten
+  in the websocket's trade format, so the raw log holds one format::
+
+      {"stream":"btcusdt@trade",
+       "data":{"e":"trade","E":<time>,"s":"BTCUSDT","t":<id>,"p":<price>,"q":<qty>,
+               "T":<time>,"m":<isBuyerMaker>,"M":<isBestMatch>},
+       "source":"rest"}
+
+  ``E`` (event time) is the trade time, the REST row having none; the envelope's
+  ``"source":"rest"`` tells them apart from frames received from the socket (which
+  never carry that key). Price and quantity strings are copied, never converted.
+* **Rate limits.** HTTP 429 and 418 are honoured: the feed waits ``Retry-After``
+  seconds (or a default when the header is missing) before any further request; one
+  request at a time, never more. Other failures are retried with backoff; after
+  ``fill_max_attempts`` failures (or a 4xx other than 429/418) the ids are given up
+  on, counted as ``lost`` and logged at WARNING.
+
+Connections:
+
+* Pings are answered by ``websockets`` itself (pong with the ping's payload), as
+  Binance requires; the client also pings, so a dead TCP connection is noticed.
+* A connection that ends (close frame, error, no pong) is replaced after a capped
+  exponential backoff with full jitter; a handshake answered 429/418 waits
+  ``Retry-After``.
+* Before Binance's 24 h cut (``max_connection_age_s``, 23h50m by default) and on a
+  ``serverShutdown`` event, the connection is *rolled*: a new one is opened first,
+  and the old one is closed once the new one delivers (or after ``roll_overlap_s``),
+  so nothing is missed; the overlap is deduplicated.
+
+Stopping (``stop_event``, Ctrl-C through the CLI) closes the socket, abandons open
+gaps (logged), writes what is buffered, and returns.
+
+The parts: :mod:`~streaming.feeds.binance.config` (URLs, tuning, counters, the
+stop), :mod:`~streaming.feeds.binance.ids` (id tracking and resuming),
+:mod:`~streaming.feeds.binance.rest` (filling gaps from REST),
+:mod:`~streaming.feeds.binance.connection` (the websocket) and
+:mod:`~streaming.feeds.binance.feed` (the feed that composes them and writes the raw
+log).
+"""

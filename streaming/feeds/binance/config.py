@@ -1,0 +1,229 @@
+"""The Binance feed's configuration, counters and stop (:mod:`streaming.feeds.binance`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+from marketdata.parsing import normalize_symbol
+
+DEFAULT_WS_URL = "wss://stream.binance.com:9443"
+DEFAULT_REST_URL = "https://api.binance.com"
+#: Binance cuts every connection at 24 h; roll ten minutes before.
+DEFAULT_MAX_CONNECTION_AGE_S = 23 * 3600 + 50 * 60
+#: Binance allows at most this many streams on one connection.
+MAX_STREAMS = 1024
+EXCHANGE = "binance"
+HISTORICAL_TRADES = "/api/v3/historicalTrades"
+USER_AGENT = "realtime-crypto-pipeline/binance-feed"
+
+
+def wall_ms() -> int:
+    """The wall clock, UTC ms (stamped as a message's receive time)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class FeedTuning:
+    """Timing and size knobs of the Binance feed (defaults suit production).
+
+    Attributes:
+        max_connection_age_s: roll the connection after this long (Binance cuts at 24 h).
+        roll_overlap_s: during a roll, the longest both connections stay open.
+        backoff_base_s: first reconnect delay bound (full jitter: uniform in [0, bound]).
+        backoff_cap_s: largest reconnect / REST retry delay bound.
+        flush_interval_s: buffered messages are written at least this often.
+        flush_max: ...or as soon as this many are buffered.
+        max_buffer: reading pauses while this many messages wait for Redis.
+        gap_grace_s: wait this long after a gap opens before asking REST.
+        rest_limit: ``limit`` of a historicalTrades request (Binance's maximum: 1000).
+        rest_timeout_s: timeout of one REST request.
+        fill_max_attempts: failed REST attempts (errors, 5xx, empty answers) before
+            the missing ids are given up; 429/418 waits do not count.
+        rate_limit_default_s: wait after a 429 without ``Retry-After``.
+        ban_default_s: wait after a 418 without ``Retry-After``.
+        used_weight_pause: pause REST until the next minute when Binance reports this
+            much request weight used in the current minute (its limit is 6000).
+        open_timeout_s: websocket handshake timeout.
+        ping_interval_s: the client's own keepalive pings (``None``: off).
+        ping_timeout_s: a connection whose pong is this late is dropped.
+        stats_every_s: period of the INFO summary line.
+        resume_max_ids: on resuming, at most this many trades per symbol missed
+            since the last run are fetched from REST (the newest ones).
+
+    """
+
+    max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S
+    roll_overlap_s: float = 5.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 60.0
+    flush_interval_s: float = 0.05
+    flush_max: int = 500
+    max_buffer: int = 200_000
+    gap_grace_s: float = 0.5
+    rest_limit: int = 1000
+    rest_timeout_s: float = 10.0
+    fill_max_attempts: int = 8
+    rate_limit_default_s: float = 5.0
+    ban_default_s: float = 120.0
+    used_weight_pause: int = 5000
+    open_timeout_s: float = 10.0
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+    stats_every_s: float = 60.0
+    resume_max_ids: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.max_connection_age_s <= 0:
+            msg = f"max_connection_age_s={self.max_connection_age_s}: must be positive"
+            raise ValueError(msg)
+        if not 1 <= self.rest_limit <= 1000:
+            msg = f"rest_limit={self.rest_limit}: Binance accepts 1..1000"
+            raise ValueError(msg)
+        if min(self.flush_interval_s, self.stats_every_s, self.roll_overlap_s) <= 0:
+            msg = "flush_interval_s, stats_every_s and roll_overlap_s must be positive"
+            raise ValueError(msg)
+        if self.resume_max_ids < 0:
+            msg = f"resume_max_ids={self.resume_max_ids}: must not be negative"
+            raise ValueError(msg)
+        if self.flush_max < 1 or self.max_buffer < self.flush_max:
+            msg = "flush_max must be >= 1 and max_buffer >= flush_max"
+            raise ValueError(msg)
+
+
+@dataclass
+class FeedStats:
+    """Counters of one run; readable while it runs (for display) and after.
+
+    Attributes:
+        connections: websocket connections opened.
+        reconnects: connections that ended unexpectedly and were replaced.
+        rolls: connections replaced on purpose (max age or ``serverShutdown``).
+        server_shutdowns: ``serverShutdown`` events received.
+        frames: websocket frames received.
+        trades: distinct trades written (socket and REST).
+        duplicates: trades dropped because their id was already written.
+        gaps: gaps opened in the id sequences.
+        gap_ids: ids missing from those gaps when they opened.
+        filled: trades written from the REST API.
+        lost: ids given up on (REST failed, or did not have them).
+        rest_requests: REST requests sent.
+        rate_limited: REST or handshake answers 429/418.
+        written: raw-log entries written.
+        unwritten: buffered messages that could not be written before stopping.
+        resumed: symbols whose ids continued from the previous run's position.
+
+    """
+
+    connections: int = 0
+    reconnects: int = 0
+    rolls: int = 0
+    server_shutdowns: int = 0
+    frames: int = 0
+    trades: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    gap_ids: int = 0
+    filled: int = 0
+    lost: int = 0
+    rest_requests: int = 0
+    rate_limited: int = 0
+    written: int = 0
+    unwritten: int = 0
+    resumed: int = 0
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return (
+            f"{self.trades} trades ({self.filled} from REST), {self.duplicates} duplicates, "
+            f"{self.gaps} gaps ({self.gap_ids} ids, {self.lost} lost), "
+            f"{self.connections} connections ({self.reconnects} reconnects, {self.rolls} rolls), "
+            f"{self.rest_requests} REST requests ({self.rate_limited} rate-limited), "
+            f"{self.written} written"
+        )
+
+
+@dataclass(frozen=True)
+class BinanceFeedConfig:
+    """What to subscribe to and where.
+
+    Attributes:
+        symbols: upper-case symbols, e.g. ``("BTCUSDT", "ETHUSDT")``.
+        ws_url: websocket base URL (``/stream`` is appended).
+        rest_url: REST base URL.
+        api_key: optional ``X-MBX-APIKEY`` header value (never logged).
+        tuning: timing and size knobs.
+
+    """
+
+    symbols: tuple[str, ...]
+    ws_url: str = DEFAULT_WS_URL
+    rest_url: str = DEFAULT_REST_URL
+    api_key: str | None = field(default=None, repr=False)
+    tuning: FeedTuning = field(default_factory=FeedTuning)
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            msg = "no symbols: pass --symbols, e.g. BTCUSDT,ETHUSDT"
+            raise ValueError(msg)
+        if len(self.symbols) > MAX_STREAMS:
+            msg = f"{len(self.symbols)} symbols: Binance allows {MAX_STREAMS} streams a connection"
+            raise ValueError(msg)
+        for sym in self.symbols:
+            if normalize_symbol(sym) != sym:
+                msg = f"bad symbol {sym!r}: use upper-case letters and digits like BTCUSDT"
+                raise ValueError(msg)
+        if urllib.parse.urlsplit(self.ws_url).scheme not in ("ws", "wss"):
+            msg = f"bad websocket URL {self.ws_url!r}: use wss://host[:port]"
+            raise ValueError(msg)
+        if urllib.parse.urlsplit(self.rest_url).scheme not in ("http", "https"):
+            msg = f"bad REST URL {self.rest_url!r}: use https://host[:port]"
+            raise ValueError(msg)
+
+    @property
+    def stream_url(self) -> str:
+        """The combined-stream URL of every symbol's ``@trade`` stream."""
+        base = self.ws_url.rstrip("/")
+        for suffix in ("/stream", "/ws"):
+            if base.endswith(suffix):
+                base = base[: -len(suffix)]
+        streams = "/".join(f"{s.lower()}@trade" for s in self.symbols)
+        return f"{base}/stream?streams={streams}"
+
+    def historical_trades_url(self, symbol: str, from_id: int, limit: int) -> str:
+        """The REST URL of ``limit`` trades of ``symbol`` from id ``from_id``."""
+        query = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": limit})
+        return f"{self.rest_url.rstrip('/')}{HISTORICAL_TRADES}?{query}"
+
+
+class Stop:
+    """The feed's stop: a thread-safe event from outside, mirrored in the event loop.
+
+    Every part of the feed (connections, gap filler, writer) sleeps through
+    :meth:`sleep`, which wakes at once on a stop.
+    """
+
+    def __init__(self, external: threading.Event) -> None:
+        self.external = external
+        self.event = asyncio.Event()
+
+    def stopped(self) -> bool:
+        """Whether a stop was requested."""
+        return self.event.is_set() or self.external.is_set()
+
+    async def watch(self) -> None:
+        """Mirror the outside event into the loop (a task of the feed's run)."""
+        while not self.external.is_set():
+            await asyncio.sleep(0.05)
+        self.event.set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep, waking early on stop; returns whether stop was requested."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), seconds)
+        return self.stopped()

@@ -1,0 +1,307 @@
+"""The Binance feed: the connection, the id accounting and the gap filler, composed.
+
+It writes what they deliver to the raw log (see :mod:`streaming.feeds.binance`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, cast
+
+import orjson
+
+from marketdata.parsing import FORMAT_WS, normalize_symbol
+from marketdata.rawmessage import RawMessage
+from marketdata.settings import Settings
+from redisstore.conn import connect_settings
+from streaming.feeds.binance.config import (
+    DEFAULT_REST_URL,
+    DEFAULT_WS_URL,
+    EXCHANGE,
+    BinanceFeedConfig,
+    FeedStats,
+    FeedTuning,
+    Stop,
+    wall_ms,
+)
+from streaming.feeds.binance.connection import Conn, Connections
+from streaming.feeds.binance.ids import ResumePoints, TradeIds
+from streaming.feeds.binance.rest import GapFiller
+from streaming.heartbeat import HeartbeatWriter
+from streaming.rawlog import RawLogWriter
+
+log = logging.getLogger("streaming.feeds.binance")
+
+
+def frame_event(obj: Any) -> tuple[dict[str, Any] | None, Any]:
+    """The event object of a frame (inside ``data``/``event`` when wrapped) and its type."""
+    if not isinstance(obj, dict):
+        return None, None
+    for key in ("data", "event"):
+        inner = obj.get(key)
+        if isinstance(inner, dict) and "e" not in obj:
+            return inner, inner.get("e")
+    return obj, obj.get("e")
+
+
+class BinanceFeed:
+    """The feed: one event loop running the socket, the REST filler and the writer.
+
+    Use :func:`run_binance_feed`; this class exists for its pieces to be testable.
+    """
+
+    def __init__(
+        self,
+        config: BinanceFeedConfig,
+        writer: RawLogWriter,
+        stop_event: threading.Event,
+        *,
+        stats: FeedStats | None = None,
+        now_ms: Callable[[], int] = wall_ms,
+        resume: ResumePoints | None = None,
+    ) -> None:
+        self.config = config
+        self.tuning = config.tuning
+        self.writer = writer
+        self.stats = stats if stats is not None else FeedStats()
+        self._stop_event = stop_event
+        self._now_ms = now_ms
+        self._resume_store = resume
+        self.ids = TradeIds(config.symbols, self.tuning, self.stats)
+        self._buf: list[RawMessage] = []
+        self._closing = False
+        # One writer thread: batches reach Redis in order, the loop never blocks on it.
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="binance-rawlog")
+        # Created inside the loop (run()).
+        self.stop: Stop
+        self.filler: GapFiller
+        self._flush_now: asyncio.Event
+
+    # -- life cycle ---------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until the stop event is set; returns the exit status."""
+        self.stop = Stop(self._stop_event)
+        self._flush_now = asyncio.Event()
+        self.filler = GapFiller(
+            self.config, self.stats, self.ids, self._emit, self.stop, self._now_ms
+        )
+        connections = Connections(self.config, self.stats, self.stop, self._on_frame, self._now_ms)
+        watcher = asyncio.create_task(self.stop.watch(), name="stop-watcher")
+        flusher = asyncio.create_task(self._flusher(), name="flusher")
+        filler = asyncio.create_task(self.filler.run(), name="filler")
+        reporter = asyncio.create_task(self._reporter(), name="reporter")
+        if self._resume_store is not None:
+            loop = asyncio.get_running_loop()
+            points = await loop.run_in_executor(
+                self._write_pool, self._resume_store.load, self.config.symbols
+            )
+            self.ids.resume_at = dict(points)
+            self.ids.saved = dict(points)
+            if points:
+                log.info(
+                    "binance feed: resuming after %s",
+                    ", ".join(f"{s} id {i}" for s, i in sorted(points.items())),
+                )
+        log.info(
+            "binance feed: %d symbols (%s) from %s",
+            len(self.config.symbols),
+            ",".join(self.config.symbols),
+            self.config.stream_url,
+        )
+        supervisor = asyncio.create_task(connections.run(), name="supervisor")
+        try:
+            # A background task ending early has failed (Redis gone for good, a bug):
+            # the run ends with its exception rather than stalling.
+            await asyncio.wait(
+                {supervisor, flusher, filler, reporter}, return_when=asyncio.FIRST_COMPLETED
+            )
+            self.stop.event.set()
+            await supervisor
+        finally:
+            self.stop.event.set()
+            for task in (supervisor, filler, reporter, watcher):
+                task.cancel()
+            await asyncio.gather(supervisor, filler, reporter, watcher, return_exceptions=True)
+            self.ids.log_open_gaps()
+            self._closing = True
+            self._flush_now.set()
+            try:
+                await flusher
+            finally:
+                self._write_pool.shutdown()
+                self.stats.unwritten += len(self._buf)
+                log.info("binance feed stopped: %s", self.stats.summary())
+            for task in (filler, reporter):
+                if not task.cancelled() and task.exception() is not None:
+                    raise cast(BaseException, task.exception())
+        return 1 if self.stats.unwritten else 0
+
+    async def _reporter(self) -> None:
+        while True:
+            await asyncio.sleep(self.tuning.stats_every_s)
+            log.info("binance feed: %s", self.stats.summary())
+
+    # -- messages -----------------------------------------------------------------
+
+    async def _on_frame(self, frame: bytes, recv_ms: int, conn: Conn) -> None:
+        self.stats.frames += 1
+        try:
+            obj = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            obj = None
+        event, kind = frame_event(obj)
+        symbol: str | None = None
+        if kind == "serverShutdown":
+            self.stats.server_shutdowns += 1
+            log.info("binance feed: serverShutdown on connection %d", conn.number)
+            conn.shutdown.set()
+            return
+        if event is not None and isinstance(event.get("s"), str):
+            symbol = normalize_symbol(event["s"])
+        if kind == "trade" and symbol in self.ids:
+            assert symbol is not None
+            tid = event.get("t") if event is not None else None
+            if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0:
+                new, gap = self.ids.accept(symbol, tid)
+                if gap:
+                    self.filler.gap.set()
+                if not new:
+                    return
+        # Anything else (other events, malformed frames) is written as received: the
+        # candles flow sends it to the DLQ with a reason instead of it vanishing here.
+        await self._emit(RawMessage(frame, EXCHANGE, recv_ms, FORMAT_WS, symbol))
+
+    async def _emit(self, msg: RawMessage) -> None:
+        self._buf.append(msg)
+        if len(self._buf) >= self.tuning.flush_max:
+            self._flush_now.set()
+        # Redis is away: stop reading (the socket's flow control then pushes back).
+        while len(self._buf) >= self.tuning.max_buffer and not self.stop.stopped():
+            await asyncio.sleep(0.05)
+
+    # -- writing ------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), self.tuning.flush_interval_s)
+            self._flush_now.clear()
+            await self._flush()
+            if self._closing:
+                await self._flush()
+                return
+
+    async def _flush(self) -> None:
+        chunk = max(self.tuning.flush_max, 5000)
+        loop = asyncio.get_running_loop()
+        while self._buf:
+            # Taking the whole buffer: everything accounted for so far is in this batch
+            # or written before, so the positions reached can be recorded after it.
+            marks = self._marks() if len(self._buf) <= chunk else None
+            batch = self._buf[:chunk]
+            del self._buf[:chunk]
+            try:
+                await loop.run_in_executor(self._write_pool, self._write, batch, marks)
+            except InterruptedError:
+                # Stopped while Redis was unavailable: what is left cannot be written.
+                lost = len(batch) + len(self._buf)
+                self._buf.clear()
+                self.stats.unwritten += lost
+                log.error(
+                    "binance feed: stopped while Redis was unavailable; %d messages unwritten",
+                    lost,
+                )
+                return
+            self.stats.written += len(batch)
+
+    def _marks(self) -> dict[str, int] | None:
+        """Positions that moved since recorded (``None``: none, or no resume store)."""
+        return None if self._resume_store is None else self.ids.moved()
+
+    def _write(self, batch: list[RawMessage], marks: dict[str, int] | None) -> None:
+        """Write a batch, then record the positions it completes (writer thread)."""
+        self.writer.write(batch)
+        if marks and self._resume_store is not None and self._resume_store.save(marks):
+            self.ids.saved.update(marks)
+
+
+def run_binance_feed(
+    settings: Settings,
+    symbols: list[str],
+    *,
+    ws_url: str = DEFAULT_WS_URL,
+    rest_url: str = DEFAULT_REST_URL,
+    stop_event: threading.Event | None = None,
+    api_key: str | None = None,
+    max_connection_age_s: float | None = None,
+    tuning: FeedTuning | None = None,
+    stats: FeedStats | None = None,
+    heartbeat_name: str | None = "feed",
+    now_ms: Callable[[], int] = wall_ms,
+    resume: bool = True,
+) -> int:
+    """Stream live Binance trades into the raw log until stopped (blocking).
+
+    Args:
+        settings: where the raw log is (``redis_url``, ``raw_shards``).
+        symbols: symbols like ``["BTCUSDT", "ETHUSDT"]`` (case-insensitive).
+        ws_url: websocket base URL; ``/stream?streams=...`` is appended.
+        rest_url: REST base URL for filling gaps (``/api/v3/historicalTrades``).
+        stop_event: set it to stop; buffered messages are written first.
+        api_key: ``X-MBX-APIKEY`` for REST; default: env ``BINANCE_API_KEY``, if set.
+        max_connection_age_s: shorthand for ``tuning.max_connection_age_s``.
+        tuning: timing and size knobs (see :class:`FeedTuning`).
+        stats: counters to fill in (pass one to read them while or after it runs).
+        heartbeat_name: flow name of the heartbeat hash (``None``: no heartbeat).
+        now_ms: the wall clock (UTC ms) stamped as ``recv_ms``.
+        resume: fetch the trades missed since the previous run from REST (see
+            *Resuming*); ``False`` starts from the live stream alone.
+
+    Returns:
+        ``0`` after a clean stop; ``1`` when messages were left unwritten because
+        Redis was unavailable at the stop.
+
+    Raises:
+        ValueError: bad symbols or URLs.
+        RedisUnavailableError: no Redis at ``settings.redis_url``.
+
+    """
+    syms = []
+    for raw in symbols:
+        sym = normalize_symbol(raw)
+        if sym is None:
+            msg = f"bad symbol {raw!r}: use letters and digits like BTCUSDT"
+            raise ValueError(msg)
+        syms.append(sym)
+    tuning = tuning or FeedTuning()
+    if max_connection_age_s is not None:
+        tuning = replace(tuning, max_connection_age_s=max_connection_age_s)
+    if api_key is None:
+        api_key = os.environ.get("BINANCE_API_KEY", "").strip() or None
+    config = BinanceFeedConfig(tuple(dict.fromkeys(syms)), ws_url, rest_url, api_key, tuning)
+    if settings.known_symbols is not None:
+        unknown = sorted(set(config.symbols) - settings.known_symbols)
+        if unknown:
+            log.warning(
+                "binance feed: %s not in CRYPTOPIPE_SYMBOLS; the candles flow will reject them",
+                ",".join(unknown),
+            )
+    stop = stop_event if stop_event is not None else threading.Event()
+    client = connect_settings(settings)
+    heartbeat = HeartbeatWriter(client, heartbeat_name) if heartbeat_name else None
+    writer = RawLogWriter(client, settings.raw_shards, heartbeat, should_stop=stop.is_set)
+    points = ResumePoints(client, config.ws_url) if resume else None
+    feed = BinanceFeed(config, writer, stop, stats=stats, now_ms=now_ms, resume=points)
+    try:
+        with writer:
+            return asyncio.run(feed.run())
+    finally:
+        client.close()

@@ -1,0 +1,314 @@
+"""Filling the Binance feed's gaps from the REST API (see :mod:`streaming.feeds.binance`).
+
+The missing ids of a gap are fetched from ``GET /api/v3/historicalTrades`` (one
+request at a time; 429 and 418 honoured with ``Retry-After``; the used weight
+watched) and written as synthesized websocket trade frames marked
+``"source":"rest"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+import orjson
+
+from marketdata.rawmessage import RawMessage
+from redisstore.retry import Backoff
+from streaming.feeds.binance.config import (
+    EXCHANGE,
+    USER_AGENT,
+    BinanceFeedConfig,
+    FeedStats,
+    Stop,
+    wall_ms,
+)
+from streaming.feeds.binance.ids import TradeIds
+
+log = logging.getLogger("streaming.feeds.binance")
+T = TypeVar("T")
+
+#: Envelope key and value marking a trade filled from the REST API.
+REST_SOURCE_KEY = "source"
+REST_SOURCE = "rest"
+
+
+def rest_trade_payload(symbol: str, row: Mapping[str, Any]) -> bytes:
+    """A REST ``historicalTrades`` row as a synthesized combined-stream trade frame.
+
+    The values are copied as given (decimal strings stay strings); the envelope
+    carries ``"source":"rest"`` so a reader can tell it from a received frame.
+    """
+    data = {
+        "e": "trade",
+        "E": row.get("time"),
+        "s": symbol,
+        "t": row.get("id"),
+        "p": row.get("price"),
+        "q": row.get("qty"),
+        "T": row.get("time"),
+        "m": row.get("isBuyerMaker"),
+        "M": row.get("isBestMatch"),
+    }
+    envelope = {"stream": f"{symbol.lower()}@trade", "data": data, REST_SOURCE_KEY: REST_SOURCE}
+    return orjson.dumps(envelope)
+
+
+class HttpResult(NamedTuple):
+    """Status, headers and body of an HTTP answer."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def http_get(url: str, headers: Mapping[str, str], timeout: float) -> HttpResult:
+    """GET ``url``; an HTTP error status is an answer too, not an exception."""
+    req = urllib.request.Request(url, headers=dict(headers))
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return HttpResult(resp.status, dict(resp.headers.items()), resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read()
+        except OSError:
+            body = b""
+        return HttpResult(exc.code, dict(exc.headers.items()) if exc.headers else {}, body)
+
+
+def retry_after(headers: Mapping[str, str], now_s: float) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or ``None``."""
+    raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw.isdigit():
+        return float(raw)
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_s)
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value, whatever its case."""
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call in a daemon thread (an abandoned call never holds up exit).
+
+    For REST requests, which a stop abandons; raw-log writes use a thread pool.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if fut.done():
+            return
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, True, result)
+
+    threading.Thread(target=work, name="binance-feed-io", daemon=True).start()
+    return await fut
+
+
+class GapFiller:
+    """Fills the holes of every symbol's ids from REST, while the feed runs.
+
+    Args:
+        config: the feed's URLs, key and tuning.
+        stats: counters of the run.
+        ids: the ids accounted for (holes are what is missing).
+        emit: queues a message for the raw log.
+        stop: the feed's stop.
+        now_ms: the wall clock stamped as receive time.
+
+    """
+
+    def __init__(
+        self,
+        config: BinanceFeedConfig,
+        stats: FeedStats,
+        ids: TradeIds,
+        emit: Callable[[RawMessage], Awaitable[None]],
+        stop: Stop,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.config = config
+        self.tuning = config.tuning
+        self.stats = stats
+        self.ids = ids
+        self.emit = emit
+        self.stop = stop
+        self.now_ms = now_ms
+        #: Set when a gap opens; the filler waits ``gap_grace_s`` and fills every hole.
+        self.gap = asyncio.Event()
+        self._rest_not_before = 0.0
+
+    async def run(self) -> None:
+        """Fill holes whenever a gap opens, until stopped."""
+        while True:
+            await self.gap.wait()
+            self.gap.clear()
+            if await self.stop.sleep(self.tuning.gap_grace_s):
+                return
+            for symbol, tracker in self.ids.trackers.items():
+                for lo, hi in tracker.holes():
+                    await self.fill(symbol, lo, hi)
+                    if self.stop.stopped():
+                        return
+
+    async def fill(self, symbol: str, lo: int, hi: int) -> None:
+        """Fetch the missing ids of ``symbol`` in ``lo..hi`` and write them."""
+        tracker = self.ids.trackers[symbol]
+        nxt = tracker.first_missing(lo, hi)
+        empty = 0
+        filled = 0
+        while nxt is not None and not self.stop.stopped():
+            limit = min(self.tuning.rest_limit, hi - nxt + 1)
+            rows = await self.fetch(symbol, nxt, limit)
+            if rows is None:
+                if self.stop.stopped():
+                    return  # not given up: logged as unfilled at the stop
+                self.ids.give_up(symbol, nxt, hi, "the REST API failed")
+                return
+            recv_ms = self.now_ms()
+            top = nxt - 1
+            for row in rows:
+                tid = row.get("id") if isinstance(row, dict) else None
+                if not isinstance(tid, int) or isinstance(tid, bool) or tid < nxt:
+                    continue
+                if tid > hi:
+                    break
+                top = tid
+                if self.ids.accept_filled(symbol, tid):
+                    filled += 1
+                    await self.emit(
+                        RawMessage(
+                            rest_trade_payload(symbol, row), EXCHANGE, recv_ms, symbol=symbol
+                        )
+                    )
+            if top < nxt:
+                # Not there yet (REST may trail the socket for a moment): try again.
+                empty += 1
+                if empty >= self.tuning.fill_max_attempts:
+                    self.ids.give_up(symbol, nxt, hi, "the REST API does not have them")
+                    return
+                if await self.stop.sleep(self._backoff_delay(empty)):
+                    return
+                continue
+            empty = 0
+            skipped = tracker.mark(nxt, top)
+            if skipped:
+                self.stats.lost += skipped
+                log.warning(
+                    "binance feed: %s: REST skipped %d ids in %d..%d; they are given up",
+                    symbol,
+                    skipped,
+                    nxt,
+                    top,
+                )
+            nxt = tracker.first_missing(top + 1, hi)
+        if filled:
+            log.info(
+                "binance feed: %s: filled %d trades from REST (%d..%d)", symbol, filled, lo, hi
+            )
+
+    def _backoff_delay(self, attempt: int) -> float:
+        b = Backoff(self.tuning.backoff_base_s, self.tuning.backoff_cap_s)
+        b.attempt = attempt
+        return b.next_delay()
+
+    async def fetch(self, symbol: str, from_id: int, limit: int) -> list[Any] | None:
+        """Trades from REST; ``None`` after too many failures or a refusal."""
+        t = self.tuning
+        url = self.config.historical_trades_url(symbol, from_id, limit)
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self.config.api_key:
+            headers["X-MBX-APIKEY"] = self.config.api_key
+        failures = 0
+        while not self.stop.stopped():
+            wait = self._rest_not_before - time.monotonic()
+            if wait > 0 and await self.stop.sleep(wait):
+                return None
+            self.stats.rest_requests += 1
+            what = f"historicalTrades {symbol} fromId={from_id} limit={limit}"
+            try:
+                res = await in_thread(http_get, url, headers, t.rest_timeout_s)
+            except (OSError, TimeoutError) as exc:
+                log.warning("binance feed: %s: %s", what, exc)
+            else:
+                self._watch_weight(res.headers)
+                if res.status == 200:
+                    try:
+                        rows = orjson.loads(res.body)
+                    except orjson.JSONDecodeError:
+                        rows = None
+                    if isinstance(rows, list):
+                        return rows
+                    log.warning("binance feed: %s: answer is not a JSON list", what)
+                elif res.status in (429, 418):
+                    self.stats.rate_limited += 1
+                    hinted = retry_after(res.headers, time.time())
+                    default = t.rate_limit_default_s if res.status == 429 else t.ban_default_s
+                    pause = hinted if hinted is not None else default
+                    self._rest_not_before = time.monotonic() + pause
+                    log.warning(
+                        "binance feed: %s: HTTP %d (%s); waiting %.1fs before any request",
+                        what,
+                        res.status,
+                        "rate limit" if res.status == 429 else "IP banned",
+                        pause,
+                    )
+                    continue  # waits do not count as failures
+                elif res.status < 500:
+                    log.warning(
+                        "binance feed: %s: HTTP %d %s",
+                        what,
+                        res.status,
+                        res.body[:200].decode("utf-8", "replace"),
+                    )
+                    return None
+                else:
+                    log.warning("binance feed: %s: HTTP %d", what, res.status)
+            failures += 1
+            if failures >= t.fill_max_attempts:
+                return None
+            if await self.stop.sleep(self._backoff_delay(failures)):
+                return None
+        return None
+
+    def _watch_weight(self, headers: Mapping[str, str]) -> None:
+        used = header(headers, "X-MBX-USED-WEIGHT-1M")
+        if used is None or not used.strip().isdigit():
+            return
+        if int(used) >= self.tuning.used_weight_pause:
+            pause = 60.0 - time.time() % 60.0 + 0.5
+            self._rest_not_before = max(self._rest_not_before, time.monotonic() + pause)
+            log.info(
+                "binance feed: REST weight %s used this minute; pausing REST for %.0fs",
+                used,
+                pause,
+            )
