@@ -1,7 +1,9 @@
 """Starting, stopping and watching the long-running flows as OS processes.
 
-Flows (``candles``, ``metrics``, ``archive``, and the simulated ``feed``) run as
-``python -m cryptopipe stream run NAME`` in their own sessions, so they outlive
+Flows (``candles``, ``metrics``, ``archive``) run as ``python -m cryptopipe stream
+run NAME``, and the ``feed`` as ``python -m cryptopipe feed <feed>`` (any registered
+feed, :data:`streaming.feeds.FEEDS`; the simulator unless told otherwise), in their
+own sessions, so they outlive
 whatever started them (a Dagster run, the command line). The supervisor keeps:
 
 * a pid file per flow under ``<home>/run/`` (with the process start time, so a
@@ -34,6 +36,7 @@ from marketdata.settings import Settings
 from redisstore.conn import text
 from redisstore.keys import control_key, restarts_key
 from streaming import proctable
+from streaming.feeds import DEFAULT_FEED, feed_named
 from streaming.heartbeat import read_heartbeat
 
 FLOWS = ("candles", "metrics", "archive")
@@ -131,8 +134,11 @@ class Supervisor:
         max_restarts: int = MAX_RESTARTS,
         window_s: float = RESTART_WINDOW_S,
         flow_args: dict[str, list[str]] | None = None,
+        feed: str = DEFAULT_FEED,
     ) -> None:
+        feed_named(feed)  # an unknown feed fails here, naming the known ones
         self.settings = settings
+        self.feed = feed
         self.client = client
         self.stale_after_s = stale_after_s
         self.max_restarts = max_restarts
@@ -150,7 +156,7 @@ class Supervisor:
             raise ValueError(msg)
         extra = self.flow_args.get(name, [])
         if name == FEED:
-            return [sys.executable, "-m", "cryptopipe", "feed", "simulate", *extra]
+            return [sys.executable, "-m", "cryptopipe", "feed", self.feed, *extra]
         return [sys.executable, "-m", "cryptopipe", "stream", "run", name, *extra]
 
     def _pid_file(self, name: str) -> Path:

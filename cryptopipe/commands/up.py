@@ -20,6 +20,7 @@ from cryptopipe.procs import ProcessGroup
 from cryptopipe.signals import stop_event_on_signals
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings, redact
+from streaming.feeds.simulate import SimulatedMarket
 from streaming.supervisor import FLOWS, Supervisor
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         where = f"started here, data in {settings.redis_dir}" if local else "existing"
         print(f"redis: {redact(settings.redis_url)} ({where})")
         if not args.no_feed:
+            feed = SimulatedMarket.name  # its options: --symbols, --rate
             group.start(
-                "feed-simulate",
-                _cli("feed", "simulate", "--symbols", args.symbols, "--rate", str(args.rate)),
+                f"feed-{feed}",
+                _cli("feed", feed, "--symbols", args.symbols, "--rate", str(args.rate)),
                 env,
             )
             print(f"feed: simulated market, {args.rate:g} trades/s of {args.symbols}")

@@ -15,7 +15,9 @@ candles flow validates them, so a bad line ends up in the DLQ, not lost.
 
 from __future__ import annotations
 
+import argparse
 import heapq
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +27,10 @@ import orjson
 from marketdata.binance_dump import is_header, open_dump, symbol_from_filename
 from marketdata.parsing import FORMAT_CSV, FORMAT_WS, FORMATS, normalize_symbol
 from marketdata.rawmessage import RawMessage
+from marketdata.settings import Settings
 from marketdata.timeutil import MICROS_THRESHOLD
-from streaming.feeds.pacing import PacedWriter, Progress
+from streaming.feeds.base import feed_writer
+from streaming.feeds.pacing import PacedWriter, Progress, parse_speed
 from streaming.rawlog import RawLogWriter
 
 
@@ -123,3 +127,38 @@ def replay_files(
     if bar:
         bar.finish(n)
     return n
+
+
+class DumpReplay:
+    """``cryptopipe feed replay``: recorded Binance data (see the module docstring)."""
+
+    name = "replay"
+    help = "recorded Binance data"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The files, their format, symbol and exchange, and the replay speed."""
+        parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+        parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+        parser.add_argument(
+            "--symbol", default=None, help="symbol of CSV files (default: from Binance's file name)"
+        )
+        parser.add_argument("--exchange", default="binance")
+        parser.add_argument(
+            "--speed", default="max", help="'max' (default) or a factor of the recorded timing"
+        )
+
+    def run(self, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+        """Replay the files into the raw log."""
+        speed = parse_speed(args.speed)
+        with feed_writer(settings, stop) as writer:
+            n = replay_files(
+                writer,
+                list(args.files),
+                args.fmt,
+                symbol=args.symbol,
+                exchange=args.exchange,
+                speed=speed,
+                should_stop=stop.is_set,
+            )
+        print(f"replay: wrote {n} messages to {', '.join(writer.streams)}")
+        return 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -14,11 +16,14 @@ import redis
 
 from marketdata.parsing import parse_message
 from marketdata.rawmessage import RawMessage, shard_of
+from marketdata.settings import Settings
 from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
-from redisstore.keys import raw_stream_names
+from redisstore.keys import heartbeat_key, raw_stream_names
+from streaming.feeds.base import feed_writer
 from streaming.feeds.pacing import PacedWriter, parse_speed
 from streaming.rawlog import RawLogWriter
+from streaming.supervisor import Supervisor
 from tests.processes import leftovers
 
 T0 = 1_741_910_400_000
@@ -214,3 +219,46 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
     left = leftovers(f"(redis-server.*{port}|--redis-url {url}|{tmp_path})", grace_s=0)
     assert left == "", left
     assert (tmp_path / "redis" / "appendonlydir").is_dir()
+
+
+class _EchoVenue:
+    """A venue feed as a new one would be written: one class, registered in FEEDS."""
+
+    name = "echo"
+    help = "writes the given payloads"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("payloads", nargs="+")
+
+    def run(self, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+        with feed_writer(settings, stop) as writer:
+            writer.write([RawMessage(p.encode(), "echo", 1) for p in args.payloads])
+        print(f"echo: wrote {writer.written} messages")
+        return 0
+
+
+def test_a_new_venue_is_one_class_and_one_registration(
+    redis_url: str, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from cryptopipe.cli import main
+    from streaming import feeds
+
+    monkeypatch.setitem(feeds.FEEDS, "echo", _EchoVenue())
+    assert main(["--redis-url", redis_url, "feed", "echo", "a", "b"]) == 0
+    assert "echo: wrote 2 messages" in capsys.readouterr().out
+    assert [m.payload for m in read_all(redis_client)] == [b"a", b"b"]
+    assert redis_client.hget(heartbeat_key("feed"), "items_out") is not None
+    sup = Supervisor(Settings(redis_url=redis_url), redis_client, feed="echo")
+    assert sup.argv("feed")[-2:] == ["feed", "echo"]
+
+
+def test_every_registered_feed_is_a_command_and_the_supervisor_checks_the_name(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    from streaming.feeds import DEFAULT_FEED, FEEDS
+
+    out = cli("feed", "--help").stdout
+    assert all(name in out for name in FEEDS) and DEFAULT_FEED == "simulate"
+    assert Supervisor(Settings(redis_url=redis_url), redis_client).argv("feed")[-1] == "simulate"
+    with pytest.raises(ValueError, match="unknown feed 'nope': use one of simulate, replay"):
+        Supervisor(Settings(redis_url=redis_url), redis_client, feed="nope")

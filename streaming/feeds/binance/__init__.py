@@ -72,3 +72,51 @@ stop), :mod:`~streaming.feeds.binance.ids` (id tracking and resuming),
 :mod:`~streaming.feeds.binance.feed` (the feed that composes them and writes the raw
 log).
 """
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+from marketdata.settings import Settings
+from streaming.feeds.base import parse_symbols
+from streaming.feeds.binance.config import DEFAULT_REST_URL, DEFAULT_WS_URL
+
+
+class BinanceLive:
+    """``cryptopipe feed binance``: live Binance trade streams (see the module docstring).
+
+    Light on purpose: the registry imports it with every command; the websocket
+    machinery is imported when the feed runs.
+    """
+
+    name = "binance"
+    help = "live Binance trade streams"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Symbols, the venue's URLs, resuming."""
+        parser.add_argument(
+            "--symbols", nargs="+", required=True, help="symbols, e.g. BTCUSDT,ETHUSDT"
+        )
+        parser.add_argument("--ws-url", default=DEFAULT_WS_URL)
+        parser.add_argument("--rest-url", default=DEFAULT_REST_URL)
+        parser.add_argument(
+            "--no-resume",
+            dest="resume",
+            action="store_false",
+            help="start from the live stream alone: do not fetch the trades missed since the "
+            "last run from REST",
+        )
+
+    def run(self, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+        """Run the live feed until stopped."""
+        from streaming.feeds.binance.feed import run_binance_feed
+
+        return run_binance_feed(
+            settings,
+            list(parse_symbols(args.symbols)),
+            ws_url=args.ws_url,
+            rest_url=args.rest_url,
+            stop_event=stop,
+            resume=args.resume,
+        )

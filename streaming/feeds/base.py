@@ -1,0 +1,101 @@
+"""What every feed is: a named source of trades for the raw log, with its options.
+
+A feed (a venue's live stream, a replay of files, the simulator) is one class with
+the :class:`Feed` shape in one module of :mod:`streaming.feeds`, registered by one
+line in :data:`streaming.feeds.FEEDS`. From that, ``cryptopipe feed <name>`` gets its
+subcommand (the feed adds its own options) and the supervisor can run it as the
+``feed`` process. A feed writes through :func:`feed_writer` (the raw log, sharded as
+configured, beating as ``feed``), stops when the stop event is set, prints one
+summary line and returns an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from typing import ClassVar, Protocol
+
+from marketdata.parsing import normalize_exchange, normalize_symbol
+from marketdata.settings import Settings
+from redisstore.conn import connect_settings
+from streaming.heartbeat import HeartbeatWriter
+from streaming.rawlog import RawLogWriter
+
+#: The heartbeat (and supervisor) name of whatever feed runs.
+FEED_PROCESS = "feed"
+
+
+class Feed(Protocol):
+    """A source of trades (see the module docstring)."""
+
+    #: The subcommand: ``cryptopipe feed <name>``.
+    name: ClassVar[str]
+    #: One line for ``cryptopipe feed --help``.
+    help: ClassVar[str]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the feed's own options to its subcommand."""
+        ...
+
+    def run(self, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
+        """Feed the raw log until done or ``stop`` is set; print a summary; exit status."""
+        ...
+
+
+def feed_writer(settings: Settings, stop: threading.Event) -> RawLogWriter:
+    """The raw-log writer of a feed, beating as :data:`FEED_PROCESS`."""
+    client = connect_settings(settings)
+    return RawLogWriter(
+        client, settings.raw_shards, HeartbeatWriter(client, FEED_PROCESS), should_stop=stop.is_set
+    )
+
+
+def split_list(values: list[str]) -> list[str]:
+    """Items of options given comma- or space-separated, possibly repeated."""
+    out: list[str] = []
+    for v in values:
+        out.extend(p for p in v.replace(",", " ").split() if p)
+    return out
+
+
+def parse_symbols(values: list[str]) -> tuple[str, ...]:
+    """Symbols, normalised (``btcusdt`` -> ``BTCUSDT``), in order, once each.
+
+    Raises:
+        ValueError: naming a bad symbol and what one looks like.
+
+    """
+    out = []
+    for raw in split_list(values):
+        sym = normalize_symbol(raw)
+        if sym is None:
+            msg = f"bad symbol {raw!r}: use letters and digits like BTCUSDT"
+            raise ValueError(msg)
+        out.append(sym)
+    return tuple(dict.fromkeys(out))
+
+
+def parse_exchanges(values: list[str]) -> tuple[str, ...]:
+    """Exchange names, normalised, in order.
+
+    Raises:
+        ValueError: naming a bad exchange name.
+
+    """
+    out = []
+    for raw in split_list(values):
+        ex = normalize_exchange(raw)
+        if ex is None:
+            msg = f"bad exchange name {raw!r}"
+            raise ValueError(msg)
+        out.append(ex)
+    return tuple(out)
+
+
+def share(text: str) -> float:
+    """An option's share between 0 and 1 (argparse ``type``)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        msg = f"{text}: a share between 0 and 1"
+        raise argparse.ArgumentTypeError(msg)
+    return value
