@@ -1,4 +1,4 @@
-"""Benchmark of the candles flow (issue 3). Not a test: run it by hand.
+"""Benchmark of the candles flow. Not a test: run it by hand.
 
     .venv/bin/python bench/bench_candles.py                 # both parts, ~6 minutes
     .venv/bin/python bench/bench_candles.py --skip-latency  # throughput only
@@ -108,12 +108,17 @@ def child_seed(trades_file: str) -> dict:
 
     trades = pickle.loads(Path(trades_file).read_bytes())
     msgs = [
-        json.dumps({
-            "symbol": s, "price": format_e8(p), "quantity": format_e8(q),
-            "timestamp": datetime.fromtimestamp(t / 1000, tz=UTC).isoformat(), "trade_id": tid,
-        })
+        json.dumps(
+            {
+                "symbol": s,
+                "price": format_e8(p),
+                "quantity": format_e8(q),
+                "timestamp": datetime.fromtimestamp(t / 1000, tz=UTC).isoformat(),
+                "trade_id": tid,
+            }
+        )
         for s, tid, p, q, t, _ in trades
-    ]  # fmt: skip
+    ]
     out: list[int] = [0]
 
     class _Null(StatelessSinkPartition):
@@ -141,8 +146,14 @@ def child_seed(trades_file: str) -> dict:
             return None
 
     def create_empty_candle() -> dict:
-        return {"open": None, "high": float("-inf"), "low": float("inf"), "close": None,
-                "volume": 0.0, "trade_count": 0}  # fmt: skip
+        return {
+            "open": None,
+            "high": float("-inf"),
+            "low": float("inf"),
+            "close": None,
+            "volume": 0.0,
+            "trade_count": 0,
+        }
 
     def update_candle(candle: dict, trade: dict) -> dict:
         price = trade["price"]
@@ -157,35 +168,59 @@ def child_seed(trades_file: str) -> dict:
         return candle
 
     def merge_candles(a: dict, b: dict) -> dict:
-        return {"open": a["open"], "high": max(a["high"], b["high"]),
-                "low": min(a["low"], b["low"]), "close": b["close"],
-                "volume": a["volume"] + b["volume"],
-                "trade_count": a["trade_count"] + b["trade_count"]}  # fmt: skip
+        return {
+            "open": a["open"],
+            "high": max(a["high"], b["high"]),
+            "low": min(a["low"], b["low"]),
+            "close": b["close"],
+            "volume": a["volume"] + b["volume"],
+            "trade_count": a["trade_count"] + b["trade_count"],
+        }
 
     def format_candle(item: tuple) -> dict:
         key, (window_id, candle) = item
-        return {"symbol": key, "interval": "1m", "window_id": window_id,
-                "open": candle["open"], "high": candle["high"], "low": candle["low"],
-                "close": candle["close"], "volume": candle["volume"],
-                "trade_count": candle["trade_count"],
-                "timestamp": datetime.now(UTC).isoformat()}  # fmt: skip
+        return {
+            "symbol": key,
+            "interval": "1m",
+            "window_id": window_id,
+            "open": candle["open"],
+            "high": candle["high"],
+            "low": candle["low"],
+            "close": candle["close"],
+            "volume": candle["volume"],
+            "trade_count": candle["trade_count"],
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
 
     def format_late(item: tuple) -> dict:
         key, (window_id, trade) = item
-        return {"type": "late_trade", "symbol": key, "window_id": window_id, "trade": trade,
-                "detected_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        return {
+            "type": "late_trade",
+            "symbol": key,
+            "window_id": window_id,
+            "trade": trade,
+            "detected_at": datetime.now(UTC).isoformat(),
+        }
 
     flow = Dataflow("candle_generator")
     raw_trades = op.input("kafka_source", flow, TestingSource(msgs, batch_size=1000))
     valid_trades = op.filter_map("parse", raw_trades, parse_trade)
     keyed_trades = op.key_on("by_symbol", valid_trades, lambda x: x["symbol"])
-    clock = EventClock(ts_getter=lambda trade: trade["timestamp"],
-                       wait_for_system_duration=timedelta(seconds=5))  # fmt: skip
-    windower = TumblingWindower(length=timedelta(minutes=1),
-                                align_to=datetime(2024, 1, 1, 0, 0, tzinfo=UTC))  # fmt: skip
-    candles_out = fold_window("ohlcv_1m", keyed_trades, clock, windower,
-                              builder=create_empty_candle, folder=update_candle,
-                              merger=merge_candles)  # fmt: skip
+    clock = EventClock(
+        ts_getter=lambda trade: trade["timestamp"], wait_for_system_duration=timedelta(seconds=5)
+    )
+    windower = TumblingWindower(
+        length=timedelta(minutes=1), align_to=datetime(2024, 1, 1, 0, 0, tzinfo=UTC)
+    )
+    candles_out = fold_window(
+        "ohlcv_1m",
+        keyed_trades,
+        clock,
+        windower,
+        builder=create_empty_candle,
+        folder=update_candle,
+        merger=merge_candles,
+    )
     op.output("kafka_sink", op.map("format", candles_out.down, format_candle), NullSink())
     op.output("dlq_sink", op.map("format_late", candles_out.late, format_late), NullSink())
     cpu0, _ = _usage()
@@ -211,16 +246,21 @@ def child_ours(redis_url: str, home: str) -> dict:
     flow = get_flow(exit_when_idle=IDLE_S)
     cpu0, _ = _usage()
     t0 = time.perf_counter()
-    cli_main(flow, workers_per_process=1, epoch_interval=timedelta(seconds=5),
-             recovery_config=RecoveryConfig(str(recovery), timedelta(seconds=0)))  # fmt: skip
+    cli_main(
+        flow,
+        workers_per_process=1,
+        epoch_interval=timedelta(seconds=5),
+        recovery_config=RecoveryConfig(str(recovery), timedelta(seconds=0)),
+    )
     seconds = time.perf_counter() - t0 - IDLE_S
     cpu1, rss = _usage()
     return {"seconds": seconds, "cpu": cpu1 - cpu0, "maxrss_kb": rss}
 
 
 def run_child(args: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         check=False, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=False, cwd=ROOT
+    )
     if out.returncode != 0:
         raise RuntimeError(f"child {args[:2]} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -247,8 +287,11 @@ def quiesce(client) -> None:
             pass
     while True:
         info = client.info("persistence")
-        if not (info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
-                or info.get("rdb_bgsave_in_progress")):  # fmt: skip
+        if not (
+            info.get("aof_rewrite_in_progress")
+            or info.get("aof_rewrite_scheduled")
+            or info.get("rdb_bgsave_in_progress")
+        ):
             return
         time.sleep(0.2)
 
@@ -271,12 +314,15 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
     client.flushall()
     writer = RawLogWriter(client)
     objs = [Trade("binance", s, tid, p, q, t, m) for s, tid, p, q, t, m in trades]
-    msgs = [RawMessage(trade_payload(tr), "binance", tr.event_time, symbol=tr.symbol)
-            for tr in objs]  # fmt: skip
+    msgs = [
+        RawMessage(trade_payload(tr), "binance", tr.event_time, symbol=tr.symbol) for tr in objs
+    ]
     for i in range(0, n, 5000):
         writer.write(msgs[i : i + 5000])
-    print(f"raw log: {client.xlen(RAW_STREAM):,} entries of {symbols} symbols, "
-          f"{(trades[-1][4] - trades[0][4]) / 60000:.0f} minutes of market")  # fmt: skip
+    print(
+        f"raw log: {client.xlen(RAW_STREAM):,} entries of {symbols} symbols, "
+        f"{(trades[-1][4] - trades[0][4]) / 60000:.0f} minutes of market"
+    )
     quiesce(client)
 
     seed_runs, ours_runs = [], []
@@ -295,8 +341,10 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
         res = run_child(["--child", "ours", url, str(home)])
         res["redis_cpu"] = redis_cpu(client) - cpu0
         ours_runs.append(res)
-        print(f"round {r + 1}: seed {seed_runs[-1]['seconds']:.2f} s, "
-              f"ours {ours_runs[-1]['seconds']:.2f} s")  # fmt: skip
+        print(
+            f"round {r + 1}: seed {seed_runs[-1]['seconds']:.2f} s, "
+            f"ours {ours_runs[-1]['seconds']:.2f} s"
+        )
 
     # Ours must be right, not just fast: every interval equals the reference.
     reader = StreamCandleReader(client)
@@ -320,21 +368,29 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
         ("ours (Redis -> Redis, 6 intervals)", best_ours, len(got), best_ours["redis_cpu"]),
     ]
     print()
-    print(f"{'flow':38s} {'seconds':>8s} {'trades/s':>10s} {'candles':>8s} "
-          f"{'cpu s':>6s} {'redis cpu s':>11s} {'peak MB':>8s}")  # fmt: skip
+    print(
+        f"{'flow':38s} {'seconds':>8s} {'trades/s':>10s} {'candles':>8s} "
+        f"{'cpu s':>6s} {'redis cpu s':>11s} {'peak MB':>8s}"
+    )
     for name, res, candles, rcpu in rows:
-        print(f"{name:38s} {res['seconds']:8.2f} {n / res['seconds']:10,.0f} {candles:8,d} "
-              f"{res['cpu']:6.2f} {'-' if rcpu is None else f'{rcpu:.2f}':>11s} "
-              f"{res['maxrss_kb'] / 1024:8.0f}")  # fmt: skip
+        print(
+            f"{name:38s} {res['seconds']:8.2f} {n / res['seconds']:10,.0f} {candles:8,d} "
+            f"{res['cpu']:6.2f} {'-' if rcpu is None else f'{rcpu:.2f}':>11s} "
+            f"{res['maxrss_kb'] / 1024:8.0f}"
+        )
     ratio = best_seed["seconds"] / best_ours["seconds"]
     cpu_seed = min(x["cpu"] for x in seed_runs)
     cpu_ours = min(x["cpu"] + x["redis_cpu"] for x in ours_runs)
     all_seed = ", ".join(f"{x['seconds']:.2f}" for x in seed_runs)
     all_ours = ", ".join(f"{x['seconds']:.2f}" for x in ours_runs)
-    print(f"\nratio ours/seed throughput: {ratio:.2f}x  (target >= 1.5x, stretch 2.5x; "
-          f"best of {rounds} rounds; all: seed {all_seed}; ours {all_ours})")  # fmt: skip
-    print(f"ratio by CPU time (ours including the Redis server's): {cpu_seed / cpu_ours:.2f}x "
-          f"(seed {cpu_seed:.2f} s, ours {cpu_ours:.2f} s)")  # fmt: skip
+    print(
+        f"\nratio ours/seed throughput: {ratio:.2f}x  (target >= 1.5x, stretch 2.5x; "
+        f"best of {rounds} rounds; all: seed {all_seed}; ours {all_ours})"
+    )
+    print(
+        f"ratio by CPU time (ours including the Redis server's): {cpu_seed / cpu_ours:.2f}x "
+        f"(seed {cpu_seed:.2f} s, ours {cpu_ours:.2f} s)"
+    )
 
 
 def _proc_cpu(pid: int) -> float:
@@ -366,10 +422,23 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
     shutil.rmtree(home, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flow = subprocess.Popen(
-        [sys.executable, "-m", "cryptopipe", "stream", "run", "candles", "--redis-url", url,
-         "--home", str(home)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cryptopipe",
+            "stream",
+            "run",
+            "candles",
+            "--redis-url",
+            url,
+            "--home",
+            str(home),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     writer = RawLogWriter(client)
     rng = random.Random(2)
     syms = [f"L{i:02d}USDT" for i in range(symbols)]
@@ -389,8 +458,15 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
             batch = []
             for _ in range(k):
                 s = syms[rng.randrange(symbols)]
-                tr = Trade("binance", s, next_id[s], rng.randrange(10**9, 10**10),
-                           rng.randrange(1, 10**8), ms, rng.random() < 0.5)  # fmt: skip
+                tr = Trade(
+                    "binance",
+                    s,
+                    next_id[s],
+                    rng.randrange(10**9, 10**10),
+                    rng.randrange(1, 10**8),
+                    ms,
+                    rng.random() < 0.5,
+                )
                 next_id[s] += 1
                 batch.append(RawMessage(trade_payload(tr), "binance", ms, symbol=s))
             writer.write(batch)
@@ -412,8 +488,10 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
         readable = int(eid.split(b"-")[0])
         lat.setdefault(interval, []).append(readable - due)
     written = writer.written
-    print(f"\nsteady rate: {written / seconds:,.0f} trades/s over {symbols} symbols for "
-          f"{seconds:.0f} s ({written:,} trades)")  # fmt: skip
+    print(
+        f"\nsteady rate: {written / seconds:,.0f} trades/s over {symbols} symbols for "
+        f"{seconds:.0f} s ({written:,} trades)"
+    )
     print(f"{'interval':8s} {'candles':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}")
     everything = []
     for label in [i.label for i in Interval]:
@@ -421,13 +499,17 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
         if not xs:
             continue
         everything += xs
-        print(f"{label:8s} {len(xs):8d} {statistics.median(xs):7.1f} "
-              f"{xs[min(len(xs) - 1, int(0.99 * len(xs)))]:7.1f} {xs[-1]:7.1f}")  # fmt: skip
+        print(
+            f"{label:8s} {len(xs):8d} {statistics.median(xs):7.1f} "
+            f"{xs[min(len(xs) - 1, int(0.99 * len(xs)))]:7.1f} {xs[-1]:7.1f}"
+        )
     everything.sort()
     if everything:
         p99 = everything[min(len(everything) - 1, int(0.99 * len(everything)))]
-        print(f"{'all':8s} {len(everything):8d} {statistics.median(everything):7.1f} "
-              f"{p99:7.1f} {everything[-1]:7.1f}   (target p99 < 50 ms)")  # fmt: skip
+        print(
+            f"{'all':8s} {len(everything):8d} {statistics.median(everything):7.1f} "
+            f"{p99:7.1f} {everything[-1]:7.1f}   (target p99 < 50 ms)"
+        )
     print(f"flow process: CPU {cpu_share * 100:.0f}% of one core, peak memory {hwm:.0f} MB")
 
 
@@ -457,8 +539,7 @@ def main() -> int:
             if not args.skip_throughput:
                 throughput(server.url, work, args.trades, args.symbols, args.rounds)
             if not args.skip_latency:
-                latency(server.url, work, args.rate, args.latency_symbols,
-                        args.latency_seconds)  # fmt: skip
+                latency(server.url, work, args.rate, args.latency_symbols, args.latency_seconds)
         finally:
             server.stop()
     return 0

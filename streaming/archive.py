@@ -1,4 +1,4 @@
-"""The archive flow's logic: raw-log entries -> lake files, watermark, trim point (issue 5).
+"""The archive flow's logic: raw-log entries -> lake files, watermark, trim point.
 
 Pure Python, no bytewax, no Redis: the archive flow (:mod:`streaming.flows.archive`)
 wraps one :class:`PartitionArchiver` per raw-log stream (partition) in a bytewax

@@ -2,7 +2,7 @@
 
 Pure Python, no bytewax, no Redis: the candles flow wraps one :class:`ShardAggregator`
 per raw-log stream (partition) in a bytewax ``stateful_batch`` step, and tests drive
-it directly. Semantics (DESIGN.md sections 3 and 4, docs/storage.md):
+it directly. Semantics (docs/architecture.md sections 3 and 4, docs/storage.md):
 
 * **Watermark.** One per partition, driven only by the data, so that a replay of
   the same entries after a crash or downtime decides exactly what the first run
@@ -17,8 +17,8 @@ it directly. Semantics (DESIGN.md sections 3 and 4, docs/storage.md):
   close every window).
 * **Windows.** 1m windows are the unit: a trade whose 1m window has closed (the
   watermark passed its end) is late for every interval. Coarser candles (5m ... 1d)
-  are the roll-up of the closed 1m candles, which DESIGN.md section 3 allows and
-  which makes the stream's 5m candle always equal the roll-up of its 1m candles.
+  are the roll-up of the closed 1m candles, which docs/architecture.md section 3
+  allows and which makes the stream's 5m candle always equal the roll-up of its 1m candles.
 * **Duplicates.** The same (exchange, symbol, trade_id) counts once. Trade ids of
   a 1m window are kept while it is open and, compacted into runs, for
   ``dedupe_retention_ms`` after it closed, so a duplicate of a counted trade that
@@ -261,12 +261,16 @@ def _absorb(acc: Candle, c: Candle) -> None:
         acc.low_e8 = c.low_e8
     if (c.first_event_time, c.first_trade_id) < (acc.first_event_time, acc.first_trade_id):
         acc.open_e8, acc.first_event_time, acc.first_trade_id = (
-            c.open_e8, c.first_event_time, c.first_trade_id
-        )  # fmt: skip
+            c.open_e8,
+            c.first_event_time,
+            c.first_trade_id,
+        )
     if (c.last_event_time, c.last_trade_id) > (acc.last_event_time, acc.last_trade_id):
         acc.close_e8, acc.last_event_time, acc.last_trade_id = (
-            c.close_e8, c.last_event_time, c.last_trade_id
-        )  # fmt: skip
+            c.close_e8,
+            c.last_event_time,
+            c.last_trade_id,
+        )
     acc.volume_e8 += c.volume_e8
     acc.quote_volume_e16 += c.quote_volume_e16
     acc.trade_count += c.trade_count
@@ -279,8 +283,24 @@ def _partial(win: _Win, pb: ParsedBatch, rows: list[int]) -> Candle:
         k = rows[0]
         p, q = pb.price[k], pb.quantity[k]
         t, tid = pb.event_time[k], pb.trade_id[k]
-        return Candle(win.exchange, win.symbol, M1, win.open_time, p, p, p, p, q, p * q, 1,
-                      0 if pb.maker[k] else q, t, tid, t, tid)  # fmt: skip
+        return Candle(
+            exchange=win.exchange,
+            symbol=win.symbol,
+            interval=M1,
+            open_time=win.open_time,
+            open_e8=p,
+            high_e8=p,
+            low_e8=p,
+            close_e8=p,
+            volume_e8=q,
+            quote_volume_e16=p * q,
+            trade_count=1,
+            taker_buy_volume_e8=0 if pb.maker[k] else q,
+            first_event_time=t,
+            first_trade_id=tid,
+            last_event_time=t,
+            last_trade_id=tid,
+        )
     pick = itemgetter(*rows)
     ps: Sequence[int] = pick(pb.price)
     qs: Sequence[int] = pick(pb.quantity)
@@ -291,10 +311,23 @@ def _partial(win: _Win, pb: ParsedBatch, rows: list[int]) -> Candle:
     ft, fid, fp = min(zip(ts, ids, ps, strict=True))
     lt, lid, lp = max(zip(ts, ids, ps, strict=True))
     return Candle(
-        win.exchange, win.symbol, M1, win.open_time, fp, max(ps), min(ps), lp, volume,
-        sum(map(mul, ps, qs)), len(rows), volume - sum(compress(qs, makers)),
-        ft, fid, lt, lid,
-    )  # fmt: skip
+        exchange=win.exchange,
+        symbol=win.symbol,
+        interval=M1,
+        open_time=win.open_time,
+        open_e8=fp,
+        high_e8=max(ps),
+        low_e8=min(ps),
+        close_e8=lp,
+        volume_e8=volume,
+        quote_volume_e16=sum(map(mul, ps, qs)),
+        trade_count=len(rows),
+        taker_buy_volume_e8=volume - sum(compress(qs, makers)),
+        first_event_time=ft,
+        first_trade_id=fid,
+        last_event_time=lt,
+        last_trade_id=lid,
+    )
 
 
 class ShardAggregator:
@@ -523,9 +556,8 @@ class ShardAggregator:
         late_rows: list[tuple[int, int]] = []
         dups = 0
         for k, (pos, ex, sym, tid, t, recv) in enumerate(
-            zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv,
-                strict=True)
-        ):  # fmt: skip
+            zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv, strict=True)
+        ):
             clock = id_ms(ids[pos])
             mark.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
             o = t - t % MINUTE

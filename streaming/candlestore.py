@@ -115,9 +115,13 @@ class CandleStore:
         self._known_series: set[tuple[str, str]] = set()
 
     def _append_once(
-        self, pipe: Any, stream: str, entries: list[tuple[str, dict[str, Any]]], now: int,
+        self,
+        pipe: Any,
+        stream: str,
+        entries: list[tuple[str, dict[str, Any]]],
+        now: int,
         maxlen: int = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Append entries (identity, fields) not appended before; one script call."""
         if not entries:
             return

@@ -71,8 +71,10 @@ _LAYOUTS = {
     8: (itemgetter(0, 2, 4, 6), (F_PAYLOAD, F_EXCHANGE, F_RECV, F_SYMBOL)),
 }
 # ... and of a binance-csv row: format and symbol fields too.
-_CSV_LAYOUT = (itemgetter(0, 2, 4, 6, 7, 8), (F_PAYLOAD, F_EXCHANGE, F_RECV, F_FORMAT,
-                                              _FORMAT_CSV, F_SYMBOL))  # fmt: skip
+_CSV_LAYOUT = (
+    itemgetter(0, 2, 4, 6, 7, 8),
+    (F_PAYLOAD, F_EXCHANGE, F_RECV, F_FORMAT, _FORMAT_CSV, F_SYMBOL),
+)
 _payload = itemgetter(1)
 _exchange = itemgetter(3)
 _recv = itemgetter(5)
@@ -149,10 +151,16 @@ class ParsedBatch:
         return [
             Trade(*row)
             for row in zip(
-                self.exchange, self.symbol, self.trade_id, self.price, self.quantity,
-                self.event_time, self.maker, strict=True,
+                self.exchange,
+                self.symbol,
+                self.trade_id,
+                self.price,
+                self.quantity,
+                self.event_time,
+                self.maker,
+                strict=True,
             )
-        ]  # fmt: skip
+        ]
 
 
 class FastParser:
@@ -230,8 +238,9 @@ class FastParser:
         if size == 10 and set(map(_CSV_LAYOUT[0], entries)) == {_CSV_LAYOUT[1]}:
             groups = self._payload_groups(payloads, _CSV_LINES, _CSV_ONE)
             matched = list(map(_COLUMN[0], groups))
-            syms = [s if g else b"" for s, g in zip(map(_csv_symbol, entries), matched,
-                                                    strict=True)]  # fmt: skip
+            syms = [
+                s if g else b"" for s, g in zip(map(_csv_symbol, entries), matched, strict=True)
+            ]
             return [syms, *(list(map(g, groups)) for g in _COLUMN[:7])], True
         layout = _LAYOUTS.get(size)
         if layout is None or set(map(layout[0], entries)) != {layout[1]}:
@@ -257,9 +266,10 @@ class FastParser:
         idx: Sequence[int] = range(n)
         if b"" in cols[0] or None in ex_names.values() or None in sym_names.values():
             keep = [
-                i for i, (s, e) in enumerate(zip(cols[0], exchanges, strict=True))
+                i
+                for i, (s, e) in enumerate(zip(cols[0], exchanges, strict=True))
                 if s and sym_names[s] is not None and ex_names[e] is not None
-            ]  # fmt: skip
+            ]
             if not keep:
                 return list(range(n))
             pick = _picker(keep)
@@ -349,8 +359,17 @@ class FastParser:
                 out.rejects.append((i, res, msg))
         if not extra:
             return
-        cols_in = (out.idx, out.exchange, out.symbol, out.trade_id, out.price,
-                   out.quantity, out.event_time, out.maker, out.recv)  # fmt: skip
+        cols_in = (
+            out.idx,
+            out.exchange,
+            out.symbol,
+            out.trade_id,
+            out.price,
+            out.quantity,
+            out.event_time,
+            out.maker,
+            out.recv,
+        )
         rows = list(zip(*cols_in, strict=True))
         rows += [(i, *t, recv) for i, t, recv in extra]
         rows.sort(key=itemgetter(0))

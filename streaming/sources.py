@@ -145,14 +145,23 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
             self._conn = self.client.connection_pool.get_connection()
         conn = self._conn
         conn.send_packed_command(
-            conn.pack_commands([
-                ("MULTI",),
-                ("XINFO", "STREAM", self.stream),
-                ("TIME",),
-                ("XREAD", "COUNT", self.cfg.batch_size, "STREAMS", self.stream, self.pos.last_id),
-                ("EXEC",),
-            ])
-        )  # fmt: skip
+            conn.pack_commands(
+                [
+                    ("MULTI",),
+                    ("XINFO", "STREAM", self.stream),
+                    ("TIME",),
+                    (
+                        "XREAD",
+                        "COUNT",
+                        self.cfg.batch_size,
+                        "STREAMS",
+                        self.stream,
+                        self.pos.last_id,
+                    ),
+                    ("EXEC",),
+                ]
+            )
+        )
         self._inflight = self.pos.last_id
 
     def _read(self) -> tuple[Any, Any, Any]:
@@ -229,8 +238,10 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
             log.error(
                 "%s: the stream's last id %s is before this flow's position %s: the stream "
                 "was deleted and created again; reading it from its start",
-                self.stream, tip.decode(), self.pos.last_id.decode(),
-            )  # fmt: skip
+                self.stream,
+                tip.decode(),
+                self.pos.last_id.decode(),
+            )
             self.pos = StreamPosition(b"0-0", 0, self.pos.lost)
             self.fresh = True
         if self.fresh:
@@ -239,8 +250,9 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
                 log.warning(
                     "%s: %d entries left the stream before this flow first read it; "
                     "starting at its first entry (the batch layer has them if archived)",
-                    self.stream, gone,
-                )  # fmt: skip
+                    self.stream,
+                    gone,
+                )
                 self.pos = StreamPosition(self.pos.last_id, gone, self.pos.lost)
             return
         mde = info.get(b"max-deleted-entry-id", b"0-0")
@@ -254,8 +266,9 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
                 f"entry now {first_id}); their trades are missing from the speed layer"
             )
             log.error("DATA LOSS: %s", detail)
-            self.pos = StreamPosition(self.pos.last_id, max(gone, self.pos.read),
-                                      self.pos.lost + lost)  # fmt: skip
+            self.pos = StreamPosition(
+                self.pos.last_id, max(gone, self.pos.read), self.pos.lost + lost
+            )
             self.observer.on_loss(self.stream, lost, detail)
 
     def next_batch(self) -> Iterable[tuple[str, RawBatch]]:

@@ -1,4 +1,4 @@
-"""The archive flow: raw log -> Parquet lake, archive watermark, raw-log trimming (issue 5).
+"""The archive flow: raw log -> Parquet lake, archive watermark, raw-log trimming.
 
 Run it as ``cryptopipe stream run archive`` (which runs ``python -m bytewax.run
 "streaming.flows.archive:get_flow(...)"`` with a recovery directory), or build it
@@ -114,8 +114,9 @@ class ArchiveFlowConfig:
             window=WindowConfig(lateness_ms=settings.lateness_ms),
             known_symbols=settings.known_symbols,
         )
-        archive = replace(archive, **{k: overrides.pop(k) for k in list(overrides)
-                                      if k in archive_keys})  # fmt: skip
+        archive = replace(
+            archive, **{k: overrides.pop(k) for k in list(overrides) if k in archive_keys}
+        )
         cfg = cls(
             redis_url=settings.redis_url,
             lake=settings.lake,

@@ -1,4 +1,4 @@
-"""The candles flow: raw log -> closed and live candles, late trades, DLQ (issue 3).
+"""The candles flow: raw log -> closed and live candles, late trades, DLQ.
 
 Run it as ``cryptopipe stream run candles`` (which runs ``python -m bytewax.run
 "streaming.flows.candles:get_flow(...)"`` with a recovery directory), or build it

@@ -261,8 +261,9 @@ def install_stop_handlers(flow: str) -> None:
     """
 
     def said(signum: int) -> None:
-        log.warning("%s: %s received; stopping after a final snapshot",
-                    flow, signal.Signals(signum).name)  # fmt: skip
+        log.warning(
+            "%s: %s received; stopping after a final snapshot", flow, signal.Signals(signum).name
+        )
 
     stop_on_signals(_STOP, said)
 

@@ -49,8 +49,17 @@ def trade_row(tid: int) -> dict[str, Any]:
 def trade_frame(symbol: str, tid: int) -> bytes:
     """The combined-stream frame of trade ``tid``, as Binance sends it."""
     r = trade_row(tid)
-    data = {"e": "trade", "E": r["time"] + 1, "s": symbol, "t": tid, "p": r["price"],
-            "q": r["qty"], "T": r["time"], "m": r["isBuyerMaker"], "M": True}  # fmt: skip
+    data = {
+        "e": "trade",
+        "E": r["time"] + 1,
+        "s": symbol,
+        "t": tid,
+        "p": r["price"],
+        "q": r["qty"],
+        "T": r["time"],
+        "m": r["isBuyerMaker"],
+        "M": True,
+    }
     return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": data})
 
 

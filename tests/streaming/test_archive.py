@@ -85,8 +85,10 @@ class ModelLake:
     def apply(self, works: list[ArchiveWork]) -> None:
         for w in works:
             if w.source is not None:
-                rejects = [(i, r.reason, r.payload)
-                           for i, r in zip(w.rejection_ids, w.rejections, strict=True)]  # fmt: skip
+                rejects = [
+                    (i, r.reason, r.payload)
+                    for i, r in zip(w.rejection_ids, w.rejections, strict=True)
+                ]
                 name = w.source.file_name
                 self.files[name] = (trades_from_table(w.trades), rejects)
                 # As the sink: an earlier, partial write of the same bucket goes.

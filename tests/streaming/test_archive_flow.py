@@ -46,8 +46,14 @@ LATENESS_MS = 5_000
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
-    out = subprocess.run([sys.executable, "-m", "cryptopipe", *args], env=env,
-                         capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -57,12 +63,25 @@ def env(redis_url: str, home: Path) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(home)}
 
 
-def sim_args(start: str, duration: int, rate: float, seed: int, symbols: str, **faults: Any
-             ) -> tuple[list[str], SimConfig]:  # fmt: skip
+def sim_args(
+    start: str, duration: int, rate: float, seed: int, symbols: str, **faults: Any
+) -> tuple[list[str], SimConfig]:
     """``feed simulate`` arguments, and the SimConfig the command builds from them."""
     start_ms = parse_time(start)
-    args = ["feed", "simulate", "--start", start, "--duration", str(duration), "--rate",
-            str(rate), "--seed", str(seed), "--symbols", symbols]  # fmt: skip
+    args = [
+        "feed",
+        "simulate",
+        "--start",
+        start,
+        "--duration",
+        str(duration),
+        "--rate",
+        str(rate),
+        "--seed",
+        str(seed),
+        "--symbols",
+        symbols,
+    ]
     for name, share in faults.items():
         args += [f"--{name.replace('_', '-')}", str(share)]
     cfg = SimConfig(
@@ -146,8 +165,16 @@ def sealed(client: Any, lake: Lake, day: date) -> bool:
 def test_every_message_is_archived_once_per_raw_entry(
     env: dict[str, str], redis_client: Any, home: Path
 ) -> None:
-    args, cfg = sim_args("2025-03-14T10:00:00Z", 3600, 3, 11, "BTCUSDT,ETHUSDT,SOLUSDT",
-                         duplicates=0.03, malformed=0.02, out_of_order=0.05)  # fmt: skip
+    args, cfg = sim_args(
+        "2025-03-14T10:00:00Z",
+        3600,
+        3,
+        11,
+        "BTCUSDT,ETHUSDT,SOLUSDT",
+        duplicates=0.03,
+        malformed=0.02,
+        out_of_order=0.05,
+    )
     cli(env, *args, "--speed", "max")
     cli(env, "stream", "run", "archive", "--exit-when-idle", "1")
     lake = Lake(home / "lake")
@@ -220,13 +247,24 @@ def test_trimming_never_removes_an_entry_the_archive_has_not_written(
     env: dict[str, str], redis_client: Any, home: Path
 ) -> None:
     env = {**env, "CRYPTOPIPE_ARCHIVE_RETENTION_MS": "0", "CRYPTOPIPE_ARCHIVE_BUCKET_MS": "200"}
-    args, cfg = sim_args("2025-03-14T08:00:00Z", 1200, 5, 4, "BTCUSDT,ETHUSDT",
-                         duplicates=0.02, malformed=0.01)  # fmt: skip
+    args, cfg = sim_args(
+        "2025-03-14T08:00:00Z", 1200, 5, 4, "BTCUSDT,ETHUSDT", duplicates=0.02, malformed=0.01
+    )
     cli(env, *args, "--speed", "max")
     before = redis_client.xrange(RAW_STREAM)
     # Trimming needs two snapshots since the entries were written: idle long enough.
-    cli(env, "stream", "run", "archive", "--exit-when-idle", "5", "--snapshot-interval", "1",
-        "--batch-size", "500")  # fmt: skip
+    cli(
+        env,
+        "stream",
+        "run",
+        "archive",
+        "--exit-when-idle",
+        "5",
+        "--snapshot-interval",
+        "1",
+        "--batch-size",
+        "500",
+    )
     after = redis_client.xrange(RAW_STREAM)
     assert len(after) < len(before) // 2, "the archive should have trimmed the raw log"
     trimmed = before[: len(before) - len(after)]
@@ -299,14 +337,40 @@ def test_kills_during_a_live_feed_leave_the_lake_of_a_clean_run(
     copy, copy_url, stop_mirror = mirror
     # Buckets of 1 s (~300 entries at 30x) cut into files of 64 entries: kills land
     # between and within both kinds of cut.
-    env = {**env, "CRYPTOPIPE_ARCHIVE_BUCKET_MS": "1000", "CRYPTOPIPE_ARCHIVE_RETENTION_MS": "0",
-           "CRYPTOPIPE_ARCHIVE_MAX_FILE_ENTRIES": "64"}  # fmt: skip
-    args, cfg = sim_args("2025-03-14T16:00:00Z", 600, 10, 8, "BTCUSDT,ETHUSDT,SOLUSDT",
-                         duplicates=0.02, malformed=0.01, out_of_order=0.05)  # fmt: skip
-    feed = subprocess.Popen([sys.executable, "-m", "cryptopipe", *args, "--speed", "30"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    run = [sys.executable, "-m", "cryptopipe", "stream", "run", "archive",
-           "--snapshot-interval", "1", "--batch-size", "50"]  # fmt: skip
+    env = {
+        **env,
+        "CRYPTOPIPE_ARCHIVE_BUCKET_MS": "1000",
+        "CRYPTOPIPE_ARCHIVE_RETENTION_MS": "0",
+        "CRYPTOPIPE_ARCHIVE_MAX_FILE_ENTRIES": "64",
+    }
+    args, cfg = sim_args(
+        "2025-03-14T16:00:00Z",
+        600,
+        10,
+        8,
+        "BTCUSDT,ETHUSDT,SOLUSDT",
+        duplicates=0.02,
+        malformed=0.01,
+        out_of_order=0.05,
+    )
+    feed = subprocess.Popen(
+        [sys.executable, "-m", "cryptopipe", *args, "--speed", "30"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    run = [
+        sys.executable,
+        "-m",
+        "cryptopipe",
+        "stream",
+        "run",
+        "archive",
+        "--snapshot-interval",
+        "1",
+        "--batch-size",
+        "50",
+    ]
     rng = random.Random(3)
     kills = 0
     terms: list[tuple[int, float]] = []

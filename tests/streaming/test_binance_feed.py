@@ -342,10 +342,26 @@ def test_cli_feed_binance_stops_cleanly_on_sigint(
         env = {**os.environ, "CRYPTOPIPE_HOME": str(tmp_path / "home")}
         env.pop("BINANCE_API_KEY", None)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cryptopipe", "feed", "binance", "--redis-url", redis_url,
-             "--symbols", "BTCUSDT,ETHUSDT", "--ws-url", fake.ws_url, "--rest-url", fake.rest_url],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cryptopipe",
+                "feed",
+                "binance",
+                "--redis-url",
+                redis_url,
+                "--symbols",
+                "BTCUSDT,ETHUSDT",
+                "--ws-url",
+                fake.ws_url,
+                "--rest-url",
+                fake.rest_url,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             wait_complete(redis_client, fake, shards=1, timeout=30)
         finally:
@@ -455,8 +471,9 @@ def test_resuming_is_bounded_and_can_be_turned_off(
         assert m and m[0] == points[sym] + 1 and m == list(range(m[0], m[-1] + 1)), m[:5]
         if mode == "capped":
             # The 25 ids before the first live trade were fetched; the older ones not.
-            fetched = sorted(i for s, i in trade_ids(read_log(redis_client, 1))
-                             if s == sym and i > m[-1])[:26]  # fmt: skip
+            fetched = sorted(
+                i for s, i in trade_ids(read_log(redis_client, 1)) if s == sym and i > m[-1]
+            )[:26]
             assert fetched == list(range(m[-1] + 1, m[-1] + 27))
     if mode == "capped":
         assert st.resumed == 2 and st.lost == sum(len(m) for m in missing.values())

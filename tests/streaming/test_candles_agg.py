@@ -42,8 +42,16 @@ def run_day(
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_streamed_candles_equal_the_reference(seed: int) -> None:
-    day = gen_day(seed, n=20_000, out_of_order=0.08, duplicates=0.05, malformed=0.02,
-                  late=0.01, exchanges=("binance", "kraken"), sparse_ids=seed == 3)  # fmt: skip
+    day = gen_day(
+        seed,
+        n=20_000,
+        out_of_order=0.08,
+        duplicates=0.05,
+        malformed=0.02,
+        late=0.01,
+        exchanges=("binance", "kraken"),
+        sparse_ids=seed == 3,
+    )
     got, late, agg = run_day(day, seed)
     assert got == ref_map(day)
     assert sorted(lt.trade for lt in late) == sorted(day.late)
@@ -146,8 +154,9 @@ def test_a_snapshot_from_before_the_watermark_class_resumes_the_same() -> None:
 
 
 def _entry(t: Trade, recv: int | None = None) -> list[bytes]:
-    msg = RawMessage(trade_payload(t), t.exchange, t.event_time if recv is None else recv,
-                     symbol=t.symbol)  # fmt: skip
+    msg = RawMessage(
+        trade_payload(t), t.exchange, t.event_time if recv is None else recv, symbol=t.symbol
+    )
     flat: list[bytes] = []
     for k, v in msg.to_fields().items():
         flat += [k, v]
@@ -177,8 +186,9 @@ def test_downtime_does_not_make_the_backlog_late() -> None:
     # ... the flow is down for an hour; the feed kept writing; the flow resumes:
     agg = pickle.loads(blob)
     backlog = [_tr(2, T0 + 900), _tr(3, T0 + 500), _tr(4, T0 + 1500)]  # #3 out of order
-    out = agg.process([f"{T0 + 1000 + i}-0".encode() for i in range(3)],
-                      [_entry(t) for t in backlog])  # fmt: skip
+    out = agg.process(
+        [f"{T0 + 1000 + i}-0".encode() for i in range(3)], [_entry(t) for t in backlog]
+    )
     assert out.late == []
     assert agg.counters["trades"] == 4
 
@@ -198,8 +208,10 @@ def test_late_duplicate_of_a_counted_trade_is_a_duplicate() -> None:
     agg.process([f"{T0 + 59_990}-0".encode()], [_entry(a)])
     out = agg.process([f"{T0 + 62_000}-0".encode()], [_entry(_tr(2, T0 + 62_000))])
     assert [c.key[2] for c in out.closed] == ["1m"]
-    out = agg.process([f"{T0 + 62_001}-0".encode(), f"{T0 + 62_002}-0".encode()],
-                      [_entry(a), _entry(_tr(3, T0 + 59_000))])  # fmt: skip
+    out = agg.process(
+        [f"{T0 + 62_001}-0".encode(), f"{T0 + 62_002}-0".encode()],
+        [_entry(a), _entry(_tr(3, T0 + 59_000))],
+    )
     assert [lt.trade.trade_id for lt in out.late] == [3]
     assert agg.counters["duplicates"] == 1
 
@@ -207,8 +219,13 @@ def test_late_duplicate_of_a_counted_trade_is_a_duplicate() -> None:
 def test_window_ids_are_kept_compactly() -> None:
     agg = ShardAggregator("s", WindowConfig(lateness_ms=1000))
     b, e = "BTCUSDT", "ETHUSDT"
-    trades = [_tr(1, T0 + 1, b), _tr(2, T0 + 2, b), _tr(3, T0 + 3, b),
-              _tr(10, T0 + 1, e), _tr(12, T0 + 2, e)]  # fmt: skip
+    trades = [
+        _tr(1, T0 + 1, b),
+        _tr(2, T0 + 2, b),
+        _tr(3, T0 + 3, b),
+        _tr(10, T0 + 1, e),
+        _tr(12, T0 + 2, e),
+    ]
     agg.process([f"{T0 + 1}-{i}".encode() for i in range(5)], [_entry(t) for t in trades])
     # Open windows: one run of ids snapshots as its bounds, a gapped one as the set.
     wb, we = agg.wins[("binance", b, T0)], agg.wins[("binance", e, T0)]
@@ -225,8 +242,10 @@ def test_window_ids_are_kept_compactly() -> None:
     runs = agg.retained[("binance", e, T0)]
     assert isinstance(runs, IdRuns) and list(runs.starts) == [10, 12] == list(runs.ends)
     # ... and they still tell duplicates from late trades.
-    out = agg.process([f"{T0 + 62_002}-{i}".encode() for i in range(2)],
-                      [_entry(_tr(12, T0 + 2, e)), _entry(_tr(11, T0 + 2, e))])  # fmt: skip
+    out = agg.process(
+        [f"{T0 + 62_002}-{i}".encode() for i in range(2)],
+        [_entry(_tr(12, T0 + 2, e)), _entry(_tr(11, T0 + 2, e))],
+    )
     assert [lt.trade.trade_id for lt in out.late] == [11]
     assert agg.counters["duplicates"] == 1
 
@@ -273,10 +292,13 @@ def test_fast_parser_agrees_on_the_hostile_corpus() -> None:
 
 
 def test_fast_parser_takes_the_fast_path_for_canonical_trades() -> None:
-    trades = [Trade("binance", "ETHUSDT", i, 3000 * 10**8 + i, 10**6, T0 + i, i % 2 == 0)
-              for i in range(1000)]  # fmt: skip
-    parser = _check_same([RawMessage(trade_payload(t), "binance", T0 + 5, symbol=t.symbol)
-                          for t in trades])  # fmt: skip
+    trades = [
+        Trade("binance", "ETHUSDT", i, 3000 * 10**8 + i, 10**6, T0 + i, i % 2 == 0)
+        for i in range(1000)
+    ]
+    parser = _check_same(
+        [RawMessage(trade_payload(t), "binance", T0 + 5, symbol=t.symbol) for t in trades]
+    )
     assert parser.fast == 1000 and parser.slow == 0
 
 
@@ -292,9 +314,21 @@ _edge_times = st.one_of(
 )
 _decimals = st.one_of(
     st.from_regex(r"[0-9]{1,13}\.[0-9]{8}", fullmatch=True),
-    st.sampled_from(["0.00000000", "0.00000001", "9999999999.99999999", "10000000000.00000000",
-                     "1.1", "1", "01.00000000", "1.000000000", "-1.00000000", "1e5"]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "0.00000000",
+            "0.00000001",
+            "9999999999.99999999",
+            "10000000000.00000000",
+            "1.1",
+            "1",
+            "01.00000000",
+            "1.000000000",
+            "-1.00000000",
+            "1e5",
+        ]
+    ),
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -302,15 +336,20 @@ _decimals = st.one_of(
     rows=st.lists(
         st.tuples(
             st.sampled_from(["BTCUSDT", "ETHUSDT", "btcusdt", "B", "X" * 31, "ABC1", "ÄB"]),
-            _edge_ints, _decimals, _decimals, _edge_times, st.booleans(),
+            _edge_ints,
+            _decimals,
+            _decimals,
+            _edge_times,
+            st.booleans(),
             st.sampled_from([b"binance", b"BINANCE", b"", b"bad name", b"kraken"]),
             st.sampled_from([b"0", b"", b"x", str(T0).encode(), b"1000000000000"]),
             st.booleans(),
         ),
-        min_size=1, max_size=30,
+        min_size=1,
+        max_size=30,
     ),
     known=st.sampled_from([None, frozenset({"BTCUSDT", "ABC1"})]),
-)  # fmt: skip
+)
 def test_fast_parser_agrees_on_canonical_looking_messages(
     rows: list, known: frozenset | None
 ) -> None:
@@ -350,8 +389,9 @@ def test_csv_trade_ids_beyond_int64_are_rejected_like_websocket_ones() -> None:
     res = parse_raw_message(RawMessage(row, "binance", T0, "binance-csv", "BTCUSDT"))
     assert isinstance(res, Rejection) and res.reason == "bad_number:trade_id"
     ok = b"9223372036854775807,1.00000000,1.00000000,1,1741910400000,true,true"
-    assert isinstance(parse_raw_message(RawMessage(ok, "binance", T0, "binance-csv", "BTCUSDT")),
-                      Trade)  # fmt: skip
+    assert isinstance(
+        parse_raw_message(RawMessage(ok, "binance", T0, "binance-csv", "BTCUSDT")), Trade
+    )
 
 
 _csv_cells = st.one_of(
@@ -367,16 +407,20 @@ _csv_cells = st.one_of(
     rows=st.lists(
         st.tuples(
             st.one_of(st.integers(0, 2**64), st.sampled_from([0, 2**63 - 1, 2**63]), _csv_cells),
-            _decimals, _decimals, _csv_cells, _edge_times,
+            _decimals,
+            _decimals,
+            _csv_cells,
+            _edge_times,
             st.sampled_from(["true", "false", "True", "False", "TRUE", " true", "1"]),
             st.sampled_from([None, "True", "", "x,y"]),
             st.sampled_from(["BTCUSDT", "btcusdt", "", "ÄB", "B"]),
             st.sampled_from(["", " ", "\r", "\t"]),
         ),
-        min_size=1, max_size=30,
+        min_size=1,
+        max_size=30,
     ),
     known=st.sampled_from([None, frozenset({"BTCUSDT"})]),
-)  # fmt: skip
+)
 def test_fast_parser_agrees_on_dump_rows(rows: list, known: frozenset | None) -> None:
     from streaming.fastparse import entry_message
 
@@ -384,8 +428,20 @@ def test_fast_parser_agrees_on_dump_rows(rows: list, known: frozenset | None) ->
     for tid, p, q, quote, t, maker, best, sym, tail in rows:
         cols = [str(tid), p, q, quote, str(t), maker] + ([] if best is None else [best])
         payload = (",".join(cols) + tail).encode()
-        entries.append([b"payload", payload, b"exchange", b"binance", b"recv_ms", str(T0).encode(),
-                        b"format", b"binance-csv", b"symbol", sym.encode()])  # fmt: skip
+        entries.append(
+            [
+                b"payload",
+                payload,
+                b"exchange",
+                b"binance",
+                b"recv_ms",
+                str(T0).encode(),
+                b"format",
+                b"binance-csv",
+                b"symbol",
+                sym.encode(),
+            ]
+        )
     parser = FastParser(known)
     pb = parser.parse_batch(entries)
     got: list = [None] * len(entries)
@@ -397,8 +453,10 @@ def test_fast_parser_agrees_on_dump_rows(rows: list, known: frozenset | None) ->
 
 
 def test_fast_parser_takes_the_fast_path_for_dump_rows() -> None:
-    rows = [f"{i},96000.0{i % 10}000000,0.00100000,96.00001000,{T0 * 1000 + i},True,True"
-            for i in range(500)]  # fmt: skip
+    rows = [
+        f"{i},96000.0{i % 10}000000,0.00100000,96.00001000,{T0 * 1000 + i},True,True"
+        for i in range(500)
+    ]
     msgs = [RawMessage(r.encode(), "binance", T0, "binance-csv", "BTCUSDT") for r in rows]
     parser = _check_same(msgs)
     assert parser.fast == 500 and parser.slow == 0

@@ -49,8 +49,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cryptopipe", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=ROOT, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 def flow_env(url: str, home: Path, **extra: str) -> dict[str, str]:
@@ -93,8 +100,15 @@ class RealTimeFeed(threading.Thread):
             ms = int(now * 1000)
             for _ in range(rng.randrange(1, 8)):
                 s = rng.choice(syms)
-                t = Trade("binance", s, next_id[s], rng.randrange(10**9, 10**12),
-                          rng.randrange(1, 10**9), ms, rng.random() < 0.5)  # fmt: skip
+                t = Trade(
+                    "binance",
+                    s,
+                    next_id[s],
+                    rng.randrange(10**9, 10**12),
+                    rng.randrange(1, 10**9),
+                    ms,
+                    rng.random() < 0.5,
+                )
                 next_id[s] += 1
                 self.trades.append(t)
                 msg = RawMessage(trade_payload(t), "binance", ms, symbol=s)
@@ -141,8 +155,18 @@ def test_sigkill_during_a_real_time_replay_loses_nothing_and_counts_nothing_twic
     if boundary - start < 16:
         boundary += 60
     feed = RealTimeFeed(redis_client, seconds=boundary + 8 - start, lateness_ms=lateness)
-    args = [sys.executable, "-m", "cryptopipe", "stream", "run", "candles",
-            "--exit-when-idle", "3", "--snapshot-interval", "1"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "cryptopipe",
+        "stream",
+        "run",
+        "candles",
+        "--exit-when-idle",
+        "3",
+        "--snapshot-interval",
+        "1",
+    ]
     feed.start()
     flow = subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.PIPE)
     time.sleep(4)
@@ -155,8 +179,14 @@ def test_sigkill_during_a_real_time_replay_loses_nothing_and_counts_nothing_twic
     assert 0 < int(hb2["heartbeat_at"]) - int(hb1["heartbeat_at"]) <= 2200
     assert int(hb2["items_in"]) > 0 and hb2["last_source_id"]
     assert {"started_at", "items_out", "lag", "restarts"} <= set(hb2)
-    kills = sorted({start + 6.5, start + 6.5 + (boundary - 1 - start - 6.5) / 2, boundary - 1.0,
-                    boundary + 3.5})  # fmt: skip
+    kills = sorted(
+        {
+            start + 6.5,
+            start + 6.5 + (boundary - 1 - start - 6.5) / 2,
+            boundary - 1.0,
+            boundary + 3.5,
+        }
+    )
     terms = []
     for i, when in enumerate(kills):
         time.sleep(max(0.0, when - time.time()))
@@ -206,9 +236,15 @@ def _write_sharded(client: redis.Redis, entries: list, ids: list[bytes], shards:
 def test_two_workers_and_two_processes_give_the_candles_of_one(
     redis_url: str, tmp_path: Path
 ) -> None:
-    day = gen_day(31, n=20_000, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"),
-                  exchanges=("binance", "okx"), duplicates=0.05, malformed=0.02,
-                  out_of_order=0.08)  # fmt: skip
+    day = gen_day(
+        31,
+        n=20_000,
+        symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"),
+        exchanges=("binance", "okx"),
+        duplicates=0.05,
+        malformed=0.02,
+        out_of_order=0.08,
+    )
     ids = day.stream_ids()
     base = redis_url.rsplit("/", 1)[0]
     results = []
@@ -220,12 +256,12 @@ def test_two_workers_and_two_processes_give_the_candles_of_one(
         out = cli("stream", "run", "candles", "--exit-when-idle", "2", *extra, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         shard_counts = [
-            {k: v for k, v in client.hgetall(counts_key("candles", s)).items()
-             if k != b"watermark"}
+            {k: v for k, v in client.hgetall(counts_key("candles", s)).items() if k != b"watermark"}
             for s in raw_stream_names(2)
-        ]  # fmt: skip
-        results.append((stored(client, {t.symbol for t in day.trades}),
-                        client.xlen(DLQ_STREAM), shard_counts))  # fmt: skip
+        ]
+        results.append(
+            (stored(client, {t.symbol for t in day.trades}), client.xlen(DLQ_STREAM), shard_counts)
+        )
     one, two_workers, two_processes = results
     assert one == two_workers == two_processes
     assert one[0] == ref_map(day)
@@ -235,8 +271,14 @@ def test_two_workers_and_two_processes_give_the_candles_of_one(
 def test_candles_command_reads_back_in_every_format(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    day = gen_day(41, n=4000, span_ms=3 * 3_600_000, exchanges=("binance", "okx"),
-                  symbols=("BTCUSDT",), malformed=0.01)  # fmt: skip
+    day = gen_day(
+        41,
+        n=4000,
+        span_ms=3 * 3_600_000,
+        exchanges=("binance", "okx"),
+        symbols=("BTCUSDT",),
+        malformed=0.01,
+    )
     day.write(redis_client)
     env = flow_env(redis_url, tmp_path / "home")
     out = cli("stream", "run", "candles", "--exit-when-idle", "1.5", env=env)
@@ -246,23 +288,53 @@ def test_candles_command_reads_back_in_every_format(
     out = cli("candles", "BTCUSDT", "--interval", "15m", "--format", "json", env=env)
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    want = [ref[k].to_json_dict(closed=True, source="stream")
-            for k in sorted(k for k in ref if k[2] == "15m")]  # fmt: skip
+    want = [
+        ref[k].to_json_dict(closed=True, source="stream")
+        for k in sorted(k for k in ref if k[2] == "15m")
+    ]
     assert rows == want
     assert all(isinstance(r["open"], str) and isinstance(r["open_time"], int) for r in rows)
 
     # One exchange, a range: --start inclusive, --end exclusive (ISO or ms).
     start, end = T0 + 3_600_000, T0 + 2 * 3_600_000
-    out = cli("candles", "btcusdt", "-i", "1m", "--exchange", "okx", "--start", format_ms(start),
-              "--end", str(end), "--format", "json", env=env)  # fmt: skip
+    out = cli(
+        "candles",
+        "btcusdt",
+        "-i",
+        "1m",
+        "--exchange",
+        "okx",
+        "--start",
+        format_ms(start),
+        "--end",
+        str(end),
+        "--format",
+        "json",
+        env=env,
+    )
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert rows and all(r["exchange"] == "okx" and start <= r["open_time"] < end for r in rows)
-    assert len(rows) == sum(1 for k in ref if k[0] == "okx" and k[2] == "1m"
-                            and start <= k[3] < end)  # fmt: skip
+    assert len(rows) == sum(
+        1 for k in ref if k[0] == "okx" and k[2] == "1m" and start <= k[3] < end
+    )
 
     # Gap filling: every minute of the range, previous close at zero volume where empty.
-    out = cli("candles", "BTCUSDT", "-i", "1m", "--exchange", "okx", "--start", str(start),
-              "--end", str(end), "--fill", "--format", "json", env=env)  # fmt: skip
+    out = cli(
+        "candles",
+        "BTCUSDT",
+        "-i",
+        "1m",
+        "--exchange",
+        "okx",
+        "--start",
+        str(start),
+        "--end",
+        str(end),
+        "--fill",
+        "--format",
+        "json",
+        env=env,
+    )
     filled = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["open_time"] for r in filled] == list(range(start, end, 60_000))
     real = {r["open_time"]: r for r in rows}

@@ -84,8 +84,14 @@ class Day:
             out.append(flat)
         return out
 
-    def write(self, client: redis.Redis, stream: str = "md:trades:raw", start: int = 0,
-              stop: int | None = None, explicit_ids: bool = True) -> int:  # fmt: skip
+    def write(
+        self,
+        client: redis.Redis,
+        stream: str = "md:trades:raw",
+        start: int = 0,
+        stop: int | None = None,
+        explicit_ids: bool = True,
+    ) -> int:
         """XADD entries ``[start, stop)`` (with arrival-time ids unless told otherwise)."""
         ids = self.stream_ids()
         stop = len(self.entries) if stop is None else stop
@@ -145,8 +151,9 @@ def gen_day(
         else:
             arrivals.append(t.event_time)
     # Largest event time delivered, as a function of arrival, over on-time trades.
-    normal = sorted((a, t.event_time) for a, t, k in zip(arrivals, trades, kinds, strict=True)
-                    if k == "normal")  # fmt: skip
+    normal = sorted(
+        (a, t.event_time) for a, t, k in zip(arrivals, trades, kinds, strict=True) if k == "normal"
+    )
     normal_arrivals = [a for a, _ in normal]
     prefix_max: list[int] = []
     m = -1
@@ -191,8 +198,15 @@ def gen_day(
                 rejected += 1
                 reasons[res.reason] = reasons.get(res.reason, 0) + 1
     entries.sort(key=lambda e: (e[0], e[1]))
-    return Day(trades, late_keys, [(a, msg) for a, _, msg in entries], rejected, dup_count,
-               lateness_ms, reasons)  # fmt: skip
+    return Day(
+        trades,
+        late_keys,
+        [(a, msg) for a, _, msg in entries],
+        rejected,
+        dup_count,
+        lateness_ms,
+        reasons,
+    )
 
 
 def batches(items: list, rng: random.Random, low: int = 1, high: int = 3000) -> Iterator[list]:

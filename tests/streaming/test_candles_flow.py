@@ -58,8 +58,11 @@ def run_flow(
         run_main(flow)
         return
     ensure_recovery_dir(recovery)
-    run_main(flow, epoch_interval=timedelta(seconds=1),
-             recovery_config=RecoveryConfig(str(recovery), timedelta(seconds=0)))  # fmt: skip
+    run_main(
+        flow,
+        epoch_interval=timedelta(seconds=1),
+        recovery_config=RecoveryConfig(str(recovery), timedelta(seconds=0)),
+    )
 
 
 def stored(client: redis.Redis, symbols: tuple[str, ...] = SYMBOLS) -> dict:
@@ -77,9 +80,15 @@ def late_trades(client: redis.Redis) -> list[tuple[Trade, dict]]:
     out = []
     for _, f in client.xrange(LATE_STREAM):
         d = {k.decode(): v.decode() for k, v in f.items()}
-        t = Trade(d["exchange"], d["symbol"], int(d["trade_id"]),
-                  int(d["price"].replace(".", "")), int(d["quantity"].replace(".", "")),
-                  int(d["event_time"]), d["is_buyer_maker"] == "true")  # fmt: skip
+        t = Trade(
+            d["exchange"],
+            d["symbol"],
+            int(d["trade_id"]),
+            int(d["price"].replace(".", "")),
+            int(d["quantity"].replace(".", "")),
+            int(d["event_time"]),
+            d["is_buyer_maker"] == "true",
+        )
         out.append((t, orjson.loads(d["windows"])))
     return out
 
@@ -87,8 +96,15 @@ def late_trades(client: redis.Redis) -> list[tuple[Trade, dict]]:
 def test_streamed_candles_of_every_interval_equal_the_reference(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    day = gen_day(21, n=30_000, out_of_order=0.08, duplicates=0.05, malformed=0.02, late=0.01,
-                  exchanges=("binance", "okx"))  # fmt: skip
+    day = gen_day(
+        21,
+        n=30_000,
+        out_of_order=0.08,
+        duplicates=0.05,
+        malformed=0.02,
+        late=0.01,
+        exchanges=("binance", "okx"),
+    )
     day.write(redis_client)
     run_flow(redis_url)
     assert stored(redis_client) == ref_map(day)
@@ -111,8 +127,10 @@ def test_streamed_candles_of_every_interval_equal_the_reference(
     events = redis_client.xrange(CLOSED_EVENTS_STREAM)
     assert len(events) == len(ref_map(day))
     # Exactly-once counters of the partition.
-    counts = {k.decode(): v.decode() for k, v in
-              redis_client.hgetall(counts_key("candles", "md:trades:raw")).items()}  # fmt: skip
+    counts = {
+        k.decode(): v.decode()
+        for k, v in redis_client.hgetall(counts_key("candles", "md:trades:raw")).items()
+    }
     assert int(counts["trades"]) == len(day.on_time)
     assert int(counts["duplicates"]) == day.duplicates
     assert int(counts["late"]) == len(day.late)
@@ -171,8 +189,9 @@ def test_trimmed_entries_are_reported_loudly(
     redis_client.xtrim("md:trades:raw", minid=ids[2 * third].decode(), approximate=False)
     with caplog.at_level(logging.ERROR):
         run_flow(redis_url, recovery=tmp_path / "rec", idle_advance_ms=10**12)
-    assert any("DATA LOSS" in r.getMessage() and "trimmed" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
+    assert any(
+        "DATA LOSS" in r.getMessage() and "trimmed" in r.getMessage() for r in caplog.records
+    )
     hb = read_heartbeat(redis_client, "candles")
     assert hb is not None
     assert int(hb["lost_entries"]) == third
@@ -183,13 +202,17 @@ def test_live_candles_are_published_while_windows_are_open(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
     day = Day([], set(), [], 0, 0, 5000)
-    trades = [Trade("binance", "BTCUSDT", i, 100 * 10**8 + i, 10**8, T0 + 1000 * i, False)
-              for i in range(1, 6)]  # fmt: skip
+    trades = [
+        Trade("binance", "BTCUSDT", i, 100 * 10**8 + i, 10**8, T0 + 1000 * i, False)
+        for i in range(1, 6)
+    ]
     from marketdata.rawmessage import RawMessage
     from marketdata.simulator import trade_payload
 
-    day.entries = [(t.event_time, RawMessage(trade_payload(t), "binance", t.event_time,
-                                             symbol="BTCUSDT")) for t in trades]  # fmt: skip
+    day.entries = [
+        (t.event_time, RawMessage(trade_payload(t), "binance", t.event_time, symbol="BTCUSDT"))
+        for t in trades
+    ]
     day.trades = trades
     day.write(redis_client)
     seen: dict[bytes, bytes] = {}
@@ -221,8 +244,9 @@ def test_idle_stream_closes_windows_on_arrival_clock_ticks(
     run_flow(redis_url, idle=3.0, idle_advance_ms=500)
     ended = int(time.time() * 1000)
     events = redis_client.xrange(CLOSED_EVENTS_STREAM)
-    assert {(e[b"symbol"].decode(), e[b"interval"].decode(), int(e[b"open_time"]))
-            for _, e in events} == {(k[1], k[2], k[3]) for k in ref_map(day)}  # fmt: skip
+    assert {
+        (e[b"symbol"].decode(), e[b"interval"].decode(), int(e[b"open_time"])) for _, e in events
+    } == {(k[1], k[2], k[3]) for k in ref_map(day)}
     # Closed by the ticks while the flow was still waiting for input, not by its end.
     assert all(int(eid.split(b"-")[0]) < ended - 2000 for eid, _ in events)
     wm = int(redis_client.hget(counts_key("candles", "md:trades:raw"), "watermark"))  # type: ignore[arg-type]

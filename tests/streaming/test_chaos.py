@@ -50,8 +50,15 @@ FAULTS = {"out_of_order": 0.02, "duplicates": 0.02, "late": 0.002, "malformed": 
 
 
 def valid_trades() -> list[Trade]:
-    cfg = SimConfig(symbols=SYMBOLS, rate=RATE, start_ms=START, duration_s=MINUTES * 60,
-                    seed=31, first_trade_id=START * 10, **FAULTS)  # fmt: skip
+    cfg = SimConfig(
+        symbols=SYMBOLS,
+        rate=RATE,
+        start_ms=START,
+        duration_s=MINUTES * 60,
+        seed=31,
+        first_trade_id=START * 10,
+        **FAULTS,
+    )
     unique = {}
     for m in simulate(cfg):
         t = parse_message(m.payload)
@@ -61,8 +68,15 @@ def valid_trades() -> list[Trade]:
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cryptopipe", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def supervise(sup: Supervisor, restarts: dict[str, int]) -> None:
@@ -82,8 +96,12 @@ def test_twenty_sigkills_with_supervisor_restarts_reconcile_exactly(
     env |= {"REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(home)}
     # The crash-loop limit (5 restarts in 10 minutes) is raised: 20 kills in two
     # minutes are the point here, not a loop to stop.
-    sup = Supervisor(settings, redis_client, max_restarts=1_000,
-                     flow_args={n: ["--snapshot-interval", "1"] for n in FLOWS})  # fmt: skip
+    sup = Supervisor(
+        settings,
+        redis_client,
+        max_restarts=1_000,
+        flow_args={n: ["--snapshot-interval", "1"] for n in FLOWS},
+    )
     rng = random.Random(2026)
     kills: list[tuple[str, int]] = []
     restarts: dict[str, int] = dict.fromkeys(FLOWS, 0)
@@ -96,11 +114,31 @@ def test_twenty_sigkills_with_supervisor_restarts_reconcile_exactly(
             time.sleep(0.2)
         fault_args = [a for k, v in FAULTS.items() for a in (f"--{k.replace('_', '-')}", str(v))]
         feed = subprocess.Popen(
-            [sys.executable, "-m", "cryptopipe", "feed", "simulate", "--symbols",
-             ",".join(SYMBOLS), "--rate", str(RATE), "--start", str(START), "--duration",
-             str(MINUTES * 60), "--seed", "31", "--speed", str(SPEED), *fault_args],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cryptopipe",
+                "feed",
+                "simulate",
+                "--symbols",
+                ",".join(SYMBOLS),
+                "--rate",
+                str(RATE),
+                "--start",
+                str(START),
+                "--duration",
+                str(MINUTES * 60),
+                "--seed",
+                "31",
+                "--speed",
+                str(SPEED),
+                *fault_args,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         replay_s = MINUTES * 60 / SPEED
         next_kill = time.monotonic() + rng.uniform(1.0, 3.0)
         while feed.poll() is None or len(kills) < KILLS:
@@ -163,8 +201,9 @@ def test_twenty_sigkills_with_supervisor_restarts_reconcile_exactly(
 
 def check_conserved(client: redis.Redis, lake: Path, trades: list[Trade]) -> None:
     """Volume and trade count conserved, per symbol, to the last digit."""
-    batch_1d = {k: c for k, c in (read_day_candles(lake, SOURCE_BATCH, DAY) or {}).items()
-                if k[2] == "1d"}  # fmt: skip
+    batch_1d = {
+        k: c for k, c in (read_day_candles(lake, SOURCE_BATCH, DAY) or {}).items() if k[2] == "1d"
+    }
     reader = StreamCandleReader(client)
     late_by_symbol: dict[str, tuple[int, int]] = {}
     for _, f in client.xrange(LATE_STREAM):

@@ -34,8 +34,12 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cryptopipe", *args],
-        capture_output=True, text=True, timeout=timeout, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
 def read_all(client: redis.Redis, stream: str = "md:trades:raw") -> list[RawMessage]:
@@ -43,24 +47,57 @@ def read_all(client: redis.Redis, stream: str = "md:trades:raw") -> list[RawMess
 
 
 def test_simulate_fills_the_raw_log_reproducibly(redis_url: str, redis_client: redis.Redis) -> None:
-    args = ["feed", "simulate", "--redis-url", redis_url, "--start", "2025-03-14T00:00:00Z",
-            "--duration", "120", "--rate", "100", "--speed", "max", "--seed", "9",
-            "--duplicates", "0.05", "--malformed", "0.02", "--late", "0.01"]  # fmt: skip
+    args = [
+        "feed",
+        "simulate",
+        "--redis-url",
+        redis_url,
+        "--start",
+        "2025-03-14T00:00:00Z",
+        "--duration",
+        "120",
+        "--rate",
+        "100",
+        "--speed",
+        "max",
+        "--seed",
+        "9",
+        "--duplicates",
+        "0.05",
+        "--malformed",
+        "0.02",
+        "--late",
+        "0.01",
+    ]
     out = cli(*args)
     assert out.returncode == 0, out.stderr
     n = redis_client.xlen("md:trades:raw")
-    cfg = SimConfig(rate=100, duration_s=120, seed=9, start_ms=T0, duplicates=0.05,
-                    malformed=0.02, late=0.01, first_trade_id=T0 * 10)  # fmt: skip
+    cfg = SimConfig(
+        rate=100,
+        duration_s=120,
+        seed=9,
+        start_ms=T0,
+        duplicates=0.05,
+        malformed=0.02,
+        late=0.01,
+        first_trade_id=T0 * 10,
+    )
     expected = list(simulate(cfg))
     assert n == len(expected) > 10_000
     msgs = read_all(redis_client)
     assert [m.payload for m in msgs] == [e.payload for e in expected]
-    assert all(m.exchange == "binance" and m.recv_ms == e.arrival_ms
-               for m, e in zip(msgs, expected, strict=True))  # fmt: skip
+    assert all(
+        m.exchange == "binance" and m.recv_ms == e.arrival_ms
+        for m, e in zip(msgs, expected, strict=True)
+    )
     assert f"wrote {n} messages" in out.stdout
     # The CLI's output is what `redis-cli XLEN` shows.
-    xlen = subprocess.run(["redis-cli", "-u", redis_url, "XLEN", "md:trades:raw"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    xlen = subprocess.run(
+        ["redis-cli", "-u", redis_url, "XLEN", "md:trades:raw"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert int(xlen.stdout) == n
 
 
@@ -101,12 +138,15 @@ def test_replay_csv_dumps_merged_by_time(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     # µs timestamps (2025 dumps) in one file, ms in the other; one bad row.
-    btc = _dump(tmp_path / "BTCUSDT-trades-2025-03-14.csv", [
-        f"{i},{96000 + i}.5,0.001,96.0005,{(T0 + i * 1000) * 1000},true,true" for i in range(1, 6)
-    ] + ["6,not-a-price,1,1,1741910406000000,true,true"])  # fmt: skip
-    eth = _dump(tmp_path / "ETHUSDT-trades-2025-03-14.csv", [
-        f"{i},3200.{i},0.5,1600,{T0 + i * 1000 + 500},false,true" for i in range(1, 6)
-    ])  # fmt: skip
+    btc = _dump(
+        tmp_path / "BTCUSDT-trades-2025-03-14.csv",
+        [f"{i},{96000 + i}.5,0.001,96.0005,{(T0 + i * 1000) * 1000},true,true" for i in range(1, 6)]
+        + ["6,not-a-price,1,1,1741910406000000,true,true"],
+    )
+    eth = _dump(
+        tmp_path / "ETHUSDT-trades-2025-03-14.csv",
+        [f"{i},3200.{i},0.5,1600,{T0 + i * 1000 + 500},false,true" for i in range(1, 6)],
+    )
     zipped = tmp_path / "ETHUSDT-trades-2025-03-14.zip"
     with zipfile.ZipFile(zipped, "w") as zf:
         zf.write(eth, eth.name)
@@ -148,11 +188,25 @@ def test_replay_ws_jsonl_keeps_lines_as_received(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     lines = [
-        json.dumps({"stream": "btcusdt@trade", "data": {"e": "trade", "E": T0 + 2, "s": "BTCUSDT",
-                    "t": 1, "p": "1.0", "q": "2.0", "T": T0, "m": True, "M": True}}),
+        json.dumps(
+            {
+                "stream": "btcusdt@trade",
+                "data": {
+                    "e": "trade",
+                    "E": T0 + 2,
+                    "s": "BTCUSDT",
+                    "t": 1,
+                    "p": "1.0",
+                    "q": "2.0",
+                    "T": T0,
+                    "m": True,
+                    "M": True,
+                },
+            }
+        ),
         '{"e":"trade","s":"BTCUSDT","t":2,"p":"1.5","q":"1","T":1741910400010,"m":false}',
         "{truncated",
-    ]  # fmt: skip
+    ]
     f = tmp_path / "rec.jsonl"
     f.write_text("\n".join(lines) + "\n")
     out = cli("feed", "replay", str(f), "--format", "binance-ws", "--redis-url", redis_url)
@@ -190,10 +244,26 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cryptopipe", "up", "--redis-url", url, "--home", str(tmp_path),
-         "--rate", "50", "--for", "60", "--dagster-port", str(free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cryptopipe",
+            "up",
+            "--redis-url",
+            url,
+            "--home",
+            str(tmp_path),
+            "--rate",
+            "50",
+            "--for",
+            "60",
+            "--dagster-port",
+            str(free_port()),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         client = redis.Redis.from_url(url)
         deadline = time.monotonic() + 30

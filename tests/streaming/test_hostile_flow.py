@@ -1,4 +1,4 @@
-"""100,000 hostile payloads through the real candles flow process (slow, issue 7).
+"""100,000 hostile payloads through the real candles flow process (slow).
 
 The corpus of :mod:`marketdata.hostile` (truncated and invalid JSON, NaN and Infinity,
 huge numbers, exponents, underscores, wrong types, missing and duplicate keys,
@@ -82,8 +82,13 @@ def test_hundred_thousand_hostile_payloads_through_the_candles_flow(
     env |= {"REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(tmp_path / "home")}
     done = subprocess.run(
         [sys.executable, "-m", "cryptopipe", "stream", "run", "candles", "--exit-when-idle", "2"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     # The DLQ: one entry per rejected payload, by raw-log id, reason and bytes.
@@ -97,8 +102,11 @@ def test_hundred_thousand_hostile_payloads_through_the_candles_flow(
         if outcome not in ("trade", "duplicate")
     }
     assert len(dlq) == redis_client.xlen(DLQ_STREAM)  # no entry twice
-    wrong = [(i, want.get(i, ("(accepted)",))[0], dlq.get(i, ("(missing)",))[0])
-             for i in want.keys() | dlq.keys() if want.get(i) != dlq.get(i)]  # fmt: skip
+    wrong = [
+        (i, want.get(i, ("(accepted)",))[0], dlq.get(i, ("(missing)",))[0])
+        for i in want.keys() | dlq.keys()
+        if want.get(i) != dlq.get(i)
+    ]
     assert wrong[:10] == [] and len(wrong) == 0
     assert redis_client.xlen(LATE_STREAM) == 0
 
@@ -128,8 +136,9 @@ def test_hundred_thousand_hostile_payloads_through_the_candles_flow(
     assert int(counts.get("late", 0)) == 0
     assert int(counts["rejected"]) == len(want) == len(dlq)
     by_reason = Counter(reason for reason, _ in dlq.values())
-    assert {k.removeprefix("rejected:"): int(v) for k, v in counts.items()
-            if k.startswith("rejected:")} == by_reason  # fmt: skip
+    assert {
+        k.removeprefix("rejected:"): int(v) for k, v in counts.items() if k.startswith("rejected:")
+    } == by_reason
     assert int(counts["entries"]) == sum(
         int(counts.get(k, 0)) for k in ("trades", "duplicates", "late", "rejected")
     )

@@ -29,8 +29,14 @@ print(anon_kb() - before)
 
 
 def grown_kb(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=ROOT, capture_output=True,
-                         text=True, check=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return int(out.stdout)
 
 

@@ -41,8 +41,14 @@ WARMUP = 150
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
-    out = subprocess.run([sys.executable, "-m", "cryptopipe", *args], env=env,
-                         capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -66,9 +72,27 @@ def metrics_state(client: redis.Redis) -> dict[str, object]:
 @pytest.fixture
 def session(env: dict[str, str], redis_client: redis.Redis) -> dict[str, str]:
     # ~420 one-minute candles per symbol (7 h of market); 0.5% malformed, some dupes.
-    cli(env, "feed", "simulate", "--start", "2025-03-14T20:00:00Z", "--duration", "25200",
-        "--rate", "4", "--speed", "max", "--seed", "5", "--symbols", "BTCUSDT,ETHUSDT",
-        "--duplicates", "0.01", "--malformed", "0.005")  # fmt: skip
+    cli(
+        env,
+        "feed",
+        "simulate",
+        "--start",
+        "2025-03-14T20:00:00Z",
+        "--duration",
+        "25200",
+        "--rate",
+        "4",
+        "--speed",
+        "max",
+        "--seed",
+        "5",
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
+        "--duplicates",
+        "0.01",
+        "--malformed",
+        "0.005",
+    )
     cli(env, "stream", "run", "candles", "--exit-when-idle", "1.5")
     # Per symbol: 420 (1m) + 84 (5m) + 28 (15m) + 7 (1h) + 1..2 (4h) + 1 (1d) closed events.
     assert redis_client.xlen(CLOSED_EVENTS_STREAM) >= 2 * (420 + 84 + 28 + 7 + 1 + 1)
@@ -112,9 +136,20 @@ def test_indicators_equal_talib_and_vwap_is_exact(
     assert Decimal(latest["vwap"]) == (q / v).quantize(Decimal("1e-8"))
     assert latest["open_time"] == candles[-1]["open_time"]
     assert latest["close"] == candles[-1]["close"]
-    assert set(latest) >= {"symbol", "open_time", "close", "ema_12", "ema_26", "macd",
-                           "macd_signal", "macd_hist", "rsi_14", "vwap", "price_anomaly",
-                           "volume_anomaly"}  # fmt: skip
+    assert set(latest) >= {
+        "symbol",
+        "open_time",
+        "close",
+        "ema_12",
+        "ema_26",
+        "macd",
+        "macd_signal",
+        "macd_hist",
+        "rsi_14",
+        "vwap",
+        "price_anomaly",
+        "volume_anomaly",
+    }
 
 
 @pytest.mark.slow
@@ -183,8 +218,10 @@ def test_anomalies_and_spread_with_known_answers(
     closed.append(_candle("kraken", "BTCUSDT", 40, 101, 10))
     store.write([CandleWrites("md:trades:raw", closed=closed)])
     cli(env, "stream", "run", "metrics", "--exit-when-idle", "1.5")
-    anomalies = [{k.decode(): v.decode() for k, v in f.items()}
-                 for _, f in redis_client.xrange(ANOMALIES_STREAM)]  # fmt: skip
+    anomalies = [
+        {k.decode(): v.decode() for k, v in f.items()}
+        for _, f in redis_client.xrange(ANOMALIES_STREAM)
+    ]
     assert sorted((a["exchange"], a["kind"], int(a["open_time"])) for a in anomalies) == [
         ("binance", "price", T0 + 40 * 60_000),
         ("binance", "volume", T0 + 40 * 60_000),

@@ -20,12 +20,24 @@ T0 = 1_741_910_400_000
 @pytest.mark.slow
 def test_simulated_feed_survives_a_redis_restart(tmp_path: Path) -> None:
     server = LocalRedis(tmp_path / "redis", free_port()).start()
-    args = ["--start", "2025-03-14T00:00:00Z", "--duration", "10", "--rate", "100",
-            "--speed", "1", "--seed", "3"]  # fmt: skip
+    args = [
+        "--start",
+        "2025-03-14T00:00:00Z",
+        "--duration",
+        "10",
+        "--rate",
+        "100",
+        "--speed",
+        "1",
+        "--seed",
+        "3",
+    ]
     feed = subprocess.Popen(
         [sys.executable, "-m", "cryptopipe", "feed", "simulate", "--redis-url", server.url, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         client = redis.Redis.from_url(server.url)
         deadline = time.monotonic() + 20

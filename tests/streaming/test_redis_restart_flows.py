@@ -1,4 +1,4 @@
-"""A Redis restart while every flow runs (slow, issue 7).
+"""A Redis restart while every flow runs (slow).
 
 The simulated feed and the three flows (candles, metrics, archive) run as real
 processes against a real ``redis-server`` with AOF ``everysec``; in the middle of the
@@ -52,9 +52,17 @@ FLOWS = ("candles", "metrics", "archive")
 
 
 def sim_config() -> SimConfig:
-    return SimConfig(symbols=SYMBOLS, rate=RATE, start_ms=START, duration_s=DURATION, seed=9,
-                     duplicates=0.01, malformed=0.01, out_of_order=0.02,
-                     first_trade_id=START * 10)  # fmt: skip
+    return SimConfig(
+        symbols=SYMBOLS,
+        rate=RATE,
+        start_ms=START,
+        duration_s=DURATION,
+        seed=9,
+        duplicates=0.01,
+        malformed=0.01,
+        out_of_order=0.02,
+        first_trade_id=START * 10,
+    )
 
 
 def valid_trades() -> list[Trade]:
@@ -75,13 +83,24 @@ def candles_of(trades: list[Trade]) -> dict:
 
 def stored(client: redis.Redis) -> dict:
     reader = StreamCandleReader(client)
-    return {rec.candle.key: rec.candle.fields()
-            for sym in SYMBOLS for iv in Interval for rec in reader.read(sym, iv)}  # fmt: skip
+    return {
+        rec.candle.key: rec.candle.fields()
+        for sym in SYMBOLS
+        for iv in Interval
+        for rec in reader.read(sym, iv)
+    }
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cryptopipe", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class AofSizes(threading.Thread):
@@ -132,10 +151,21 @@ def run_with_outage(tmp_path: Path, kill: bool) -> tuple[LocalRedis, dict[str, s
         for name in FLOWS:
             with (logs / f"{name}.log").open("wb") as out:
                 procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "cryptopipe", "stream", "run", name,
-                     "--snapshot-interval", "1"],
-                    env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out,
-                )  # fmt: skip
+                    [
+                        sys.executable,
+                        "-m",
+                        "cryptopipe",
+                        "stream",
+                        "run",
+                        name,
+                        "--snapshot-interval",
+                        "1",
+                    ],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=out,
+                )
         client = redis.Redis.from_url(server.url)
         deadline = time.monotonic() + 60
         while not all(client.exists(f"md:flow:{n}:heartbeat") for n in FLOWS):
@@ -143,12 +173,36 @@ def run_with_outage(tmp_path: Path, kill: bool) -> tuple[LocalRedis, dict[str, s
             time.sleep(0.2)
         with (logs / "feed.log").open("wb") as out:
             procs["feed"] = subprocess.Popen(
-                [sys.executable, "-m", "cryptopipe", "feed", "simulate",
-                 "--symbols", ",".join(SYMBOLS), "--rate", str(RATE), "--start", str(START),
-                 "--duration", str(DURATION), "--seed", "9", "--duplicates", "0.01",
-                 "--malformed", "0.01", "--out-of-order", "0.02", "--speed", str(SPEED)],
-                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "cryptopipe",
+                    "feed",
+                    "simulate",
+                    "--symbols",
+                    ",".join(SYMBOLS),
+                    "--rate",
+                    str(RATE),
+                    "--start",
+                    str(START),
+                    "--duration",
+                    str(DURATION),
+                    "--seed",
+                    "9",
+                    "--duplicates",
+                    "0.01",
+                    "--malformed",
+                    "0.01",
+                    "--out-of-order",
+                    "0.02",
+                    "--speed",
+                    str(SPEED),
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+            )
         sizes = AofSizes(server.data_dir)
         if kill:
             sizes.start()
@@ -265,10 +319,15 @@ def test_a_redis_crash_loses_a_bounded_second_and_reconciliation_flags_it(
         assert in_batch <= expected_1m
         # Every window where the streamed candle is not the batch one is flagged.
         streamed = stored(client)
-        differing = {k for k in streamed.keys() | batch_candles.keys()
-                     if streamed.get(k) != batch_candles.get(k)}  # fmt: skip
-        flagged = {(d["exchange"], d["symbol"], d["interval"], d["open_time"])
-                   for d in report["differences"]}  # fmt: skip
+        differing = {
+            k
+            for k in streamed.keys() | batch_candles.keys()
+            if streamed.get(k) != batch_candles.get(k)
+        }
+        flagged = {
+            (d["exchange"], d["symbol"], d["interval"], d["open_time"])
+            for d in report["differences"]
+        }
         assert differing, "the lost second held a closed candle: some window must differ"
         assert flagged == differing
         assert json.loads(rec.stdout)["unexplained"] == len(differing)
