@@ -113,26 +113,34 @@ def seal_status(
     at = seals_at(day, lateness_ms)
     ok, why = import_seal(lake, day)
     if ok:
-        return SealStatus(day, True, "import", why, at)
+        return SealStatus(day=day, sealed=True, by="import", reason=why, seals_at_ms=at)
     try:
         wm = watermark()
     except WatermarkUnavailableError as exc:
-        return SealStatus(day, False, "", f"{why}, and the archive watermark is unknown: {exc}", at)
+        return SealStatus(
+            day=day,
+            sealed=False,
+            by="",
+            reason=f"{why}, and the archive watermark is unknown: {exc}",
+            seals_at_ms=at,
+        )
     if wm is None:
         reason = (
             f"{why}, and the archive flow has not set its watermark "
             f"({ARCHIVE_WATERMARK_KEY}): nothing says the day's trades are all archived"
         )
-        return SealStatus(day, False, "", reason, at)
+        return SealStatus(day=day, sealed=False, by="", reason=reason, seals_at_ms=at)
     if wm >= at:
         reason = f"the archive watermark {format_ms(wm)} is past {format_ms(at)}"
-        return SealStatus(day, True, "watermark", reason, at, wm)
+        return SealStatus(
+            day=day, sealed=True, by="watermark", reason=reason, seals_at_ms=at, watermark_ms=wm
+        )
     reason = (
         f"the archive watermark is at {format_ms(wm)}; {day.isoformat()} seals when it "
         f"reaches {format_ms(at)} (next midnight plus the allowed lateness of "
         f"{lateness_ms / 1000:g} s)"
     )
-    return SealStatus(day, False, "", reason, at, wm)
+    return SealStatus(day=day, sealed=False, by="", reason=reason, seals_at_ms=at, watermark_ms=wm)
 
 
 def parse_watermark(raw: bytes | str | None) -> int | None:

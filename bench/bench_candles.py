@@ -313,7 +313,18 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
     client = redis.Redis.from_url(url)
     client.flushall()
     writer = RawLogWriter(client)
-    objs = [Trade("binance", s, tid, p, q, t, m) for s, tid, p, q, t, m in trades]
+    objs = [
+        Trade(
+            exchange="binance",
+            symbol=s,
+            trade_id=tid,
+            price_e8=p,
+            quantity_e8=q,
+            event_time=t,
+            is_buyer_maker=m,
+        )
+        for s, tid, p, q, t, m in trades
+    ]
     msgs = [
         RawMessage(trade_payload(tr), "binance", tr.event_time, symbol=tr.symbol) for tr in objs
     ]
@@ -459,13 +470,13 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
             for _ in range(k):
                 s = syms[rng.randrange(symbols)]
                 tr = Trade(
-                    "binance",
-                    s,
-                    next_id[s],
-                    rng.randrange(10**9, 10**10),
-                    rng.randrange(1, 10**8),
-                    ms,
-                    rng.random() < 0.5,
+                    exchange="binance",
+                    symbol=s,
+                    trade_id=next_id[s],
+                    price_e8=rng.randrange(10**9, 10**10),
+                    quantity_e8=rng.randrange(1, 10**8),
+                    event_time=ms,
+                    is_buyer_maker=rng.random() < 0.5,
                 )
                 next_id[s] += 1
                 batch.append(RawMessage(trade_payload(tr), "binance", ms, symbol=s))

@@ -580,9 +580,7 @@ def report_counts(run: Run, elapsed: float, final: dict[str, Any]) -> list[str]:
 
 def final_counts(run: Run) -> dict[str, Any]:
     cl = run.client
-    counts = {
-        k.decode(): v.decode() for k, v in cl.hgetall(counts_key("candles", RAW)).items()
-    }
+    counts = {k.decode(): v.decode() for k, v in cl.hgetall(counts_key("candles", RAW)).items()}
     feed_log = run.procs.child("feed").log_path.read_text(errors="replace")
     m = FEED_LINE.search(feed_log)
     written, kinds = (int(m.group(1)), m.group(2).strip()) if m else (-1, "(no summary)")

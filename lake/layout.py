@@ -309,7 +309,6 @@ def write_import_marker(lake: Lake, day: date, stem: str, info: dict[str, Any]) 
     return path
 
 
-
 def as_lake(where: Settings | Lake | str | os.PathLike[str]) -> Lake:
     """The :class:`Lake` of settings (their lake URI), of a URI, or the lake itself."""
     if isinstance(where, Lake):

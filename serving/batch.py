@@ -75,9 +75,7 @@ class BatchCandleReader:
         self, symbol: str, interval: Interval, exchange: str, before: int
     ) -> CandleRecord | None:
         """The last batch candle before ``before`` (within the covered days)."""
-        days = sorted(
-            d for d in self.covered_days(interval) if day_start_ms(d) < before
-        )
+        days = sorted(d for d in self.covered_days(interval) if day_start_ms(d) < before)
         for d in reversed(days):
             start = day_start_ms(d)
             found = read_batch_candles(self.settings, exchange, symbol, interval, start, before)

@@ -609,8 +609,24 @@ class ShardAggregator:
             self._count("duplicates")
             return
         self._count("late")
-        trade = Trade(ex, sym, tid, pb.price[k], pb.quantity[k], t, pb.maker[k])
-        out.late.append(LateTrade(trade, window_keys(t), wm, self.stream, ids[pb.idx[k]]))
+        trade = Trade(
+            exchange=ex,
+            symbol=sym,
+            trade_id=tid,
+            price_e8=pb.price[k],
+            quantity_e8=pb.quantity[k],
+            event_time=t,
+            is_buyer_maker=pb.maker[k],
+        )
+        out.late.append(
+            LateTrade(
+                trade=trade,
+                windows=window_keys(t),
+                watermark=wm,
+                stream=self.stream,
+                entry_id=ids[pb.idx[k]],
+            )
+        )
 
     # -- closing ------------------------------------------------------------------
 

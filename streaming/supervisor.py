@@ -354,4 +354,13 @@ class Supervisor:
             state, reason = "stalled", f"heartbeat {age:.0f}s old"
         else:
             state, reason = "running", "ok"
-        return FlowStatus(name, state, pid, desired, age, restarts, reason, hb or {})
+        return FlowStatus(
+            name=name,
+            state=state,
+            pid=pid,
+            desired=desired,
+            heartbeat_age_s=age,
+            restarts_in_window=restarts,
+            reason=reason,
+            heartbeat=hb or {},
+        )

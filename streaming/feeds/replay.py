@@ -60,6 +60,8 @@ def _read_file(
     path: Path, fmt: str, exchange: str, symbol: str | None, consumed: list[int]
 ) -> Iterator[tuple[int, RawMessage]]:
     t = 0
+    # RawMessage(payload, exchange, recv_ms, fmt, symbol) is built positionally here:
+    # once per line of a replay, where keywords would double its cost.
     with open_dump(path)[0] as f:
         for lineno, raw in enumerate(f):
             consumed[0] += len(raw)

@@ -69,13 +69,13 @@ def expected_trade(symbol: str, tid: int) -> Trade:
     whole, frac = r["price"].split(".")
     qwhole, qfrac = r["qty"].split(".")
     return Trade(
-        "binance",
-        symbol,
-        tid,
-        int(whole) * 10**8 + int(frac),
-        int(qwhole) * 10**8 + int(qfrac),
-        r["time"],
-        r["isBuyerMaker"],
+        exchange="binance",
+        symbol=symbol,
+        trade_id=tid,
+        price_e8=int(whole) * 10**8 + int(frac),
+        quantity_e8=int(qwhole) * 10**8 + int(qfrac),
+        event_time=r["time"],
+        is_buyer_maker=r["isBuyerMaker"],
     )
 
 

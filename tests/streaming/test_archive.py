@@ -54,7 +54,17 @@ def entries_of(cfg: SimConfig, id_offset_ms: int = 0) -> tuple[list[bytes], list
         nxt = (ms, 0) if ms > last[0] else (last[0], last[1] + 1)
         last = nxt
         ids.append(f"{nxt[0]}-{nxt[1]}".encode())
-        fields.append(flat(RawMessage(m.payload, m.exchange, m.arrival_ms, FORMAT_WS, m.symbol)))
+        fields.append(
+            flat(
+                RawMessage(
+                    payload=m.payload,
+                    exchange=m.exchange,
+                    recv_ms=m.arrival_ms,
+                    fmt=FORMAT_WS,
+                    symbol=m.symbol,
+                )
+            )
+        )
     return ids, fields
 
 

@@ -164,7 +164,15 @@ def _entry(t: Trade, recv: int | None = None) -> list[bytes]:
 
 
 def _tr(tid: int, t: int, sym: str = "BTCUSDT") -> Trade:
-    return Trade("binance", sym, tid, 100 * 10**8, 10**8, t, False)
+    return Trade(
+        exchange="binance",
+        symbol=sym,
+        trade_id=tid,
+        price_e8=100 * 10**8,
+        quantity_e8=10**8,
+        event_time=t,
+        is_buyer_maker=False,
+    )
 
 
 def test_idle_stream_closes_windows_by_arrival_clock_ticks() -> None:
@@ -293,7 +301,15 @@ def test_fast_parser_agrees_on_the_hostile_corpus() -> None:
 
 def test_fast_parser_takes_the_fast_path_for_canonical_trades() -> None:
     trades = [
-        Trade("binance", "ETHUSDT", i, 3000 * 10**8 + i, 10**6, T0 + i, i % 2 == 0)
+        Trade(
+            exchange="binance",
+            symbol="ETHUSDT",
+            trade_id=i,
+            price_e8=3000 * 10**8 + i,
+            quantity_e8=10**6,
+            event_time=T0 + i,
+            is_buyer_maker=i % 2 == 0,
+        )
         for i in range(1000)
     ]
     parser = _check_same(
@@ -386,11 +402,18 @@ def test_csv_trade_ids_beyond_int64_are_rejected_like_websocket_ones() -> None:
     # Fixed in marketdata/parsing.py: the CSV path now range-checks the trade id too,
     # so every accepted id fits the lake's int64 column and the flow's id runs.
     row = b"99999999999999999999,1.00000000,1.00000000,1,1741910400000,true,true"
-    res = parse_raw_message(RawMessage(row, "binance", T0, "binance-csv", "BTCUSDT"))
+    res = parse_raw_message(
+        RawMessage(payload=row, exchange="binance", recv_ms=T0, fmt="binance-csv", symbol="BTCUSDT")
+    )
     assert isinstance(res, Rejection) and res.reason == "bad_number:trade_id"
     ok = b"9223372036854775807,1.00000000,1.00000000,1,1741910400000,true,true"
     assert isinstance(
-        parse_raw_message(RawMessage(ok, "binance", T0, "binance-csv", "BTCUSDT")), Trade
+        parse_raw_message(
+            RawMessage(
+                payload=ok, exchange="binance", recv_ms=T0, fmt="binance-csv", symbol="BTCUSDT"
+            )
+        ),
+        Trade,
     )
 
 
@@ -457,6 +480,11 @@ def test_fast_parser_takes_the_fast_path_for_dump_rows() -> None:
         f"{i},96000.0{i % 10}000000,0.00100000,96.00001000,{T0 * 1000 + i},True,True"
         for i in range(500)
     ]
-    msgs = [RawMessage(r.encode(), "binance", T0, "binance-csv", "BTCUSDT") for r in rows]
+    msgs = [
+        RawMessage(
+            payload=r.encode(), exchange="binance", recv_ms=T0, fmt="binance-csv", symbol="BTCUSDT"
+        )
+        for r in rows
+    ]
     parser = _check_same(msgs)
     assert parser.fast == 500 and parser.slow == 0

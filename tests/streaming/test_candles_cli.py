@@ -101,13 +101,13 @@ class RealTimeFeed(threading.Thread):
             for _ in range(rng.randrange(1, 8)):
                 s = rng.choice(syms)
                 t = Trade(
-                    "binance",
-                    s,
-                    next_id[s],
-                    rng.randrange(10**9, 10**12),
-                    rng.randrange(1, 10**9),
-                    ms,
-                    rng.random() < 0.5,
+                    exchange="binance",
+                    symbol=s,
+                    trade_id=next_id[s],
+                    price_e8=rng.randrange(10**9, 10**12),
+                    quantity_e8=rng.randrange(1, 10**9),
+                    event_time=ms,
+                    is_buyer_maker=rng.random() < 0.5,
                 )
                 next_id[s] += 1
                 self.trades.append(t)

@@ -142,7 +142,17 @@ def gen_day(
         next_id[(ex, sym)] += rng.randrange(2, 50) if sparse_ids else 1
         price[sym] = max(10**6, price[sym] + rng.randrange(-(10**7), 10**7 + 1))
         qty = rng.randrange(1, 10**9)
-        trades.append(Trade(ex, sym, tid, price[sym], qty, t, rng.random() < 0.5))
+        trades.append(
+            Trade(
+                exchange=ex,
+                symbol=sym,
+                trade_id=tid,
+                price_e8=price[sym],
+                quantity_e8=qty,
+                event_time=t,
+                is_buyer_maker=rng.random() < 0.5,
+            )
+        )
     kinds = ["late" if rng.random() < late else "normal" for _ in trades]
     arrivals: list[int] = []
     for t, kind in zip(trades, kinds, strict=True):

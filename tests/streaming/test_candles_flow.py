@@ -81,13 +81,13 @@ def late_trades(client: redis.Redis) -> list[tuple[Trade, dict]]:
     for _, f in client.xrange(LATE_STREAM):
         d = {k.decode(): v.decode() for k, v in f.items()}
         t = Trade(
-            d["exchange"],
-            d["symbol"],
-            int(d["trade_id"]),
-            int(d["price"].replace(".", "")),
-            int(d["quantity"].replace(".", "")),
-            int(d["event_time"]),
-            d["is_buyer_maker"] == "true",
+            exchange=d["exchange"],
+            symbol=d["symbol"],
+            trade_id=int(d["trade_id"]),
+            price_e8=int(d["price"].replace(".", "")),
+            quantity_e8=int(d["quantity"].replace(".", "")),
+            event_time=int(d["event_time"]),
+            is_buyer_maker=d["is_buyer_maker"] == "true",
         )
         out.append((t, orjson.loads(d["windows"])))
     return out
@@ -203,7 +203,15 @@ def test_live_candles_are_published_while_windows_are_open(
 ) -> None:
     day = Day([], set(), [], 0, 0, 5000)
     trades = [
-        Trade("binance", "BTCUSDT", i, 100 * 10**8 + i, 10**8, T0 + 1000 * i, False)
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=i,
+            price_e8=100 * 10**8 + i,
+            quantity_e8=10**8,
+            event_time=T0 + 1000 * i,
+            is_buyer_maker=False,
+        )
         for i in range(1, 6)
     ]
     from marketdata.rawmessage import RawMessage
@@ -265,7 +273,15 @@ def test_live_candles_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch)
     logic = flow_mod._CandlesLogic(cfg, None)
 
     def batch(i: int, sym: str = "BTCUSDT") -> RawBatch:
-        t = Trade("binance", sym, i, 10**10 + i, 10**8, T0 + i, False)
+        t = Trade(
+            exchange="binance",
+            symbol=sym,
+            trade_id=i,
+            price_e8=10**10 + i,
+            quantity_e8=10**8,
+            event_time=T0 + i,
+            is_buyer_maker=False,
+        )
         flat: list[bytes] = []
         for k, v in RawMessage(trade_payload(t), "binance", T0 + i, symbol=sym).to_fields().items():
             flat += [k, v]

@@ -202,7 +202,15 @@ def test_replays_duplicates_and_sigkill_change_nothing(
 
 
 def _candle(ex: str, sym: str, minute: int, close: int, volume: int) -> Candle:
-    t = Trade(ex, sym, minute + 1, close * 10**8, volume * 10**8, T0 + minute * 60_000, False)
+    t = Trade(
+        exchange=ex,
+        symbol=sym,
+        trade_id=minute + 1,
+        price_e8=close * 10**8,
+        quantity_e8=volume * 10**8,
+        event_time=T0 + minute * 60_000,
+        is_buyer_maker=False,
+    )
     return Candle.from_trade(t, Interval.M1)
 
 

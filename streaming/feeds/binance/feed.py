@@ -177,7 +177,11 @@ class BinanceFeed:
                     return
         # Anything else (other events, malformed frames) is written as received: the
         # candles flow sends it to the DLQ with a reason instead of it vanishing here.
-        await self._emit(RawMessage(frame, EXCHANGE, recv_ms, FORMAT_WS, symbol))
+        await self._emit(
+            RawMessage(
+                payload=frame, exchange=EXCHANGE, recv_ms=recv_ms, fmt=FORMAT_WS, symbol=symbol
+            )
+        )
 
     async def _emit(self, msg: RawMessage) -> None:
         self._buf.append(msg)
