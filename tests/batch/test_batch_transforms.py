@@ -23,6 +23,7 @@ from batch.transforms import (
     ratio_e8,
 )
 from marketdata.decimals import div_half_even, e8_to_decimal
+from marketdata.interval import ALL_INTERVALS
 
 D0 = 1_741_910_400_000
 
@@ -79,7 +80,8 @@ def test_fast_path_equals_exact_path_on_every_interval(spark: SparkSession, dist
     fast = all_intervals(candles_from_partials(partials))
     exact = all_intervals(minute_candles_exact(dedupe_trades(trades)))
     assertDataFrameEqual(fast, exact)
-    assert fast.count() == (2 + 5) + 6  # A: 2 minutes, 1 window per coarser; B: 1 each
+    n = len(ALL_INTERVALS)
+    assert fast.count() == (2 + n - 1) + n  # A: 2 minutes, 1 window per coarser; B: 1 each
     assert fast.columns == [*CANDLE_COLUMNS, "interval"]
 
 
