@@ -8,12 +8,12 @@ from batch.sealing import day_seal
 from orchestration.batch_layer.partitions import daily
 from orchestration.resources import PipelineResource
 
-#: The day's batch, then the stream snapshot and the reconciliation with its check.
+#: Every asset of the batch layer's group for a day: the archived trades, the batch,
+#: the stream snapshot and the reconciliation with its check (a new asset of the group
+#: joins the day's run by being in the group).
 daily_batch_job = dg.define_asset_job(
     "daily_batch_job",
-    selection=dg.AssetSelection.assets(
-        "archived_trades", "batch_candles", "daily_aggregates", "stream_candles", "reconciliation"
-    ),
+    selection=dg.AssetSelection.groups("batch_layer"),
     partitions_def=daily,  # resolves the schedule now (Dagster infers it otherwise, later)
     description="Batch candles and aggregates of a UTC day, then reconciliation against the "
     "stream (refuses an unsealed day unless forced).",

@@ -41,3 +41,22 @@ def test_raw_log_stats_materializes(redis_url: str, redis_client: redis.Redis) -
     assert result.success
     (mat,) = result.asset_materializations_for_node("raw_log")
     assert mat.metadata["entries"].value == 7
+
+
+def test_the_daily_job_runs_every_batch_layer_asset_and_nothing_else() -> None:
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def("daily_batch_job")
+    keys = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    batch_group = {
+        spec.key.to_user_string()
+        for spec in defs.resolve_all_asset_specs()
+        if spec.group_name == "batch_layer"
+    }
+    assert keys == batch_group == {
+        "archived_trades",
+        "batch_candles",
+        "daily_aggregates",
+        "stream_candles",
+        "reconciliation",
+    }
