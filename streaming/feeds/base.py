@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import threading
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.settings import Settings
@@ -29,9 +29,9 @@ class Feed(Protocol):
     """A source of trades (see the module docstring)."""
 
     #: The subcommand: ``cryptopipe feed <name>``.
-    name: ClassVar[str]
+    name: str
     #: One line for ``cryptopipe feed --help``.
-    help: ClassVar[str]
+    help: str
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the feed's own options to its subcommand."""

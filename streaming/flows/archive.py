@@ -178,15 +178,7 @@ def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = 
 
     """
     stop = should_stop or stop_requested
-    flow, raw, heartbeat = flow_input(
-        cfg.name,
-        cfg.redis_url,
-        cfg.streams,
-        batch_size=cfg.batch_size,
-        poll_s=cfg.poll_s,
-        exit_when_idle=cfg.exit_when_idle,
-        should_stop=stop,
-    )
+    flow, raw, heartbeat = flow_input(cfg, cfg.streams, stop)
     works = op.stateful_batch(
         "archive", raw, lambda resume: _ArchiveLogic(cfg, resume or None, stop)
     )

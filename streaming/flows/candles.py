@@ -194,15 +194,7 @@ def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = 
 
     """
     stop = should_stop or stop_requested
-    flow, raw, heartbeat = flow_input(
-        cfg.name,
-        cfg.redis_url,
-        cfg.streams,
-        batch_size=cfg.batch_size,
-        poll_s=cfg.poll_s,
-        exit_when_idle=cfg.exit_when_idle,
-        should_stop=stop,
-    )
+    flow, raw, heartbeat = flow_input(cfg, cfg.streams, stop)
     candles = op.stateful_batch(
         "candles", raw, lambda resume: _CandlesLogic(cfg, resume or None, stop)
     )

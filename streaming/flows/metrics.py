@@ -98,14 +98,7 @@ class _MetricsLogic(StatefulBatchLogic[ClosedBar, MetricsWrites, bytes]):
 
 def build_flow(cfg: MetricsFlowConfig) -> Dataflow:
     """The metrics dataflow for ``cfg``."""
-    flow, events, heartbeat = flow_input(
-        cfg.name,
-        cfg.redis_url,
-        [cfg.stream],
-        batch_size=cfg.batch_size,
-        poll_s=cfg.poll_s,
-        exit_when_idle=cfg.exit_when_idle,
-    )
+    flow, events, heartbeat = flow_input(cfg, [cfg.stream])
     bars = op.flat_map("bars", events, _keyed_bars)
     metrics = op.stateful_batch("metrics", bars, lambda resume: _MetricsLogic(cfg, resume or None))
     sink = FlowSink(

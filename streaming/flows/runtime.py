@@ -26,7 +26,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import bytewax.operators as op
 import redis
@@ -316,30 +316,55 @@ class StoppableSource(RedisStreamSource):
 # --------------------------------------------------------------------------- set-up
 
 
+class InputConfig(Protocol):
+    """What :func:`flow_input` reads of a flow's configuration."""
+
+    @property
+    def name(self) -> str:
+        """The flow's name (its heartbeat, its dataflow)."""
+        ...
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis of the streams it reads."""
+        ...
+
+    @property
+    def batch_size(self) -> int:
+        """Entries per read."""
+        ...
+
+    @property
+    def poll_s(self) -> float:
+        """Pause between reads of a caught-up stream."""
+        ...
+
+    @property
+    def exit_when_idle(self) -> float | None:
+        """End the input after this many idle seconds (``None``: run forever)."""
+        ...
+
+
 def flow_input(
-    name: str,
-    redis_url: str,
+    cfg: InputConfig,
     streams: Iterable[str],
-    *,
-    batch_size: int,
-    poll_s: float,
-    exit_when_idle: float | None,
     should_stop: Callable[[], bool] = stop_requested,
 ) -> tuple[Dataflow, Stream[tuple[str, RawBatch]], FlowHeartbeat]:
     """What every flow starts with: its dataflow, its input and its heartbeat.
 
     The input reads ``streams`` (one partition each) with a :class:`StoppableSource`
-    that reports to the process's heartbeat and ends when ``should_stop()`` turns
-    true. The flow's sink reports its writes with ``heartbeat.on_written``.
+    (``cfg``'s batch size, poll interval and idle exit) that reports to the process's
+    heartbeat and ends when ``should_stop()`` turns true. The flow's sink reports its
+    writes with ``heartbeat.on_written``.
     """
-    heartbeat = flow_heartbeat(name, redis_url)
-    flow = Dataflow(name)
+    heartbeat = flow_heartbeat(cfg.name, cfg.redis_url)
+    flow = Dataflow(cfg.name)
     source = StoppableSource(
-        redis_url,
+        cfg.redis_url,
         list(streams),
-        batch_size=batch_size,
-        poll_s=poll_s,
-        exit_when_idle=exit_when_idle,
+        batch_size=cfg.batch_size,
+        poll_s=cfg.poll_s,
+        exit_when_idle=cfg.exit_when_idle,
         observer=heartbeat,
         should_stop=should_stop,
     )
