@@ -18,14 +18,26 @@ from cryptopipe.localredis import free_port
 from tests.processes import leftovers
 
 
-def wait_for(pred: Callable[[], object], timeout: float, what: str) -> object:
+def log_tails(home: Path, lines: int = 25) -> str:
+    """The end of every log ``up`` and the flows wrote (what a timeout shows)."""
+    out = []
+    for path in sorted((home / "run" / "logs").glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+def wait_for(
+    pred: Callable[[], object], timeout: float, what: str, home: Path | None = None
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = pred()
         if value:
             return value
         time.sleep(1.0)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+    logs = f"\n{log_tails(home)}" if home is not None else ""
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{logs}")
 
 
 @pytest.mark.slow
@@ -66,12 +78,13 @@ def test_up_sensor_starts_flows_and_restarts_a_killed_one(tmp_path: Path) -> Non
             lambda: (s := status("candles")).get("state") == "running" and s,
             120,
             "the sensor to start the candles flow",
+            tmp_path,
         )
         client = redis.Redis.from_url(url)
         live = "md:candles:{BTCUSDT}:binance:live"
-        wait_for(lambda: client.exists(live), 60, "live candles")
+        wait_for(lambda: client.exists(live), 60, "live candles", tmp_path)
         closed_key = "md:candles:{BTCUSDT}:binance:1m"
-        wait_for(lambda: client.hlen(closed_key) >= 1, 90, "a closed 1m candle")
+        wait_for(lambda: client.hlen(closed_key) >= 1, 90, "a closed 1m candle", tmp_path)
         before = client.hgetall(closed_key)
         os.kill(first["pid"], signal.SIGKILL)
         again = wait_for(
@@ -82,12 +95,15 @@ def test_up_sensor_starts_flows_and_restarts_a_killed_one(tmp_path: Path) -> Non
             ),
             60,
             "the sensor to restart the killed flow",
+            tmp_path,
         )
         assert int(again["restarts"]) >= 1
         # Candles written before the kill are intact (idempotent rewrites at most).
         after = client.hgetall(closed_key)
         assert all(after[k] == v for k, v in before.items())
-        wait_for(lambda: client.hlen(closed_key) > len(before), 90, "new candles after restart")
+        wait_for(
+            lambda: client.hlen(closed_key) > len(before), 90, "new candles after restart", tmp_path
+        )
     finally:
         up.send_signal(signal.SIGINT)
         try:
