@@ -16,6 +16,8 @@ of the oldest 1m window still open.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: Below every real time: "no watermark yet".
 NEVER = -(1 << 62)
 MINUTE_MS = 60_000
@@ -70,3 +72,65 @@ class Watermark:
             self.e_max = event_time
             self.r_at_max = clock
             self.raise_to(event_time - lateness_ms)
+
+
+class VenueClocks:
+    """One :class:`Watermark` per venue: time comes from the venues.
+
+    A venue is a trade's ``exchange`` (a venue with several markets names each its own
+    way, e.g. ``binance`` and ``binance-futures``). Each venue's clock moves with its
+    own trades (and the arrival clock when they stall), so one venue that lags, or a
+    second venue's history written after the first's, is never late because of
+    another. What a partition has completed is the slowest of its venues
+    (:meth:`low`).
+
+    Args:
+        template: the clock a venue starts from when it first appears (a copy); by
+            default a new clock. A snapshot from when a partition had one clock
+            restores as the template, so every venue continues from it.
+
+    """
+
+    __slots__ = ("clocks", "template")
+
+    def __init__(self, template: Watermark | None = None) -> None:
+        self.clocks: dict[str, Watermark] = {}
+        self.template = template
+
+    def __getstate__(self) -> tuple[dict[str, tuple[int, int, int, int]], Any]:
+        t = self.template.__getstate__() if self.template is not None else None
+        return {v: m.__getstate__() for v, m in self.clocks.items()}, t
+
+    def __setstate__(self, state: tuple[dict[str, tuple[int, int, int, int]], Any]) -> None:
+        clocks, t = state
+        self.clocks = {v: Watermark(*s) for v, s in clocks.items()}
+        self.template = Watermark(*t) if t is not None else None
+
+    def __repr__(self) -> str:
+        return f"VenueClocks({self.clocks!r})"
+
+    def of(self, venue: str) -> Watermark:
+        """The clock of ``venue`` (started now if it is new)."""
+        mark = self.clocks.get(venue)
+        if mark is None:
+            t = self.template
+            mark = Watermark(*t.__getstate__()) if t is not None else Watermark()
+            self.clocks[venue] = mark
+        return mark
+
+    def advance(self, clock: int, lateness_ms: int, idle_advance_ms: int) -> None:
+        """The arrival clock reads ``clock``: every venue whose event time stalled moves."""
+        for mark in self.clocks.values():
+            mark.advance(clock, lateness_ms, idle_advance_ms)
+        if self.template is not None:
+            self.template.advance(clock, lateness_ms, idle_advance_ms)
+
+    def low(self) -> int:
+        """The slowest venue's watermark (the template's before any venue, or ``NEVER``)."""
+        if self.clocks:
+            return min(m.value for m in self.clocks.values())
+        return self.template.value if self.template is not None else NEVER
+
+    def cutoffs(self) -> dict[str, int]:
+        """Each venue's cutoff (open time of its oldest open 1m window)."""
+        return {v: m.cutoff for v, m in self.clocks.items()}

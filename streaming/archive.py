@@ -49,7 +49,7 @@ from lake.layout import SourceRange
 from lake.schemas import TRADES_SCHEMA
 from marketdata.timeutil import DAY_MS
 from marketdata.trade import Rejection
-from marketdata.watermark import NEVER, Watermark
+from marketdata.watermark import NEVER, VenueClocks, Watermark
 from redisstore.streamids import id_ms, join_id, parse_id
 from streaming.candleagg import MINUTE, WindowConfig
 from streaming.fastparse import FastParser, ParsedBatch
@@ -121,38 +121,42 @@ class ArchiveConfig:
 
 
 class ArchiveClock:
-    """The candles flow's per-partition watermark, over what the archive has written.
+    """The candles flow's venue clocks, over what the archive has written.
 
-    The same :class:`marketdata.watermark.Watermark` as
+    The same :class:`marketdata.watermark.VenueClocks` as
     :class:`streaming.candleagg.ShardAggregator`'s (tests compare them), fed with the
     trades the candles flow would not find late, so that, fed with the same entries,
-    it gives the same value whatever the batching.
+    it gives the same values whatever the batching. The partition's watermark is its
+    slowest venue's.
     """
 
-    __slots__ = ("capped", "mark")
+    __slots__ = ("capped", "clocks")
 
     def __init__(self) -> None:
-        self.mark = Watermark()
+        self.clocks = VenueClocks()
         #: (exchange, symbol, trade_id) -> 1m open time of trades whose event time was
         #: capped (the candles flow skips their duplicates before the cap matters).
         self.capped: dict[tuple[str, str, int], int] = {}
 
     def __getstate__(self) -> tuple[Any, ...]:
-        m = self.mark
-        return (m.e_max, m.r_at_max, m.value, m.cutoff, self.capped)
+        return (self.clocks.__getstate__(), self.capped)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.mark = Watermark(*state[:4])
-        self.capped = state[4]
+        if len(state) == 5:  # one watermark per partition: every venue goes on from it
+            self.clocks = VenueClocks(template=Watermark(*state[:4]))
+        else:
+            self.clocks = VenueClocks()
+            self.clocks.__setstate__(state[0])
+        self.capped = state[-1]
 
     @property
     def watermark(self) -> int:
-        """The watermark, ms (``NEVER`` before any trade or tick)."""
-        return self.mark.value
+        """The slowest venue's watermark, ms (``NEVER`` before any trade or tick)."""
+        return self.clocks.low()
 
     def advance(self, clock: int, cfg: WindowConfig) -> None:
         """The arrival clock reads ``clock`` (an entry id's ms)."""
-        self.mark.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
+        self.clocks.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
 
     def tick(self, now_ms: int, cfg: WindowConfig) -> None:
         """Redis ``TIME`` while everything read is archived (the partition is idle).
@@ -161,8 +165,11 @@ class ArchiveClock:
         follows the tick as if a trade had arrived on time just now, so that an
         empty shard does not hold back sealing forever.
         """
-        if self.mark.e_max == NEVER:
-            self.mark.raise_to(now_ms - cfg.lateness_ms - cfg.idle_advance_ms)
+        t = self.clocks.template
+        if not self.clocks.clocks and (t is None or t.e_max == NEVER):
+            if t is None:
+                t = self.clocks.template = Watermark()
+            t.raise_to(now_ms - cfg.lateness_ms - cfg.idle_advance_ms)
             return
         self.advance(now_ms, cfg)
 
@@ -172,14 +179,15 @@ class ArchiveClock:
             return
         k0 = bisect_left(pb.idx, start)
         lateness, max_ahead, idle = cfg.lateness_ms, cfg.max_ahead_ms, cfg.idle_advance_ms
-        mark = self.mark
+        clocks = self.clocks
         for k in range(k0, len(pb.idx)):
             clock = id_ms(ids[pb.idx[k]])
-            mark.advance(clock, lateness, idle)
+            clocks.advance(clock, lateness, idle)
+            mark = clocks.of(pb.exchange[k])
             t = pb.event_time[k]
             o = t - t % MINUTE
             if o < mark.cutoff:
-                continue  # late for the candles flow: it does not move the watermark
+                continue  # late for the candles flow: it does not move the clock
             ev = t
             recv = pb.recv[k]
             if recv > 0 and t > recv + max_ahead:
@@ -191,8 +199,8 @@ class ArchiveClock:
             mark.observe(ev, clock, lateness)
         self.advance(id_ms(ids[-1]), cfg)
         if self.capped:
-            cut = mark.cutoff
-            self.capped = {key: o for key, o in self.capped.items() if o >= cut}
+            cut = clocks.cutoffs()
+            self.capped = {key: o for key, o in self.capped.items() if o >= cut.get(key[0], NEVER)}
 
 
 # --------------------------------------------------------------------------- entries

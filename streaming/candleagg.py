@@ -4,9 +4,11 @@ Pure Python, no bytewax, no Redis: the candles flow wraps one :class:`ShardAggre
 per raw-log stream (partition) in a bytewax ``stateful_batch`` step, and tests drive
 it directly. Semantics (docs/architecture.md sections 3 and 4, docs/storage.md):
 
-* **Watermark.** One per partition, driven only by the data, so that a replay of
-  the same entries after a crash or downtime decides exactly what the first run
-  decided. It is the largest event time seen minus the allowed lateness, and, when
+* **Watermark.** One per venue (exchange) of the partition
+  (:class:`marketdata.watermark.VenueClocks`), driven only by the data, so that a
+  replay of the same entries after a crash or downtime decides exactly what the
+  first run decided; a venue's windows close by its own clock. It is the largest
+  event time of the venue's trades minus the allowed lateness, and, when
   event time stalls, it also advances with the *arrival clock* (the millisecond
   part of the Redis stream ids, or Redis ``TIME`` when the stream is idle): after
   ``idle_advance_ms`` of arrivals without a new largest event time, by as much as
@@ -18,7 +20,8 @@ it directly. Semantics (docs/architecture.md sections 3 and 4, docs/storage.md):
 * **Windows.** 1m windows are the unit: a trade whose 1m window has closed (the
   watermark passed its end) is late for every interval. Coarser candles (5m ... 1d)
   are the roll-up of the closed 1m candles, which docs/architecture.md section 3
-  allows and which makes the stream's 5m candle always equal the roll-up of its 1m candles.
+  allows and which makes the stream's 5m candle always equal the roll-up of its 1m
+  candles.
 * **Duplicates.** The same (exchange, symbol, trade_id) counts once. Trade ids of
   a 1m window are kept while it is open and, compacted into runs, for
   ``dedupe_retention_ms`` after it closed, so a duplicate of a counted trade that
@@ -40,7 +43,7 @@ from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.settings import DEFAULT_LATENESS_MS
 from marketdata.trade import Rejection, Trade
-from marketdata.watermark import NEVER, Watermark
+from marketdata.watermark import NEVER, VenueClocks, Watermark
 from redisstore.streamids import id_ms
 from streaming.fastparse import FastParser, ParsedBatch, _picker
 
@@ -345,9 +348,9 @@ class ShardAggregator:
         self.stream = stream
         self.config = config or WindowConfig()
         self.parser = FastParser(known_symbols)
-        #: The partition's watermark; its ``cutoff`` is the open time of the oldest
-        #: open 1m window: 1m windows before it are closed.
-        self.mark = Watermark()
+        #: A watermark per venue (exchange); a venue's ``cutoff`` is the open time of
+        #: its oldest open 1m window: its 1m windows before it are closed.
+        self.clocks = VenueClocks()
         self.wins: dict[tuple[str, str, int], _Win] = {}
         #: (exchange, symbol, interval label, open_time) -> roll-up of its closed 1m candles.
         self.coarse: dict[tuple[str, str, str, int], Candle] = {}
@@ -357,7 +360,7 @@ class ShardAggregator:
         self._uncompacted: list[tuple[str, str, int]] = []
         self.counters: dict[str, int] = {}
         self.last_id: bytes | None = None
-        self._scanned_cutoff = NEVER
+        self._scanned: dict[str, int] = {}
         #: Force the exact per-entry path (tests compare it with the fast one).
         self.exact = False
 
@@ -371,13 +374,23 @@ class ShardAggregator:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         known = state.pop("known_symbols")
-        if "mark" not in state:  # a snapshot from before the watermark had its own class
-            state["mark"] = Watermark(
-                state.pop("e_max"),
-                state.pop("r_at_max"),
-                state.pop("watermark"),
-                state.pop("cutoff"),
-            )
+        if "clocks" not in state:  # a snapshot from when a partition had one watermark
+            mark = state.pop("mark", None)
+            if mark is None:  # ... and before the watermark had its own class
+                mark = Watermark(
+                    state.pop("e_max"),
+                    state.pop("r_at_max"),
+                    state.pop("watermark"),
+                    state.pop("cutoff"),
+                )
+            # Every venue goes on from that watermark: those with open windows or
+            # retained ids now, any other when it first appears.
+            clocks = VenueClocks(template=mark)
+            for key in (*state["wins"], *state["coarse"], *state["retained"]):
+                clocks.of(key[0])
+            state["clocks"] = clocks
+            state.pop("_scanned_cutoff", None)
+            state["_scanned"] = {}
         if "_uncompacted" not in state:  # a snapshot from before it existed
             state["_uncompacted"] = [k for k, v in state["retained"].items() if isinstance(v, set)]
         self.__dict__.update(state)
@@ -388,13 +401,8 @@ class ShardAggregator:
 
     @property
     def watermark(self) -> int:
-        """The partition's watermark, ms (``NEVER`` before any trade)."""
-        return self.mark.value
-
-    @property
-    def cutoff(self) -> int:
-        """Open time of the oldest open 1m window."""
-        return self.mark.cutoff
+        """The slowest venue's watermark, ms (``NEVER`` before any trade)."""
+        return self.clocks.low()
 
     # -- one batch ----------------------------------------------------------------
 
@@ -431,15 +439,18 @@ class ShardAggregator:
         return out
 
     def _advance_clock(self, clock: int) -> None:
-        self.mark.advance(clock, self.config.lateness_ms, self.config.idle_advance_ms)
+        self.clocks.advance(clock, self.config.lateness_ms, self.config.idle_advance_ms)
 
     def _fold(self, ids: Sequence[bytes], pb: ParsedBatch, out: Emitted) -> None:
         cfg = self.config
-        exact = self.exact
+        exchanges = pb.exchange
+        # One venue in the batch (the usual case) takes the grouped path, against its clock.
+        exact = self.exact or exchanges.count(exchanges[0]) != len(exchanges)
         if not exact:
             # The arrival clock cannot matter inside this batch if even its last entry
             # is within idle_advance_ms of the arrival of the largest event time.
-            since = self.mark.r_at_max if self.mark.e_max != NEVER else id_ms(ids[pb.idx[0]])
+            mark = self.clocks.of(exchanges[0])
+            since = mark.r_at_max if mark.e_max != NEVER else id_ms(ids[pb.idx[0]])
             exact = id_ms(ids[-1]) - since > cfg.idle_advance_ms
         if not exact:
             least = min(pb.recv)
@@ -467,12 +478,15 @@ class ShardAggregator:
     ) -> tuple[list[_Win], list[tuple[int, int]]]:
         """Assign rows to windows a window at a time (no arrival-clock effects here).
 
-        The watermark a row meets depends only on the largest event time before it,
-        so the late rows are found with a running maximum over the batch.
+        Every row is of one venue (:meth:`_fold` sends mixed batches to the exact
+        path). The watermark a row meets depends only on the largest event time before
+        it, so the late rows are found with a running maximum over the batch.
         """
         ts = pb.event_time
         lateness = self.config.lateness_ms
-        wm0 = self.watermark
+        one_exchange = pb.exchange[0]
+        mark = self.clocks.of(one_exchange)
+        wm0 = mark.value
         late_rows: list[tuple[int, int]] = []
         skip: set[int] = set()
         maxt = max(ts)
@@ -484,7 +498,7 @@ class ShardAggregator:
             wm_end > NEVER
             and min(ts) < wm_end - wm_end % MINUTE
             and (
-                min(ts) < self.cutoff
+                min(ts) < mark.cutoff
                 or any(map(lt, map(add, ts, repeat(lateness)), accumulate(ts, max)))
             )
         ):
@@ -494,19 +508,12 @@ class ShardAggregator:
             late = list(compress(range(len(ts)), map(lt, ts, cuts)))
             late_rows = [(k, marks[k]) for k in late]
             skip = set(late)
-        groups: dict[Any, list[int]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         minutes = map(sub, ts, map(mod, ts, repeat(MINUTE)))
-        exchanges = pb.exchange
-        one_exchange = exchanges[0] if exchanges.count(exchanges[0]) == len(exchanges) else None
-        keys: Iterable[Any] = (
-            zip(pb.symbol, minutes, strict=False)
-            if one_exchange is not None
-            else zip(exchanges, pb.symbol, minutes, strict=False)
-        )
-        for k, key in enumerate(keys):
-            rows = groups.get(key)
+        for k, gk in enumerate(zip(pb.symbol, minutes, strict=False)):
+            rows = groups.get(gk)
             if rows is None:
-                groups[key] = [k]
+                groups[gk] = [k]
             else:
                 rows.append(k)
         wins = self.wins
@@ -518,7 +525,7 @@ class ShardAggregator:
                 rows = [k for k in rows if k not in skip]
                 if not rows:
                     continue
-            key = (one_exchange, *gkey) if one_exchange is not None else gkey
+            key = (one_exchange, gkey[0], gkey[1])
             w = wins.get(key)
             if w is None:
                 w = wins[key] = _Win(*key)
@@ -537,10 +544,10 @@ class ShardAggregator:
             if good:
                 w.rows = good
                 touched.append(w)
-        if maxt > self.mark.e_max:
+        if maxt > mark.e_max:
             # The first row with the largest time raised it (it cannot be a duplicate:
             # everything seen before had a smaller time).
-            self.mark.observe(maxt, id_ms(ids[pb.idx[ts.index(maxt)]]), lateness)
+            mark.observe(maxt, id_ms(ids[pb.idx[ts.index(maxt)]]), lateness)
         self._count("duplicates", dups)
         self._count("trades", sum(len(w.rows) for w in touched))
         return touched, late_rows
@@ -550,7 +557,7 @@ class ShardAggregator:
     ) -> tuple[list[_Win], list[tuple[int, int]]]:
         """Assign rows to windows, with the arrival clock and receive-time bound per entry."""
         cfg = self.config
-        mark = self.mark
+        clocks = self.clocks
         wins = self.wins
         touched: list[_Win] = []
         late_rows: list[tuple[int, int]] = []
@@ -559,7 +566,8 @@ class ShardAggregator:
             zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv, strict=True)
         ):
             clock = id_ms(ids[pos])
-            mark.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
+            clocks.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
+            mark = clocks.of(ex)
             o = t - t % MINUTE
             if o < mark.cutoff:
                 late_rows.append((k, mark.value))
@@ -631,11 +639,11 @@ class ShardAggregator:
     # -- closing ------------------------------------------------------------------
 
     def _close(self, out: Emitted) -> None:
-        cutoff = self.cutoff
-        if cutoff <= self._scanned_cutoff:
+        cutoffs = self.clocks.cutoffs()
+        if cutoffs == self._scanned:
             return
-        self._scanned_cutoff = cutoff
-        closing = sorted(k for k in self.wins if k[2] < cutoff)
+        self._scanned = cutoffs
+        closing = sorted(k for k in self.wins if k[2] < cutoffs.get(k[0], NEVER))
         retain = self.config.dedupe_retention_ms > 0
         for key in closing:
             w = self.wins.pop(key)
@@ -658,13 +666,18 @@ class ShardAggregator:
                     self.retained[key] = w.seen
                     self._uncompacted.append(key)
         done = sorted(
-            (k for k, c in self.coarse.items() if c.open_time + c.interval.ms <= cutoff),
+            (
+                k
+                for k, c in self.coarse.items()
+                if c.open_time + c.interval.ms <= cutoffs.get(k[0], NEVER)
+            ),
             key=lambda k: (_LABEL_MS[k[2]], k),
         )
         for ck in done:
             out.closed.append(self.coarse.pop(ck))
-        horizon = self.watermark - MINUTE - self.config.dedupe_retention_ms
-        for key in [k for k in self.retained if k[2] <= horizon]:
+        keep = MINUTE + self.config.dedupe_retention_ms
+        horizon = {v: m.value - keep for v, m in self.clocks.clocks.items()}
+        for key in [k for k in self.retained if k[2] <= horizon.get(k[0], NEVER)]:
             del self.retained[key]
         self._count("closed", len(closing) + len(done))
 

@@ -53,10 +53,14 @@ def test_the_daily_job_runs_every_batch_layer_asset_and_nothing_else() -> None:
         for spec in defs.resolve_all_asset_specs()
         if spec.group_name == "batch_layer"
     }
-    assert keys == batch_group == {
-        "archived_trades",
-        "batch_candles",
-        "daily_aggregates",
-        "stream_candles",
-        "reconciliation",
-    }
+    assert (
+        keys
+        == batch_group
+        == {
+            "archived_trades",
+            "batch_candles",
+            "daily_aggregates",
+            "stream_candles",
+            "reconciliation",
+        }
+    )

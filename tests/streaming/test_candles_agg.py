@@ -63,6 +63,31 @@ def test_streamed_candles_equal_the_reference(seed: int) -> None:
     assert all(set(lt.windows) == {i.label for i in Interval} for lt in late)
 
 
+def test_a_second_venues_same_hours_written_after_the_first_are_on_time() -> None:
+    """Time comes from the venues: kraken's hours, replayed after binance's same hours,
+    are judged by kraken's clock, not by binance's (which is far ahead by then)."""
+    first = gen_day(21, n=8000, late=0.01, duplicates=0.02, out_of_order=0.05)
+    second = gen_day(22, n=8000, late=0.01, duplicates=0.02, exchanges=("kraken",))
+    shift = first.entries[-1][0] - second.entries[0][0] + 60_000
+    day = Day(
+        trades=first.trades + second.trades,
+        late_keys=first.late_keys | second.late_keys,
+        entries=first.entries
+        + [(a + shift, m._replace(recv_ms=m.recv_ms + shift)) for a, m in second.entries],
+        rejected=first.rejected + second.rejected,
+        duplicates=first.duplicates + second.duplicates,
+        lateness_ms=first.lateness_ms,
+    )
+    got, late, agg = run_day(day, 23)
+    assert got == ref_map(day)
+    assert {k[0] for k in got} == {"binance", "kraken"}
+    assert sorted(lt.trade for lt in late) == sorted(day.late)
+    assert len(second.late) > 10 and agg.counters["late"] == len(day.late)
+    kraken = agg.clocks.of("kraken").value
+    assert agg.watermark == min(agg.clocks.of("binance").value, kraken)
+    assert kraken < day.entries[0][0] + shift  # kraken's clock: its own hours
+
+
 def test_each_closed_candle_is_emitted_once_and_final() -> None:
     day = gen_day(4, n=10_000, late=0.01)
     agg = ShardAggregator("s", WindowConfig(lateness_ms=day.lateness_ms))
@@ -133,22 +158,29 @@ def test_resume_from_a_snapshot_replays_to_the_same_result() -> None:
     assert {(lt.trade, lt.entry_id) for lt in late} == {(lt.trade, lt.entry_id) for lt in late_s}
 
 
-def test_a_snapshot_from_before_the_watermark_class_resumes_the_same() -> None:
-    """Snapshots written when the watermark's fields sat on the aggregator still load."""
+@pytest.mark.parametrize("fields", [True, False])
+def test_a_snapshot_from_when_a_partition_had_one_watermark_resumes_the_same(fields: bool) -> None:
+    """Snapshots of one watermark per partition (its fields on the aggregator, or a
+    ``Watermark`` as ``mark``) still load: each venue goes on from it."""
     day = gen_day(11, n=6000, late=0.02, duplicates=0.05, out_of_order=0.1)
-    ids, fields = day.stream_ids(), day.field_lists()
+    ids, fields_ = day.stream_ids(), day.field_lists()
     half = len(ids) // 2
     agg = ShardAggregator("s", WindowConfig(lateness_ms=day.lateness_ms))
-    agg.process(ids[:half], fields[:half])
+    agg.process(ids[:half], fields_[:half])
     state = agg.__getstate__()
-    mark = state.pop("mark")
-    old = {**state, "e_max": mark.e_max, "r_at_max": mark.r_at_max}
-    old |= {"watermark": mark.value, "cutoff": mark.cutoff}
+    mark = state.pop("clocks").of("binance")
+    del state["_scanned"]
+    old = {**state, "_scanned_cutoff": mark.cutoff}
+    if fields:
+        old |= {"e_max": mark.e_max, "r_at_max": mark.r_at_max}
+        old |= {"watermark": mark.value, "cutoff": mark.cutoff}
+    else:
+        old["mark"] = mark
     resumed = ShardAggregator.__new__(ShardAggregator)
     resumed.__setstate__(pickle.loads(pickle.dumps(old)))
-    assert (resumed.watermark, resumed.cutoff) == (agg.watermark, agg.cutoff) > (0, 0)
-    a = agg.process(ids[half:], fields[half:])
-    b = resumed.process(ids[half:], fields[half:])
+    assert resumed.watermark == agg.watermark > 0
+    a = agg.process(ids[half:], fields_[half:])
+    b = resumed.process(ids[half:], fields_[half:])
     assert (b.closed, b.late, resumed.watermark) == (a.closed, a.late, agg.watermark)
     assert len(a.closed) > 100
 

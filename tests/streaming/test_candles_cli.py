@@ -385,3 +385,50 @@ def test_stream_start_status_stop(
     assert out.returncode == 0 and "stopped" in out.stdout
     res = cli("stream", "status", "candles", "--format", "json", env=env)
     assert json.loads(res.stdout)[0]["state"] == "stopped"
+
+
+def test_a_second_venues_hour_replayed_after_the_first_is_on_time(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Time comes from the venues (docs/architecture.md section 4): the same 20
+    minutes of market replayed as binance, then as kraken; kraken's trades are judged
+    by kraken's clock, so nothing is late and both venues' candles are the reference."""
+    rng = random.Random(31)
+    trades: dict[str, list[Trade]] = {}
+    for venue in ("binance", "kraken"):
+        path = tmp_path / f"{venue}.jsonl"
+        trades[venue] = []
+        with path.open("wb") as f:
+            for i in range(2400):
+                t = Trade(
+                    exchange=venue,
+                    symbol=rng.choice(("BTCUSDT", "ETHUSDT")),
+                    trade_id=10_000 + i,
+                    price_e8=rng.randrange(10**9, 10**12),
+                    quantity_e8=rng.randrange(1, 10**9),
+                    event_time=T0 + i * 500,
+                    is_buyer_maker=rng.random() < 0.5,
+                )
+                trades[venue].append(t)
+                f.write(trade_payload(t) + b"\n")
+    env = flow_env(redis_url, tmp_path / "home")
+    for venue in ("binance", "kraken"):
+        out = cli(
+            "feed",
+            "replay",
+            str(tmp_path / f"{venue}.jsonl"),
+            "--format",
+            "binance-ws",
+            "--exchange",
+            venue,
+            env=env,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+    out = cli("stream", "run", "candles", "--exit-when-idle", "2", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert redis_client.xlen(LATE_STREAM) == 0
+    every = trades["binance"] + trades["kraken"]
+    expected = {k: c.fields() for iv in Interval for k, c in fold_trades(every, iv).items()}
+    got = stored(redis_client, {"BTCUSDT", "ETHUSDT"})
+    assert {k[0] for k in got} == {"binance", "kraken"}
+    assert got == expected

@@ -11,6 +11,7 @@ trade that is not late, and the late set is the trades generated late.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -160,26 +161,29 @@ def gen_day(
             arrivals.append(t.event_time + rng.randrange(1, max(2, lateness_ms * 8 // 10)))
         else:
             arrivals.append(t.event_time)
-    # Largest event time delivered, as a function of arrival, over on-time trades.
-    normal = sorted(
-        (a, t.event_time) for a, t, k in zip(arrivals, trades, kinds, strict=True) if k == "normal"
-    )
-    normal_arrivals = [a for a, _ in normal]
-    prefix_max: list[int] = []
-    m = -1
-    for _, e in normal:
-        m = max(m, e)
-        prefix_max.append(m)
+    # Per venue (each has its own clock): the largest event time delivered, as a
+    # function of arrival, over its on-time trades.
+    normal: dict[str, list[tuple[int, int]]] = {}
+    for a, t, k in zip(arrivals, trades, kinds, strict=True):
+        if k == "normal":
+            normal.setdefault(t.exchange, []).append((a, t.event_time))
+    normal_arrivals: dict[str, list[int]] = {}
+    prefix_max: dict[str, list[int]] = {}
+    for ex, pairs in normal.items():
+        pairs.sort()
+        normal_arrivals[ex] = [a for a, _ in pairs]
+        prefix_max[ex] = list(itertools.accumulate((e for _, e in pairs), max))
     late_keys: set[tuple[str, str, int]] = set()
     for i, (t, kind) in enumerate(zip(trades, kinds, strict=True)):
         if kind != "late":
             continue
         need = t.event_time - t.event_time % 60_000 + 60_000 + lateness_ms
-        j = bisect.bisect_left(prefix_max, need)
-        if j == len(prefix_max):
-            kinds[i] = "normal"  # nothing later moves the watermark: it is on time after all
+        marks = prefix_max.get(t.exchange, [])
+        j = bisect.bisect_left(marks, need)
+        if j == len(marks):
+            kinds[i] = "normal"  # nothing later moves its venue's clock: on time after all
             continue
-        arrivals[i] = normal_arrivals[j] + rng.randrange(1, 30_000)
+        arrivals[i] = normal_arrivals[t.exchange][j] + rng.randrange(1, 30_000)
         late_keys.add(t.key)
     entries: list[tuple[int, int, RawMessage]] = []  # (arrival, tie-break, message)
     seq = 0
