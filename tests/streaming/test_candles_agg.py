@@ -520,3 +520,38 @@ def test_fast_parser_takes_the_fast_path_for_dump_rows() -> None:
     ]
     parser = _check_same(msgs)
     assert parser.fast == 500 and parser.slow == 0
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_live_venue_lagging_30s_behind_another_loses_nothing(exact: bool) -> None:
+    """Two live venues in one partition, kraken's trades arriving 30 s (six times the
+    allowed lateness) after binance's of the same moment: nothing is late."""
+    arrivals: list[tuple[int, Trade]] = []
+    for i in range(6000):
+        t = T0 + i * 100
+        for venue, delay in (("binance", 0), ("kraken", 30_000)):
+            trade = Trade(
+                exchange=venue,
+                symbol="BTCUSDT" if i % 3 else "ETHUSDT",
+                trade_id=i,
+                price_e8=(100 + i % 7) * 10**8,
+                quantity_e8=10**8 + i,
+                event_time=t,
+                is_buyer_maker=i % 2 == 0,
+            )
+            arrivals.append((t + delay, trade))
+    arrivals.sort(key=lambda x: x[0])
+    ids = [f"{a}-{k}".encode() for k, (a, _) in enumerate(arrivals)]
+    fields = [_entry(t, recv=a) for a, t in arrivals]
+    agg = ShardAggregator("s", WindowConfig(lateness_ms=5000))
+    agg.exact = exact
+    closed: list[Candle] = []
+    for i in range(0, len(ids), 700):
+        out = agg.process(ids[i : i + 700], fields[i : i + 700])
+        assert out.late == []
+        closed += out.closed
+    closed += agg.flush_all()
+    trades = [t for _, t in arrivals]
+    expected = {k: c.fields() for iv in Interval for k, c in fold_trades(trades, iv).items()}
+    assert candle_map(closed) == expected
+    assert agg.counters["trades"] == len(trades) and "late" not in agg.counters
