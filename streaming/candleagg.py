@@ -40,7 +40,7 @@ from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.settings import DEFAULT_LATENESS_MS
 from marketdata.trade import Rejection, Trade
-from marketdata.watermark import NEVER, Watermark
+from marketdata.watermark import NEVER, Watermark, capped_event_time
 from redisstore.streamids import id_ms
 from streaming.fastparse import FastParser, ParsedBatch, _picker
 
@@ -418,7 +418,11 @@ class ShardAggregator:
             pb = self.parser.parse_batch(entries)
             self._count("entries", len(ids))
             for pos, rej, msg in pb.rejects:
-                out.rejects.append(RejectedEntry(rej, self.stream, ids[pos], msg.recv_ms))
+                out.rejects.append(
+                    RejectedEntry(
+                        rejection=rej, stream=self.stream, entry_id=ids[pos], recv_ms=msg.recv_ms
+                    )
+                )
                 self._count("rejected")
                 self._count(f"rejected:{rej.reason}")
             if len(pb):
@@ -468,7 +472,10 @@ class ShardAggregator:
         """Assign rows to windows a window at a time (no arrival-clock effects here).
 
         The watermark a row meets depends only on the largest event time before it,
-        so the late rows are found with a running maximum over the batch.
+        so the late rows are found with a running maximum over the batch: the rule of
+        :meth:`Watermark.arrive` and :meth:`Watermark.observe`, written out over the
+        whole batch because this is the hot path (:meth:`_rows_exact` applies it
+        entry by entry; the tests compare the two).
         """
         ts = pb.event_time
         lateness = self.config.lateness_ms
@@ -559,11 +566,10 @@ class ShardAggregator:
             zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv, strict=True)
         ):
             clock = id_ms(ids[pos])
-            mark.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
-            o = t - t % MINUTE
-            if o < mark.cutoff:
+            if mark.arrive(t, clock, cfg.lateness_ms, cfg.idle_advance_ms):
                 late_rows.append((k, mark.value))
                 continue
+            o = t - t % MINUTE
             key = (ex, sym, o)
             w = wins.get(key)
             if w is None:
@@ -574,10 +580,7 @@ class ShardAggregator:
             if not w.rows:
                 touched.append(w)
             w.rows.append(k)
-            ev = t
-            if recv > 0 and t > recv + cfg.max_ahead_ms:
-                ev = recv + cfg.max_ahead_ms
-            mark.observe(ev, clock, cfg.lateness_ms)
+            mark.observe(capped_event_time(t, recv, cfg.max_ahead_ms), clock, cfg.lateness_ms)
         self._count("duplicates", dups)
         self._count("trades", sum(len(w.rows) for w in touched))
         return touched, late_rows
