@@ -40,6 +40,7 @@ from redisstore.keys import (
     RAW_STREAM,
     raw_stream_names,
 )
+from redisstore.streamids import parse_id
 from streaming.fastparse import parse_raw_message
 
 LATENESS_MS = 5_000
@@ -137,7 +138,7 @@ def file_ranges(lake: Lake) -> list[tuple[str, tuple[int, int], tuple[int, int]]
     for n in names:
         kind, stream, first, last = n.removesuffix(".parquet").split("~")
         assert kind == "stream"
-        f, la = (tuple(map(int, x.split("-"))) for x in (first, last))
+        f, la = parse_id(first), parse_id(last)
         out.append((stream, f, la))
     return sorted(out)  # type: ignore[arg-type]
 
@@ -274,8 +275,7 @@ def test_trimming_never_removes_an_entry_the_archive_has_not_written(
     assert_disjoint(ranges)
     # Every trimmed entry is inside an archived range, and the lake holds everything.
     for entry_id, _ in trimmed:
-        ms, seq = map(int, entry_id.split(b"-"))
-        assert any(f <= (ms, seq) <= la for _, f, la in ranges), entry_id
+        assert any(f <= parse_id(entry_id) <= la for _, f, la in ranges), entry_id
     trades, bad = truth(cfg)
     assert lake_trades(lake) == trades
     assert Counter(r["payload"] for r in lake_rejects(lake)) == bad
