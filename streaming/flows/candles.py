@@ -25,7 +25,6 @@ run decided.
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from collections.abc import Callable, Iterable
@@ -219,7 +218,9 @@ def get_flow(**overrides: Any) -> Dataflow:
     Keyword arguments override :class:`CandlesFlowConfig` fields (and the window's
     ``idle_advance_ms``, ``max_ahead_ms``, ``dedupe_retention_ms``).
     """
-    if "idle_advance_ms" not in overrides and os.environ.get(ENV_IDLE_ADVANCE_MS, "").strip():
-        overrides["idle_advance_ms"] = env_int(ENV_IDLE_ADVANCE_MS, 0, unit="milliseconds")
+    if "idle_advance_ms" not in overrides:
+        idle_advance_ms = env_int(ENV_IDLE_ADVANCE_MS, None, unit="milliseconds")
+        if idle_advance_ms is not None:
+            overrides["idle_advance_ms"] = idle_advance_ms
     setup_flow_process(FLOW_NAME)
     return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))
