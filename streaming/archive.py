@@ -1,9 +1,10 @@
 """The archive flow's logic: raw-log entries -> lake files, watermark, trim point.
 
-Pure Python, no bytewax, no Redis: the archive flow (:mod:`streaming.flows.archive`)
-wraps one :class:`PartitionArchiver` per raw-log stream (partition) in a bytewax
-``stateful_batch`` step, and :mod:`streaming.archivestore` writes what it emits.
-Semantics (see docs/archive.md):
+Pure Python, no bytewax, no Redis: the archive flow (:mod:`streaming.flows.archive`, the
+wiring) wraps one :class:`PartitionArchiver` per raw-log stream (partition) in a bytewax
+``stateful_batch`` step, and :mod:`streaming.archivestore` writes what it emits (every
+flow is laid out so: docs/architecture.md, "Inside the speed layer"). Semantics (see
+docs/archive.md):
 
 * **Files cut by stream-id buckets.** Entries whose id's millisecond part falls in
   ``[k*B, (k+1)*B)`` form bucket ``k`` (``B`` = ``bucket_ms``, a divisor of a day).

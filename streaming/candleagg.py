@@ -1,8 +1,11 @@
-"""Event-time candles of one raw-log partition: watermark, dedupe, windows, late trades.
+"""The candles flow's logic: event-time candles of one raw-log partition.
 
-Pure Python, no bytewax, no Redis: the candles flow wraps one :class:`ShardAggregator`
-per raw-log stream (partition) in a bytewax ``stateful_batch`` step, and tests drive
-it directly. Semantics (docs/architecture.md sections 3 and 4, docs/storage.md):
+Watermark, dedupe, windows, late trades. Pure Python, no bytewax, no Redis: the candles
+flow (:mod:`streaming.flows.candles`, the wiring) wraps one :class:`ShardAggregator` per
+raw-log stream (partition) in a bytewax ``stateful_batch`` step,
+:mod:`streaming.candlestore` writes what it emits, and tests drive it directly (every
+flow is laid out so: docs/architecture.md, "Inside the speed layer"). Semantics
+(docs/architecture.md sections 3 and 4, docs/storage.md):
 
 * **Watermark.** One per partition, driven only by the data, so that a replay of
   the same entries after a crash or downtime decides exactly what the first run

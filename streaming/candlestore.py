@@ -1,5 +1,8 @@
-"""Candles in Redis, the write side: idempotent writes of the candles flow (docs/storage.md).
+"""The candles flow's store: its idempotent writes to Redis (docs/storage.md).
 
+What a batch of :class:`CandleWrites` writes, through :class:`streaming.sinks.FlowSink`
+(the logic is :mod:`streaming.candleagg`, the wiring :mod:`streaming.flows.candles`;
+docs/architecture.md, "Inside the speed layer").
 Every key that holds one symbol's data carries the ``{SYMBOL}`` hash tag, so all of
 a symbol's candles live in one Redis Cluster slot (the key names are
 :mod:`redisstore.keys`):

@@ -4,6 +4,12 @@ Run it as ``cryptopipe stream run candles`` (which runs ``python -m bytewax.run
 "streaming.flows.candles:get_flow(...)"`` with a recovery directory), or build it
 with :func:`build_flow` in tests.
 
+This module is the wiring only: configuration, a thin ``StatefulBatchLogic``,
+``build_flow``, ``get_flow``. The logic is :mod:`streaming.candleagg`, what a batch
+writes :mod:`streaming.candlestore`; input, heartbeat and stop come from
+:mod:`streaming.flows.runtime`, the sink from :mod:`streaming.sinks`
+(docs/architecture.md, "Inside the speed layer").
+
 Shape::
 
     RedisStreamSource (one partition per raw-log stream/shard, XREAD in batches)
