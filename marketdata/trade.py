@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from marketdata.decimals import e8_to_decimal, format_e8
+from marketdata.decimals import e8_to_decimal, format_e8, parse_e8
 
 
 class Trade(NamedTuple):
@@ -56,6 +57,35 @@ class Trade(NamedTuple):
             "event_time": self.event_time,
             "is_buyer_maker": self.is_buyer_maker,
         }
+
+    def to_fields(self) -> dict[str, str | int]:
+        """The trade as fields of a Redis stream entry (the late stream), in this order.
+
+        Decimals are exact strings, the maker flag ``"true"`` or ``"false"``;
+        :meth:`from_fields` reads them back.
+        """
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "trade_id": self.trade_id,
+            "price": format_e8(self.price_e8),
+            "quantity": format_e8(self.quantity_e8),
+            "event_time": self.event_time,
+            "is_buyer_maker": "true" if self.is_buyer_maker else "false",
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes, bytes]) -> Trade:
+        """A trade from a stream entry's fields as Redis returns them (see :meth:`to_fields`)."""
+        return cls(
+            exchange=fields[b"exchange"].decode(),
+            symbol=fields[b"symbol"].decode(),
+            trade_id=int(fields[b"trade_id"]),
+            price_e8=parse_e8(fields[b"price"].decode()),
+            quantity_e8=parse_e8(fields[b"quantity"].decode()),
+            event_time=int(fields[b"event_time"]),
+            is_buyer_maker=fields[b"is_buyer_maker"] == b"true",
+        )
 
 
 class Rejection(NamedTuple):
