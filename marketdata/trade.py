@@ -58,21 +58,15 @@ class Trade(NamedTuple):
             "is_buyer_maker": self.is_buyer_maker,
         }
 
-    def to_fields(self) -> dict[str, str | int]:
-        """The trade as fields of a Redis stream entry (the late stream), in this order.
+    def to_fields(self) -> dict[str, Any]:
+        """The trade as fields of a Redis stream entry (the late stream).
 
-        Decimals are exact strings, the maker flag ``"true"`` or ``"false"``;
-        :meth:`from_fields` reads them back.
+        :meth:`to_json_dict`'s fields in its order, but the maker flag as ``"true"`` or
+        ``"false"`` (a stream holds no booleans); :meth:`from_fields` reads them back.
         """
-        return {
-            "exchange": self.exchange,
-            "symbol": self.symbol,
-            "trade_id": self.trade_id,
-            "price": format_e8(self.price_e8),
-            "quantity": format_e8(self.quantity_e8),
-            "event_time": self.event_time,
-            "is_buyer_maker": "true" if self.is_buyer_maker else "false",
-        }
+        fields = self.to_json_dict()
+        fields["is_buyer_maker"] = "true" if self.is_buyer_maker else "false"
+        return fields
 
     @classmethod
     def from_fields(cls, fields: Mapping[bytes, bytes]) -> Trade:

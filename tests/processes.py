@@ -11,12 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cryptopipe_ok(env: Mapping[str, str], *args: str, timeout: float = 300) -> str:
-    """``python -m cryptopipe ARGS`` (from the repository's root) that must exit 0: its stdout.
-
-    The failed assertion shows the end of its stderr.
-    """
-    out = subprocess.run(
+def run_cryptopipe(
+    env: Mapping[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m cryptopipe ARGS`` from the repository's root, its output as text."""
+    return subprocess.run(
         [sys.executable, "-m", "cryptopipe", *args],
         env=env,
         cwd=ROOT,
@@ -25,6 +24,11 @@ def cryptopipe_ok(env: Mapping[str, str], *args: str, timeout: float = 300) -> s
         timeout=timeout,
         check=False,
     )
+
+
+def cryptopipe_ok(env: Mapping[str, str], *args: str, timeout: float = 300) -> str:
+    """:func:`run_cryptopipe` that must exit 0: its stdout (the failure shows stderr's end)."""
+    out = run_cryptopipe(env, *args, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 

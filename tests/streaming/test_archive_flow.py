@@ -128,7 +128,7 @@ def file_ranges(lake: Lake) -> list[tuple[str, tuple[int, int], tuple[int, int]]
         assert kind == "stream"
         f, la = parse_id(first), parse_id(last)
         out.append((stream, f, la))
-    return sorted(out)  # type: ignore[arg-type]
+    return sorted(out)
 
 
 def assert_disjoint(ranges: list[tuple[str, tuple[int, int], tuple[int, int]]]) -> None:
