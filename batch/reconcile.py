@@ -28,7 +28,6 @@ import redis
 from lake.candles import read_day_candles, write_day_candles
 from lake.layout import RECONCILIATION_DIR, Lake, partition
 from marketdata.candle import Candle
-from marketdata.decimals import parse_e8
 from marketdata.interval import ALL_INTERVALS
 from marketdata.reconcile import LateTrade, Reconciliation, reconcile
 from marketdata.records import SOURCE_BATCH, SOURCE_STREAM
@@ -59,16 +58,7 @@ def stream_day_candles(client: redis.Redis, day: date) -> dict[tuple[str, str, s
 
 
 def _late_trade(f: dict[bytes, bytes]) -> LateTrade:
-    t = Trade(
-        exchange=f[b"exchange"].decode(),
-        symbol=f[b"symbol"].decode(),
-        trade_id=int(f[b"trade_id"]),
-        price_e8=parse_e8(f[b"price"].decode()),
-        quantity_e8=parse_e8(f[b"quantity"].decode()),
-        event_time=int(f[b"event_time"]),
-        is_buyer_maker=f[b"is_buyer_maker"] == b"true",
-    )
-    return LateTrade(t, orjson.loads(f[b"windows"]))
+    return LateTrade(trade=Trade.from_fields(f), windows=orjson.loads(f[b"windows"]))
 
 
 def late_trades_for_day(client: redis.Redis, day: date, count: int = 10_000) -> list[LateTrade]:

@@ -55,6 +55,7 @@ from redisstore.keys import (  # noqa: E402  (after the path: run as a script)
     flow_pattern,
     written_key,
 )
+from redisstore.streamids import id_ms  # noqa: E402
 
 T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
 IDLE_S = 0.25
@@ -496,7 +497,7 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
         due = int(f[b"open_time"]) + ms_of[interval] + DEFAULT_LATENESS_MS
         if due > end_ms:
             continue  # closed by the writer stopping, not by time
-        readable = int(eid.split(b"-")[0])
+        readable = id_ms(eid)
         lat.setdefault(interval, []).append(readable - due)
     written = writer.written
     print(

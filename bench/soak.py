@@ -87,6 +87,7 @@ from redisstore.keys import (  # noqa: E402
     heartbeat_key,
     series_key,
 )
+from redisstore.streamids import id_ms  # noqa: E402
 
 FLOWS = ("candles", "metrics", "archive")
 PROCS = (*FLOWS, "feed")
@@ -228,7 +229,7 @@ def redis_sample(client: Any) -> dict[str, float]:
     first, last = x.get("first-entry"), x.get("last-entry")
     span = 0.0
     if first and last:
-        span = (int(last[0].split(b"-")[0]) - int(first[0].split(b"-")[0])) / 60_000
+        span = (id_ms(last[0]) - id_ms(first[0])) / 60_000
     out["raw_span_min"] = span  # stream ids from the first entry left to the last
     for name, key in (
         ("late_len", LATE_STREAM),
@@ -422,7 +423,9 @@ def points(samples: list[dict[str, float]], warmup_s: float) -> Points:
     last = samples[-1]
     base = at(samples, warmup_s)
     post = [r for r in samples if r["t_s"] >= base["t_s"]]
-    return Points(samples[0], base, at(samples, last["t_s"] / 2), last, post)
+    return Points(
+        first=samples[0], base=base, mid=at(samples, last["t_s"] / 2), last=last, post=post
+    )
 
 
 def fmt_min(r: dict[str, float]) -> str:
@@ -687,7 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
         client = connect(server.url)
-        run = Run(args, work, server.url, home, procs, client, stop)
+        run = Run(
+            args=args,
+            work=work,
+            url=server.url,
+            home=home,
+            procs=procs,
+            client=client,
+            stop=stop,
+        )
         start(run, syms)
         soak(run)
         elapsed = time.monotonic() - run.t0

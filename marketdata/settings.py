@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_HOME = "./.cryptopipe"
@@ -17,10 +18,31 @@ DEFAULT_HOME = "./.cryptopipe"
 DEFAULT_LATENESS_MS = 5_000
 
 
+@overload
 def env_int(
     name: str, default: int, environ: Mapping[str, str] | None = None, *, unit: str = ""
-) -> int:
-    """Integer variable ``name`` of the environment (``default`` when unset or blank).
+) -> int: ...
+
+
+@overload
+def env_int(
+    name: str, default: None, environ: Mapping[str, str] | None = None, *, unit: str = ""
+) -> int | None: ...
+
+
+def env_int(
+    name: str, default: int | None, environ: Mapping[str, str] | None = None, *, unit: str = ""
+) -> int | None:
+    """Integer variable ``name`` of ``environ`` (the process's environment by default).
+
+    The one parser of integer settings from the environment: surrounding blanks are
+    ignored; unset or blank gives ``default`` (``None``: the caller keeps its own).
+
+    Args:
+        name: the variable.
+        default: its value when unset or blank.
+        environ: where to look (tests pass a dict).
+        unit: what the number counts (``"milliseconds"``), for the error message.
 
     Raises:
         ValueError: naming the variable, its value and what it should be.
@@ -32,8 +54,8 @@ def env_int(
     try:
         return int(raw)
     except ValueError:
-        what = f"an integer ({unit})" if unit else "an integer"
-        msg = f"{name}={raw!r} is not {what}"
+        what = f"a whole number of {unit}" if unit else "a whole number"
+        msg = f"{name}={raw!r}: expected {what} (or leave it unset for the default)"
         raise ValueError(msg) from None
 
 
@@ -68,11 +90,11 @@ class Settings:
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
         """Settings from explicit values, else ``REDIS_URL``/``CRYPTOPIPE_*``, else defaults."""
-        shards = env_int("CRYPTOPIPE_RAW_SHARDS", 1)
+        shards = env_int("CRYPTOPIPE_RAW_SHARDS", 1, unit="shards")
         if shards < 1:
             msg = f"CRYPTOPIPE_RAW_SHARDS={shards}: need at least 1"
             raise ValueError(msg)
-        lateness = env_int("CRYPTOPIPE_LATENESS_MS", DEFAULT_LATENESS_MS)
+        lateness = env_int("CRYPTOPIPE_LATENESS_MS", DEFAULT_LATENESS_MS, unit="milliseconds")
         if lateness < 0:
             msg = f"CRYPTOPIPE_LATENESS_MS={lateness}: must not be negative"
             raise ValueError(msg)

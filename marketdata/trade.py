@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from marketdata.decimals import e8_to_decimal, format_e8
+from marketdata.decimals import e8_to_decimal, format_e8, parse_e8
 
 
 class Trade(NamedTuple):
@@ -56,6 +57,29 @@ class Trade(NamedTuple):
             "event_time": self.event_time,
             "is_buyer_maker": self.is_buyer_maker,
         }
+
+    def to_fields(self) -> dict[str, Any]:
+        """The trade as fields of a Redis stream entry (the late stream).
+
+        :meth:`to_json_dict`'s fields in its order, but the maker flag as ``"true"`` or
+        ``"false"`` (a stream holds no booleans); :meth:`from_fields` reads them back.
+        """
+        fields = self.to_json_dict()
+        fields["is_buyer_maker"] = "true" if self.is_buyer_maker else "false"
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[bytes, bytes]) -> Trade:
+        """A trade from a stream entry's fields as Redis returns them (see :meth:`to_fields`)."""
+        return cls(
+            exchange=fields[b"exchange"].decode(),
+            symbol=fields[b"symbol"].decode(),
+            trade_id=int(fields[b"trade_id"]),
+            price_e8=parse_e8(fields[b"price"].decode()),
+            quantity_e8=parse_e8(fields[b"quantity"].decode()),
+            event_time=int(fields[b"event_time"]),
+            is_buyer_maker=fields[b"is_buyer_maker"] == b"true",
+        )
 
 
 class Rejection(NamedTuple):

@@ -1,26 +1,48 @@
-"""The event-time watermark of one raw-log partition (docs/architecture.md section 4).
+"""The event-time clocks of the speed layer (docs/architecture.md section 4).
 
-One implementation, used by the candles flow (:class:`streaming.candleagg.ShardAggregator`,
+A :class:`Watermark` is one venue's clock in one raw-log partition;
+:class:`VenueClocks` holds a partition's, one per venue. One implementation, used by
+the candles flow (:class:`streaming.candleagg.ShardAggregator`,
 which decides what is late) and the archive (:class:`streaming.archive.ArchiveClock`,
 which tells the batch layer when a day is sealed): both must reach the same value on
 the same entries, whatever the batching.
 
 The rule: the largest event time seen (of a trade that was not late, capped at its
-receive time plus ``max_ahead_ms`` by the caller), minus the allowed lateness. When
+receive time plus ``max_ahead_ms``: :func:`capped_event_time`), minus the allowed
+lateness. When
 event time stalls, the *arrival clock* (the ms part of the stream ids, or Redis
 ``TIME`` when the stream is idle) moves it on: after ``idle_advance_ms`` of arrivals
 without a new largest event time, by as much as the arrival clock moves. It never
 goes back. The 1m window whose end it passed is closed: ``cutoff`` is the open time
-of the oldest 1m window still open.
+of the oldest 1m window still open, and a trade of a closed window is late
+(:meth:`Watermark.arrive`).
+
+Both users feed it entry by entry in their exact paths (:meth:`Watermark.arrive`,
+:func:`capped_event_time`, :meth:`Watermark.observe`); the candles flow's fast path
+applies the same rule to a whole batch at once (a running maximum), and its tests
+compare the two paths.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from marketdata.interval import Interval
+
 #: Below every real time: "no watermark yet".
 NEVER = -(1 << 62)
-MINUTE_MS = 60_000
+MINUTE_MS = Interval.M1.ms
+
+
+def capped_event_time(event_time: int, recv_ms: int, max_ahead_ms: int) -> int:
+    """The event time a trade may move the watermark to: at most ``recv_ms + max_ahead_ms``.
+
+    One trade with a clock far ahead must not close everyone's windows. ``recv_ms``
+    ``0`` means the receive time is unknown: no cap.
+    """
+    if recv_ms > 0 and event_time > recv_ms + max_ahead_ms:
+        return recv_ms + max_ahead_ms
+    return event_time
 
 
 class Watermark:
@@ -60,11 +82,21 @@ class Watermark:
 
     def advance(self, clock: int, lateness_ms: int, idle_advance_ms: int) -> None:
         """The arrival clock reads ``clock``: move on if event time has stalled."""
-        if self.e_max == NEVER:
-            return
-        ahead = clock - self.r_at_max - idle_advance_ms
-        if ahead > 0:
-            self.raise_to(self.e_max - lateness_ms + ahead)
+        self.arrive(NEVER, clock, lateness_ms, idle_advance_ms)
+
+    def arrive(self, event_time: int, clock: int, lateness_ms: int, idle_advance_ms: int) -> bool:
+        """A trade arrives at ``clock``: the watermark moves on, then is the trade late?
+
+        It moves on if event time has stalled (see the module docstring). The trade is
+        late when its 1m window is closed: it is before ``cutoff`` (a minute boundary).
+        A late trade must not be given to :meth:`observe`. Called once per entry in the
+        exact paths, hence one method for both steps.
+        """
+        if self.e_max != NEVER:
+            ahead = clock - self.r_at_max - idle_advance_ms
+            if ahead > 0:
+                self.raise_to(self.e_max - lateness_ms + ahead)
+        return event_time < self.cutoff
 
     def observe(self, event_time: int, clock: int, lateness_ms: int) -> None:
         """A trade (not late, event time already capped) arrived at ``clock``."""

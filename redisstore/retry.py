@@ -1,4 +1,10 @@
-"""Retrying Redis calls through outages: capped exponential backoff with full jitter."""
+"""Retrying Redis calls through outages: capped exponential backoff with full jitter.
+
+:func:`call_with_retry` retries a call until Redis is back (writers: sinks, the raw
+log). Code that must not block and simply tries again later (a source's next read, a
+heartbeat's next beat) reports each attempt to an :class:`OutageLog` instead, which
+says once that Redis went away and once that it is back.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +41,35 @@ class Backoff:
     def reset(self) -> None:
         """Start over after a success."""
         self.attempt = 0
+
+
+class OutageLog:
+    """One warning when Redis goes away, one line when it is back, for callers that retry.
+
+    Args:
+        what: names the caller in the log lines (``"md:trades:raw"``, ``"heartbeat of
+            candles"``).
+        logger: the caller's logger, so that the lines say where they come from.
+
+    """
+
+    def __init__(self, what: str, logger: logging.Logger = log) -> None:
+        self.what = what
+        self.logger = logger
+        #: Whether the last attempt failed.
+        self.failing = False
+
+    def failed(self, exc: Exception) -> None:
+        """An attempt failed with ``exc``: warn unless already failing."""
+        if not self.failing:
+            self.logger.warning("%s: Redis unavailable (%s); retrying", self.what, exc)
+        self.failing = True
+
+    def ok(self) -> None:
+        """An attempt succeeded: say so if it was failing."""
+        if self.failing:
+            self.logger.info("%s: Redis is back", self.what)
+        self.failing = False
 
 
 #: A flow's sinks retry at least once a second: a flow is back within a second of

@@ -1,9 +1,10 @@
 """The archive flow's logic: raw-log entries -> lake files, watermark, trim point.
 
-Pure Python, no bytewax, no Redis: the archive flow (:mod:`streaming.flows.archive`)
-wraps one :class:`PartitionArchiver` per raw-log stream (partition) in a bytewax
-``stateful_batch`` step, and :mod:`streaming.archivestore` writes what it emits.
-Semantics (see docs/archive.md):
+Pure Python, no bytewax, no Redis: the archive flow (:mod:`streaming.flows.archive`, the
+wiring) wraps one :class:`PartitionArchiver` per raw-log stream (partition) in a bytewax
+``stateful_batch`` step, and :mod:`streaming.archivestore` writes what it emits (every
+flow is laid out so: docs/architecture.md, "Inside the speed layer"). Semantics (see
+docs/archive.md):
 
 * **Files cut by stream-id buckets.** Entries whose id's millisecond part falls in
   ``[k*B, (k+1)*B)`` form bucket ``k`` (``B`` = ``bucket_ms``, a divisor of a day).
@@ -49,7 +50,7 @@ from lake.layout import SourceRange
 from lake.schemas import TRADES_SCHEMA
 from marketdata.timeutil import DAY_MS
 from marketdata.trade import Rejection
-from marketdata.watermark import NEVER, VenueClocks, Watermark
+from marketdata.watermark import NEVER, VenueClocks, Watermark, capped_event_time
 from redisstore.streamids import id_ms, join_id, parse_id
 from streaming.candleagg import MINUTE, WindowConfig
 from streaming.fastparse import FastParser, ParsedBatch
@@ -182,20 +183,18 @@ class ArchiveClock:
         clocks = self.clocks
         for k in range(k0, len(pb.idx)):
             clock = id_ms(ids[pb.idx[k]])
+            # The arrival clock moves every venue; the trade meets its own venue's clock.
             clocks.advance(clock, lateness, idle)
             mark = clocks.of(pb.exchange[k])
             t = pb.event_time[k]
-            o = t - t % MINUTE
-            if o < mark.cutoff:
+            if mark.arrive(t, clock, lateness, idle):
                 continue  # late for the candles flow: it does not move the clock
-            ev = t
-            recv = pb.recv[k]
-            if recv > 0 and t > recv + max_ahead:
+            ev = capped_event_time(t, pb.recv[k], max_ahead)
+            if ev != t:  # capped
                 key = (pb.exchange[k], pb.symbol[k], pb.trade_id[k])
                 if key in self.capped:
                     continue  # a duplicate: the candles flow skips it
-                self.capped[key] = o
-                ev = recv + max_ahead
+                self.capped[key] = t - t % MINUTE
             mark.observe(ev, clock, lateness)
         self.advance(id_ms(ids[-1]), cfg)
         if self.capped:
@@ -514,23 +513,23 @@ class PartitionArchiver:
         wm = self.clock.watermark
         self.emitted_wm = max(self.emitted_wm, wm)
         return ArchiveWork(
-            self.stream,
-            source,
-            pa.concat_tables(tables) if tables else TRADES_SCHEMA.empty_table(),
-            rejections,
-            rejection_ids,
-            pos,
-            complete,
-            last,
-            wm if wm > NEVER else None,
-            self._trim_point(),
+            stream=self.stream,
+            source=source,
+            trades=pa.concat_tables(tables) if tables else TRADES_SCHEMA.empty_table(),
+            rejections=rejections,
+            rejection_ids=rejection_ids,
+            entries=pos,
+            complete=complete,
+            archived_id=last,
+            watermark=wm if wm > NEVER else None,
+            trim_minid=self._trim_point(),
         )
 
     def _progress(self) -> ArchiveWork:
         wm = self.clock.watermark
         self.emitted_wm = wm
         return ArchiveWork(
-            self.stream,
+            stream=self.stream,
             archived_id=self.archived_id,
             watermark=wm if wm > NEVER else None,
             trim_minid=self._trim_point(),

@@ -1,6 +1,8 @@
 """The archive flow's store: lake files first, then the watermark, then the trim.
 
-For each batch of :class:`~streaming.archive.ArchiveWork` a worker receives (through
+The logic is :mod:`streaming.archive`, the wiring :mod:`streaming.flows.archive`
+(docs/architecture.md, "Inside the speed layer"). For each batch of
+:class:`~streaming.archive.ArchiveWork` a worker receives (through
 :class:`streaming.sinks.FlowSink`), in order:
 
 1. each range's files are written (:class:`lake.writer.LakeWriter`: hidden temporary
@@ -8,9 +10,9 @@ For each batch of :class:`~streaming.archive.ArchiveWork` a worker receives (thr
    stream starting at the same entry are removed: they hold the same bucket written
    partially at an earlier end of input (a subset of this one);
 2. only then, one Redis round trip per batch: each partition's watermark into
-   :data:`~streaming.archive.PARTITIONS_KEY` (never lowered: a replay after a
+   :data:`~redisstore.keys.ARCHIVE_PARTITIONS_KEY` (never lowered: a replay after a
    restore publishes older values again), its progress into
-   :data:`~streaming.archive.PROGRESS_KEY`, and ``XTRIM MINID ~ ... LIMIT 0`` of its stream;
+   :data:`~redisstore.keys.ARCHIVE_PROGRESS_KEY`, and ``XTRIM MINID ~ ... LIMIT 0`` of its stream;
 3. the archive watermark (:data:`redisstore.keys.ARCHIVE_WATERMARK_KEY`) is raised to the
    minimum over every partition of the flow, once each has published one.
 

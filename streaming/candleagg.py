@@ -1,8 +1,11 @@
-"""Event-time candles of one raw-log partition: watermark, dedupe, windows, late trades.
+"""The candles flow's logic: event-time candles of one raw-log partition.
 
-Pure Python, no bytewax, no Redis: the candles flow wraps one :class:`ShardAggregator`
-per raw-log stream (partition) in a bytewax ``stateful_batch`` step, and tests drive
-it directly. Semantics (docs/architecture.md sections 3 and 4, docs/storage.md):
+Watermark, dedupe, windows, late trades. Pure Python, no bytewax, no Redis: the candles
+flow (:mod:`streaming.flows.candles`, the wiring) wraps one :class:`ShardAggregator` per
+raw-log stream (partition) in a bytewax ``stateful_batch`` step,
+:mod:`streaming.candlestore` writes what it emits, and tests drive it directly (every
+flow is laid out so: docs/architecture.md, "Inside the speed layer"). Semantics
+(docs/architecture.md sections 3 and 4, docs/storage.md):
 
 * **Watermark.** One per venue (exchange) of the partition
   (:class:`marketdata.watermark.VenueClocks`), driven only by the data, so that a
@@ -43,7 +46,7 @@ from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.settings import DEFAULT_LATENESS_MS
 from marketdata.trade import Rejection, Trade
-from marketdata.watermark import NEVER, VenueClocks, Watermark
+from marketdata.watermark import NEVER, VenueClocks, Watermark, capped_event_time
 from redisstore.streamids import id_ms
 from streaming.fastparse import FastParser, ParsedBatch, _picker
 
@@ -426,7 +429,11 @@ class ShardAggregator:
             pb = self.parser.parse_batch(entries)
             self._count("entries", len(ids))
             for pos, rej, msg in pb.rejects:
-                out.rejects.append(RejectedEntry(rej, self.stream, ids[pos], msg.recv_ms))
+                out.rejects.append(
+                    RejectedEntry(
+                        rejection=rej, stream=self.stream, entry_id=ids[pos], recv_ms=msg.recv_ms
+                    )
+                )
                 self._count("rejected")
                 self._count(f"rejected:{rej.reason}")
             if len(pb):
@@ -480,7 +487,10 @@ class ShardAggregator:
 
         Every row is of one venue (:meth:`_fold` sends mixed batches to the exact
         path). The watermark a row meets depends only on the largest event time before
-        it, so the late rows are found with a running maximum over the batch.
+        it, so the late rows are found with a running maximum over the batch: the rule
+        of :meth:`Watermark.arrive` and :meth:`Watermark.observe`, written out over the
+        whole batch because this is the hot path (:meth:`_rows_exact` applies it entry
+        by entry; the tests compare the two).
         """
         ts = pb.event_time
         lateness = self.config.lateness_ms
@@ -566,12 +576,13 @@ class ShardAggregator:
             zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv, strict=True)
         ):
             clock = id_ms(ids[pos])
+            # The arrival clock moves every venue; the trade meets its own venue's clock.
             clocks.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
             mark = clocks.of(ex)
-            o = t - t % MINUTE
-            if o < mark.cutoff:
+            if mark.arrive(t, clock, cfg.lateness_ms, cfg.idle_advance_ms):
                 late_rows.append((k, mark.value))
                 continue
+            o = t - t % MINUTE
             key = (ex, sym, o)
             w = wins.get(key)
             if w is None:
@@ -582,10 +593,7 @@ class ShardAggregator:
             if not w.rows:
                 touched.append(w)
             w.rows.append(k)
-            ev = t
-            if recv > 0 and t > recv + cfg.max_ahead_ms:
-                ev = recv + cfg.max_ahead_ms
-            mark.observe(ev, clock, cfg.lateness_ms)
+            mark.observe(capped_event_time(t, recv, cfg.max_ahead_ms), clock, cfg.lateness_ms)
         self._count("duplicates", dups)
         self._count("trades", sum(len(w.rows) for w in touched))
         return touched, late_rows

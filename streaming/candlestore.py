@@ -1,5 +1,8 @@
-"""Candles in Redis, the write side: idempotent writes of the candles flow (docs/storage.md).
+"""The candles flow's store: its idempotent writes to Redis (docs/storage.md).
 
+What a batch of :class:`CandleWrites` writes, through :class:`streaming.sinks.FlowSink`
+(the logic is :mod:`streaming.candleagg`, the wiring :mod:`streaming.flows.candles`;
+docs/architecture.md, "Inside the speed layer").
 Every key that holds one symbol's data carries the ``{SYMBOL}`` hash tag, so all of
 a symbol's candles live in one Redis Cluster slot (the key names are
 :mod:`redisstore.keys`):
@@ -33,7 +36,6 @@ import orjson
 import redis
 
 from marketdata.candle import Candle
-from marketdata.decimals import format_e8
 from marketdata.interval import Interval
 from marketdata.records import candle_json
 from marketdata.timeutil import now_ms
@@ -197,13 +199,7 @@ def _closed_event(c: Candle, value: bytes) -> tuple[str, dict[str, Any]]:
 def _late_entry(lt: LateTrade) -> tuple[str, dict[str, Any]]:
     t = lt.trade
     return f"{t.exchange}:{t.symbol}:{t.trade_id}", {
-        "exchange": t.exchange,
-        "symbol": t.symbol,
-        "trade_id": t.trade_id,
-        "price": format_e8(t.price_e8),
-        "quantity": format_e8(t.quantity_e8),
-        "event_time": t.event_time,
-        "is_buyer_maker": "true" if t.is_buyer_maker else "false",
+        **t.to_fields(),
         "windows": orjson.dumps(lt.windows),
         "watermark": lt.watermark,
         "source_stream": lt.stream,

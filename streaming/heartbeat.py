@@ -19,6 +19,7 @@ import redis
 
 from redisstore.conn import text
 from redisstore.keys import control_key, heartbeat_key
+from redisstore.retry import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class HeartbeatWriter:
         self._thread: threading.Thread | None = None
         self._last_in = 0
         self._last_t = time.monotonic()
-        self._failing = False
+        self._outage = OutageLog(f"heartbeat of {name}", log)
 
     def update(self, **fields: Any) -> None:
         """Set fields (``items_in``, ``items_out``, ``last_source_id``, ``lag``, ...)."""
@@ -99,20 +100,17 @@ class HeartbeatWriter:
         while not self._stop.wait(self.interval_s):
             try:
                 self.beat()
-                if self._failing:
-                    log.info("heartbeat of %s: Redis is back", self.name)
-                self._failing = False
             except redis.RedisError as exc:
-                if not self._failing:
-                    log.warning("heartbeat of %s: Redis unavailable (%s); retrying", self.name, exc)
-                self._failing = True
+                self._outage.failed(exc)
+            else:
+                self._outage.ok()
 
     def start(self) -> HeartbeatWriter:
         """Write a first beat and start the thread."""
         try:
             self.beat()
         except redis.RedisError as exc:
-            log.warning("heartbeat of %s: Redis unavailable (%s); retrying", self.name, exc)
+            self._outage.failed(exc)
         self._thread = threading.Thread(
             target=self._run, name=f"heartbeat-{self.name}", daemon=True
         )

@@ -1,8 +1,9 @@
-"""The metrics of one symbol, closed candle by closed candle (the metrics flow's logic).
+"""The metrics flow's logic: the metrics of one symbol, closed candle by closed candle.
 
-Pure Python, no bytewax, no Redis: the metrics flow (:mod:`streaming.flows.metrics`)
-keeps one :class:`SymbolState` per symbol in a bytewax ``stateful_batch`` step, and
-:class:`streaming.metricsstore.MetricsStore` writes what :func:`apply_bars` returns.
+Pure Python, no bytewax, no Redis: the metrics flow (:mod:`streaming.flows.metrics`,
+the wiring) keeps one :class:`SymbolState` per symbol in a bytewax ``stateful_batch``
+step, and :mod:`streaming.metricsstore` writes what :func:`apply_bars` returns (every
+flow is laid out so: docs/architecture.md, "Inside the speed layer").
 The indicators themselves are the domain's (:mod:`marketdata.indicators`).
 
 Idempotent against replays: a candle whose open_time is not after the last one

@@ -1,4 +1,9 @@
-"""Metrics in Redis: layout, idempotent writes, reader (docs/storage.md).
+"""The metrics flow's store: its keys and idempotent writes to Redis (docs/storage.md).
+
+What a batch of :class:`MetricsWrites` writes, through :class:`streaming.sinks.FlowSink`
+(the logic is :mod:`streaming.metricsagg`, the wiring :mod:`streaming.flows.metrics`;
+docs/architecture.md, "Inside the speed layer"). Reading is the serving package's
+(:mod:`serving.metrics`).
 
 * ``md:metrics:{SYM}:<exchange>``: hash of the latest metrics (each value JSON),
   expiring ``ttl_s`` after the last update;

@@ -37,6 +37,7 @@ import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from redisstore.conn import connect
+from redisstore.retry import OutageLog
 from redisstore.streamids import parse_id
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         self._awake: datetime | None = None
         self._idle_since: float | None = None
         self._last_tick = 0.0
-        self._failing = False
+        self._outage = OutageLog(stream, log)
         self.observer = source.observer
         # A dedicated connection with at most one read in flight: while the flow works
         # on a full batch, Redis already serves the next one (on the other core).
@@ -275,14 +276,10 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
         try:
             info, now, reply = self._read()
         except redis.ConnectionError as exc:  # TimeoutError is a ConnectionError
-            if not self._failing:
-                log.warning("%s: Redis unavailable (%s); retrying", self.stream, exc)
-            self._failing = True
+            self._outage.failed(exc)
             self._awake = datetime.now(UTC) + timedelta(seconds=1)
             return []
-        if self._failing:
-            log.info("%s: Redis is back", self.stream)
-            self._failing = False
+        self._outage.ok()
         entries = _entries(reply)
         has_info = not isinstance(info, Exception)
         if has_info:

@@ -1,9 +1,36 @@
-"""What a test that started ``cryptopipe`` processes checks they left behind."""
+"""Running ``cryptopipe`` from tests, and what a test that started its processes left behind."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cryptopipe(
+    env: Mapping[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m cryptopipe ARGS`` from the repository's root, its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "cryptopipe", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cryptopipe_ok(env: Mapping[str, str], *args: str, timeout: float = 300) -> str:
+    """:func:`run_cryptopipe` that must exit 0: its stdout (the failure shows stderr's end)."""
+    out = run_cryptopipe(env, *args, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
 
 
 def leftovers(pattern: str, grace_s: float = 15.0) -> str:

@@ -4,6 +4,12 @@ Run it as ``cryptopipe stream run archive`` (which runs ``python -m bytewax.run
 "streaming.flows.archive:get_flow(...)"`` with a recovery directory), or build it
 with :func:`build_flow` in tests.
 
+This module is the wiring only: configuration, a thin ``StatefulBatchLogic``,
+``build_flow``, ``get_flow``. The logic is :mod:`streaming.archive`, what a batch writes
+:mod:`streaming.archivestore`; input, heartbeat and stop come from
+:mod:`streaming.flows.runtime`, the sink from :mod:`streaming.sinks`
+(docs/architecture.md, "Inside the speed layer").
+
 Shape::
 
     RedisStreamSource (one partition per raw-log stream/shard, XREAD in batches,
@@ -24,7 +30,6 @@ the open bucket stays in the snapshot, unwritten. A second SIGINT interrupts at 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -104,13 +109,18 @@ class ArchiveFlowConfig:
         ``overrides`` replace fields of this class, or of :class:`ArchiveConfig`
         (``bucket_ms``, ``retention_ms``, ``close_margin_ms``, ...).
         """
-        env = os.environ if environ is None else environ
         archive_keys = set(ArchiveConfig.__dataclass_fields__)
         archive = ArchiveConfig(
-            bucket_ms=env_int(ENV_BUCKET_MS, DEFAULT_BUCKET_MS, env, unit="ms"),
-            retention_ms=env_int(ENV_RETENTION_MS, DEFAULT_RETENTION_MS, env, unit="ms"),
-            close_margin_ms=env_int(ENV_CLOSE_MARGIN_MS, DEFAULT_CLOSE_MARGIN_MS, env, unit="ms"),
-            max_file_entries=env_int(ENV_MAX_FILE_ENTRIES, DEFAULT_MAX_FILE_ENTRIES, env),
+            bucket_ms=env_int(ENV_BUCKET_MS, DEFAULT_BUCKET_MS, environ, unit="milliseconds"),
+            retention_ms=env_int(
+                ENV_RETENTION_MS, DEFAULT_RETENTION_MS, environ, unit="milliseconds"
+            ),
+            close_margin_ms=env_int(
+                ENV_CLOSE_MARGIN_MS, DEFAULT_CLOSE_MARGIN_MS, environ, unit="milliseconds"
+            ),
+            max_file_entries=env_int(
+                ENV_MAX_FILE_ENTRIES, DEFAULT_MAX_FILE_ENTRIES, environ, unit="entries"
+            ),
             window=WindowConfig(lateness_ms=settings.lateness_ms),
             known_symbols=settings.known_symbols,
         )

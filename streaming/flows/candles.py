@@ -4,6 +4,12 @@ Run it as ``cryptopipe stream run candles`` (which runs ``python -m bytewax.run
 "streaming.flows.candles:get_flow(...)"`` with a recovery directory), or build it
 with :func:`build_flow` in tests.
 
+This module is the wiring only: configuration, a thin ``StatefulBatchLogic``,
+``build_flow``, ``get_flow``. The logic is :mod:`streaming.candleagg`, what a batch
+writes :mod:`streaming.candlestore`; input, heartbeat and stop come from
+:mod:`streaming.flows.runtime`, the sink from :mod:`streaming.sinks`
+(docs/architecture.md, "Inside the speed layer").
+
 Shape::
 
     RedisStreamSource (one partition per raw-log stream/shard, XREAD in batches)
@@ -25,7 +31,6 @@ run decided.
 
 from __future__ import annotations
 
-import os
 import pickle
 import time
 from collections.abc import Callable, Iterable
@@ -219,7 +224,9 @@ def get_flow(**overrides: Any) -> Dataflow:
     Keyword arguments override :class:`CandlesFlowConfig` fields (and the window's
     ``idle_advance_ms``, ``max_ahead_ms``, ``dedupe_retention_ms``).
     """
-    if "idle_advance_ms" not in overrides and os.environ.get(ENV_IDLE_ADVANCE_MS, "").strip():
-        overrides["idle_advance_ms"] = env_int(ENV_IDLE_ADVANCE_MS, 0, unit="milliseconds")
+    if "idle_advance_ms" not in overrides:
+        idle_advance_ms = env_int(ENV_IDLE_ADVANCE_MS, None, unit="milliseconds")
+        if idle_advance_ms is not None:
+            overrides["idle_advance_ms"] = idle_advance_ms
     setup_flow_process(FLOW_NAME)
     return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))

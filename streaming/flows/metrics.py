@@ -2,6 +2,12 @@
 
 Run it as ``cryptopipe stream run metrics``; build it with :func:`build_flow` in tests.
 
+This module is the wiring only: configuration, a thin ``StatefulBatchLogic``,
+``build_flow``, ``get_flow``. The logic is :mod:`streaming.metricsagg`, what a batch
+writes :mod:`streaming.metricsstore`; input, heartbeat and stop come from
+:mod:`streaming.flows.runtime`, the sink from :mod:`streaming.sinks`
+(docs/architecture.md, "Inside the speed layer").
+
 Shape::
 
     RedisStreamSource on md:candles:closed (the candles flow's closed-candle events)

@@ -130,8 +130,7 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
 
     def on_written(self, n: int) -> None:
         """A sink wrote ``n`` records."""
-        with self._lock:
-            self._fields["items_out"] += n
+        self.add(items_out=n)
 
     # -- writing --------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from marketdata.rawmessage import RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate
 from marketdata.trade import Trade
 from marketdata.watermark import NEVER
-from redisstore.streamids import id_ms, parse_id
+from redisstore.streamids import id_ms, join_id, parse_id
 from streaming import archive as archive_module
 from streaming.archive import (
     ArchiveClock,
@@ -53,7 +53,7 @@ def entries_of(cfg: SimConfig, id_offset_ms: int = 0) -> tuple[list[bytes], list
         ms = m.arrival_ms + id_offset_ms
         nxt = (ms, 0) if ms > last[0] else (last[0], last[1] + 1)
         last = nxt
-        ids.append(f"{nxt[0]}-{nxt[1]}".encode())
+        ids.append(join_id(*nxt))
         fields.append(
             flat(
                 RawMessage(
@@ -359,7 +359,7 @@ def test_idle_partitions_advance_with_the_arrival_clock() -> None:
         "binance",
         T0,
     )
-    assert arch.process([f"{T0}-0".encode()], [flat(trade)], T0 + 1_000, 0.0) == []
+    assert arch.process([join_id(T0, 0)], [flat(trade)], T0 + 1_000, 0.0) == []
     (w,) = arch.process([], [], T0 + 1_500, 1.0)
     assert w.source is not None and w.watermark == T0 - lateness
     later = T0 + idle + 60_000

@@ -40,22 +40,11 @@ from redisstore.keys import (
     RAW_STREAM,
     raw_stream_names,
 )
+from redisstore.streamids import parse_id
 from streaming.fastparse import parse_raw_message
+from tests.processes import cryptopipe_ok
 
 LATENESS_MS = 5_000
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "cryptopipe", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
 
 
 @pytest.fixture
@@ -137,9 +126,9 @@ def file_ranges(lake: Lake) -> list[tuple[str, tuple[int, int], tuple[int, int]]
     for n in names:
         kind, stream, first, last = n.removesuffix(".parquet").split("~")
         assert kind == "stream"
-        f, la = (tuple(map(int, x.split("-"))) for x in (first, last))
+        f, la = parse_id(first), parse_id(last)
         out.append((stream, f, la))
-    return sorted(out)  # type: ignore[arg-type]
+    return sorted(out)
 
 
 def assert_disjoint(ranges: list[tuple[str, tuple[int, int], tuple[int, int]]]) -> None:
@@ -175,8 +164,8 @@ def test_every_message_is_archived_once_per_raw_entry(
         malformed=0.02,
         out_of_order=0.05,
     )
-    cli(env, *args, "--speed", "max")
-    cli(env, "stream", "run", "archive", "--exit-when-idle", "1")
+    cryptopipe_ok(env, *args, "--speed", "max")
+    cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
     lake = Lake(home / "lake")
     trades, bad = truth(cfg)
     assert lake.list_days("trades") == [date(2025, 3, 14)]
@@ -214,24 +203,24 @@ def test_a_day_seals_only_when_every_partition_has_archived_past_it(
     day = date(2025, 3, 14)
     # Both shards up to 23:59:30: watermarks 23:59:25, the day is not sealed.
     a, cfg_a = sim_args("2025-03-14T23:58:30Z", 60, 20, 1, "BTCUSDT,SOLUSDT")
-    cli(env, *a, "--speed", "max")
-    cli(env, "stream", "run", "archive", "--exit-when-idle", "1")
+    cryptopipe_ok(env, *a, "--speed", "max")
+    cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
     assert not sealed(redis_client, lake, day)
     parts = {k.decode(): int(v) for k, v in redis_client.hgetall(ARCHIVE_PARTITIONS_KEY).items()}
     assert set(parts) == set(raw_stream_names(2))
     assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == min(parts.values())
     # Shard 0 passes midnight + lateness; shard 1 has not: still not sealed.
     b, cfg_b = sim_args("2025-03-15T00:00:00Z", 30, 20, 2, "BTCUSDT")
-    cli(env, *b, "--speed", "max")
-    cli(env, "stream", "run", "archive", "--exit-when-idle", "1")
+    cryptopipe_ok(env, *b, "--speed", "max")
+    cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
     parts = {k.decode(): int(v) for k, v in redis_client.hgetall(ARCHIVE_PARTITIONS_KEY).items()}
     assert parts["md:trades:raw:0"] >= day_start_ms(day) + DAY_MS + LATENESS_MS
     assert not sealed(redis_client, lake, day)
     # Shard 1 too: sealed, and everything of the day is in the lake exactly once
     # (the open buckets written at each end of input were superseded, not doubled).
     c, cfg_c = sim_args("2025-03-15T00:00:00Z", 30, 20, 3, "SOLUSDT")
-    cli(env, *c, "--speed", "max")
-    cli(env, "stream", "run", "archive", "--exit-when-idle", "1")
+    cryptopipe_ok(env, *c, "--speed", "max")
+    cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
     assert sealed(redis_client, lake, day)
     assert not sealed(redis_client, lake, date(2025, 3, 15))
     trades, _ = truth(cfg_a, cfg_b, cfg_c)
@@ -250,10 +239,10 @@ def test_trimming_never_removes_an_entry_the_archive_has_not_written(
     args, cfg = sim_args(
         "2025-03-14T08:00:00Z", 1200, 5, 4, "BTCUSDT,ETHUSDT", duplicates=0.02, malformed=0.01
     )
-    cli(env, *args, "--speed", "max")
+    cryptopipe_ok(env, *args, "--speed", "max")
     before = redis_client.xrange(RAW_STREAM)
     # Trimming needs two snapshots since the entries were written: idle long enough.
-    cli(
+    cryptopipe_ok(
         env,
         "stream",
         "run",
@@ -274,8 +263,7 @@ def test_trimming_never_removes_an_entry_the_archive_has_not_written(
     assert_disjoint(ranges)
     # Every trimmed entry is inside an archived range, and the lake holds everything.
     for entry_id, _ in trimmed:
-        ms, seq = map(int, entry_id.split(b"-"))
-        assert any(f <= (ms, seq) <= la for _, f, la in ranges), entry_id
+        assert any(f <= parse_id(entry_id) <= la for _, f, la in ranges), entry_id
     trades, bad = truth(cfg)
     assert lake_trades(lake) == trades
     assert Counter(r["payload"] for r in lake_rejects(lake)) == bad
@@ -389,7 +377,9 @@ def test_kills_during_a_live_feed_leave_the_lake_of_a_clean_run(
             proc.wait()
         kills += 1
     assert feed.wait() == 0, feed.stderr.read() if feed.stderr else ""
-    cli(env, "stream", "run", "archive", "--exit-when-idle", "2", "--snapshot-interval", "1")
+    cryptopipe_ok(
+        env, "stream", "run", "archive", "--exit-when-idle", "2", "--snapshot-interval", "1"
+    )
     assert kills >= 3
     assert terms and terms[0][0] == 0 and terms[0][1] < 5.0, terms
     hb = redis_client.hgetall("md:flow:archive:heartbeat")
@@ -403,7 +393,7 @@ def test_kills_during_a_live_feed_leave_the_lake_of_a_clean_run(
     assert copy.xlen(RAW_STREAM) == info["entries-added"]
     clean_home = tmp_path / "clean"
     clean_env = {**env, "REDIS_URL": copy_url, "CRYPTOPIPE_HOME": str(clean_home)}
-    cli(clean_env, "stream", "run", "archive", "--exit-when-idle", "2")
+    cryptopipe_ok(clean_env, "stream", "run", "archive", "--exit-when-idle", "2")
 
     killed, clean = Lake(home / "lake"), Lake(clean_home / "lake")
     killed_files, clean_files = lake_files(killed), lake_files(clean)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from redisstore.keys import RAW_STREAM
+from redisstore.streamids import join_id
 from streaming.archive import ArchiveWork
 from streaming.archivestore import ArchiveStore
 
@@ -18,7 +19,9 @@ def test_one_trim_removes_everything_before_the_trim_point(
     # than ~170 entries/s, trimmed once a minute, grew without bound; bench/soak.py.)
     pipe = redis_client.pipeline(transaction=False)
     for i in range(30_000):
-        pipe.xadd(RAW_STREAM, {"payload": b"x" * 150, "exchange": b"binance"}, id=f"{1000 + i}-0")
+        pipe.xadd(
+            RAW_STREAM, {"payload": b"x" * 150, "exchange": b"binance"}, id=join_id(1000 + i, 0)
+        )
     pipe.execute()
     store = ArchiveStore(str(tmp_path / "lake"), redis_client, [RAW_STREAM], durable=False)
     store.publish(

@@ -16,7 +16,7 @@ from marketdata.interval import Interval
 from marketdata.rawmessage import RawMessage
 from marketdata.simulator import trade_payload
 from marketdata.trade import Rejection, Trade
-from redisstore.streamids import id_ms
+from redisstore.streamids import id_ms, join_id
 from streaming.candleagg import IdRuns, ShardAggregator, WindowConfig
 from streaming.fastparse import FastParser, parse_raw_message
 
@@ -209,7 +209,7 @@ def _tr(tid: int, t: int, sym: str = "BTCUSDT") -> Trade:
 
 def test_idle_stream_closes_windows_by_arrival_clock_ticks() -> None:
     agg = ShardAggregator("s", WindowConfig(lateness_ms=5000, idle_advance_ms=10_000))
-    out = agg.process([f"{T0 + 1000}-0".encode()], [_entry(_tr(1, T0 + 1000))])
+    out = agg.process([join_id(T0 + 1000, 0)], [_entry(_tr(1, T0 + 1000))])
     assert out.closed == []
     # Idle: Redis TIME readings move the arrival clock; the window [T0, T0+60s) closes
     # once the clock is idle_advance past the last arrival and the watermark passes 60s.
@@ -221,14 +221,12 @@ def test_idle_stream_closes_windows_by_arrival_clock_ticks() -> None:
 def test_downtime_does_not_make_the_backlog_late() -> None:
     """EventClock would add the downtime to the watermark; ours follows arrival times."""
     agg = ShardAggregator("s", WindowConfig(lateness_ms=1000))
-    agg.process([f"{T0 + 100}-0".encode()], [_entry(_tr(1, T0 + 100))])
+    agg.process([join_id(T0 + 100, 0)], [_entry(_tr(1, T0 + 100))])
     blob = pickle.dumps(agg)
     # ... the flow is down for an hour; the feed kept writing; the flow resumes:
     agg = pickle.loads(blob)
     backlog = [_tr(2, T0 + 900), _tr(3, T0 + 500), _tr(4, T0 + 1500)]  # #3 out of order
-    out = agg.process(
-        [f"{T0 + 1000 + i}-0".encode() for i in range(3)], [_entry(t) for t in backlog]
-    )
+    out = agg.process([join_id(T0 + 1000 + i, 0) for i in range(3)], [_entry(t) for t in backlog])
     assert out.late == []
     assert agg.counters["trades"] == 4
 
@@ -236,8 +234,8 @@ def test_downtime_does_not_make_the_backlog_late() -> None:
 def test_an_event_time_far_ahead_of_its_receipt_does_not_close_everything() -> None:
     agg = ShardAggregator("s", WindowConfig(lateness_ms=5000, max_ahead_ms=60_000))
     bogus = _tr(1, T0 + 3_600_000)  # an hour ahead of its receive time
-    agg.process([f"{T0}-0".encode()], [_entry(bogus, recv=T0)])
-    out = agg.process([f"{T0 + 10}-0".encode()], [_entry(_tr(2, T0 + 10))])
+    agg.process([join_id(T0, 0)], [_entry(bogus, recv=T0)])
+    out = agg.process([join_id(T0 + 10, 0)], [_entry(_tr(2, T0 + 10))])
     assert out.late == []
     assert agg.watermark <= T0 + 60_000 - 5000
 
@@ -245,11 +243,11 @@ def test_an_event_time_far_ahead_of_its_receipt_does_not_close_everything() -> N
 def test_late_duplicate_of_a_counted_trade_is_a_duplicate() -> None:
     agg = ShardAggregator("s", WindowConfig(lateness_ms=1000))
     a = _tr(1, T0 + 59_990)
-    agg.process([f"{T0 + 59_990}-0".encode()], [_entry(a)])
-    out = agg.process([f"{T0 + 62_000}-0".encode()], [_entry(_tr(2, T0 + 62_000))])
+    agg.process([join_id(T0 + 59_990, 0)], [_entry(a)])
+    out = agg.process([join_id(T0 + 62_000, 0)], [_entry(_tr(2, T0 + 62_000))])
     assert [c.key[2] for c in out.closed] == ["1m"]
     out = agg.process(
-        [f"{T0 + 62_001}-0".encode(), f"{T0 + 62_002}-0".encode()],
+        [join_id(T0 + 62_001, 0), join_id(T0 + 62_002, 0)],
         [_entry(a), _entry(_tr(3, T0 + 59_000))],
     )
     assert [lt.trade.trade_id for lt in out.late] == [3]
@@ -266,24 +264,24 @@ def test_window_ids_are_kept_compactly() -> None:
         _tr(10, T0 + 1, e),
         _tr(12, T0 + 2, e),
     ]
-    agg.process([f"{T0 + 1}-{i}".encode() for i in range(5)], [_entry(t) for t in trades])
+    agg.process([join_id(T0 + 1, i) for i in range(5)], [_entry(t) for t in trades])
     # Open windows: one run of ids snapshots as its bounds, a gapped one as the set.
     wb, we = agg.wins[("binance", b, T0)], agg.wins[("binance", e, T0)]
     assert wb.__getstate__()[-1] == (1, 3) and we.__getstate__()[-1] == {10, 12}
     back = pickle.loads(pickle.dumps(agg))
     assert back.wins[("binance", b, T0)].seen == {1, 2, 3}
     assert back.wins[("binance", e, T0)].seen == {10, 12}
-    agg.process([f"{T0 + 62_000}-0".encode()], [_entry(_tr(4, T0 + 62_000, b))])
+    agg.process([join_id(T0 + 62_000, 0)], [_entry(_tr(4, T0 + 62_000, b))])
     # Closed: one run is stored as runs at once; the gapped set by the next batch, off
     # the closing batch's path. Either way memory is bounded by runs, not by trades.
     assert isinstance(agg.retained[("binance", b, T0)], IdRuns)
     assert agg.retained[("binance", e, T0)] == {10, 12}
-    agg.process([f"{T0 + 62_001}-0".encode()], [_entry(_tr(5, T0 + 62_001, b))])
+    agg.process([join_id(T0 + 62_001, 0)], [_entry(_tr(5, T0 + 62_001, b))])
     runs = agg.retained[("binance", e, T0)]
     assert isinstance(runs, IdRuns) and list(runs.starts) == [10, 12] == list(runs.ends)
     # ... and they still tell duplicates from late trades.
     out = agg.process(
-        [f"{T0 + 62_002}-{i}".encode() for i in range(2)],
+        [join_id(T0 + 62_002, i) for i in range(2)],
         [_entry(_tr(12, T0 + 2, e)), _entry(_tr(11, T0 + 2, e))],
     )
     assert [lt.trade.trade_id for lt in out.late] == [11]

@@ -25,6 +25,7 @@ from marketdata.interval import Interval
 from marketdata.rawmessage import RawMessage
 from marketdata.simulator import trade_payload
 from marketdata.trade import Rejection, Trade
+from redisstore.streamids import join_id, parse_id
 from streaming.fastparse import parse_raw_message
 
 T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
@@ -71,7 +72,7 @@ class Day:
         for arrival, _ in self.entries:
             ms = max(arrival, prev)
             seq = seq + 1 if ms == prev else 0
-            ids.append(f"{ms}-{seq}".encode())
+            ids.append(join_id(ms, seq))
             prev = ms
         return ids
 
@@ -213,13 +214,13 @@ def gen_day(
                 reasons[res.reason] = reasons.get(res.reason, 0) + 1
     entries.sort(key=lambda e: (e[0], e[1]))
     return Day(
-        trades,
-        late_keys,
-        [(a, msg) for a, _, msg in entries],
-        rejected,
-        dup_count,
-        lateness_ms,
-        reasons,
+        trades=trades,
+        late_keys=late_keys,
+        entries=[(a, msg) for a, _, msg in entries],
+        rejected=rejected,
+        duplicates=dup_count,
+        lateness_ms=lateness_ms,
+        reasons=reasons,
     )
 
 
@@ -249,7 +250,7 @@ def test_generated_day_is_what_it_says() -> None:
     arrivals = [a for a, _ in day.entries]
     assert arrivals == sorted(arrivals)
     ids = day.stream_ids()
-    assert ids == sorted(ids, key=lambda b: tuple(map(int, b.split(b"-"))))
+    assert ids == sorted(ids, key=parse_id)
     assert len(set(ids)) == len(ids)
     # Every late trade arrives after a trade 'lateness' past its window's end arrived.
     max_event = -1

@@ -26,6 +26,7 @@ from cryptopipe.commands.stream import ensure_recovery_dir
 from marketdata.interval import Interval
 from marketdata.trade import Trade
 from redisstore.keys import CLOSED_EVENTS_STREAM, DLQ_STREAM, LATE_STREAM, counts_key, live_key
+from redisstore.streamids import id_ms, join_id
 from serving.stream import StreamCandleReader
 from streaming.candleagg import WindowConfig
 from streaming.flows.candles import CandlesFlowConfig, build_flow
@@ -201,7 +202,7 @@ def test_trimmed_entries_are_reported_loudly(
 def test_live_candles_are_published_while_windows_are_open(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    day = Day([], set(), [], 0, 0, 5000)
+    day = Day(trades=[], late_keys=set(), entries=[], rejected=0, duplicates=0, lateness_ms=5000)
     trades = [
         Trade(
             exchange="binance",
@@ -256,7 +257,7 @@ def test_idle_stream_closes_windows_on_arrival_clock_ticks(
         (e[b"symbol"].decode(), e[b"interval"].decode(), int(e[b"open_time"])) for _, e in events
     } == {(k[1], k[2], k[3]) for k in ref_map(day)}
     # Closed by the ticks while the flow was still waiting for input, not by its end.
-    assert all(int(eid.split(b"-")[0]) < ended - 2000 for eid, _ in events)
+    assert all(id_ms(eid) < ended - 2000 for eid, _ in events)
     wm = int(redis_client.hget(counts_key("candles", "md:trades:raw"), "watermark"))  # type: ignore[arg-type]
     assert wm > T0 + 86_400_000
 
@@ -285,7 +286,7 @@ def test_live_candles_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch)
         flat: list[bytes] = []
         for k, v in RawMessage(trade_payload(t), "binance", T0 + i, symbol=sym).to_fields().items():
             flat += [k, v]
-        return RawBatch("md:trades:raw", [f"{T0 + i}-0".encode()], [flat])
+        return RawBatch(stream="md:trades:raw", ids=[join_id(T0 + i, 0)], fields=[flat])
 
     def live(out: object) -> list:
         return [c for w in out[0] for c in w.live]  # type: ignore[index]

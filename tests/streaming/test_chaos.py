@@ -38,6 +38,7 @@ from marketdata.trade import Trade
 from redisstore.keys import LATE_STREAM, counts_key
 from serving.stream import StreamCandleReader
 from streaming.supervisor import FLOWS, Supervisor
+from tests.processes import run_cryptopipe
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,18 +66,6 @@ def valid_trades() -> list[Trade]:
         if isinstance(t, Trade):
             unique[t.key] = t
     return list(unique.values())
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cryptopipe", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def supervise(sup: Supervisor, restarts: dict[str, int]) -> None:
@@ -176,16 +165,16 @@ def test_twenty_sigkills_with_supervisor_restarts_reconcile_exactly(
         assert int(total or 0) == restarts[name]
     # What is still open is written by idle-exit runs, as after any replay.
     for name in ("candles", "archive"):
-        done = cli(env, "stream", "run", name, "--exit-when-idle", "2")
+        done = run_cryptopipe(env, "stream", "run", name, "--exit-when-idle", "2", timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
 
     trades = valid_trades()
     folded = int(redis_client.hget(counts_key("candles", "md:trades:raw"), "trades") or 0)
     late = redis_client.xlen(LATE_STREAM)
     assert folded + late == len(trades), (folded, late, len(trades))
-    batch = cli(env, "batch", "run", "--date", str(DAY))
+    batch = run_cryptopipe(env, "batch", "run", "--date", str(DAY), timeout=600)
     assert batch.returncode == 0, batch.stderr[-3000:]
-    rec = cli(env, "reconcile", "--date", str(DAY), "--format", "json")
+    rec = run_cryptopipe(env, "reconcile", "--date", str(DAY), "--format", "json", timeout=600)
     assert rec.returncode == 0, rec.stderr[-3000:]
     summary = json.loads(rec.stdout)
     assert summary["unexplained"] == 0, summary["worst"][:5]

@@ -35,22 +35,10 @@ from redisstore.keys import (
     written_key,
 )
 from streaming.candlestore import CandleStore, CandleWrites
+from tests.processes import cryptopipe_ok
 
 T0 = 1_741_910_400_000
 WARMUP = 150
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 300) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "cryptopipe", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
 
 
 @pytest.fixture
@@ -72,7 +60,7 @@ def metrics_state(client: redis.Redis) -> dict[str, object]:
 @pytest.fixture
 def session(env: dict[str, str], redis_client: redis.Redis) -> dict[str, str]:
     # ~420 one-minute candles per symbol (7 h of market); 0.5% malformed, some dupes.
-    cli(
+    cryptopipe_ok(
         env,
         "feed",
         "simulate",
@@ -93,7 +81,7 @@ def session(env: dict[str, str], redis_client: redis.Redis) -> dict[str, str]:
         "--malformed",
         "0.005",
     )
-    cli(env, "stream", "run", "candles", "--exit-when-idle", "1.5")
+    cryptopipe_ok(env, "stream", "run", "candles", "--exit-when-idle", "1.5")
     # Per symbol: 420 (1m) + 84 (5m) + 28 (15m) + 7 (1h) + 1..2 (4h) + 1 (1d) closed events.
     assert redis_client.xlen(CLOSED_EVENTS_STREAM) >= 2 * (420 + 84 + 28 + 7 + 1 + 1)
     return env
@@ -102,10 +90,10 @@ def session(env: dict[str, str], redis_client: redis.Redis) -> dict[str, str]:
 def test_indicators_equal_talib_and_vwap_is_exact(
     session: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
+    cryptopipe_ok(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     candles = [
         json.loads(line)
-        for line in cli(
+        for line in cryptopipe_ok(
             session, "candles", "BTCUSDT", "--interval", "1m", "--format", "json"
         ).splitlines()
     ]
@@ -132,7 +120,7 @@ def test_indicators_equal_talib_and_vwap_is_exact(
     today = [c for c in candles if c["open_time"] // 86_400_000 == day]
     q = sum(Decimal(c["quote_volume"]) for c in today)
     v = sum(Decimal(c["volume"]) for c in today)
-    latest = json.loads(cli(session, "metrics", "BTCUSDT", "--format", "json"))
+    latest = json.loads(cryptopipe_ok(session, "metrics", "BTCUSDT", "--format", "json"))
     assert Decimal(latest["vwap"]) == (q / v).quantize(Decimal("1e-8"))
     assert latest["open_time"] == candles[-1]["open_time"]
     assert latest["close"] == candles[-1]["close"]
@@ -156,13 +144,13 @@ def test_indicators_equal_talib_and_vwap_is_exact(
 def test_replays_duplicates_and_sigkill_change_nothing(
     session: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
+    cryptopipe_ok(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     clean = metrics_state(redis_client)
     assert clean["anomalies"], "the session should trip some anomaly flags"
     # Running again over the same events, and with duplicated events: nothing moves.
     for _, fields in redis_client.xrange(CLOSED_EVENTS_STREAM, count=50):
         redis_client.xadd(CLOSED_EVENTS_STREAM, fields)
-    cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
+    cryptopipe_ok(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     assert metrics_state(redis_client) == clean
     # From scratch, stopped by SIGTERM once (exit 0, promptly) and killed with SIGKILL
     # once on the way: the same final state.
@@ -197,7 +185,7 @@ def test_replays_duplicates_and_sigkill_change_nothing(
         if sig == signal.SIGTERM:
             assert code == 0 and time.monotonic() - t0 < 5.0, code
             assert redis_client.hget("md:flow:metrics:heartbeat", "items_in") not in (None, b"0")
-    cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
+    cryptopipe_ok(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     assert metrics_state(redis_client) == clean
 
 
@@ -225,7 +213,7 @@ def test_anomalies_and_spread_with_known_answers(
     closed.append(_candle("binance", "BTCUSDT", 40, 110, 500))  # +10% price, huge volume
     closed.append(_candle("kraken", "BTCUSDT", 40, 101, 10))
     store.write([CandleWrites("md:trades:raw", closed=closed)])
-    cli(env, "stream", "run", "metrics", "--exit-when-idle", "1.5")
+    cryptopipe_ok(env, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     anomalies = [
         {k.decode(): v.decode() for k, v in f.items()}
         for _, f in redis_client.xrange(ANOMALIES_STREAM)
@@ -246,11 +234,11 @@ def test_anomalies_and_spread_with_known_answers(
 def test_two_workers_give_the_metrics_of_one(
     session: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    cli(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
+    cryptopipe_ok(session, "stream", "run", "metrics", "--exit-when-idle", "1.5")
     one = metrics_state(redis_client)
     for key in redis_client.scan_iter(match="md:metrics:*"):
         redis_client.delete(key)
     redis_client.delete(ANOMALIES_STREAM, written_key(ANOMALIES_STREAM))
     shutil.rmtree(Path(session["CRYPTOPIPE_HOME"]) / "recovery" / "metrics")
-    cli(session, "stream", "run", "metrics", "--workers", "2", "--exit-when-idle", "1.5")
+    cryptopipe_ok(session, "stream", "run", "metrics", "--workers", "2", "--exit-when-idle", "1.5")
     assert metrics_state(redis_client) == one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import redis
 
 from cryptopipe.localredis import LocalRedis, free_port
 from marketdata.simulator import SimConfig, simulate
-from redisstore.retry import Backoff, call_with_retry
+from redisstore.retry import Backoff, OutageLog, call_with_retry
 
 T0 = 1_741_910_400_000
 
@@ -95,3 +96,19 @@ def test_non_transient_errors_are_raised() -> None:
 
     with pytest.raises(redis.ResponseError):
         call_with_retry(bad, what="t")
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outage = OutageLog("md:trades:raw")
+    with caplog.at_level(logging.INFO, logger="redisstore.retry"):
+        outage.ok()  # nothing to say
+        for _ in range(3):
+            outage.failed(redis.ConnectionError("down"))
+        outage.ok()
+        outage.ok()
+    assert [r.getMessage() for r in caplog.records] == [
+        "md:trades:raw: Redis unavailable (down); retrying",
+        "md:trades:raw: Redis is back",
+    ]

@@ -39,6 +39,7 @@ from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
 from redisstore.keys import metrics_key
 from serving.stream import StreamCandleReader
+from tests.processes import run_cryptopipe
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,18 +90,6 @@ def stored(client: redis.Redis) -> dict:
         for iv in Interval
         for rec in reader.read(sym, iv)
     }
-
-
-def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cryptopipe", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 class AofSizes(threading.Thread):
@@ -246,7 +235,7 @@ def run_with_outage(tmp_path: Path, kill: bool) -> tuple[LocalRedis, dict[str, s
             out[name] = {"code": code, "log": (logs / f"{name}.log").read_text()}
         # What was still open is written out by an idle-exit run (as a replay would).
         for name in FLOWS:
-            done = cli(env, "stream", "run", name, "--exit-when-idle", "2")
+            done = run_cryptopipe(env, "stream", "run", name, "--exit-when-idle", "2")
             assert done.returncode == 0, done.stderr[-2000:]
         out["crash_ms"] = crash_ms
         return server, env, out
@@ -303,9 +292,9 @@ def test_a_redis_crash_loses_a_bounded_second_and_reconciliation_flags_it(
         trades = valid_trades()
         # The loss is bounded: what reached the lake (the batch's input) lacks at most
         # about a second and a half of the feed's trades.
-        batch = cli(env, "batch", "run", "--date", str(DAY), timeout=600)
+        batch = run_cryptopipe(env, "batch", "run", "--date", str(DAY), timeout=600)
         assert batch.returncode == 0, batch.stderr[-3000:]
-        rec = cli(env, "reconcile", "--date", str(DAY), "--format", "json", timeout=600)
+        rec = run_cryptopipe(env, "reconcile", "--date", str(DAY), "--format", "json", timeout=600)
         assert rec.returncode == 0, rec.stderr[-3000:]
         lake = Path(env["CRYPTOPIPE_HOME"]) / "lake"
         report = json.loads((lake / "reconciliation" / f"date={DAY}" / "report.json").read_text())

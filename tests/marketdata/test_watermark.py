@@ -1,0 +1,90 @@
+import pickle
+
+import pytest
+
+from marketdata.watermark import NEVER, Watermark, capped_event_time
+
+LATE = 5_000  # allowed lateness, ms
+IDLE = 10_000  # idle advance, ms
+T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z, a minute boundary
+
+
+def test_no_watermark_before_a_trade_and_no_arrival_moves_it() -> None:
+    mark = Watermark()
+    assert (mark.value, mark.cutoff) == (NEVER, NEVER)
+    assert not mark.arrive(T0, T0 + 10 * IDLE, LATE, IDLE)  # nothing is late yet
+    mark.advance(T0 + 100 * IDLE, LATE, IDLE)
+    assert (mark.value, mark.cutoff) == (NEVER, NEVER)
+
+
+def test_largest_event_time_minus_lateness_floored_to_the_minute_for_the_cutoff() -> None:
+    mark = Watermark()
+    mark.observe(T0 + 65_000, T0 + 65_000, LATE)
+    assert mark.value == T0 + 60_000
+    assert mark.cutoff == T0 + 60_000
+    mark.observe(T0 + 64_000, T0 + 66_000, LATE)  # an earlier time does not move it
+    assert (mark.e_max, mark.r_at_max, mark.value) == (T0 + 65_000, T0 + 65_000, T0 + 60_000)
+
+
+@pytest.mark.parametrize(
+    ("event_time", "late"),
+    [
+        (T0 + 59_999, True),  # its 1m window [T0, T0 + 60 s) closed
+        (T0 + 60_000, False),  # on the cutoff: the oldest open window
+        (T0 + 61_000, False),
+    ],
+)
+def test_a_trade_of_a_closed_window_is_late(event_time: int, late: bool) -> None:
+    mark = Watermark()
+    mark.observe(T0 + 65_000, T0 + 65_000, LATE)
+    assert mark.arrive(event_time, T0 + 65_001, LATE, IDLE) is late
+
+
+@pytest.mark.parametrize(
+    ("clock", "value"),
+    [
+        (T0 + IDLE, T0 - LATE),  # within the idle advance: stays
+        (T0 + IDLE + 1, T0 - LATE + 1),  # past it: follows the arrival clock
+        (T0 + IDLE + 90_000, T0 - LATE + 90_000),
+    ],
+)
+def test_a_stalled_event_time_follows_the_arrival_clock(clock: int, value: int) -> None:
+    mark = Watermark()
+    mark.observe(T0, T0, LATE)
+    mark.advance(clock, LATE, IDLE)
+    assert mark.value == value
+    assert mark.cutoff == value - value % 60_000
+
+
+def test_it_never_goes_back() -> None:
+    mark = Watermark()
+    mark.observe(T0, T0, LATE)
+    mark.advance(T0 + IDLE + 60_000, LATE, IDLE)
+    high = mark.value
+    mark.observe(T0 + 1_000, T0 + 1_000 + IDLE + 60_000, LATE)  # later e_max, lower value
+    assert mark.value == high
+    mark.raise_to(high - 1)
+    assert mark.value == high
+    mark.advance(T0, LATE, IDLE)  # an arrival clock stepping back
+    assert mark.value == high
+
+
+@pytest.mark.parametrize(
+    ("event_time", "recv_ms", "expected"),
+    [
+        (T0, T0, T0),
+        (T0 + 2_000, T0, T0 + 2_000),  # exactly max_ahead ahead: kept
+        (T0 + 2_001, T0, T0 + 2_000),  # further: capped
+        (T0 + 9_999_999, 0, T0 + 9_999_999),  # receive time unknown: no cap
+    ],
+)
+def test_capped_event_time(event_time: int, recv_ms: int, expected: int) -> None:
+    assert capped_event_time(event_time, recv_ms, 2_000) == expected
+
+
+def test_the_state_pickles_as_four_integers() -> None:
+    mark = Watermark()
+    mark.observe(T0 + 65_000, T0 + 70_000, LATE)
+    assert mark.__getstate__() == (T0 + 65_000, T0 + 70_000, T0 + 60_000, T0 + 60_000)
+    back = pickle.loads(pickle.dumps(mark))
+    assert back.__getstate__() == mark.__getstate__()
