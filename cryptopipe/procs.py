@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import logging
 import os
 import signal
@@ -29,10 +28,6 @@ class Child:
     def alive(self) -> bool:
         """Whether the process is still running."""
         return self.proc.poll() is None
-
-
-def _running(proc: subprocess.Popen[bytes]) -> bool:
-    return proc.poll() is None
 
 
 def _die_with_parent() -> None:
@@ -107,8 +102,6 @@ class ProcessGroup:
         deadline = time.monotonic() + timeout
         for child in children:
             remaining = max(0.1, deadline - time.monotonic())
-            proctable.terminate_group(
-                child.proc.pid, remaining, also_alive=functools.partial(_running, child.proc)
-            )
+            proctable.terminate_group(child.proc.pid, remaining, also_alive=child.alive)
             if proctable.group_members(child.proc.pid) or child.proc.poll() is None:
                 log.warning("%s is still there after SIGKILL", child.name)
