@@ -157,6 +157,22 @@ class VenueClocks:
         if self.template is not None:
             self.template.advance(clock, lateness_ms, idle_advance_ms)
 
+    def arrive(
+        self, venue: str, event_time: int, clock: int, lateness_ms: int, idle_advance_ms: int
+    ) -> tuple[Watermark, bool]:
+        """A trade of ``venue`` arrives at ``clock``: its clock, and is the trade late?
+
+        The arrival clock moves every venue's clock on (:meth:`Watermark.advance`); the
+        trade meets its own venue's (:meth:`Watermark.arrive`). Each clock moves once.
+        """
+        for v, mark in self.clocks.items():
+            if v != venue:
+                mark.advance(clock, lateness_ms, idle_advance_ms)
+        if self.template is not None:
+            self.template.advance(clock, lateness_ms, idle_advance_ms)
+        mark = self.of(venue)
+        return mark, mark.arrive(event_time, clock, lateness_ms, idle_advance_ms)
+
     def low(self) -> int:
         """The slowest venue's watermark (the template's before any venue, or ``NEVER``)."""
         if self.clocks:

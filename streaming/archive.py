@@ -183,11 +183,9 @@ class ArchiveClock:
         clocks = self.clocks
         for k in range(k0, len(pb.idx)):
             clock = id_ms(ids[pb.idx[k]])
-            # The arrival clock moves every venue; the trade meets its own venue's clock.
-            clocks.advance(clock, lateness, idle)
-            mark = clocks.of(pb.exchange[k])
             t = pb.event_time[k]
-            if mark.arrive(t, clock, lateness, idle):
+            mark, late = clocks.arrive(pb.exchange[k], t, clock, lateness, idle)
+            if late:
                 continue  # late for the candles flow: it does not move the clock
             ev = capped_event_time(t, pb.recv[k], max_ahead)
             if ev != t:  # capped

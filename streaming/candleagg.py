@@ -576,10 +576,8 @@ class ShardAggregator:
             zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv, strict=True)
         ):
             clock = id_ms(ids[pos])
-            # The arrival clock moves every venue; the trade meets its own venue's clock.
-            clocks.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
-            mark = clocks.of(ex)
-            if mark.arrive(t, clock, cfg.lateness_ms, cfg.idle_advance_ms):
+            mark, late = clocks.arrive(ex, t, clock, cfg.lateness_ms, cfg.idle_advance_ms)
+            if late:
                 late_rows.append((k, mark.value))
                 continue
             o = t - t % MINUTE

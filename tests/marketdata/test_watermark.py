@@ -2,7 +2,7 @@ import pickle
 
 import pytest
 
-from marketdata.watermark import NEVER, Watermark, capped_event_time
+from marketdata.watermark import NEVER, VenueClocks, Watermark, capped_event_time
 
 LATE = 5_000  # allowed lateness, ms
 IDLE = 10_000  # idle advance, ms
@@ -88,3 +88,23 @@ def test_the_state_pickles_as_four_integers() -> None:
     assert mark.__getstate__() == (T0 + 65_000, T0 + 70_000, T0 + 60_000, T0 + 60_000)
     back = pickle.loads(pickle.dumps(mark))
     assert back.__getstate__() == mark.__getstate__()
+
+
+def test_each_venue_is_judged_by_its_own_clock_and_the_arrival_clock_moves_them_all() -> None:
+    clocks = VenueClocks()
+    fast, late = clocks.arrive("binance", T0 + 3_600_000, T0, LATE, IDLE)
+    assert not late
+    fast.observe(T0 + 3_600_000, T0, LATE)
+    # kraken an hour behind binance: on time by kraken's clock, which starts now
+    slow, late = clocks.arrive("kraken", T0, T0 + 1, LATE, IDLE)
+    assert not late and slow is not fast and slow.value == NEVER
+    slow.observe(T0, T0 + 1, LATE)
+    assert clocks.low() == T0 - LATE and clocks.cutoffs()["binance"] > T0
+    # a trade for binance's closed windows is late; kraken's own minute is still open
+    assert clocks.arrive("binance", T0, T0 + 2, LATE, IDLE)[1]
+    assert not clocks.arrive("kraken", T0 + 1, T0 + 3, LATE, IDLE)[1]
+    # kraken's event time stalls: arrivals of binance's trades move kraken's clock on
+    clocks.arrive("binance", T0 + 3_600_001, T0 + 1 + IDLE + 60_000, LATE, IDLE)
+    assert slow.value == T0 - LATE + 60_000
+    restored = pickle.loads(pickle.dumps(clocks))
+    assert restored.cutoffs() == clocks.cutoffs() and restored.low() == clocks.low()
