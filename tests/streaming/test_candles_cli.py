@@ -41,23 +41,15 @@ from redisstore.keys import (
 from serving.stream import StreamCandleReader
 from streaming.heartbeat import read_heartbeat
 from streaming.rawlog import RawLogWriter
+from tests.processes import ROOT, run_cryptopipe
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cryptopipe", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
+    return run_cryptopipe(os.environ if env is None else env, *args, timeout=timeout)
 
 
 def flow_env(url: str, home: Path, **extra: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from streaming.feeds.base import feed_writer
 from streaming.feeds.pacing import PacedWriter, parse_speed
 from streaming.rawlog import RawLogWriter
 from streaming.supervisor import Supervisor
-from tests.processes import leftovers
+from tests.processes import leftovers, run_cryptopipe
 
 T0 = 1_741_910_400_000
 
@@ -32,14 +33,7 @@ T0 = 1_741_910_400_000
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cryptopipe", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+    return run_cryptopipe(os.environ if env is None else env, *args, timeout=timeout)
 
 
 def read_all(client: redis.Redis, stream: str = "md:trades:raw") -> list[RawMessage]:
