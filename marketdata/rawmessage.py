@@ -9,13 +9,17 @@ from __future__ import annotations
 import zlib
 from typing import NamedTuple
 
-from marketdata.parsing import FORMAT_WS
+from marketdata.parsing import FORMAT_WS, normalize_exchange
+from marketdata.timeutil import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
+from marketdata.trade import Rejection
 
 F_PAYLOAD = b"payload"
 F_EXCHANGE = b"exchange"
 F_RECV = b"recv_ms"
 F_FORMAT = b"format"
 F_SYMBOL = b"symbol"
+#: The first field of a progress mark's entry (a message's first field is the payload).
+F_MARK = b"mark"
 
 
 class RawMessage(NamedTuple):
@@ -72,6 +76,68 @@ class RawMessage(NamedTuple):
             fmt.decode("utf-8", "replace") if fmt else FORMAT_WS,
             sym.decode("utf-8", "replace") if sym else None,
         )
+
+
+class ProgressMark(NamedTuple):
+    """A feed's promise: everything of ``exchange`` up to ``event_ms`` is delivered.
+
+    Written into every raw-log partition (after the trades it covers), at least
+    once a second while the feed is alive, quiet markets included; a venue's clock
+    moves with its marks as with its trades (docs/architecture.md section 4). The
+    entry is ``mark <event_ms> exchange <name> recv_ms <ms>``: its first field tells
+    it from a message without parsing anything.
+
+    Attributes:
+        exchange: the venue (``binance``, ``binance-um``).
+        event_ms: the event time (ms, UTC) up to which everything is delivered.
+        recv_ms: when the feed wrote it (its receive clock).
+
+    """
+
+    exchange: str
+    event_ms: int
+    recv_ms: int
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        """The Redis stream entry's fields (the mark first)."""
+        return {
+            F_MARK: str(self.event_ms).encode(),
+            F_EXCHANGE: self.exchange.encode(),
+            F_RECV: str(self.recv_ms).encode(),
+        }
+
+
+def parse_mark(fields: list[bytes] | tuple[bytes, ...]) -> ProgressMark | Rejection:
+    """A progress mark's entry (flat ``[name, value, ...]``), validated.
+
+    A mark that cannot be read is never ignored silently: it is a
+    :class:`~marketdata.trade.Rejection` (``bad_timestamp``, ``bad_exchange``) for the
+    DLQ, whose payload is the entry's fields as ``name=value`` pairs.
+    """
+    values = dict(zip(fields[::2], fields[1::2], strict=False))
+    raw = b" ".join(k + b"=" + v for k, v in values.items())
+    ex_raw = values.get(F_EXCHANGE, b"").decode("utf-8", "replace")
+    ex = normalize_exchange(ex_raw)
+    if ex is None:
+        return Rejection(
+            "bad_exchange", raw, ex_raw[:40], "progress mark: exchange name is not valid"
+        )
+    try:
+        event_ms = int(values.get(F_MARK, b""))
+    except ValueError:
+        return Rejection("bad_timestamp", raw, ex, "progress mark: time is not an integer")
+    if not MIN_EVENT_TIME_MS <= event_ms < MAX_EVENT_TIME_MS:
+        return Rejection("bad_timestamp", raw, ex, f"progress mark {event_ms} outside 2009..2100")
+    try:
+        recv_ms = int(values.get(F_RECV, b"0"))
+    except ValueError:
+        recv_ms = 0
+    return ProgressMark(ex, event_ms, recv_ms)
+
+
+def is_mark(fields: list[bytes] | tuple[bytes, ...]) -> bool:
+    """Is this flat ``[name, value, ...]`` entry a progress mark?"""
+    return bool(fields) and fields[0] == F_MARK
 
 
 def shard_of(symbol: str | None, shards: int) -> int:

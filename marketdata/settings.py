@@ -16,6 +16,10 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_HOME = "./.cryptopipe"
 #: Allowed lateness of the candles flow, ms (docs/architecture.md section 4).
 DEFAULT_LATENESS_MS = 5_000
+#: How long a silent venue's windows stay open, ms (docs/architecture.md section 4).
+DEFAULT_HOLD_MS = 120_000
+#: How far ahead of its venue's clock an event time may be, ms (section 4).
+DEFAULT_MAX_AHEAD_MS = 60_000
 
 
 @overload
@@ -75,6 +79,10 @@ class Settings:
         home: the project's working directory: lake, recovery, Redis data, Dagster.
         raw_shards: number of raw-log shards (1 = the single stream ``md:trades:raw``).
         lateness_ms: allowed lateness of the candles flow.
+        hold_ms: how long a silent venue (no trades, no progress marks) holds its
+            windows open before the arrival clock closes them.
+        max_ahead_ms: an event time more than this ahead of its venue's clock (or of
+            the arrival clock, whichever is later) is rejected as ``bad_timestamp``.
         known_symbols: when set, other symbols are rejected as ``unknown_symbol``.
         lake_uri: where the Parquet lake is (default ``<home>/lake``).
 
@@ -84,6 +92,8 @@ class Settings:
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME))
     raw_shards: int = 1
     lateness_ms: int = DEFAULT_LATENESS_MS
+    hold_ms: int = DEFAULT_HOLD_MS
+    max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
     known_symbols: frozenset[str] | None = None
     lake_uri: str | None = None
 
@@ -94,15 +104,25 @@ class Settings:
         if shards < 1:
             msg = f"CRYPTOPIPE_RAW_SHARDS={shards}: need at least 1"
             raise ValueError(msg)
-        lateness = env_int("CRYPTOPIPE_LATENESS_MS", DEFAULT_LATENESS_MS, unit="milliseconds")
-        if lateness < 0:
-            msg = f"CRYPTOPIPE_LATENESS_MS={lateness}: must not be negative"
-            raise ValueError(msg)
+        times = {}
+        for name, default in (
+            ("LATENESS", DEFAULT_LATENESS_MS),
+            ("HOLD", DEFAULT_HOLD_MS),
+            ("MAX_AHEAD", DEFAULT_MAX_AHEAD_MS),
+        ):
+            var = f"CRYPTOPIPE_{name}_MS"
+            value = env_int(var, default, unit="milliseconds")
+            if value < 0:
+                msg = f"{var}={value}: must not be negative"
+                raise ValueError(msg)
+            times[name] = value
         return cls(
             redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
             home=Path(home or os.environ.get("CRYPTOPIPE_HOME") or DEFAULT_HOME).absolute(),
             raw_shards=shards,
-            lateness_ms=lateness,
+            lateness_ms=times["LATENESS"],
+            hold_ms=times["HOLD"],
+            max_ahead_ms=times["MAX_AHEAD"],
             known_symbols=_env_symbols(),
             lake_uri=os.environ.get("CRYPTOPIPE_LAKE_URI") or None,
         )
@@ -114,6 +134,8 @@ class Settings:
             "CRYPTOPIPE_HOME": str(self.home),
             "CRYPTOPIPE_RAW_SHARDS": str(self.raw_shards),
             "CRYPTOPIPE_LATENESS_MS": str(self.lateness_ms),
+            "CRYPTOPIPE_HOLD_MS": str(self.hold_ms),
+            "CRYPTOPIPE_MAX_AHEAD_MS": str(self.max_ahead_ms),
         }
         if self.known_symbols is not None:
             out["CRYPTOPIPE_SYMBOLS"] = ",".join(sorted(self.known_symbols))

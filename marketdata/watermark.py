@@ -7,20 +7,24 @@ which decides what is late) and the archive (:class:`streaming.archive.ArchiveCl
 which tells the batch layer when a day is sealed): both must reach the same value on
 the same entries, whatever the batching.
 
-The rule: the largest event time seen (of a trade that was not late, capped at its
-receive time plus ``max_ahead_ms``: :func:`capped_event_time`), minus the allowed
-lateness. When
-event time stalls, the *arrival clock* (the ms part of the stream ids, or Redis
-``TIME`` when the stream is idle) moves it on: after ``idle_advance_ms`` of arrivals
-without a new largest event time, by as much as the arrival clock moves. It never
-goes back. The 1m window whose end it passed is closed: ``cutoff`` is the open time
-of the oldest 1m window still open, and a trade of a closed window is late
-(:meth:`Watermark.arrive`).
+The rule: a venue's clock is the largest event time it has shown (a trade that was
+not late, or a feed's progress mark: "everything of this venue up to T is
+delivered"), minus the allowed lateness. A venue that shows nothing new (no trade
+with a later time, no later mark) is *silent*: its windows stay open for
+``hold_ms`` of arrival time, then the *arrival clock* (the ms part of the stream
+ids, or Redis ``TIME`` when the stream is idle) moves its clock on, by as much as
+the arrival clock moves. It never goes back. The 1m window whose end it passed is
+closed: ``cutoff`` is the open time of the oldest 1m window still open, and a trade
+of a closed window is late (:meth:`Watermark.arrive`).
 
-Both users feed it entry by entry in their exact paths (:meth:`Watermark.arrive`,
-:func:`capped_event_time`, :meth:`Watermark.observe`); the candles flow's fast path
-applies the same rule to a whole batch at once (a running maximum), and its tests
-compare the two paths.
+An event time more than ``max_ahead_ms`` after the venue's largest event time and
+after the arrival clock (:meth:`Watermark.too_far_ahead`) is refused: the trade is
+rejected (``bad_timestamp``), a mark ignored, and the clock does not move, so one
+bad row can never close a venue's windows.
+
+Both users feed it entry by entry in their exact paths (:meth:`VenueClocks.arrive`,
+:meth:`Watermark.observe`); the candles flow's fast path applies the same rule to a
+whole batch at once (a running maximum), and its tests compare the two paths.
 """
 
 from __future__ import annotations
@@ -34,23 +38,13 @@ NEVER = -(1 << 62)
 MINUTE_MS = Interval.M1.ms
 
 
-def capped_event_time(event_time: int, recv_ms: int, max_ahead_ms: int) -> int:
-    """The event time a trade may move the watermark to: at most ``recv_ms + max_ahead_ms``.
-
-    One trade with a clock far ahead must not close everyone's windows. ``recv_ms``
-    ``0`` means the receive time is unknown: no cap.
-    """
-    if recv_ms > 0 and event_time > recv_ms + max_ahead_ms:
-        return recv_ms + max_ahead_ms
-    return event_time
-
-
 class Watermark:
-    """A partition's watermark and what it was derived from.
+    """A venue's clock in a partition and what it was derived from.
 
     Attributes:
-        e_max: the largest event time that moved it (``NEVER`` before any).
-        r_at_max: the arrival clock (ms) when ``e_max`` arrived.
+        e_max: the largest event time (trade or mark) that moved it (``NEVER`` before any).
+        r_at_max: the arrival clock (ms) when ``e_max`` arrived: the venue is silent
+            since then.
         value: the watermark, ms (``NEVER`` before any).
         cutoff: open time of the oldest open 1m window (``value`` floored to the minute).
     """
@@ -80,26 +74,37 @@ class Watermark:
             self.value = wm
             self.cutoff = wm - wm % MINUTE_MS
 
-    def advance(self, clock: int, lateness_ms: int, idle_advance_ms: int) -> None:
-        """The arrival clock reads ``clock``: move on if event time has stalled."""
-        self.arrive(NEVER, clock, lateness_ms, idle_advance_ms)
+    def advance(self, clock: int, lateness_ms: int, hold_ms: int) -> None:
+        """The arrival clock reads ``clock``: move on if the venue is silent past the hold."""
+        self.arrive(NEVER, clock, lateness_ms, hold_ms)
 
-    def arrive(self, event_time: int, clock: int, lateness_ms: int, idle_advance_ms: int) -> bool:
+    def arrive(self, event_time: int, clock: int, lateness_ms: int, hold_ms: int) -> bool:
         """A trade arrives at ``clock``: the watermark moves on, then is the trade late?
 
-        It moves on if event time has stalled (see the module docstring). The trade is
-        late when its 1m window is closed: it is before ``cutoff`` (a minute boundary).
-        A late trade must not be given to :meth:`observe`. Called once per entry in the
-        exact paths, hence one method for both steps.
+        It moves on if the venue has been silent longer than the hold (see the module
+        docstring). The trade is late when its 1m window is closed: it is before
+        ``cutoff`` (a minute boundary). A late trade must not be given to
+        :meth:`observe`. Called once per entry in the exact paths, hence one method
+        for both steps.
         """
         if self.e_max != NEVER:
-            ahead = clock - self.r_at_max - idle_advance_ms
+            ahead = clock - self.r_at_max - hold_ms
             if ahead > 0:
                 self.raise_to(self.e_max - lateness_ms + ahead)
         return event_time < self.cutoff
 
+    def too_far_ahead(self, event_time: int, clock: int, max_ahead_ms: int) -> bool:
+        """Is ``event_time`` more than ``max_ahead_ms`` after the clock and the arrival?
+
+        After both this clock's largest event time and the arrival clock ``clock``:
+        such a time is refused and must not move the clock. The arrival clock counts
+        so that a venue's first trade, or live data after a replay of old history, is
+        judged against the time it was written.
+        """
+        return event_time > max(self.e_max, clock) + max_ahead_ms
+
     def observe(self, event_time: int, clock: int, lateness_ms: int) -> None:
-        """A trade (not late, event time already capped) arrived at ``clock``."""
+        """A trade (not late, not too far ahead) or a mark arrived at ``clock``."""
         if event_time > self.e_max:
             self.e_max = event_time
             self.r_at_max = clock
@@ -110,8 +115,9 @@ class VenueClocks:
     """One :class:`Watermark` per venue: time comes from the venues.
 
     A venue is a trade's ``exchange`` (a venue with several markets names each its own
-    way, e.g. ``binance`` and ``binance-futures``). Each venue's clock moves with its
-    own trades (and the arrival clock when they stall), so one venue that lags, or a
+    way, e.g. ``binance`` and ``binance-um``). Each venue's clock moves with its own
+    trades and progress marks (and the arrival clock when it is silent past the
+    hold), so one venue that lags, or a
     second venue's history written after the first's, is never late because of
     another. What a partition has completed is the slowest of its venues
     (:meth:`low`).
@@ -150,15 +156,15 @@ class VenueClocks:
             self.clocks[venue] = mark
         return mark
 
-    def advance(self, clock: int, lateness_ms: int, idle_advance_ms: int) -> None:
-        """The arrival clock reads ``clock``: every venue whose event time stalled moves."""
+    def advance(self, clock: int, lateness_ms: int, hold_ms: int) -> None:
+        """The arrival clock reads ``clock``: every venue silent past the hold moves."""
         for mark in self.clocks.values():
-            mark.advance(clock, lateness_ms, idle_advance_ms)
+            mark.advance(clock, lateness_ms, hold_ms)
         if self.template is not None:
-            self.template.advance(clock, lateness_ms, idle_advance_ms)
+            self.template.advance(clock, lateness_ms, hold_ms)
 
     def arrive(
-        self, venue: str, event_time: int, clock: int, lateness_ms: int, idle_advance_ms: int
+        self, venue: str, event_time: int, clock: int, lateness_ms: int, hold_ms: int
     ) -> tuple[Watermark, bool]:
         """A trade of ``venue`` arrives at ``clock``: its clock, and is the trade late?
 
@@ -167,11 +173,11 @@ class VenueClocks:
         """
         for v, mark in self.clocks.items():
             if v != venue:
-                mark.advance(clock, lateness_ms, idle_advance_ms)
+                mark.advance(clock, lateness_ms, hold_ms)
         if self.template is not None:
-            self.template.advance(clock, lateness_ms, idle_advance_ms)
+            self.template.advance(clock, lateness_ms, hold_ms)
         mark = self.of(venue)
-        return mark, mark.arrive(event_time, clock, lateness_ms, idle_advance_ms)
+        return mark, mark.arrive(event_time, clock, lateness_ms, hold_ms)
 
     def low(self) -> int:
         """The slowest venue's watermark (the template's before any venue, or ``NEVER``)."""

@@ -22,11 +22,15 @@ docs/archive.md):
   it open; when it is written again with more entries, the sink removes the files
   of the earlier, partial range (same stream, same first id: a subset) once the new
   ones are durable. A stop by signal does not write it (the snapshot keeps it).
-* **Watermark.** Per partition, the candles flow's watermark computed over the
-  archived prefix of the stream (:class:`ArchiveClock`: largest event time minus
-  the lateness, moved on by the arrival clock after ``idle_advance_ms``); idle ticks
-  count only when nothing read is left unarchived. A partition that never carried a
-  trade follows the tick: Redis ``TIME`` minus lateness minus ``idle_advance_ms``.
+* **Watermark.** Per partition, the candles flow's venue clocks computed over the
+  archived prefix of the stream (:class:`ArchiveClock`: per venue, largest event
+  time of its trades and progress marks minus the lateness, moved on by the arrival
+  clock after ``hold_ms`` of silence); the partition's watermark is its slowest
+  venue's. Idle ticks count only when nothing read is left unarchived. A partition
+  that never carried a trade or mark follows the tick: Redis ``TIME`` minus
+  lateness minus ``hold_ms``. Trades and marks too far ahead of their venue's clock
+  are refused exactly as the candles flow refuses them: written as rejections
+  (``bad_timestamp``), not as trades, and the clock does not move.
 * **Trim point.** Entries before ``min(archived + 1, archived_ms - retention, the
   position at the snapshot trim_guard_snapshots back)`` may be trimmed: never
   past what is written, and never past what a restore from the last committed
@@ -50,10 +54,10 @@ from lake.layout import SourceRange
 from lake.schemas import TRADES_SCHEMA
 from marketdata.timeutil import DAY_MS
 from marketdata.trade import Rejection
-from marketdata.watermark import NEVER, VenueClocks, Watermark, capped_event_time
+from marketdata.watermark import NEVER, VenueClocks, Watermark
 from redisstore.streamids import id_ms, join_id, parse_id
-from streaming.candleagg import MINUTE, WindowConfig
-from streaming.fastparse import FastParser, ParsedBatch
+from streaming.candleagg import WindowConfig, far_ahead, far_ahead_trade
+from streaming.fastparse import FastParser, ParsedBatch, entry_message
 
 #: Default bucket: files hold one minute of stream ids.
 DEFAULT_BUCKET_MS = 60_000
@@ -126,29 +130,25 @@ class ArchiveClock:
 
     The same :class:`marketdata.watermark.VenueClocks` as
     :class:`streaming.candleagg.ShardAggregator`'s (tests compare them), fed with the
-    trades the candles flow would not find late, so that, fed with the same entries,
-    it gives the same values whatever the batching. The partition's watermark is its
-    slowest venue's.
+    trades the candles flow would not find late and with the progress marks, so
+    that, fed with the same entries, it gives the same values whatever the batching.
+    The partition's watermark is its slowest venue's.
     """
 
-    __slots__ = ("capped", "clocks")
+    __slots__ = ("clocks",)
 
     def __init__(self) -> None:
         self.clocks = VenueClocks()
-        #: (exchange, symbol, trade_id) -> 1m open time of trades whose event time was
-        #: capped (the candles flow skips their duplicates before the cap matters).
-        self.capped: dict[tuple[str, str, int], int] = {}
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.clocks.__getstate__(), self.capped)
+        return (self.clocks.__getstate__(),)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         if len(state) == 5:  # one watermark per partition: every venue goes on from it
             self.clocks = VenueClocks(template=Watermark(*state[:4]))
-        else:
+        else:  # (clocks,), or (clocks, capped) from when far-ahead times were capped
             self.clocks = VenueClocks()
             self.clocks.__setstate__(state[0])
-        self.capped = state[-1]
 
     @property
     def watermark(self) -> int:
@@ -157,47 +157,71 @@ class ArchiveClock:
 
     def advance(self, clock: int, cfg: WindowConfig) -> None:
         """The arrival clock reads ``clock`` (an entry id's ms)."""
-        self.clocks.advance(clock, cfg.lateness_ms, cfg.idle_advance_ms)
+        self.clocks.advance(clock, cfg.lateness_ms, cfg.hold_ms)
 
     def tick(self, now_ms: int, cfg: WindowConfig) -> None:
         """Redis ``TIME`` while everything read is archived (the partition is idle).
 
-        A partition that never carried a trade has no event time to start from; it
-        follows the tick as if a trade had arrived on time just now, so that an
-        empty shard does not hold back sealing forever.
+        A partition that never carried a trade or mark has no event time to start
+        from; it follows the tick as if one had arrived just now and the hold
+        passed, so that an empty shard does not hold back sealing forever.
         """
         t = self.clocks.template
         if not self.clocks.clocks and (t is None or t.e_max == NEVER):
             if t is None:
                 t = self.clocks.template = Watermark()
-            t.raise_to(now_ms - cfg.lateness_ms - cfg.idle_advance_ms)
+            t.raise_to(now_ms - cfg.lateness_ms - cfg.hold_ms)
             return
         self.advance(now_ms, cfg)
 
-    def feed(self, ids: Sequence[bytes], pb: ParsedBatch, start: int, cfg: WindowConfig) -> None:
-        """Entries ``ids[start:]`` (in stream order); ``pb`` is the parse of all ``ids``."""
+    def feed(
+        self,
+        ids: Sequence[bytes],
+        fields: Sequence[Sequence[bytes]],
+        pb: ParsedBatch,
+        start: int,
+        cfg: WindowConfig,
+    ) -> list[tuple[int, Rejection]]:
+        """Entries ``ids[start:]`` (in stream order); ``pb`` is the parse of all ``ids``.
+
+        Returns the entries refused as too far ahead of their venue's clock (position
+        in ``ids``, rejection), as the candles flow refuses them.
+        """
         if start >= len(ids):
-            return
+            return []
+        refused: list[tuple[int, Rejection]] = []
         k0 = bisect_left(pb.idx, start)
-        lateness, max_ahead, idle = cfg.lateness_ms, cfg.max_ahead_ms, cfg.idle_advance_ms
+        lateness, max_ahead, hold = cfg.lateness_ms, cfg.max_ahead_ms, cfg.hold_ms
         clocks = self.clocks
-        for k in range(k0, len(pb.idx)):
-            clock = id_ms(ids[pb.idx[k]])
+        marks = [(pos, m) for pos, m in pb.marks if pos >= start]
+        marks.append((len(ids), None))  # a sentinel after every entry
+        mi = 0
+        for k in range(k0, len(pb.idx) + 1):
+            pos = pb.idx[k] if k < len(pb.idx) else len(ids)
+            while marks[mi][0] < pos:
+                mpos, m = marks[mi]
+                mi += 1
+                assert m is not None
+                clock = id_ms(ids[mpos])
+                wm, _ = clocks.arrive(m.exchange, NEVER, clock, lateness, hold)
+                if wm.too_far_ahead(m.event_ms, clock, max_ahead):
+                    refused.append((mpos, far_ahead(m, wm, clock)))
+                else:
+                    wm.observe(m.event_ms, clock, lateness)
+            if k == len(pb.idx):
+                break
+            clock = id_ms(ids[pos])
             t = pb.event_time[k]
-            mark, late = clocks.arrive(pb.exchange[k], t, clock, lateness, idle)
+            wm, late = clocks.arrive(pb.exchange[k], t, clock, lateness, hold)
             if late:
                 continue  # late for the candles flow: it does not move the clock
-            ev = capped_event_time(t, pb.recv[k], max_ahead)
-            if ev != t:  # capped
-                key = (pb.exchange[k], pb.symbol[k], pb.trade_id[k])
-                if key in self.capped:
-                    continue  # a duplicate: the candles flow skips it
-                self.capped[key] = t - t % MINUTE
-            mark.observe(ev, clock, lateness)
+            if wm.too_far_ahead(t, clock, max_ahead):
+                payload = entry_message(fields[pos]).payload
+                refused.append((pos, far_ahead_trade(t, pb.exchange[k], payload, wm)))
+                continue
+            wm.observe(t, clock, lateness)
         self.advance(id_ms(ids[-1]), cfg)
-        if self.capped:
-            cut = clocks.cutoffs()
-            self.capped = {key: o for key, o in self.capped.items() if o >= cut.get(key[0], NEVER)}
+        return refused
 
 
 # --------------------------------------------------------------------------- entries
@@ -294,7 +318,7 @@ class ArchiveWork:
 class _Pending:
     """The open bucket: its bounds, entries, and what of it is already written."""
 
-    __slots__ = ("chunks", "clocked", "end", "n", "start")
+    __slots__ = ("chunks", "clocked", "end", "n", "refused", "start")
 
     def __init__(self, start: int, end: int) -> None:
         self.start = start
@@ -303,12 +327,15 @@ class _Pending:
         self.n = 0
         #: Entries already fed to the clock (written at an earlier end of input).
         self.clocked = 0
+        #: Position in the bucket -> rejection, of the entries the clock refused.
+        self.refused: dict[int, Rejection] = {}
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.start, self.end, self.chunks, self.n, self.clocked)
+        return (self.start, self.end, self.chunks, self.n, self.clocked, self.refused)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self.start, self.end, self.chunks, self.n, self.clocked = state
+        self.start, self.end, self.chunks, self.n, self.clocked = state[:5]
+        self.refused = state[5] if len(state) > 5 else {}
 
     def add(self, ids: list[bytes], fields: list[list[bytes]]) -> None:
         if ids:
@@ -492,9 +519,18 @@ class PartitionArchiver:
         pos = 0
         for ids, fields in p.slices(FLUSH_SLICE):
             pb = self.parser.parse_batch(fields)
-            self.clock.feed(ids, pb, max(0, p.clocked - pos), self.cfg.window)
-            rejections += [r for _, r, _ in pb.rejects]
-            rejection_ids += [ids[i].decode() for i, _, _ in pb.rejects]
+            for i, rej in self.clock.feed(
+                ids, fields, pb, max(0, p.clocked - pos), self.cfg.window
+            ):
+                p.refused[pos + i] = rej
+            refused = {i - pos: r for i, r in p.refused.items() if pos <= i < pos + len(ids)}
+            rejects = [(i, r) for i, r, _ in pb.rejects]
+            if refused:
+                pb = pb.without(set(refused))
+                rejects = sorted([*rejects, *refused.items()], key=lambda x: x[0])
+                self._count("refused_ahead", len(refused))
+            rejections += [r for _, r in rejects]
+            rejection_ids += [ids[i].decode() for i, _ in rejects]
             tables.append(_trades_table(pb))
             first = first or ids[0]
             last = ids[-1]

@@ -11,15 +11,13 @@ flow is laid out so: docs/architecture.md, "Inside the speed layer"). Semantics
   (:class:`marketdata.watermark.VenueClocks`), driven only by the data, so that a
   replay of the same entries after a crash or downtime decides exactly what the
   first run decided; a venue's windows close by its own clock. It is the largest
-  event time of the venue's trades minus the allowed lateness, and, when
-  event time stalls, it also advances with the *arrival clock* (the millisecond
-  part of the Redis stream ids, or Redis ``TIME`` when the stream is idle): after
-  ``idle_advance_ms`` of arrivals without a new largest event time, by as much as
-  the arrival clock moves. A resumed flow reading a backlog sees arrival times of
-  the backlog, not the wall clock, so downtime never turns a backlog into late
-  trades. An event time more than ``max_ahead_ms`` after its receive time moves
-  the watermark only up to receive time + ``max_ahead_ms`` (one bad clock must not
-  close every window).
+  event time of the venue's trades and progress marks minus the allowed lateness;
+  a venue silent for ``hold_ms`` of arrival time (the millisecond part of the
+  Redis stream ids, or Redis ``TIME`` when the stream is idle) then follows the
+  arrival clock. A resumed flow reading a backlog sees arrival times of the
+  backlog, not the wall clock, so downtime never turns a backlog into late trades.
+  An event time more than ``max_ahead_ms`` ahead of the venue's clock and of the
+  arrival clock is rejected (``bad_timestamp``): one bad row never moves a clock.
 * **Windows.** 1m windows are the unit: a trade whose 1m window has closed (the
   watermark passed its end) is late for every interval. Coarser candles (5m ... 1d)
   are the roll-up of the closed 1m candles, which docs/architecture.md section 3
@@ -44,11 +42,17 @@ from typing import Any, NamedTuple
 
 from marketdata.candle import Candle
 from marketdata.interval import Interval
-from marketdata.settings import DEFAULT_LATENESS_MS
+from marketdata.rawmessage import ProgressMark
+from marketdata.settings import (
+    DEFAULT_HOLD_MS,
+    DEFAULT_LATENESS_MS,
+    DEFAULT_MAX_AHEAD_MS,
+    Settings,
+)
 from marketdata.trade import Rejection, Trade
-from marketdata.watermark import NEVER, VenueClocks, Watermark, capped_event_time
+from marketdata.watermark import NEVER, VenueClocks, Watermark
 from redisstore.streamids import id_ms
-from streaming.fastparse import FastParser, ParsedBatch, _picker
+from streaming.fastparse import FastParser, ParsedBatch, _picker, entry_message
 
 M1 = Interval.M1
 MINUTE = M1.ms
@@ -59,28 +63,41 @@ COARSE: tuple[Interval, ...] = tuple(i for i in Interval if i is not M1)
 class WindowConfig:
     """How the candles flow closes windows.
 
+    The candles flow and the archive flow use the same one (:meth:`from_settings`):
+    the archive's watermark must never run ahead of the candles flow's.
+
     Attributes:
         lateness_ms: allowed lateness: a window closes when the watermark (largest
             event time minus this) passes its end.
-        idle_advance_ms: after this much arrival time without a new largest event
-            time, the watermark follows the arrival clock (quiet markets, idle feeds).
-        max_ahead_ms: an event time more than this after the message's receive time
-            moves the watermark only up to receive time + this.
+        hold_ms: a venue silent this long (no trade or mark with a later event time,
+            in arrival time) has its windows closed by the arrival clock.
+        max_ahead_ms: an event time more than this after both the venue's largest
+            event time and the arrival clock is rejected (``bad_timestamp``).
         dedupe_retention_ms: how long (in watermark time) trade ids of a closed 1m
             window are remembered, to tell late duplicates from late trades.
 
     """
 
     lateness_ms: int = DEFAULT_LATENESS_MS
-    idle_advance_ms: int = 10_000
-    max_ahead_ms: int = 60_000
+    hold_ms: int = DEFAULT_HOLD_MS
+    max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
     dedupe_retention_ms: int = 600_000
 
     def __post_init__(self) -> None:
-        for name in ("lateness_ms", "idle_advance_ms", "max_ahead_ms", "dedupe_retention_ms"):
+        for name in ("lateness_ms", "hold_ms", "max_ahead_ms", "dedupe_retention_ms"):
             if getattr(self, name) < 0:
                 msg = f"{name} must not be negative"
                 raise ValueError(msg)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: int) -> WindowConfig:
+        """The settings' lateness, hold and cap (``overrides`` replace any field)."""
+        values = {
+            "lateness_ms": settings.lateness_ms,
+            "hold_ms": settings.hold_ms,
+            "max_ahead_ms": settings.max_ahead_ms,
+        }
+        return cls(**{**values, **overrides})
 
 
 class IdRuns:
@@ -249,6 +266,29 @@ class Emitted:
     rejects: list[RejectedEntry] = field(default_factory=list)
     #: (exchange, symbol) pairs whose open candles changed.
     touched: set[tuple[str, str]] = field(default_factory=set)
+
+
+def far_ahead_trade(event_time: int, exchange: str, payload: bytes, clock: Watermark) -> Rejection:
+    """The rejection of a trade too far ahead of its venue's clock."""
+    return Rejection(
+        "bad_timestamp",
+        payload,
+        exchange,
+        f"event_time {event_time} is too far ahead of {exchange}'s clock "
+        f"(largest event time {clock.e_max})",
+    )
+
+
+def far_ahead(m: ProgressMark, clock: Watermark, arrival_ms: int) -> Rejection:
+    """The rejection of a progress mark too far ahead of its venue's clock."""
+    payload = b"mark=%d exchange=%s recv_ms=%d" % (m.event_ms, m.exchange.encode(), m.recv_ms)
+    return Rejection(
+        "bad_timestamp",
+        payload,
+        m.exchange,
+        f"progress mark {m.event_ms} is too far ahead of {m.exchange}'s clock "
+        f"(largest event time {clock.e_max}, arrival {arrival_ms})",
+    )
 
 
 def window_keys(event_time: int) -> dict[str, int]:
@@ -429,15 +469,22 @@ class ShardAggregator:
             pb = self.parser.parse_batch(entries)
             self._count("entries", len(ids))
             for pos, rej, msg in pb.rejects:
-                out.rejects.append(
-                    RejectedEntry(
-                        rejection=rej, stream=self.stream, entry_id=ids[pos], recv_ms=msg.recv_ms
-                    )
-                )
-                self._count("rejected")
-                self._count(f"rejected:{rej.reason}")
-            if len(pb):
-                self._fold(ids, pb, out)
+                self._reject(rej, ids[pos], msg.recv_ms, out)
+            if not pb.marks:
+                if len(pb):
+                    self._fold(ids, entries, pb, out)
+            else:
+                # The trades between two marks are folded as one batch, then the mark
+                # moves its venue's clock: stream order, whatever the batching.
+                done = 0
+                for pos, m in pb.marks:
+                    upto = bisect_right(pb.idx, pos, lo=done)
+                    if upto > done:
+                        self._fold(ids, entries, pb.rows(done, upto), out)
+                    done = upto
+                    self._mark(m, ids[pos], out)
+                if done < len(pb):
+                    self._fold(ids, entries, pb.rows(done, len(pb)), out)
             self.last_id = ids[-1]
             self._advance_clock(id_ms(ids[-1]))
         if tick_ms is not None:
@@ -446,29 +493,56 @@ class ShardAggregator:
         return out
 
     def _advance_clock(self, clock: int) -> None:
-        self.clocks.advance(clock, self.config.lateness_ms, self.config.idle_advance_ms)
+        self.clocks.advance(clock, self.config.lateness_ms, self.config.hold_ms)
 
-    def _fold(self, ids: Sequence[bytes], pb: ParsedBatch, out: Emitted) -> None:
+    def _reject(self, rej: Rejection, entry_id: bytes, recv_ms: int, out: Emitted) -> None:
+        out.rejects.append(
+            RejectedEntry(rejection=rej, stream=self.stream, entry_id=entry_id, recv_ms=recv_ms)
+        )
+        self._count("rejected")
+        self._count(f"rejected:{rej.reason}")
+
+    def _mark(self, m: ProgressMark, entry_id: bytes, out: Emitted) -> None:
+        """A feed's progress mark: its venue's clock moves to it (unless far ahead)."""
+        cfg = self.config
+        clock = id_ms(entry_id)
+        wm, _ = self.clocks.arrive(m.exchange, NEVER, clock, cfg.lateness_ms, cfg.hold_ms)
+        self._count("marks")
+        if wm.too_far_ahead(m.event_ms, clock, cfg.max_ahead_ms):
+            self._reject(far_ahead(m, wm, clock), entry_id, m.recv_ms, out)
+            return
+        wm.observe(m.event_ms, clock, cfg.lateness_ms)
+
+    def _fold(
+        self,
+        ids: Sequence[bytes],
+        entries: Sequence[Sequence[bytes]],
+        pb: ParsedBatch,
+        out: Emitted,
+    ) -> None:
         cfg = self.config
         exchanges = pb.exchange
         # One venue in the batch (the usual case) takes the grouped path, against its clock.
         exact = self.exact or exchanges.count(exchanges[0]) != len(exchanges)
         if not exact:
             # The arrival clock cannot matter inside this batch if even its last entry
-            # is within idle_advance_ms of the arrival of the largest event time.
+            # is within hold_ms of the arrival of the largest event time, nor can the
+            # cap on event times far ahead if none is ahead of where the batch starts.
             mark = self.clocks.of(exchanges[0])
-            since = mark.r_at_max if mark.e_max != NEVER else id_ms(ids[pb.idx[0]])
-            exact = id_ms(ids[-1]) - since > cfg.idle_advance_ms
-        if not exact:
-            least = min(pb.recv)
-            if least > 0:
-                exact = max(map(sub, pb.event_time, pb.recv)) > cfg.max_ahead_ms
-            else:
-                exact = any(
-                    r > 0 and t > r + cfg.max_ahead_ms
-                    for t, r in zip(pb.event_time, pb.recv, strict=True)
-                )
-        touched, late_rows = self._rows_exact(ids, pb) if exact else self._rows_grouped(ids, pb)
+            first = id_ms(ids[pb.idx[0]])
+            since = mark.r_at_max if mark.e_max != NEVER else first
+            exact = (
+                id_ms(ids[pb.idx[-1]]) - since > cfg.hold_ms
+                or max(pb.event_time) > max(mark.e_max, first) + cfg.max_ahead_ms
+            )
+        if exact:
+            touched, late_rows, far = self._rows_exact(ids, pb)
+            for k, wm in far:
+                msg = entry_message(entries[pb.idx[k]])
+                rej = far_ahead_trade(pb.event_time[k], pb.exchange[k], msg.payload, wm)
+                self._reject(rej, ids[pb.idx[k]], msg.recv_ms, out)
+        else:
+            touched, late_rows = self._rows_grouped(ids, pb)
         for w in touched:
             part = _partial(w, pb, w.rows)
             if w.candle is None:
@@ -564,21 +638,29 @@ class ShardAggregator:
 
     def _rows_exact(
         self, ids: Sequence[bytes], pb: ParsedBatch
-    ) -> tuple[list[_Win], list[tuple[int, int]]]:
-        """Assign rows to windows, with the arrival clock and receive-time bound per entry."""
+    ) -> tuple[list[_Win], list[tuple[int, int]], list[tuple[int, Watermark]]]:
+        """Assign rows to windows, with the arrival clock and the cap on times ahead per entry.
+
+        Returns the touched windows, the late rows (with the watermark they met) and
+        the rows too far ahead of their venue's clock (with a copy of that clock).
+        """
         cfg = self.config
         clocks = self.clocks
         wins = self.wins
         touched: list[_Win] = []
         late_rows: list[tuple[int, int]] = []
+        far: list[tuple[int, Watermark]] = []
         dups = 0
-        for k, (pos, ex, sym, tid, t, recv) in enumerate(
-            zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, pb.recv, strict=True)
+        for k, (pos, ex, sym, tid, t) in enumerate(
+            zip(pb.idx, pb.exchange, pb.symbol, pb.trade_id, pb.event_time, strict=True)
         ):
             clock = id_ms(ids[pos])
-            mark, late = clocks.arrive(ex, t, clock, cfg.lateness_ms, cfg.idle_advance_ms)
+            mark, late = clocks.arrive(ex, t, clock, cfg.lateness_ms, cfg.hold_ms)
             if late:
                 late_rows.append((k, mark.value))
+                continue
+            if mark.too_far_ahead(t, clock, cfg.max_ahead_ms):
+                far.append((k, Watermark(*mark.__getstate__())))
                 continue
             o = t - t % MINUTE
             key = (ex, sym, o)
@@ -591,10 +673,10 @@ class ShardAggregator:
             if not w.rows:
                 touched.append(w)
             w.rows.append(k)
-            mark.observe(capped_event_time(t, recv, cfg.max_ahead_ms), clock, cfg.lateness_ms)
+            mark.observe(t, clock, cfg.lateness_ms)
         self._count("duplicates", dups)
         self._count("trades", sum(len(w.rows) for w in touched))
-        return touched, late_rows
+        return touched, late_rows, far
 
     def _late(self, pb: ParsedBatch, k: int, wm: int, ids: Sequence[bytes], out: Emitted) -> None:
         """A trade whose 1m window had closed when it arrived (watermark ``wm`` then)."""

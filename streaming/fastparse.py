@@ -36,7 +36,17 @@ from marketdata.parsing import (
     normalize_symbol,
     parse_message,
 )
-from marketdata.rawmessage import F_EXCHANGE, F_FORMAT, F_PAYLOAD, F_RECV, F_SYMBOL, RawMessage
+from marketdata.rawmessage import (
+    F_EXCHANGE,
+    F_FORMAT,
+    F_MARK,
+    F_PAYLOAD,
+    F_RECV,
+    F_SYMBOL,
+    ProgressMark,
+    RawMessage,
+    parse_mark,
+)
 from marketdata.timeutil import DAY_MS, MAX_EVENT_TIME_MS, MICROS_THRESHOLD, MIN_EVENT_TIME_MS
 from marketdata.trade import Rejection, Trade
 
@@ -79,6 +89,7 @@ _payload = itemgetter(1)
 _exchange = itemgetter(3)
 _recv = itemgetter(5)
 _csv_symbol = itemgetter(9)
+_first = itemgetter(0)
 
 
 assert MAX_PRICE_E8 >= 10**18 and MAX_QUANTITY_E8 >= 10**20  # the regex's digit limits
@@ -128,7 +139,8 @@ class ParsedBatch:
     """The trades of a batch as columns, in entry order, and its rejections.
 
     ``idx[k]`` is the position in the batch of the entry that holds trade ``k``.
-    ``recv`` is each trade's receive time (``0`` when unknown).
+    ``recv`` is each trade's receive time (``0`` when unknown). ``marks`` are the
+    feeds' progress marks, with their positions, in order.
     """
 
     idx: list[int] = field(default_factory=list)
@@ -142,9 +154,40 @@ class ParsedBatch:
     recv: list[int] = field(default_factory=list)
     #: (position in the batch, rejection, the decoded message)
     rejects: list[tuple[int, Rejection, RawMessage]] = field(default_factory=list)
+    #: (position in the batch, the mark)
+    marks: list[tuple[int, ProgressMark]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    def rows(self, start: int, stop: int) -> ParsedBatch:
+        """Trades ``start:stop`` (positions stay those of the whole batch; no rejects, marks)."""
+        return ParsedBatch(
+            idx=self.idx[start:stop],
+            exchange=self.exchange[start:stop],
+            symbol=self.symbol[start:stop],
+            trade_id=self.trade_id[start:stop],
+            price=self.price[start:stop],
+            quantity=self.quantity[start:stop],
+            event_time=self.event_time[start:stop],
+            maker=self.maker[start:stop],
+            recv=self.recv[start:stop],
+        )
+
+    def without(self, positions: set[int]) -> ParsedBatch:
+        """The trades but those of the entries at ``positions`` (no rejects, marks)."""
+        keep = [k for k, i in enumerate(self.idx) if i not in positions]
+        out = ParsedBatch()
+        if keep:
+            pick = _picker(keep)
+            out.idx, out.exchange, out.symbol, out.trade_id = (
+                list(pick(c)) for c in (self.idx, self.exchange, self.symbol, self.trade_id)
+            )
+            out.price, out.quantity, out.event_time, out.maker, out.recv = (
+                list(pick(c))
+                for c in (self.price, self.quantity, self.event_time, self.maker, self.recv)
+            )
+        return out
 
     def trades(self) -> list[Trade]:
         """The trades as :class:`Trade` (tests, slow paths)."""
@@ -204,10 +247,32 @@ class FastParser:
         out = ParsedBatch()
         if not entries:
             return out
+        if F_MARK in map(_first, entries):
+            return self._with_marks(entries)
         slow = self._fast(entries, out)
         self.fast += len(out.idx)
         if slow:
             self._slow(entries, slow, out)
+        return out
+
+    def _with_marks(self, entries: Sequence[Sequence[bytes]]) -> ParsedBatch:
+        """A batch holding progress marks: the marks, and the rest parsed as usual."""
+        marks: list[tuple[int, ProgressMark]] = []
+        bad: list[tuple[int, Rejection, RawMessage]] = []
+        rest: list[int] = []
+        for i, e in enumerate(entries):
+            if e and e[0] == F_MARK:
+                m = parse_mark(e)
+                if isinstance(m, ProgressMark):
+                    marks.append((i, m))
+                else:
+                    bad.append((i, m, RawMessage(m.payload, m.exchange, 0, "mark")))
+            else:
+                rest.append(i)
+        out = self.parse_batch([entries[i] for i in rest]) if rest else ParsedBatch()
+        out.idx = [rest[i] for i in out.idx]
+        out.rejects = sorted([(rest[i], r, m) for i, r, m in out.rejects] + bad, key=_first)
+        out.marks = marks
         return out
 
     def _payload_groups(

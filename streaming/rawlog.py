@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 
-from marketdata.rawmessage import RawMessage, shard_of
+from marketdata.rawmessage import ProgressMark, RawMessage, shard_of
 from redisstore.keys import raw_stream_names
 from redisstore.retry import call_with_retry
 from streaming.heartbeat import HeartbeatWriter
@@ -36,6 +36,7 @@ class RawLogWriter:
         self._shards = max(1, shards)
         self._streams = raw_stream_names(self._shards)
         self.written = 0
+        self.marks_written = 0
         self.heartbeat = heartbeat
 
     def __enter__(self) -> RawLogWriter:
@@ -56,9 +57,22 @@ class RawLogWriter:
         """The stream (shard) a message goes to."""
         return self._streams[shard_of(msg.symbol, self._shards)]
 
-    def write(self, messages: Iterable[RawMessage]) -> list[bytes]:
-        """Append messages in one pipeline (one round trip); returns their stream ids."""
-        batch = [(self.stream_for(m), m.to_fields()) for m in messages]
+    def write(
+        self, messages: Iterable[RawMessage], marks: Sequence[ProgressMark] = ()
+    ) -> list[bytes]:
+        """Append messages, then progress marks, in one pipeline (one round trip).
+
+        A mark goes to every stream (shard), after the messages: each partition's
+        clock of the venue then moves past the trades the mark covers. Returns the
+        stream ids of the messages.
+        """
+        batch: list[tuple[str, dict[bytes, bytes]]] = [
+            (self.stream_for(m), m.to_fields()) for m in messages
+        ]
+        n = len(batch)
+        for mark in marks:
+            fields = mark.to_fields()
+            batch += [(stream, fields) for stream in self._streams]
         if not batch:
             return []
 
@@ -69,10 +83,14 @@ class RawLogWriter:
             return pipe.execute()
 
         ids = call_with_retry(send, what="raw log write", should_stop=self._should_stop)
-        n = len(batch)
         self.written += n
+        self.marks_written += len(marks)
         if self.heartbeat is not None:
             self.heartbeat.update(
                 items_in=self.written, items_out=self.written, last_source_id=ids[-1].decode()
             )
-        return ids
+        return ids[:n]
+
+    def mark(self, exchange: str, event_ms: int, recv_ms: int) -> None:
+        """Write one progress mark of ``exchange`` (see :class:`ProgressMark`)."""
+        self.write((), [ProgressMark(exchange, event_ms, recv_ms)])

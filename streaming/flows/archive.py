@@ -121,7 +121,7 @@ class ArchiveFlowConfig:
             max_file_entries=env_int(
                 ENV_MAX_FILE_ENTRIES, DEFAULT_MAX_FILE_ENTRIES, environ, unit="entries"
             ),
-            window=WindowConfig(lateness_ms=settings.lateness_ms),
+            window=WindowConfig.from_settings(settings),
             known_symbols=settings.known_symbols,
         )
         archive = replace(

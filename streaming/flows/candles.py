@@ -42,7 +42,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from marketdata.settings import Settings, env_int
+from marketdata.settings import Settings
 from redisstore.conn import connect
 from redisstore.keys import raw_stream_names
 from streaming.candleagg import ShardAggregator, WindowConfig
@@ -61,7 +61,7 @@ class CandlesFlowConfig:
     Attributes:
         redis_url: the Redis holding the raw log and receiving candles.
         streams: raw-log streams to read, one source partition each.
-        window: lateness, idle advance, dedupe retention.
+        window: lateness, hold, cap on times ahead, dedupe retention.
         known_symbols: when set, other symbols are rejected (``unknown_symbol``).
         batch_size: entries per XREAD.
         poll_s: pause between reads of a caught-up stream.
@@ -85,10 +85,9 @@ class CandlesFlowConfig:
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CandlesFlowConfig:
         """The configuration of ``settings`` (Redis, shards, lateness, symbols)."""
-        window_keys = {"idle_advance_ms", "max_ahead_ms", "dedupe_retention_ms"}
-        window = WindowConfig(
-            lateness_ms=settings.lateness_ms,
-            **{k: overrides.pop(k) for k in list(overrides) if k in window_keys},
+        window_keys = {"hold_ms", "max_ahead_ms", "dedupe_retention_ms"}
+        window = WindowConfig.from_settings(
+            settings, **{k: overrides.pop(k) for k in list(overrides) if k in window_keys}
         )
         cfg = cls(
             redis_url=settings.redis_url,
@@ -212,21 +211,12 @@ def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = 
     return flow
 
 
-#: Environment variable overriding the idle advance (ms): how long event time may stall
-#: while entries keep arriving before the watermark follows the arrival clock. Large
-#: values suit replays of history with pauses in between; the default suits live data.
-ENV_IDLE_ADVANCE_MS = "CRYPTOPIPE_CANDLES_IDLE_ADVANCE_MS"
-
-
 def get_flow(**overrides: Any) -> Dataflow:
     """The candles flow of the environment's settings (``python -m bytewax.run`` entry).
 
     Keyword arguments override :class:`CandlesFlowConfig` fields (and the window's
-    ``idle_advance_ms``, ``max_ahead_ms``, ``dedupe_retention_ms``).
+    ``hold_ms``, ``max_ahead_ms``, ``dedupe_retention_ms``); the hold and the cap come
+    from ``CRYPTOPIPE_HOLD_MS`` and ``CRYPTOPIPE_MAX_AHEAD_MS`` (:class:`Settings`).
     """
-    if "idle_advance_ms" not in overrides:
-        idle_advance_ms = env_int(ENV_IDLE_ADVANCE_MS, None, unit="milliseconds")
-        if idle_advance_ms is not None:
-            overrides["idle_advance_ms"] = idle_advance_ms
     setup_flow_process(FLOW_NAME)
     return build_flow(CandlesFlowConfig.from_settings(Settings.from_env(), **overrides))

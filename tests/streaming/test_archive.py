@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from collections import Counter
 from dataclasses import replace
 
@@ -17,7 +18,7 @@ import pytest
 from lake.arrow import trades_from_table
 from lake.layout import SourceRange
 from marketdata.parsing import FORMAT_WS
-from marketdata.rawmessage import RawMessage
+from marketdata.rawmessage import ProgressMark, RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate
 from marketdata.trade import Trade
 from marketdata.watermark import NEVER
@@ -35,6 +36,13 @@ from streaming.fastparse import FastParser
 
 STREAM = "md:trades:raw"
 T0 = 1_741_996_000_000  # 2025-03-14T23:46:40Z
+
+
+def flat_mark(mark: ProgressMark) -> list[bytes]:
+    out: list[bytes] = []
+    for k, v in mark.to_fields().items():
+        out += [k, v]
+    return out
 
 
 def flat(msg: RawMessage) -> list[bytes]:
@@ -290,27 +298,40 @@ def test_end_of_input_writes_the_open_bucket_and_a_later_run_supersedes_it(cap: 
 
 def test_clock_equals_the_candles_flow_watermark() -> None:
     rng = random.Random(7)
-    # A quiet market (gaps beyond idle_advance) with faults, and trades whose event
-    # time is far ahead of their receive time (capped), some duplicated.
+    # A quiet market (gaps beyond the hold) with faults; trades dated far ahead of
+    # their venue's clock, some duplicated; progress marks of the market's venue and
+    # of a second one, some far ahead. Both refuse the same entries.
     sim = replace(market(seed=3, rate=0.08, duration=8_000), late=0.05)
     ids, fields = entries_of(sim)
     for k in rng.sample(range(len(ids)), 30):
         msg = RawMessage.from_fields(dict(zip(fields[k][::2], fields[k][1::2], strict=True)))
-        if msg.recv_ms:
-            fields[k] = flat(msg._replace(recv_ms=msg.recv_ms - 200_000))
+        if msg.payload.startswith(b'{"e":"trade"'):
+            t = int(re.search(rb'"T":(\d+)', msg.payload).group(1))  # type: ignore[union-attr]
+            ahead = msg.payload.replace(b'"T":%d' % t, b'"T":%d' % (t + 200_000))
+            fields[k] = flat(msg._replace(payload=ahead))
             if k + 1 < len(ids):
                 fields[k + 1] = fields[k]  # its duplicate, received later
-    window = WindowConfig()
+    for k in rng.sample(range(len(ids)), 60):
+        venue = rng.choice(["binance", "kraken"])
+        ahead = rng.choice([0, 0, 0, 500_000])
+        fields[k] = flat_mark(ProgressMark(venue, id_ms(ids[k]) - 3_000 + ahead, id_ms(ids[k])))
+    window = WindowConfig(hold_ms=30_000)
     agg = ShardAggregator(STREAM, window)
     clock = ArchiveClock()
     parser = FastParser()
     pos = 0
+    refused: list[bytes] = []
+    rejected: list[bytes] = []
     while pos < len(ids):
         end = min(len(ids), pos + rng.choice([1, 2, 5, 40]))
-        agg.process(ids[pos:end], fields[pos:end])
+        out = agg.process(ids[pos:end], fields[pos:end])
+        rejected += [r.entry_id for r in out.rejects if "too far ahead" in r.rejection.detail]
         pb = parser.parse_batch(fields[pos:end])
-        clock.feed(ids[pos:end], pb, 0, window)
+        refused += [
+            ids[pos + i] for i, _ in clock.feed(ids[pos:end], fields[pos:end], pb, 0, window)
+        ]
         assert clock.watermark == agg.watermark, pos
+        assert clock.clocks.cutoffs() == agg.clocks.cutoffs(), pos
         pos = end
         if rng.random() < 0.3:
             hi = id_ms(ids[pos]) if pos < len(ids) else id_ms(ids[-1]) + 60_000
@@ -319,6 +340,9 @@ def test_clock_equals_the_candles_flow_watermark() -> None:
             clock.tick(tick, window)
             assert clock.watermark == agg.watermark, pos
     assert clock.watermark > NEVER
+    assert set(agg.clocks.clocks) == {"binance", "kraken"}
+    assert len(refused) > 20 and refused == rejected
+    assert agg.counters["marks"] == 60
 
 
 def test_archive_watermark_never_passes_the_candles_flow_watermark() -> None:
@@ -345,13 +369,13 @@ def test_archive_watermark_never_passes_the_candles_flow_watermark() -> None:
 
 def test_idle_partitions_advance_with_the_arrival_clock() -> None:
     cfg = ArchiveConfig(bucket_ms=1_000, close_margin_ms=500, trim_guard_snapshots=0)
-    lateness, idle = cfg.window.lateness_ms, cfg.window.idle_advance_ms
+    lateness, idle = cfg.window.lateness_ms, cfg.window.hold_ms
     # Never carried a trade: follows Redis TIME.
     empty = PartitionArchiver("md:trades:raw:1", cfg)
     (w,) = empty.process([], [], T0, 0.0)
     assert w.watermark == T0 - lateness - idle and w.source is None
     # Caught up after a trade at T0 (arrived at T0): the bucket closes once TIME passes
-    # its end plus the margin; the watermark then follows TIME after idle_advance.
+    # its end plus the margin; the watermark then follows TIME after the hold.
     arch = PartitionArchiver(STREAM, cfg)
     trade = RawMessage(
         b'{"e":"trade","E":1,"s":"BTCUSDT","t":1,"p":"1.00000000","q":"1.00000000",'

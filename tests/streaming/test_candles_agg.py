@@ -13,7 +13,8 @@ from test_candles_data import T0, Day, batches, candle_map, gen_day, ref_map
 from marketdata.candle import Candle, fold_trades
 from marketdata.hostile import hostile_messages
 from marketdata.interval import Interval
-from marketdata.rawmessage import RawMessage
+from marketdata.parsing import FORMAT_CSV
+from marketdata.rawmessage import ProgressMark, RawMessage
 from marketdata.simulator import trade_payload
 from marketdata.trade import Rejection, Trade
 from redisstore.streamids import id_ms, join_id
@@ -51,12 +52,15 @@ def test_streamed_candles_equal_the_reference(seed: int) -> None:
         late=0.01,
         exchanges=("binance", "kraken"),
         sparse_ids=seed == 3,
+        marks_every_ms=60_000 if seed != 1 else 0,
+        far_ahead=0.005 if seed != 1 else 0.0,
     )
     got, late, agg = run_day(day, seed)
     assert got == ref_map(day)
     assert sorted(lt.trade for lt in late) == sorted(day.late)
     assert agg.counters["late"] == len(day.late)
     assert agg.counters["rejected"] == day.rejected
+    assert agg.counters.get("rejected:bad_timestamp", 0) == day.reasons.get("bad_timestamp", 0)
     assert agg.counters["duplicates"] == day.duplicates
     assert agg.counters["trades"] == len(day.on_time)
     assert all(lt.windows["1m"] == Interval.M1.floor(lt.trade.event_time) for lt in late)
@@ -102,8 +106,19 @@ def test_each_closed_candle_is_emitted_once_and_final() -> None:
     assert len(closed) > 1000
 
 
-def test_exact_path_equals_fast_path() -> None:
-    day = gen_day(5, n=8000, late=0.02, out_of_order=0.1, duplicates=0.05)
+@pytest.mark.parametrize("exchanges", [("binance",), ("binance", "kraken")])
+def test_exact_path_equals_fast_path(exchanges: tuple[str, ...]) -> None:
+    day = gen_day(
+        5,
+        n=8000,
+        late=0.02,
+        out_of_order=0.1,
+        duplicates=0.05,
+        exchanges=exchanges,
+        marks_every_ms=30_000,
+        far_ahead=0.01,
+    )
+    assert day.reasons["bad_timestamp"] > 20
     fast, late_f, agg_f = run_day(day, 5, exact=False, flush=False)
     exact, late_e, agg_e = run_day(day, 6, exact=True, flush=False)
     assert fast == exact
@@ -208,14 +223,54 @@ def _tr(tid: int, t: int, sym: str = "BTCUSDT") -> Trade:
 
 
 def test_idle_stream_closes_windows_by_arrival_clock_ticks() -> None:
-    agg = ShardAggregator("s", WindowConfig(lateness_ms=5000, idle_advance_ms=10_000))
+    agg = ShardAggregator("s", WindowConfig(lateness_ms=5000, hold_ms=10_000))
     out = agg.process([join_id(T0 + 1000, 0)], [_entry(_tr(1, T0 + 1000))])
     assert out.closed == []
     # Idle: Redis TIME readings move the arrival clock; the window [T0, T0+60s) closes
-    # once the clock is idle_advance past the last arrival and the watermark passes 60s.
+    # once the clock is the hold past the last arrival and the watermark passes 60 s.
     assert agg.process([], [], tick_ms=T0 + 50_000).closed == []
     closed = agg.process([], [], tick_ms=T0 + 1000 + 10_000 + 60_000 + 5000).closed
     assert [c.key for c in closed] == [("binance", "BTCUSDT", "1m", T0)]
+
+
+def test_progress_marks_close_a_quiet_venues_windows() -> None:
+    agg = ShardAggregator("s", WindowConfig(lateness_ms=5000))
+    agg.process([join_id(T0 + 1000, 0)], [_entry(_tr(1, T0 + 1000))])
+    # no trade for a minute; the feed's marks say everything up to T is delivered
+    marks = [ProgressMark("binance", T0 + s, T0 + s) for s in range(2_000, 66_000, 1_000)]
+    closed = []
+    for m in marks:
+        closed += agg.process([join_id(m.recv_ms, 0)], [_flat(m)]).closed
+        if not closed:
+            assert m.event_ms < T0 + 60_000 + 5000  # open until mark - lateness passes 60 s
+    assert [c.key for c in closed] == [("binance", "BTCUSDT", "1m", T0)]
+    assert agg.counters["marks"] == len(marks) and "rejected" not in agg.counters
+
+
+def test_a_silent_venue_holds_its_windows_open_until_the_hold() -> None:
+    """A feed that stops (no trades, no marks) and comes back within the hold: its
+    backfill is on time, while another venue's trades go on arriving. Past the hold
+    the arrival clock closes the silent venue's windows, and later backfill is late."""
+    hold = 120_000
+    agg = ShardAggregator("s", WindowConfig(lateness_ms=5000, hold_ms=hold))
+    agg.process([join_id(T0 + 1000, 0)], [_entry(_tr(1, T0 + 1000))])
+    other = [_tr(100 + k, T0 + 1000 + k * 1000)._replace(exchange="kraken") for k in range(118)]
+    for t in other:  # binance silent for 118 s of arrivals
+        out = agg.process([join_id(t.event_time, 0)], [_entry(t)])
+        assert out.late == [] and all(c.exchange == "kraken" for c in out.closed)
+    # binance comes back: its backfill of the 118 s is on time
+    backfill = [_tr(2 + k, T0 + 2000 + k * 1000) for k in range(117)]
+    ids = [join_id(T0 + 119_000, k) for k in range(len(backfill))]
+    out = agg.process(ids, [_entry(t, recv=T0 + 119_000) for t in backfill])
+    assert out.late == [] and agg.counters["trades"] == 1 + 118 + 117
+    # silent again, past the hold: the arrival clock closes binance's windows
+    last = T0 + 2000 + 116 * 1000
+    out = agg.process([], [], tick_ms=T0 + 119_000 + hold + 60_000)
+    m1 = [(c.exchange, c.open_time) for c in out.closed if c.interval is Interval.M1]
+    assert ("binance", T0 + 60_000) in m1
+    assert agg.clocks.of("binance").value == last - 5000 + 60_000
+    out = agg.process([join_id(T0 + 300_000, 0)], [_entry(_tr(500, last + 1))])
+    assert [lt.trade.trade_id for lt in out.late] == [500]
 
 
 def test_downtime_does_not_make_the_backlog_late() -> None:
@@ -231,13 +286,39 @@ def test_downtime_does_not_make_the_backlog_late() -> None:
     assert agg.counters["trades"] == 4
 
 
-def test_an_event_time_far_ahead_of_its_receipt_does_not_close_everything() -> None:
+@pytest.mark.parametrize("exact", [False, True])
+def test_rows_dated_far_ahead_are_rejected_and_never_move_the_clock(exact: bool) -> None:
+    """With or without a receive time, as a websocket message or a CSV row, a mark too:
+    an event time far ahead of its venue's clock is ``bad_timestamp``, clock unmoved."""
     agg = ShardAggregator("s", WindowConfig(lateness_ms=5000, max_ahead_ms=60_000))
-    bogus = _tr(1, T0 + 3_600_000)  # an hour ahead of its receive time
-    agg.process([join_id(T0, 0)], [_entry(bogus, recv=T0)])
-    out = agg.process([join_id(T0 + 10, 0)], [_entry(_tr(2, T0 + 10))])
-    assert out.late == []
-    assert agg.watermark <= T0 + 60_000 - 5000
+    agg.exact = exact
+    agg.process([join_id(T0, 0)], [_entry(_tr(1, T0))])
+    before = agg.clocks.of("binance").__getstate__()
+    y2099 = 4_070_908_800_000
+    bogus = [
+        _entry(_tr(2, T0 + 3_600_000), recv=T0 + 3_600_000),  # receive time agrees
+        _entry(_tr(3, y2099), recv=0),  # no receive time
+        _flat(
+            RawMessage(
+                f"4,1.00000000,1.00000000,1.0,{y2099 - 1},True,True".encode(),
+                "binance",
+                0,
+                FORMAT_CSV,
+                "BTCUSDT",
+            )
+        ),
+        _flat(ProgressMark("binance", T0 + 600_000, T0 + 600_000)),
+    ]
+    ids = [join_id(T0 + 10, k) for k in range(len(bogus))]
+    out = agg.process(ids, bogus)
+    assert [(r.entry_id, r.rejection.reason) for r in out.rejects] == [
+        (i, "bad_timestamp") for i in ids
+    ]
+    assert all("too far ahead" in r.rejection.detail for r in out.rejects)
+    assert agg.clocks.of("binance").__getstate__() == before
+    # ... and what follows on time is on time
+    out = agg.process([join_id(T0 + 20, 0)], [_entry(_tr(5, T0 + 20))])
+    assert out.late == [] and out.rejects == [] and agg.counters["trades"] == 2
 
 
 def test_late_duplicate_of_a_counted_trade_is_a_duplicate() -> None:
@@ -303,7 +384,7 @@ def test_id_runs() -> None:
 # ---- the fast parser is the reference ---------------------------------------------
 
 
-def _flat(msg: RawMessage) -> list[bytes]:
+def _flat(msg: RawMessage | ProgressMark) -> list[bytes]:
     flat: list[bytes] = []
     for k, v in msg.to_fields().items():
         flat += [k, v]

@@ -22,7 +22,8 @@ import redis
 from marketdata.candle import Candle, fold_trades
 from marketdata.hostile import GENERATORS
 from marketdata.interval import Interval
-from marketdata.rawmessage import RawMessage
+from marketdata.parsing import FORMAT_CSV
+from marketdata.rawmessage import ProgressMark, RawMessage
 from marketdata.simulator import trade_payload
 from marketdata.trade import Rejection, Trade
 from redisstore.streamids import join_id, parse_id
@@ -40,8 +41,8 @@ class Day:
 
     trades: list[Trade]
     late_keys: set[tuple[str, str, int]]
-    #: (arrival ms, message) in arrival order.
-    entries: list[tuple[int, RawMessage]]
+    #: (arrival ms, message or progress mark) in arrival order.
+    entries: list[tuple[int, RawMessage | ProgressMark]]
     rejected: int
     duplicates: int
     lateness_ms: int
@@ -124,6 +125,8 @@ def gen_day(
     late: float = 0.0,
     malformed: float = 0.01,
     sparse_ids: bool = False,
+    marks_every_ms: int = 0,
+    far_ahead: float = 0.0,
 ) -> Day:
     """A generated day: ``n`` trades over ``span_ms`` with the given fault shares.
 
@@ -132,6 +135,13 @@ def gen_day(
     the lateness after its original. A late trade arrives after the first on-time
     arrival that moved the largest event time past its 1m window's end plus the
     lateness, so it is late by construction.
+
+    With ``marks_every_ms``, each venue's feed writes a progress mark that often (in
+    arrival time): the largest event time of its on-time trades arrived so far, so
+    the marks never change what is late. With ``far_ahead``, that share of trades
+    also comes once more, under a new trade id, dated two hours ahead (as a
+    websocket message with or without receive time, or as a CSV row): rejected as
+    ``bad_timestamp`` by its venue's clock.
     """
     rng = random.Random(seed)
     times = sorted(start_ms + rng.randrange(span_ms) for _ in range(n))
@@ -212,6 +222,29 @@ def gen_day(
                 push(a, bad)
                 rejected += 1
                 reasons[res.reason] = reasons.get(res.reason, 0) + 1
+        if rng.random() < far_ahead:
+            bogus = t._replace(trade_id=t.trade_id + 10**12, event_time=t.event_time + 7_200_000)
+            form = rng.choice(["ws", "ws-no-recv", "csv"])
+            if form == "csv":
+                p, q = divmod(bogus.price_e8, 10**8), divmod(bogus.quantity_e8, 10**8)
+                row = (
+                    f"{bogus.trade_id},{p[0]}.{p[1]:08d},{q[0]}.{q[1]:08d},"
+                    f"0,{bogus.event_time},{bogus.is_buyer_maker},True"
+                )
+                push(a, RawMessage(row.encode(), t.exchange, a, FORMAT_CSV, t.symbol))
+            else:
+                recv = a if form == "ws" else 0
+                push(a, RawMessage(trade_payload(bogus), t.exchange, recv, symbol=t.symbol))
+            rejected += 1
+            reasons["bad_timestamp"] = reasons.get("bad_timestamp", 0) + 1
+    if marks_every_ms:
+        for ex, arrived in normal_arrivals.items():
+            a = arrived[0]
+            while a <= arrived[-1] + marks_every_ms:
+                j = bisect.bisect_right(arrived, a)
+                if j:
+                    push(a, ProgressMark(ex, prefix_max[ex][j - 1], a))
+                a += marks_every_ms
     entries.sort(key=lambda e: (e[0], e[1]))
     return Day(
         trades=trades,

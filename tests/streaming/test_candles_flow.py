@@ -162,7 +162,7 @@ def test_resumed_flow_continues_after_the_snapshot(
     day.write(redis_client, stop=half)
     # The entries carry 2025 arrival times as ids while Redis TIME is now: idle ticks
     # between the two writes would (rightly) close every window; keep them out.
-    no_ticks = {"idle_advance_ms": 10**12}
+    no_ticks = {"hold_ms": 10**12}
     run_flow(redis_url, recovery=tmp_path / "rec", **no_ticks)
     first = int(redis_client.hget(counts_key("candles", "md:trades:raw"), "entries"))  # type: ignore[arg-type]
     assert first == half
@@ -183,13 +183,13 @@ def test_trimmed_entries_are_reported_loudly(
     day = gen_day(24, n=3000, duplicates=0, malformed=0, out_of_order=0)
     third = len(day.entries) // 3
     day.write(redis_client, stop=third)
-    run_flow(redis_url, recovery=tmp_path / "rec", idle_advance_ms=10**12)
+    run_flow(redis_url, recovery=tmp_path / "rec", hold_ms=10**12)
     day.write(redis_client, start=third)
     ids = day.stream_ids()
     # The archive (say) trims past entries the candles flow has not read yet.
     redis_client.xtrim("md:trades:raw", minid=ids[2 * third].decode(), approximate=False)
     with caplog.at_level(logging.ERROR):
-        run_flow(redis_url, recovery=tmp_path / "rec", idle_advance_ms=10**12)
+        run_flow(redis_url, recovery=tmp_path / "rec", hold_ms=10**12)
     assert any(
         "DATA LOSS" in r.getMessage() and "trimmed" in r.getMessage() for r in caplog.records
     )
@@ -236,7 +236,7 @@ def test_live_candles_are_published_while_windows_are_open(
     watcher.start()
     # Redis TIME is now, far after 2025: the idle ticks then close the window, so
     # watch the live candle before that (idle advance well above the exit time).
-    run_flow(redis_url, idle=2.0, idle_advance_ms=10**12, live_interval_s=0.2)  # type: ignore[arg-type]
+    run_flow(redis_url, idle=2.0, hold_ms=10**12, live_interval_s=0.2)  # type: ignore[arg-type]
     watcher.join()
     assert set(seen) == {i.label.encode() for i in Interval}
     live = orjson.loads(seen[b"1m"])
@@ -250,7 +250,7 @@ def test_idle_stream_closes_windows_on_arrival_clock_ticks(
     """No trade after the last one: Redis TIME ticks of the idle stream close its window."""
     day = gen_day(25, n=50, span_ms=30_000, duplicates=0, malformed=0, out_of_order=0)
     day.write(redis_client)  # ids = arrival times in 2025; Redis TIME is much later
-    run_flow(redis_url, idle=3.0, idle_advance_ms=500)
+    run_flow(redis_url, idle=3.0, hold_ms=500)
     ended = int(time.time() * 1000)
     events = redis_client.xrange(CLOSED_EVENTS_STREAM)
     assert {
