@@ -7,8 +7,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
-from marketdata.rawmessage import RawMessage
+from marketdata.rawmessage import ProgressMark, RawMessage
 from streaming.rawlog import RawLogWriter
+
+#: How often (wall seconds) a feed writes its progress marks while it is alive.
+MARK_EVERY_S = 1.0
 
 
 def parse_speed(text: str) -> float | None:
@@ -72,6 +75,17 @@ class PacedWriter:
     Messages are grouped into pipelines of up to ``batch_size`` (or whatever is due
     within ``max_delay_s``), so ``--speed max`` runs at pipeline speed and real-time
     replay adds at most ``max_delay_s`` of delay.
+
+    **Progress marks.** For each of ``venues``, at least every ``mark_every_s`` of
+    wall time while it runs (also while it waits for the next message, quiet
+    markets included) and once at the end, it writes a
+    :class:`~marketdata.rawmessage.ProgressMark` after the messages it covers. Its
+    event time is where the feed is on its timeline: the largest timeline time
+    written so far or, while it waits, the time its pacing has reached (short of
+    the next message's): the feeds put every message at or after its event time on
+    the timeline (the simulator's arrival time, a recording's trade time), so
+    everything of the venue up to it is delivered. A mark is stamped with the
+    feed's ``recv_ms`` clock.
     """
 
     def __init__(
@@ -84,6 +98,9 @@ class PacedWriter:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         should_stop: Callable[[], bool] = lambda: False,
+        venues: tuple[str, ...] = (),
+        mark_every_s: float = MARK_EVERY_S,
+        recv_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.writer = writer
         self.speed = speed
@@ -92,6 +109,11 @@ class PacedWriter:
         self.sleep = sleep
         self.clock = clock
         self.should_stop = should_stop
+        self.venues = venues
+        self.mark_every_s = mark_every_s
+        self.recv_ms = recv_ms
+        #: The event time of the last marks written (``None``: none yet).
+        self.marked: int | None = None
 
     def run(
         self,
@@ -104,34 +126,64 @@ class PacedWriter:
         w0 = self.clock()
         written = 0
         last_flush = w0
+        last_mark = w0
+        reached: int | None = None  # the largest timeline time written or waited to
 
-        def flush() -> None:
-            nonlocal written, last_flush
-            if batch:
-                self.writer.write(batch)
+        def flush(force_marks: bool = False) -> None:
+            nonlocal written, last_flush, last_mark
+            now = self.clock()
+            marks: list[ProgressMark] = []
+            if (
+                self.venues
+                and reached is not None
+                and (force_marks or now - last_mark >= self.mark_every_s)
+            ):
+                self.marked = reached if self.marked is None else max(self.marked, reached)
+                stamp = self.recv_ms()
+                marks = [ProgressMark(v, self.marked, stamp) for v in self.venues]
+                last_mark = now
+            if batch or marks:
+                self.writer.write(batch, marks)
                 written += len(batch)
                 batch.clear()
                 if on_batch is not None:
                     on_batch(written)
-            last_flush = self.clock()
+            last_flush = now
+
+        def wait_until(due: float, next_ms: int) -> bool:
+            """Sleep until ``due``, writing marks every ``mark_every_s``; False: stop."""
+            nonlocal reached
+            flush()
+            while True:
+                if self.should_stop():
+                    return False
+                wait = due - self.clock()
+                if wait <= 0:
+                    return True
+                if self.venues:
+                    wait = min(wait, max(0.0, last_mark + self.mark_every_s - self.clock()))
+                self.sleep(wait)
+                if self.venues and t0 is not None and self.speed is not None:
+                    # Where the pacing is now on the timeline, short of the next message.
+                    pos = t0 + int((self.clock() - w0) * 1000 * self.speed)
+                    reached = max(reached if reached is not None else pos, min(pos, next_ms - 1))
+                    flush()
 
         for timeline_ms, msg in items:
             if self.speed is not None:
                 if t0 is None:
                     t0 = timeline_ms
                 due = w0 + (timeline_ms - t0) / 1000.0 / self.speed
-                wait = due - self.clock()
-                if wait > 0:
-                    flush()
-                    if self.should_stop():
+                if due - self.clock() > 0:
+                    if not wait_until(due, timeline_ms):
                         break
-                    self.sleep(wait)
                 elif self.clock() - last_flush >= self.max_delay_s:
                     flush()
             batch.append(msg)
+            reached = timeline_ms if reached is None else max(reached, timeline_ms)
             if len(batch) >= self.batch_size:
                 flush()
                 if self.should_stop():
                     break
-        flush()
+        flush(force_marks=True)
         return written

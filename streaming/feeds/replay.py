@@ -9,7 +9,9 @@ Formats:
   the file name.
 
 Several files are merged by their recorded time, so symbols interleave as they did
-in the market. Lines are written exactly as read (without the line break); the
+in the market. The exchange gets progress marks at the recorded time reached
+(:class:`~streaming.feeds.pacing.PacedWriter`), at least every second, and while a
+paced replay waits through a quiet stretch. Lines are written exactly as read (without the line break); the
 candles flow validates them, so a bad line ends up in the DLQ, not lost.
 """
 
@@ -124,7 +126,7 @@ def replay_files(
             yield t, msg._replace(recv_ms=int(time.time() * 1000))
 
     bar = Progress("replay", total) if progress else None
-    paced = PacedWriter(writer, speed, should_stop=should_stop)
+    paced = PacedWriter(writer, speed, should_stop=should_stop, venues=(exchange,))
     n = paced.run(stamped(), on_batch=(lambda c: bar.update(c, consumed[0])) if bar else None)
     if bar:
         bar.finish(n)
@@ -162,5 +164,8 @@ class DumpReplay:
                 speed=speed,
                 should_stop=stop.is_set,
             )
-        print(f"replay: wrote {n} messages to {', '.join(writer.streams)}")
+        print(
+            f"replay: wrote {n} messages and {writer.marks_written} progress marks "
+            f"to {', '.join(writer.streams)}"
+        )
         return 0

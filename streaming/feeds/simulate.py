@@ -30,7 +30,8 @@ def run_simulation(
     """Write the simulated market to the raw log; returns counts per message kind.
 
     The receive time of each message is its simulated arrival time, so a run is
-    reproducible whatever the speed.
+    reproducible whatever the speed. Each exchange gets progress marks at the
+    simulated time reached (:class:`PacedWriter`), quiet markets included.
     """
     kinds: Counter[str] = Counter()
 
@@ -39,7 +40,7 @@ def run_simulation(
             kinds[m.kind] += 1
             yield m.arrival_ms, RawMessage(m.payload, m.exchange, m.arrival_ms, symbol=m.symbol)
 
-    paced = PacedWriter(writer, speed, should_stop=should_stop)
+    paced = PacedWriter(writer, speed, should_stop=should_stop, venues=cfg.exchanges)
     written = paced.run(items(), on_batch=progress.update if progress else None)
     if progress:
         progress.finish(written)
@@ -147,7 +148,8 @@ class SimulatedMarket:
                 writer, cfg, speed, should_stop=stop.is_set, progress=Progress("simulate")
             )
         print(
-            f"simulate: wrote {writer.written} messages to {', '.join(writer.streams)} "
+            f"simulate: wrote {writer.written} messages and {writer.marks_written} progress "
+            f"marks to {', '.join(writer.streams)} "
             + " ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
         )
         return 0

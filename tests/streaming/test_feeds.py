@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from marketdata.parsing import parse_message
-from marketdata.rawmessage import RawMessage, shard_of
+from marketdata.rawmessage import F_MARK, ProgressMark, RawMessage, parse_mark, shard_of
 from marketdata.settings import Settings
 from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
@@ -37,7 +37,19 @@ def cli(
 
 
 def read_all(client: redis.Redis, stream: str = "md:trades:raw") -> list[RawMessage]:
-    return [RawMessage.from_fields(f) for _, f in client.xrange(stream)]
+    """The messages of a raw-log stream (its progress marks left out)."""
+    return [RawMessage.from_fields(f) for _, f in client.xrange(stream) if F_MARK not in f]
+
+
+def read_marks(client: redis.Redis, stream: str = "md:trades:raw") -> list[ProgressMark]:
+    """The progress marks of a raw-log stream."""
+    out = []
+    for _, f in client.xrange(stream):
+        if F_MARK in f:
+            m = parse_mark([x for kv in f.items() for x in kv])
+            assert isinstance(m, ProgressMark), m
+            out.append(m)
+    return out
 
 
 def test_simulate_fills_the_raw_log_reproducibly(redis_url: str, redis_client: redis.Redis) -> None:
@@ -65,7 +77,9 @@ def test_simulate_fills_the_raw_log_reproducibly(redis_url: str, redis_client: r
     ]
     out = cli(*args)
     assert out.returncode == 0, out.stderr
-    n = redis_client.xlen("md:trades:raw")
+    entries = redis_client.xlen("md:trades:raw")
+    marks = read_marks(redis_client)
+    n = entries - len(marks)
     cfg = SimConfig(
         rate=100,
         duration_s=120,
@@ -84,7 +98,10 @@ def test_simulate_fills_the_raw_log_reproducibly(redis_url: str, redis_client: r
         m.exchange == "binance" and m.recv_ms == e.arrival_ms
         for m, e in zip(msgs, expected, strict=True)
     )
-    assert f"wrote {n} messages" in out.stdout
+    assert f"wrote {n} messages and {len(marks)} progress marks" in out.stdout
+    # at least the final mark: the simulated time reached, never going back
+    assert marks and marks[-1].event_ms == max(e.arrival_ms for e in expected)
+    assert [m.event_ms for m in marks] == sorted(m.event_ms for m in marks)
     # The CLI's output is what `redis-cli XLEN` shows.
     xlen = subprocess.run(
         ["redis-cli", "-u", redis_url, "XLEN", "md:trades:raw"],
@@ -92,7 +109,7 @@ def test_simulate_fills_the_raw_log_reproducibly(redis_url: str, redis_client: r
         text=True,
         check=True,
     )
-    assert int(xlen.stdout) == n
+    assert int(xlen.stdout) == n + len(marks)
 
 
 def test_simulate_shards_by_symbol(redis_url: str, redis_client: redis.Redis) -> None:
@@ -223,6 +240,33 @@ def test_paced_writer_keeps_recorded_spacing(redis_client: redis.Redis) -> None:
     started = time.monotonic()
     PacedWriter(writer, speed=None).run(items)
     assert time.monotonic() - started < 0.3
+
+
+def test_a_paced_feed_marks_progress_every_second_through_a_quiet_market(
+    redis_client: redis.Redis,
+) -> None:
+    """Two trades 3.5 s apart at real-time speed: marks at least once a second while it
+    waits, at the time reached (never past the next trade), after the trades they cover."""
+    writer = RawLogWriter(redis_client, shards=2)
+    items = [
+        (T0, RawMessage(b"a", "kraken", T0, symbol="BTCUSDT")),
+        (T0 + 3_500, RawMessage(b"b", "kraken", T0 + 3_500, symbol="BTCUSDT")),
+    ]
+    paced = PacedWriter(writer, speed=1.0, venues=("kraken",))
+    started = time.monotonic()
+    assert paced.run(items) == 2
+    assert time.monotonic() - started < 4.5
+    for stream in writer.streams:  # every shard gets every mark
+        entries = redis_client.xrange(stream)
+        marks = read_marks(redis_client, stream)
+        assert 4 <= len(marks) <= 6 and {m.exchange for m in marks} == {"kraken"}
+        times = [m.event_ms for m in marks]
+        assert times == sorted(times) and times[-1] == T0 + 3_500
+        assert all(t < T0 + 3_500 for t in times[:-1]) and times[-2] > T0 + 2_000
+    # the first trade's shard: the trade, then the marks that cover it
+    shard = writer.stream_for(items[0][1])
+    kinds = [F_MARK in f for _, f in redis_client.xrange(shard)]
+    assert kinds[0] is False and kinds[-1] is True and kinds.count(False) == 2
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "fast", "inf"])
