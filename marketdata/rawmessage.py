@@ -7,6 +7,7 @@ module turns a :class:`RawMessage` into that map and back, without Redis.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from marketdata.parsing import FORMAT_WS, normalize_exchange
@@ -107,7 +108,7 @@ class ProgressMark(NamedTuple):
         }
 
 
-def parse_mark(fields: list[bytes] | tuple[bytes, ...]) -> ProgressMark | Rejection:
+def parse_mark(fields: Sequence[bytes]) -> ProgressMark | Rejection:
     """A progress mark's entry (flat ``[name, value, ...]``), validated.
 
     A mark that cannot be read is never ignored silently: it is a
@@ -133,11 +134,6 @@ def parse_mark(fields: list[bytes] | tuple[bytes, ...]) -> ProgressMark | Reject
     except ValueError:
         recv_ms = 0
     return ProgressMark(ex, event_ms, recv_ms)
-
-
-def is_mark(fields: list[bytes] | tuple[bytes, ...]) -> bool:
-    """Is this flat ``[name, value, ...]`` entry a progress mark?"""
-    return bool(fields) and fields[0] == F_MARK
 
 
 def shard_of(symbol: str | None, shards: int) -> int:

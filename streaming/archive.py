@@ -52,6 +52,7 @@ import pyarrow as pa
 from lake.arrow import trades_table_from_columns
 from lake.layout import SourceRange
 from lake.schemas import TRADES_SCHEMA
+from marketdata.rawmessage import ProgressMark
 from marketdata.timeutil import DAY_MS
 from marketdata.trade import Rejection
 from marketdata.watermark import NEVER, VenueClocks, Watermark
@@ -193,7 +194,9 @@ class ArchiveClock:
         k0 = bisect_left(pb.idx, start)
         lateness, max_ahead, hold = cfg.lateness_ms, cfg.max_ahead_ms, cfg.hold_ms
         clocks = self.clocks
-        marks = [(pos, m) for pos, m in pb.marks if pos >= start]
+        marks: list[tuple[int, ProgressMark | None]] = [
+            (pos, m) for pos, m in pb.marks if pos >= start
+        ]
         marks.append((len(ids), None))  # a sentinel after every entry
         mi = 0
         for k in range(k0, len(pb.idx) + 1):

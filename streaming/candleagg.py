@@ -537,9 +537,9 @@ class ShardAggregator:
             )
         if exact:
             touched, late_rows, far = self._rows_exact(ids, pb)
-            for k, wm in far:
+            for k, clock in far:
                 msg = entry_message(entries[pb.idx[k]])
-                rej = far_ahead_trade(pb.event_time[k], pb.exchange[k], msg.payload, wm)
+                rej = far_ahead_trade(pb.event_time[k], pb.exchange[k], msg.payload, clock)
                 self._reject(rej, ids[pb.idx[k]], msg.recv_ms, out)
         else:
             touched, late_rows = self._rows_grouped(ids, pb)

@@ -121,69 +121,70 @@ class PacedWriter:
         on_batch: Callable[[int], None] | None = None,
     ) -> int:
         """Write ``(timeline_ms, message)`` pairs in order; returns how many were written."""
-        batch: list[RawMessage] = []
-        t0: int | None = None
-        w0 = self.clock()
-        written = 0
-        last_flush = w0
-        last_mark = w0
-        reached: int | None = None  # the largest timeline time written or waited to
-
-        def flush(force_marks: bool = False) -> None:
-            nonlocal written, last_flush, last_mark
-            now = self.clock()
-            marks: list[ProgressMark] = []
-            if (
-                self.venues
-                and reached is not None
-                and (force_marks or now - last_mark >= self.mark_every_s)
-            ):
-                self.marked = reached if self.marked is None else max(self.marked, reached)
-                stamp = self.recv_ms()
-                marks = [ProgressMark(v, self.marked, stamp) for v in self.venues]
-                last_mark = now
-            if batch or marks:
-                self.writer.write(batch, marks)
-                written += len(batch)
-                batch.clear()
-                if on_batch is not None:
-                    on_batch(written)
-            last_flush = now
-
-        def wait_until(due: float, next_ms: int) -> bool:
-            """Sleep until ``due``, writing marks every ``mark_every_s``; False: stop."""
-            nonlocal reached
-            flush()
-            while True:
-                if self.should_stop():
-                    return False
-                wait = due - self.clock()
-                if wait <= 0:
-                    return True
-                if self.venues:
-                    wait = min(wait, max(0.0, last_mark + self.mark_every_s - self.clock()))
-                self.sleep(wait)
-                if self.venues and t0 is not None and self.speed is not None:
-                    # Where the pacing is now on the timeline, short of the next message.
-                    pos = t0 + int((self.clock() - w0) * 1000 * self.speed)
-                    reached = max(reached if reached is not None else pos, min(pos, next_ms - 1))
-                    flush()
-
+        self._batch: list[RawMessage] = []
+        self._on_batch = on_batch
+        self._w0 = self._last_flush = self._last_mark = self.clock()
+        self._t0: int | None = None
+        self._reached: int | None = None  # the largest timeline time written or waited to
+        self._written = 0
         for timeline_ms, msg in items:
             if self.speed is not None:
-                if t0 is None:
-                    t0 = timeline_ms
-                due = w0 + (timeline_ms - t0) / 1000.0 / self.speed
+                if self._t0 is None:
+                    self._t0 = timeline_ms
+                due = self._w0 + (timeline_ms - self._t0) / 1000.0 / self.speed
                 if due - self.clock() > 0:
-                    if not wait_until(due, timeline_ms):
+                    if not self._wait_until(due, timeline_ms):
                         break
-                elif self.clock() - last_flush >= self.max_delay_s:
-                    flush()
-            batch.append(msg)
-            reached = timeline_ms if reached is None else max(reached, timeline_ms)
-            if len(batch) >= self.batch_size:
-                flush()
+                elif self.clock() - self._last_flush >= self.max_delay_s:
+                    self._flush()
+            self._batch.append(msg)
+            self._reached = (
+                timeline_ms if self._reached is None else max(self._reached, timeline_ms)
+            )
+            if len(self._batch) >= self.batch_size:
+                self._flush()
                 if self.should_stop():
                     break
-        flush(force_marks=True)
-        return written
+        self._flush(force_marks=True)
+        return self._written
+
+    def _flush(self, *, force_marks: bool = False) -> None:
+        """Write the batch, then the marks when they are due (or ``force_marks``)."""
+        now = self.clock()
+        marks: list[ProgressMark] = []
+        reached = self._reached
+        if (
+            self.venues
+            and reached is not None
+            and (force_marks or now - self._last_mark >= self.mark_every_s)
+        ):
+            self.marked = reached if self.marked is None else max(self.marked, reached)
+            stamp = self.recv_ms()
+            marks = [ProgressMark(v, self.marked, stamp) for v in self.venues]
+            self._last_mark = now
+        if self._batch or marks:
+            self.writer.write(self._batch, marks)
+            self._written += len(self._batch)
+            self._batch.clear()
+            if self._on_batch is not None:
+                self._on_batch(self._written)
+        self._last_flush = now
+
+    def _wait_until(self, due: float, next_ms: int) -> bool:
+        """Sleep until ``due``, writing marks every ``mark_every_s``; False: stop."""
+        self._flush()
+        while True:
+            if self.should_stop():
+                return False
+            wait = due - self.clock()
+            if wait <= 0:
+                return True
+            if self.venues:
+                wait = min(wait, max(0.0, self._last_mark + self.mark_every_s - self.clock()))
+            self.sleep(wait)
+            if self.venues and self._t0 is not None and self.speed is not None:
+                # Where the pacing is now on the timeline, short of the next message.
+                pos = self._t0 + int((self.clock() - self._w0) * 1000 * self.speed)
+                pos = min(pos, next_ms - 1)
+                self._reached = pos if self._reached is None else max(self._reached, pos)
+                self._flush()

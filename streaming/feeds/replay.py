@@ -11,8 +11,9 @@ Formats:
 Several files are merged by their recorded time, so symbols interleave as they did
 in the market. The exchange gets progress marks at the recorded time reached
 (:class:`~streaming.feeds.pacing.PacedWriter`), at least every second, and while a
-paced replay waits through a quiet stretch. Lines are written exactly as read (without the line break); the
-candles flow validates them, so a bad line ends up in the DLQ, not lost.
+paced replay waits through a quiet stretch. Lines are written exactly as read
+(without the line break); the candles flow validates them, so a bad line ends up in
+the DLQ, not lost.
 """
 
 from __future__ import annotations

@@ -172,6 +172,62 @@ def gen_day(
             arrivals.append(t.event_time + rng.randrange(1, max(2, lateness_ms * 8 // 10)))
         else:
             arrivals.append(t.event_time)
+    late_keys, normal_arrivals, prefix_max = _make_late(trades, kinds, arrivals, lateness_ms, rng)
+    entries: list[tuple[int, int, RawMessage | ProgressMark]] = []  # (arrival, tie-break, entry)
+    seq = 0
+
+    def push(arrival: int, msg: RawMessage | ProgressMark) -> None:
+        nonlocal seq
+        entries.append((arrival, seq, msg))
+        seq += 1
+
+    dup_count = 0
+    rejected = 0
+    reasons: dict[str, int] = {}
+    for t, a in zip(trades, arrivals, strict=True):
+        msg = RawMessage(trade_payload(t), t.exchange, a, symbol=t.symbol)
+        push(a, msg)
+        if rng.random() < duplicates:
+            push(a + rng.randrange(0, max(1, lateness_ms // 2)), msg._replace(recv_ms=a + 1))
+            dup_count += 1
+        if rng.random() < malformed:
+            base = orjson.loads(trade_payload(t))
+            payload, _ = GENERATORS[rng.choice(_MALFORMED)](rng, base)
+            bad = RawMessage(payload, t.exchange, a, symbol=t.symbol)
+            res = parse_raw_message(bad)
+            if isinstance(res, Rejection):
+                push(a, bad)
+                rejected += 1
+                reasons[res.reason] = reasons.get(res.reason, 0) + 1
+        if rng.random() < far_ahead:
+            push(a, far_ahead_entry(t, a, rng))
+            rejected += 1
+            reasons["bad_timestamp"] = reasons.get("bad_timestamp", 0) + 1
+    if marks_every_ms:
+        for a, mark in progress_marks(normal_arrivals, prefix_max, marks_every_ms):
+            push(a, mark)
+    entries.sort(key=lambda e: (e[0], e[1]))
+    return Day(
+        trades=trades,
+        late_keys=late_keys,
+        entries=[(a, msg) for a, _, msg in entries],
+        rejected=rejected,
+        duplicates=dup_count,
+        lateness_ms=lateness_ms,
+        reasons=reasons,
+    )
+
+
+def _make_late(
+    trades: list[Trade],
+    kinds: list[str],
+    arrivals: list[int],
+    lateness_ms: int,
+    rng: random.Random,
+) -> tuple[set[tuple[str, str, int]], dict[str, list[int]], dict[str, list[int]]]:
+    """Delay the trades of kind ``late`` until after their venue's clock passed their
+    window (in place); returns their keys, and per venue the on-time arrivals and the
+    largest event time delivered by each."""
     # Per venue (each has its own clock): the largest event time delivered, as a
     # function of arrival, over its on-time trades.
     normal: dict[str, list[tuple[int, int]]] = {}
@@ -196,65 +252,37 @@ def gen_day(
             continue
         arrivals[i] = normal_arrivals[t.exchange][j] + rng.randrange(1, 30_000)
         late_keys.add(t.key)
-    entries: list[tuple[int, int, RawMessage]] = []  # (arrival, tie-break, message)
-    seq = 0
+    return late_keys, normal_arrivals, prefix_max
 
-    def push(arrival: int, msg: RawMessage) -> None:
-        nonlocal seq
-        entries.append((arrival, seq, msg))
-        seq += 1
 
-    dup_count = 0
-    rejected = 0
-    reasons: dict[str, int] = {}
-    for t, a in zip(trades, arrivals, strict=True):
-        msg = RawMessage(trade_payload(t), t.exchange, a, symbol=t.symbol)
-        push(a, msg)
-        if rng.random() < duplicates:
-            push(a + rng.randrange(0, max(1, lateness_ms // 2)), msg._replace(recv_ms=a + 1))
-            dup_count += 1
-        if rng.random() < malformed:
-            base = orjson.loads(trade_payload(t))
-            payload, _ = GENERATORS[rng.choice(_MALFORMED)](rng, base)
-            bad = RawMessage(payload, t.exchange, a, symbol=t.symbol)
-            res = parse_raw_message(bad)
-            if isinstance(res, Rejection):
-                push(a, bad)
-                rejected += 1
-                reasons[res.reason] = reasons.get(res.reason, 0) + 1
-        if rng.random() < far_ahead:
-            bogus = t._replace(trade_id=t.trade_id + 10**12, event_time=t.event_time + 7_200_000)
-            form = rng.choice(["ws", "ws-no-recv", "csv"])
-            if form == "csv":
-                p, q = divmod(bogus.price_e8, 10**8), divmod(bogus.quantity_e8, 10**8)
-                row = (
-                    f"{bogus.trade_id},{p[0]}.{p[1]:08d},{q[0]}.{q[1]:08d},"
-                    f"0,{bogus.event_time},{bogus.is_buyer_maker},True"
-                )
-                push(a, RawMessage(row.encode(), t.exchange, a, FORMAT_CSV, t.symbol))
-            else:
-                recv = a if form == "ws" else 0
-                push(a, RawMessage(trade_payload(bogus), t.exchange, recv, symbol=t.symbol))
-            rejected += 1
-            reasons["bad_timestamp"] = reasons.get("bad_timestamp", 0) + 1
-    if marks_every_ms:
-        for ex, arrived in normal_arrivals.items():
-            a = arrived[0]
-            while a <= arrived[-1] + marks_every_ms:
-                j = bisect.bisect_right(arrived, a)
-                if j:
-                    push(a, ProgressMark(ex, prefix_max[ex][j - 1], a))
-                a += marks_every_ms
-    entries.sort(key=lambda e: (e[0], e[1]))
-    return Day(
-        trades=trades,
-        late_keys=late_keys,
-        entries=[(a, msg) for a, _, msg in entries],
-        rejected=rejected,
-        duplicates=dup_count,
-        lateness_ms=lateness_ms,
-        reasons=reasons,
-    )
+def far_ahead_entry(t: Trade, a: int, rng: random.Random) -> RawMessage:
+    """``t`` once more under a new id, dated 2 h ahead: a websocket message with or
+    without receive time, or a dump row, arriving at ``a``."""
+    bogus = t._replace(trade_id=t.trade_id + 10**12, event_time=t.event_time + 7_200_000)
+    form = rng.choice(["ws", "ws-no-recv", "csv"])
+    if form == "csv":
+        p, q = divmod(bogus.price_e8, 10**8), divmod(bogus.quantity_e8, 10**8)
+        row = (
+            f"{bogus.trade_id},{p[0]}.{p[1]:08d},{q[0]}.{q[1]:08d},"
+            f"0,{bogus.event_time},{bogus.is_buyer_maker},True"
+        )
+        return RawMessage(row.encode(), t.exchange, a, FORMAT_CSV, t.symbol)
+    recv = a if form == "ws" else 0
+    return RawMessage(trade_payload(bogus), t.exchange, recv, symbol=t.symbol)
+
+
+def progress_marks(
+    arrivals: dict[str, list[int]], prefix_max: dict[str, list[int]], every_ms: int
+) -> Iterator[tuple[int, ProgressMark]]:
+    """Each venue's honest marks every ``every_ms`` of arrival: its largest on-time
+    event time arrived so far (so they never change what is late)."""
+    for ex, arrived in arrivals.items():
+        a = arrived[0]
+        while a <= arrived[-1] + every_ms:
+            j = bisect.bisect_right(arrived, a)
+            if j:
+                yield a, ProgressMark(ex, prefix_max[ex][j - 1], a)
+            a += every_ms
 
 
 def batches(items: list, rng: random.Random, low: int = 1, high: int = 3000) -> Iterator[list]:
