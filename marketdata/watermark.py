@@ -129,20 +129,27 @@ class VenueClocks:
 
     """
 
-    __slots__ = ("clocks", "template")
+    __slots__ = ("clocks", "floor", "silent_before", "template")
 
     def __init__(self, template: Watermark | None = None) -> None:
         self.clocks: dict[str, Watermark] = {}
         self.template = template
+        #: A venue whose clock last moved at an arrival before this is silent past the
+        #: hold (the latest arrival clock minus the hold) ...
+        self.silent_before = NEVER
+        #: ... and counts as having reached this in :meth:`low` (that, minus lateness).
+        self.floor = NEVER
 
-    def __getstate__(self) -> tuple[dict[str, tuple[int, int, int, int]], Any]:
+    def __getstate__(self) -> tuple[Any, ...]:
         t = self.template.__getstate__() if self.template is not None else None
-        return {v: m.__getstate__() for v, m in self.clocks.items()}, t
+        clocks = {v: m.__getstate__() for v, m in self.clocks.items()}
+        return clocks, t, self.silent_before, self.floor
 
-    def __setstate__(self, state: tuple[dict[str, tuple[int, int, int, int]], Any]) -> None:
-        clocks, t = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        clocks, t = state[:2]
         self.clocks = {v: Watermark(*s) for v, s in clocks.items()}
         self.template = Watermark(*t) if t is not None else None
+        self.silent_before, self.floor = state[2:] if len(state) > 2 else (NEVER, NEVER)
 
     def __repr__(self) -> str:
         return f"VenueClocks({self.clocks!r})"
@@ -156,8 +163,14 @@ class VenueClocks:
             self.clocks[venue] = mark
         return mark
 
+    def _arrival(self, clock: int, lateness_ms: int, hold_ms: int) -> None:
+        if clock - hold_ms > self.silent_before:
+            self.silent_before = clock - hold_ms
+            self.floor = clock - hold_ms - lateness_ms
+
     def advance(self, clock: int, lateness_ms: int, hold_ms: int) -> None:
         """The arrival clock reads ``clock``: every venue silent past the hold moves."""
+        self._arrival(clock, lateness_ms, hold_ms)
         for mark in self.clocks.values():
             mark.advance(clock, lateness_ms, hold_ms)
         if self.template is not None:
@@ -171,6 +184,7 @@ class VenueClocks:
         The arrival clock moves every venue's clock on (:meth:`Watermark.advance`); the
         trade meets its own venue's (:meth:`Watermark.arrive`). Each clock moves once.
         """
+        self._arrival(clock, lateness_ms, hold_ms)
         for v, mark in self.clocks.items():
             if v != venue:
                 mark.advance(clock, lateness_ms, hold_ms)
@@ -180,9 +194,19 @@ class VenueClocks:
         return mark, mark.arrive(event_time, clock, lateness_ms, hold_ms)
 
     def low(self) -> int:
-        """The slowest venue's watermark (the template's before any venue, or ``NEVER``)."""
+        """What the partition has completed: the slowest venue's watermark.
+
+        A venue silent past the hold (a feed stopped for good, a replay of old history
+        that ended) counts as having caught up with the arrival clock minus the hold
+        and the lateness: its windows are closing by the arrival clock, and it must not
+        hold back the sealing of the days after its last trade. Before any venue: the
+        template's watermark, or ``NEVER``.
+        """
         if self.clocks:
-            return min(m.value for m in self.clocks.values())
+            return min(
+                max(m.value, self.floor) if m.r_at_max < self.silent_before else m.value
+                for m in self.clocks.values()
+            )
         return self.template.value if self.template is not None else NEVER
 
     def cutoffs(self) -> dict[str, int]:

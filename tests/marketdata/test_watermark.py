@@ -115,3 +115,25 @@ def test_each_venue_is_judged_by_its_own_clock_and_the_arrival_clock_moves_them_
     assert slow.value == T0 - LATE + 60_000
     restored = pickle.loads(pickle.dumps(clocks))
     assert restored.cutoffs() == clocks.cutoffs() and restored.low() == clocks.low()
+
+
+def test_a_venue_silent_past_the_hold_does_not_hold_back_what_the_partition_completed() -> None:
+    """kraken's history of a year ago replayed next to binance's live trades: while
+    kraken's replay runs it holds the partition back; once it has been silent for the
+    hold it counts as caught up with the arrival clock (minus hold and lateness)."""
+    now = T0 + 365 * 86_400_000
+    clocks = VenueClocks()
+    live, _ = clocks.arrive("binance", now, now, LATE, HOLD)
+    live.observe(now, now, LATE)
+    old, _ = clocks.arrive("kraken", T0, now + 1, LATE, HOLD)
+    old.observe(T0, now + 1, LATE)
+    assert clocks.low() == T0 - LATE  # the replay is running: it holds sealing back
+    for k in range(1, 200):  # binance goes on live; kraken's replay has ended
+        t = now + k * 1_000
+        mark, _ = clocks.arrive("binance", t, t, LATE, HOLD)
+        mark.observe(t, t, LATE)
+    later = now + 199_000
+    assert old.value < T0 + 86_400_000  # kraken's own clock: a year behind still
+    assert clocks.low() == later - HOLD - LATE
+    restored = pickle.loads(pickle.dumps(clocks))
+    assert restored.low() == clocks.low()
