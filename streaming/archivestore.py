@@ -10,15 +10,21 @@ The logic is :mod:`streaming.archive`, the wiring :mod:`streaming.flows.archive`
    stream starting at the same entry are removed: they hold the same bucket written
    partially at an earlier end of input (a subset of this one);
 2. only then, one Redis round trip per batch: each partition's watermark into
-   :data:`~redisstore.keys.ARCHIVE_PARTITIONS_KEY` (never lowered: a replay after a
-   restore publishes older values again), its progress into
-   :data:`~redisstore.keys.ARCHIVE_PROGRESS_KEY`, and ``XTRIM MINID ~ ... LIMIT 0`` of its stream;
-3. the archive watermark (:data:`redisstore.keys.ARCHIVE_WATERMARK_KEY`) is raised to the
+   :data:`~redisstore.keys.ARCHIVE_PARTITIONS_KEY`, with the archived position it
+   belongs to (field ``@<stream>``, ``ms-seq``): a value of a later position replaces
+   the stored one even when it is lower (a venue that appeared with older trades
+   holds the partition back), a value of an earlier position is ignored (a replay
+   after a restore publishes older values again), one of the same position only
+   raises it (idle ticks); its progress into
+   :data:`~redisstore.keys.ARCHIVE_PROGRESS_KEY`, and ``XTRIM MINID ~ ... LIMIT 0`` of
+   its stream;
+3. the archive watermark (:data:`redisstore.keys.ARCHIVE_WATERMARK_KEY`) is set to the
    minimum over every partition of the flow, once each has published one.
 
 The keys are updated one at a time (no script spans two keys, so this works on
-Redis Cluster): a partition value only grows, so a minimum read at any moment is
-at most the true one, and the global key only grows.
+Redis Cluster). With several workers, one may set the global key from a reading a
+moment older than another's; every worker publishes after each write and at least
+once a second while idle, so such a value lasts at most that long.
 """
 
 from __future__ import annotations
@@ -33,28 +39,35 @@ import redis
 from lake.layout import Lake
 from lake.writer import LakeWriter, WriteResult
 from redisstore.keys import ARCHIVE_PARTITIONS_KEY, ARCHIVE_PROGRESS_KEY, ARCHIVE_WATERMARK_KEY
+from redisstore.streamids import parse_id
 from streaming.archive import ArchiveWork
 from streaming.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
-# HSET field to ARGV[2] unless it holds a larger number; returns HMGET of ARGV[3..].
-_RAISE_FIELD = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (not cur) or tonumber(ARGV[2]) > tonumber(cur) then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+# Partition ARGV[1]'s watermark ARGV[2] at archived position (ARGV[3] ms, ARGV[4] seq):
+# stored when the position is later than the stored one, or the same and the value
+# larger; returns HMGET of ARGV[5..] (every partition's watermark).
+_PUBLISH_FIELD = """
+local at = '@' .. ARGV[1]
+local pos = redis.call('HGET', KEYS[1], at)
+local ms, seq = tonumber(ARGV[3]), tonumber(ARGV[4])
+local store = true
+if pos then
+  local pms, pseq = string.match(pos, '^(%d+)-(%d+)$')
+  pms, pseq = tonumber(pms), tonumber(pseq)
+  if ms < pms or (ms == pms and seq < pseq) then
+    store = false
+  elseif ms == pms and seq == pseq then
+    local cur = redis.call('HGET', KEYS[1], ARGV[1])
+    store = (not cur) or tonumber(ARGV[2]) > tonumber(cur)
+  end
 end
-if #ARGV < 3 then return {} end
-return redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
-"""
-# SET key to ARGV[1] unless it holds a larger number; returns the value it holds.
-_RAISE_KEY = """
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or tonumber(ARGV[1]) > tonumber(cur) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
+if store then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], at, ARGV[3] .. '-' .. ARGV[4])
 end
-return cur
+if #ARGV < 5 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
 """
 
 
@@ -76,8 +89,7 @@ class ArchiveStore:
         self.lake = self.writer.lake
         self.client = client
         self.streams = list(streams)
-        self._raise_field = client.register_script(_RAISE_FIELD)
-        self._raise_key = client.register_script(_RAISE_KEY)
+        self._publish_field = client.register_script(_PUBLISH_FIELD)
         self._last_range: dict[str, str] = {}
 
     def write_files(self, work: ArchiveWork) -> WriteResult | None:
@@ -122,7 +134,7 @@ class ArchiveStore:
         return 0
 
     def publish(self, works: list[ArchiveWork], now_ms: int) -> int | None:
-        """Publish the last state of each partition in ``works``; trim; raise the watermark.
+        """Publish the last state of each partition in ``works``; trim; set the watermark.
 
         Returns:
             The archive watermark after this call, when every partition has one.
@@ -138,9 +150,10 @@ class ArchiveStore:
         pipe = self.client.pipeline(transaction=False)
         for stream, w in last.items():
             if w.watermark is not None:
-                self._raise_field(
+                ms, seq = parse_id(w.archived_id) if w.archived_id else (0, 0)
+                self._publish_field(
                     keys=[ARCHIVE_PARTITIONS_KEY],
-                    args=[stream, w.watermark, *self.streams],
+                    args=[stream, w.watermark, ms, seq, *self.streams],
                     client=pipe,
                 )
             if w.trim_minid is not None:
@@ -164,4 +177,5 @@ class ArchiveStore:
         if values is None or any(v is None for v in values) or not values:
             return None
         low = min(int(v) for v in values)
-        return int(self._raise_key(keys=[ARCHIVE_WATERMARK_KEY], args=[low]))
+        self.client.set(ARCHIVE_WATERMARK_KEY, low)
+        return low

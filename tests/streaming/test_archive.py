@@ -443,3 +443,23 @@ def test_config_is_checked() -> None:
     assert SourceRange.stream(STREAM, b"1-0", b"2-3").file_name == (
         "stream~md_trades_raw~1-0~2-3.parquet"
     )
+
+
+def test_a_venue_appearing_with_older_trades_holds_its_partition_back() -> None:
+    """kraken's trades of an hour before binance's, written after them: the partition's
+    watermark (what sealing reads) goes back to kraken's clock, then follows it."""
+    cfg = ArchiveConfig(bucket_ms=1_000, trim_guard_snapshots=0)
+    arch = PartitionArchiver(STREAM, cfg)
+    b_ids, b_fields = entries_of(market(seed=1, duration=300))
+    works = arch.process(b_ids, b_fields)
+    works += arch.process([], [], id_ms(b_ids[-1]) + 5_000, 1.0)
+    high = max(w.watermark for w in works if w.watermark is not None)
+    assert high > T0 + 200_000
+    k_start = T0 - 3_600_000
+    k_sim = replace(market(seed=2, duration=60), exchanges=("kraken",), start_ms=k_start)
+    k_ids, k_fields = entries_of(k_sim, id_offset_ms=id_ms(b_ids[-1]) + 10_000 - k_start)
+    works = arch.process(k_ids, k_fields)
+    works += arch.process([], [], id_ms(k_ids[-1]) + 5_000, 2.0)
+    marks = [w.watermark for w in works if w.watermark is not None]
+    assert marks and min(marks) < k_start + 60_000 and max(marks) < high
+    assert arch.watermark == arch.clock.clocks.of("kraken").value

@@ -53,7 +53,13 @@ def env(redis_url: str, home: Path) -> dict[str, str]:
 
 
 def sim_args(
-    start: str, duration: int, rate: float, seed: int, symbols: str, **faults: Any
+    start: str,
+    duration: int,
+    rate: float,
+    seed: int,
+    symbols: str,
+    exchanges: str = "binance",
+    **faults: Any,
 ) -> tuple[list[str], SimConfig]:
     """``feed simulate`` arguments, and the SimConfig the command builds from them."""
     start_ms = parse_time(start)
@@ -70,11 +76,14 @@ def sim_args(
         str(seed),
         "--symbols",
         symbols,
+        "--exchanges",
+        exchanges,
     ]
     for name, share in faults.items():
         args += [f"--{name.replace('_', '-')}", str(share)]
     cfg = SimConfig(
         symbols=tuple(symbols.split(",")),
+        exchanges=tuple(exchanges.split(",")),
         rate=rate,
         start_ms=start_ms,
         duration_s=duration,
@@ -194,36 +203,50 @@ def test_every_message_is_archived_once_per_raw_entry(
 # --------------------------------------------------------------------------- (3)
 
 
+def partition_watermarks(client: Any) -> dict[str, int]:
+    return {
+        k.decode(): int(v)
+        for k, v in client.hgetall(ARCHIVE_PARTITIONS_KEY).items()
+        if not k.startswith(b"@")  # the archived position each value belongs to
+    }
+
+
 @pytest.mark.slow
-def test_a_day_seals_only_when_every_partition_has_archived_past_it(
+def test_a_day_seals_only_when_every_venue_of_every_partition_has_archived_past_it(
     env: dict[str, str], redis_client: Any, home: Path
 ) -> None:
+    """binance's BTCUSDT and kraken's SOLUSDT on two shards; each feed's progress marks
+    reach both shards. The day seals once both venues have passed it everywhere."""
     env = {**env, "CRYPTOPIPE_RAW_SHARDS": "2"}  # BTCUSDT -> shard 0, SOLUSDT -> shard 1
     lake = Lake(home / "lake")
     day = date(2025, 3, 14)
-    # Both shards up to 23:59:30: watermarks 23:59:25, the day is not sealed.
-    a, cfg_a = sim_args("2025-03-14T23:58:30Z", 60, 20, 1, "BTCUSDT,SOLUSDT")
+    seals_at = day_start_ms(day) + DAY_MS + LATENESS_MS
+    # Both venues up to 23:59:30: watermarks 23:59:25, the day is not sealed.
+    a, cfg_a = sim_args("2025-03-14T23:58:30Z", 60, 20, 1, "BTCUSDT")
+    a2, cfg_a2 = sim_args("2025-03-14T23:58:30Z", 60, 20, 4, "SOLUSDT", exchanges="kraken")
     cryptopipe_ok(env, *a, "--speed", "max")
+    cryptopipe_ok(env, *a2, "--speed", "max")
     cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
     assert not sealed(redis_client, lake, day)
-    parts = {k.decode(): int(v) for k, v in redis_client.hgetall(ARCHIVE_PARTITIONS_KEY).items()}
+    parts = partition_watermarks(redis_client)
     assert set(parts) == set(raw_stream_names(2))
     assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == min(parts.values())
-    # Shard 0 passes midnight + lateness; shard 1 has not: still not sealed.
+    # binance passes midnight + lateness; kraken has not: still not sealed anywhere.
     b, cfg_b = sim_args("2025-03-15T00:00:00Z", 30, 20, 2, "BTCUSDT")
     cryptopipe_ok(env, *b, "--speed", "max")
     cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
-    parts = {k.decode(): int(v) for k, v in redis_client.hgetall(ARCHIVE_PARTITIONS_KEY).items()}
-    assert parts["md:trades:raw:0"] >= day_start_ms(day) + DAY_MS + LATENESS_MS
+    parts = partition_watermarks(redis_client)
+    assert all(v < seals_at for v in parts.values()), parts
     assert not sealed(redis_client, lake, day)
-    # Shard 1 too: sealed, and everything of the day is in the lake exactly once
+    # kraken too: sealed, and everything of the day is in the lake exactly once
     # (the open buckets written at each end of input were superseded, not doubled).
-    c, cfg_c = sim_args("2025-03-15T00:00:00Z", 30, 20, 3, "SOLUSDT")
+    c, cfg_c = sim_args("2025-03-15T00:00:00Z", 30, 20, 3, "SOLUSDT", exchanges="kraken")
     cryptopipe_ok(env, *c, "--speed", "max")
     cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
     assert sealed(redis_client, lake, day)
+    assert all(v >= seals_at for v in partition_watermarks(redis_client).values())
     assert not sealed(redis_client, lake, date(2025, 3, 15))
-    trades, _ = truth(cfg_a, cfg_b, cfg_c)
+    trades, _ = truth(cfg_a, cfg_a2, cfg_b, cfg_c)
     assert lake_trades(lake) == trades
     assert_disjoint(file_ranges(lake))
 
