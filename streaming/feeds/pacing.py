@@ -10,8 +10,9 @@ from typing import TextIO
 from marketdata.rawmessage import ProgressMark, RawMessage
 from streaming.rawlog import RawLogWriter
 
-#: How often (wall seconds) a feed writes its progress marks while it is alive.
-MARK_EVERY_S = 1.0
+#: How often (wall seconds) a feed writes its progress marks while it is alive: twice
+#: a second, so that a quiet venue's windows close within lateness + 1 s with margin.
+MARK_EVERY_S = 0.5
 
 
 def parse_speed(text: str) -> float | None:

@@ -128,6 +128,13 @@ class SimulatedMarket:
         """Run the simulator into the raw log."""
         speed = parse_speed(args.speed)
         start = parse_time(args.start) if args.start else now_ms()
+        if start > now_ms() + settings.max_ahead_ms:
+            msg = (
+                f"--start {args.start} is in the future: the flows would reject every "
+                "trade as bad_timestamp (more than CRYPTOPIPE_MAX_AHEAD_MS="
+                f"{settings.max_ahead_ms} ahead of the time it is written); start now or earlier"
+            )
+            raise ValueError(msg)
         cfg = SimConfig(
             symbols=parse_symbols(args.symbols),
             exchanges=parse_exchanges(args.exchanges),

@@ -225,6 +225,12 @@ def test_replay_ws_jsonl_keeps_lines_as_received(
     assert [m.payload.decode() for m in read_all(redis_client)] == lines
 
 
+def test_a_simulation_starting_in_the_future_is_refused(redis_url: str) -> None:
+    out = cli("feed", "simulate", "--redis-url", redis_url, "--start", "2099-01-01T00:00:00Z")
+    assert out.returncode == 2
+    assert "in the future" in out.stderr and "bad_timestamp" in out.stderr
+
+
 def test_unreachable_redis_is_one_clear_line(tmp_path: Path) -> None:
     out = cli("feed", "simulate", "--redis-url", "redis://127.0.0.1:1/0", "--duration", "1")
     assert out.returncode == 2
