@@ -461,6 +461,20 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
     quiet = [f"Q{i:02d}USDT" for i in range(5)]
     next_id = dict.fromkeys(syms + quiet, 1)
     step = 0.005
+
+    def trade(venue: str, s: str, ms: int) -> RawMessage:
+        tr = Trade(
+            exchange=venue,
+            symbol=s,
+            trade_id=next_id[s],
+            price_e8=rng.randrange(10**9, 10**10),
+            quantity_e8=rng.randrange(1, 10**8),
+            event_time=ms,
+            is_buyer_maker=rng.random() < 0.5,
+        )
+        next_id[s] += 1
+        return RawMessage(trade_payload(tr), venue, ms, symbol=s)
+
     start = time.time()
     sent = 0
     last_mark = 0.0
@@ -473,33 +487,9 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
             k = int((now - start) * rate) - sent  # paced by elapsed time, not by steps
             sent += k
             ms = int(now * 1000)
-            batch = []
-            for _ in range(k):
-                s = syms[rng.randrange(symbols)]
-                tr = Trade(
-                    exchange="binance",
-                    symbol=s,
-                    trade_id=next_id[s],
-                    price_e8=rng.randrange(10**9, 10**10),
-                    quantity_e8=rng.randrange(1, 10**8),
-                    event_time=ms,
-                    is_buyer_maker=rng.random() < 0.5,
-                )
-                next_id[s] += 1
-                batch.append(RawMessage(trade_payload(tr), "binance", ms, symbol=s))
-            for s in quiet:
-                if rng.random() < step / 20:  # a trade every ~20 s
-                    tr = Trade(
-                        exchange="kraken",
-                        symbol=s,
-                        trade_id=next_id[s],
-                        price_e8=rng.randrange(10**9, 10**10),
-                        quantity_e8=rng.randrange(1, 10**8),
-                        event_time=ms,
-                        is_buyer_maker=False,
-                    )
-                    next_id[s] += 1
-                    batch.append(RawMessage(trade_payload(tr), "kraken", ms, symbol=s))
+            batch = [trade("binance", syms[rng.randrange(symbols)], ms) for _ in range(k)]
+            # the quiet venue: a trade every ~20 s per symbol
+            batch += [trade("kraken", s, ms) for s in quiet if rng.random() < step / 20]
             marks = []
             if now - last_mark >= MARK_EVERY_S:
                 marks = [ProgressMark(v, ms, ms) for v in ("binance", "kraken")]
@@ -530,8 +520,7 @@ def latency(url: str, work: Path, rate: int, symbols: int, seconds: float) -> No
         f"marks every {MARK_EVERY_S:g} s"
     )
     print(
-        f"{'venue':8s} {'interval':8s} {'candles':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
-        f"{'max ms':>7s}"
+        f"{'venue':8s} {'interval':8s} {'candles':>8s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s}"
     )
     for venue, target in (("binance", 50), ("kraken", 1000)):
         everything = []
