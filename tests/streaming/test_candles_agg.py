@@ -143,8 +143,19 @@ def test_coarse_candles_are_the_roll_up_of_the_1m_candles() -> None:
 
 
 def test_resume_from_a_snapshot_replays_to_the_same_result() -> None:
-    """A crash after a snapshot: the replay (other batch sizes) decides the same."""
-    day = gen_day(8, n=12_000, late=0.02, duplicates=0.05, malformed=0.02, out_of_order=0.1)
+    """A crash after a snapshot: the replay (other batch sizes) decides the same; the
+    venues' clocks, moved by trades and progress marks, are in the snapshot."""
+    day = gen_day(
+        8,
+        n=12_000,
+        late=0.02,
+        duplicates=0.05,
+        malformed=0.02,
+        out_of_order=0.1,
+        exchanges=("binance", "kraken"),
+        marks_every_ms=20_000,
+        far_ahead=0.005,
+    )
     ids, fields = day.stream_ids(), day.field_lists()
     straight, late_s, _ = run_day(day, 8, flush=False)
     rng = random.Random(9)
