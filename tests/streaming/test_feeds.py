@@ -22,7 +22,7 @@ from marketdata.simulator import SimConfig, simulate
 from marketdata.trade import Trade
 from redisstore.keys import heartbeat_key, raw_stream_names
 from streaming.feeds.base import feed_writer
-from streaming.feeds.pacing import PacedWriter, parse_speed
+from streaming.feeds.pacing import MARK_EVERY_S, PacedWriter, parse_speed
 from streaming.rawlog import RawLogWriter
 from streaming.supervisor import Supervisor
 from tests.processes import leftovers, run_cryptopipe
@@ -251,8 +251,9 @@ def test_paced_writer_keeps_recorded_spacing(redis_client: redis.Redis) -> None:
 def test_a_paced_feed_marks_progress_every_second_through_a_quiet_market(
     redis_client: redis.Redis,
 ) -> None:
-    """Two trades 3.5 s apart at real-time speed: marks at least once a second while it
-    waits, at the time reached (never past the next trade), after the trades they cover."""
+    """Two trades 3.5 s apart at real-time speed: marks every MARK_EVERY_S (twice a second)
+    while it waits, at the time reached (never past the next trade), after the trades
+    they cover."""
     writer = RawLogWriter(redis_client, shards=2)
     items = [
         (T0, RawMessage(b"a", "kraken", T0, symbol="BTCUSDT")),
@@ -264,7 +265,8 @@ def test_a_paced_feed_marks_progress_every_second_through_a_quiet_market(
     assert time.monotonic() - started < 4.5
     for stream in writer.streams:  # every shard gets every mark
         marks = read_marks(redis_client, stream)
-        assert 4 <= len(marks) <= 6 and {m.exchange for m in marks} == {"kraken"}
+        assert 3.5 / MARK_EVERY_S <= len(marks) <= 3.5 / MARK_EVERY_S + 2
+        assert {m.exchange for m in marks} == {"kraken"}
         times = [m.event_ms for m in marks]
         assert times == sorted(times) and times[-1] == T0 + 3_500
         assert all(t < T0 + 3_500 for t in times[:-1]) and times[-2] > T0 + 2_000
