@@ -40,11 +40,14 @@ Keeping the log complete and duplicate-free:
   connected, so every later trade comes from the socket: that trade opens the gap of
   what was missed, filled as above (a resume point equal to it: nothing was missed).
 * **Backfill before live.** While a backfill is pending (an open gap, or an unsure
-  symbol), live frames of every symbol are held back, in order, and written after
-  the trades fetched from REST: the venue has one event-time clock for all its
-  symbols, so a newer live trade written first would make the backfill late. At most
-  ``hold_max`` frames are held; beyond that they are written anyway, with one warning
-  (that backfill may then be late). A stop writes what is held.
+  symbol), live frames of every symbol are held back, in order, and so are the
+  trades fetched from REST. When it completes, the fetched trades are written in
+  trade-time order across symbols, then the held frames: the venue has one
+  event-time clock for all its symbols, so a newer live trade, or one symbol's newer
+  backfill, written first would make the rest of the backfill late. At most
+  ``hold_max`` messages are kept back; beyond that they are written anyway, with one
+  warning (that backfill may then be late). A stop writes what is kept back. The
+  resume positions are not recorded while anything is kept back.
 * **Progress marks.** While caught up (a connection open, no backfill pending,
   nothing held), every ``mark_every_s`` (0.5 s, quiet markets included) a progress
   mark of ``binance`` goes out with the writer's batch, after the trades it covers:
