@@ -1,10 +1,12 @@
 """A local stand-in for Binance: combined trade streams and ``historicalTrades``.
 
 The market is a tape of trades ``1..n_trades`` per symbol, published one tick at a
-time once the first client connects. Every open websocket connection subscribed to a
-symbol's ``@trade`` stream receives each trade published while it is open (as
-Binance does: nothing from before it connected). The REST endpoint serves the
-trades published so far, like Binance's ``/api/v3/historicalTrades``.
+time once the first client connects. Trade ``i`` happens at ``T0 + 7 i`` ms, or, with
+``live_clock``, at the wall clock of its tick (a market happening now). Every open
+websocket connection subscribed to a symbol's ``@trade`` stream receives each trade
+published while it is open (as Binance does: nothing from before it connected). The
+REST endpoint serves the trades published so far, like Binance's
+``/api/v3/historicalTrades`` (from ``fromId``, or the most recent ones without it).
 
 Faults are scripted: per connection (by its number, from 0) drop the TCP connection,
 send a close frame, or send ``serverShutdown``; refuse handshakes; send frames
@@ -33,22 +35,25 @@ from marketdata.trade import Trade
 T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
 
 
-def trade_row(tid: int) -> dict[str, Any]:
-    """The REST row of trade ``tid`` (the same for every symbol but the symbol)."""
+def trade_row(tid: int, time_ms: int | None = None) -> dict[str, Any]:
+    """The REST row of trade ``tid`` (the same for every symbol but the symbol).
+
+    It happens at ``time_ms`` (default ``T0 + 7 tid``).
+    """
     return {
         "id": tid,
         "price": f"{1000 + tid % 97}.{tid % 100:02d}000000",
-        "qty": f"0.{tid % 1000 + 1:03d}00000",
+        "qty": f"0.{tid % 999 + 1:03d}00000",
         "quoteQty": "0",  # not used by the feed
-        "time": T0 + tid * 7,
+        "time": T0 + tid * 7 if time_ms is None else time_ms,
         "isBuyerMaker": tid % 3 == 0,
         "isBestMatch": True,
     }
 
 
-def trade_frame(symbol: str, tid: int) -> bytes:
+def trade_frame(symbol: str, tid: int, time_ms: int | None = None) -> bytes:
     """The combined-stream frame of trade ``tid``, as Binance sends it."""
-    r = trade_row(tid)
+    r = trade_row(tid, time_ms)
     data = {
         "e": "trade",
         "E": r["time"] + 1,
@@ -63,9 +68,9 @@ def trade_frame(symbol: str, tid: int) -> bytes:
     return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": data})
 
 
-def expected_trade(symbol: str, tid: int) -> Trade:
+def expected_trade(symbol: str, tid: int, time_ms: int | None = None) -> Trade:
     """The domain trade both the frame and the REST row must parse to."""
-    r = trade_row(tid)
+    r = trade_row(tid, time_ms)
     whole, frac = r["price"].split(".")
     qwhole, qfrac = r["qty"].split(".")
     return Trade(
@@ -137,9 +142,13 @@ class FakeBinance:
     #: Statuses for the first REST requests, then normal answers.
     rest_script: list[tuple[int, str | None]] = field(default_factory=list)
     ping: bool = False
+    #: Trades happen now (the wall clock of their tick), not at ``T0 + 7 i``.
+    live_clock: bool = False
 
     def __post_init__(self) -> None:
         self.published: dict[str, int] = dict.fromkeys(self.symbols, 0)
+        #: With ``live_clock``: trade id -> its time (ms).
+        self.times: dict[int, int] = {}
         self.conns: list[ConnRecord] = []
         self.handshakes: list[tuple[float, int]] = []
         self.rest: list[RestRecord] = []
@@ -275,14 +284,24 @@ class FakeBinance:
         await asyncio.wait_for(waiter, 2)
         rec.pong_latency = time.monotonic() - t
 
+    def time_of(self, tid: int) -> int | None:
+        """When trade ``tid`` happened (``None``: at ``T0 + 7 tid``)."""
+        return self.times.get(tid) if self.live_clock else None
+
+    def trade(self, symbol: str, tid: int) -> Trade:
+        """The domain trade ``tid`` of ``symbol`` (published already, with a live clock)."""
+        return expected_trade(symbol, tid, self.time_of(tid))
+
     async def _run_market(self) -> None:
         for tid in range(1, self.n_trades + 1):
+            if self.live_clock:
+                self.times[tid] = time.time_ns() // 1_000_000
             for sym in self.symbols:
                 with self._lock:
                     self.published[sym] = tid
                 if tid in self.withheld.get(sym, ()):
                     continue
-                frame = trade_frame(sym, tid)
+                frame = trade_frame(sym, tid, self.time_of(tid))
                 for subscribed, queue in list(self._queues.values()):
                     if sym in subscribed:
                         queue.put_nowait(frame)
@@ -329,10 +348,10 @@ class FakeBinance:
             else:
                 status = 200
                 top = self.published[query["symbol"]]
-                first = int(query["fromId"])
                 limit = min(int(query.get("limit", "500")), 1000)
+                first = int(query["fromId"]) if "fromId" in query else max(1, top - limit + 1)
                 ids = range(first, min(first + limit - 1, top) + 1)
-                body = orjson.dumps([trade_row(i) for i in ids])
+                body = orjson.dumps([trade_row(i, self.time_of(i)) for i in ids])
             self.rest.append(RestRecord(time.monotonic(), parts.path, query, api_key, status))
         return status, headers, body
 

@@ -8,6 +8,7 @@ once (0 lost, 0 duplicated), each parsing to the trade the fake market made.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import signal
@@ -24,15 +25,19 @@ from typing import cast
 import pytest
 import redis
 
+from marketdata.candle import fold_trades
+from marketdata.interval import Interval
 from marketdata.parsing import parse_message
-from marketdata.rawmessage import RawMessage
+from marketdata.rawmessage import F_MARK, ProgressMark, RawMessage, parse_mark
 from marketdata.settings import Settings
 from marketdata.trade import Trade
-from redisstore.keys import raw_stream_names
+from redisstore.keys import DLQ_STREAM, LATE_STREAM, raw_stream_names
+from serving.stream import StreamCandleReader
 from streaming.feeds.binance.config import BinanceFeedConfig, FeedStats, FeedTuning
 from streaming.feeds.binance.feed import run_binance_feed
 from streaming.feeds.binance.ids import IdTracker, ResumePoints
 from streaming.feeds.binance.rest import rest_trade_payload
+from tests.processes import run_cryptopipe
 from tests.streaming.fake_binance import (
     ConnPlan,
     FakeBinance,
@@ -124,9 +129,24 @@ def test_config_refuses_bad_input() -> None:
 # -- scenarios against the fake Binance -----------------------------------------------
 
 
-def read_stream(client: redis.Redis, stream: str) -> list[RawMessage]:
+def read_entries(client: redis.Redis, stream: str) -> list[RawMessage | ProgressMark]:
+    """A raw-log stream in order: messages and progress marks."""
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
-    return [RawMessage.from_fields(f) for _, f in entries]
+    out: list[RawMessage | ProgressMark] = []
+    for _, f in entries:
+        if F_MARK in f:
+            mark = parse_mark([x for kv in f.items() for x in kv])
+            assert isinstance(mark, ProgressMark), mark
+            out.append(mark)
+        else:
+            out.append(RawMessage.from_fields(f))
+    return out
+
+
+def read_stream(client: redis.Redis, stream: str) -> list[RawMessage]:
+    """The messages of a raw-log stream (its progress marks left out)."""
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream))
+    return [RawMessage.from_fields(f) for _, f in entries if F_MARK not in f]
 
 
 def read_log(client: redis.Redis, shards: int) -> list[RawMessage]:
@@ -142,13 +162,15 @@ def trade_ids(msgs: list[RawMessage]) -> Counter[tuple[str, int]]:
     return out
 
 
-def assert_exactly_once(msgs: list[RawMessage], n: int) -> None:
+def assert_exactly_once(msgs: list[RawMessage], n: int, fake: FakeBinance | None = None) -> None:
     trades = []
     for m in msgs:
         assert m.exchange == "binance"
         t = parse_message(m.payload, fmt=m.fmt, exchange=m.exchange, recv_ms=m.recv_ms)
         assert isinstance(t, Trade), (t, m.payload)
-        assert t == expected_trade(t.symbol, t.trade_id)
+        make = expected_trade if fake is None else fake.trade
+        want = make(t.symbol, t.trade_id)
+        assert t == want
         assert m.symbol == t.symbol
         trades.append((t.symbol, t.trade_id))
     counts = Counter(trades)
@@ -426,6 +448,15 @@ def test_a_restarted_feed_fetches_what_it_missed_while_down(
             wait_complete(redis_client, fake, shards=1)
     msgs = read_log(redis_client, 1)
     assert_exactly_once(msgs, 500)  # nothing lost, nothing fetched twice
+    # Backfill before live: the second run wrote every trade it fetched from REST
+    # before any frame it received (of either symbol).
+    run2 = msgs[sum(first_run.values()) :]
+    live = [i for i, m in enumerate(run2) if b'"source":"rest"' not in m.payload]
+    rest = [i for i, m in enumerate(run2) if b'"source":"rest"' in m.payload]
+    assert live and rest and max(rest) < min(live)
+    # ...in trade-time order across the symbols (the venue has one clock).
+    times = [trade_of(run2[i]).event_time for i in rest]
+    assert times == sorted(times) and {run2[i].symbol for i in rest[:2]} == set(SYMBOLS)
     from_rest = Counter(m.symbol for m in msgs if b'"source":"rest"' in m.payload)
     for sym in SYMBOLS:
         assert from_rest[sym] >= 100  # at least the downtime
@@ -488,3 +519,201 @@ def test_resuming_is_bounded_and_can_be_turned_off(
         assert "not the same id sequence" in caplog.text
     # Every trade this run received is in the log exactly once.
     assert set(trade_ids(read_log(redis_client, 1)).values()) == {1}
+
+
+# -- progress marks and backfill before live ------------------------------------------
+
+
+def trade_of(m: RawMessage) -> Trade:
+    t = parse_message(m.payload, fmt=m.fmt, exchange=m.exchange, recv_ms=m.recv_ms)
+    assert isinstance(t, Trade), (t, m.payload)
+    return t
+
+
+def from_rest(m: RawMessage) -> bool:
+    return b'"source":"rest"' in m.payload
+
+
+def assert_marks_follow_their_trades(
+    entries: list[RawMessage | ProgressMark], slack_ms: int = 250
+) -> None:
+    """Marks never go back, are never ahead of their clock by more than 1 s, and no
+    trade written after a mark is more than ``slack_ms`` before it (far less than the
+    lateness: the mark is Binance's time, not ours).
+
+    The fake market's time runs a little slower than the wall clock (a tick sleeps
+    at least ``tick_s``), so a trade may trail the mark before it by a few ms."""
+    marks = [e for e in entries if isinstance(e, ProgressMark)]
+    assert all(m.exchange == "binance" for m in marks)
+    assert all(m.event_ms <= m.recv_ms + 1000 for m in marks)
+    assert [m.event_ms for m in marks] == sorted(m.event_ms for m in marks)
+    highest = 0
+    for e in entries:
+        if isinstance(e, ProgressMark):
+            highest = max(highest, e.event_ms)
+        else:
+            assert trade_of(e).event_time > highest - slack_ms, (e, highest)
+
+
+def test_marks_every_second_in_a_quiet_market(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A market that trades, then goes quiet: the feed keeps writing progress marks
+    (every shard, at least once a second, never going back), after the trades."""
+    fake = FakeBinance(SYMBOLS, n_trades=100, tick_s=0.01, live_clock=True)
+    with fake, feed(redis_url, tmp_path, fake, shards=2) as stats:
+        wait_complete(redis_client, fake, shards=2)
+        quiet_from = time.time_ns() // 1_000_000
+        time.sleep(3.0)
+    assert_exactly_once(read_log(redis_client, 2), 100, fake)
+    last_trade = max(fake.times.values())
+    for stream in raw_stream_names(2):
+        entries = read_entries(redis_client, stream)
+        assert_marks_follow_their_trades(entries)
+        marks = [e for e in entries if isinstance(e, ProgressMark)]
+        quiet = [m for m in marks if m.recv_ms >= quiet_from]
+        assert len(quiet) >= 3, marks[-5:]
+        recv = [quiet_from] + [m.recv_ms for m in quiet]
+        assert max(b - a for a, b in itertools.pairwise(recv)) <= 1000
+        # Binance's time moves on with the wall clock while nothing trades.
+        assert quiet[-1].event_ms >= last_trade + 2500
+        assert quiet[-1].event_ms >= quiet[0].event_ms + 2000
+    assert stats.marks >= 6
+
+
+@pytest.mark.parametrize("hold_max", [50_000, 30])
+def test_live_frames_wait_behind_a_gap_being_filled(
+    redis_url: str,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    hold_max: int,
+) -> None:
+    """A trade the socket skips; REST answers 429 (Retry-After: 2) first. While the gap
+    is pending the live frames of every symbol are held and no mark is written; they
+    follow the filled trade. With a small hold_max they are written anyway, said once."""
+    caplog.set_level(logging.INFO)
+    w = 60
+    fake = FakeBinance(
+        SYMBOLS,
+        n_trades=400,
+        tick_s=0.01,
+        live_clock=True,
+        withheld={"BTCUSDT": {w}},
+        rest_script=[(429, "2")],
+    )
+    tuning = dataclasses.replace(FAST, hold_max=hold_max)
+    with fake, feed(redis_url, tmp_path, fake, tuning=tuning) as stats:
+        wait_complete(redis_client, fake, shards=1)
+        time.sleep(1.2)
+    entries = read_entries(redis_client, raw_stream_names(1)[0])
+    msgs = [e for e in entries if isinstance(e, RawMessage)]
+    assert_exactly_once(msgs, 400, fake)
+    assert_marks_follow_their_trades(entries)
+    pos = {(trade_of(m).symbol, trade_of(m).trade_id): i for i, m in enumerate(msgs)}
+    filled = msgs[pos["BTCUSDT", w]]
+    assert from_rest(filled)
+    # The gap was seen here (a mark of this same ms may come before: the feed could
+    # not know yet).
+    opened = msgs[pos["BTCUSDT", w + 1]].recv_ms
+    assert filled.recv_ms - opened >= 2000  # REST made us wait 2 s
+    marks = [e for e in entries if isinstance(e, ProgressMark)]
+    assert marks and marks[-1].recv_ms > filled.recv_ms  # marks again once caught up
+    marks_before_fill = entries[: entries.index(filled)]
+    marks_before_fill = [e for e in marks_before_fill if isinstance(e, ProgressMark)]
+    # Received while the gap was pending (of either symbol).
+    behind = [m for m in msgs if opened <= m.recv_ms <= filled.recv_ms]
+    live_behind = [m for m in behind if not from_rest(m)]
+    assert len(live_behind) >= 2 * 150  # 2 s of two symbols' ticks
+    if hold_max > 100:
+        # Nothing was written between the gap opening and its filling but the fill:
+        # no mark, no live frame of either symbol.
+        assert not [m for m in marks_before_fill if m.recv_ms > opened]
+        first_behind = min(pos[trade_of(m).symbol, trade_of(m).trade_id] for m in behind)
+        assert first_behind == pos["BTCUSDT", w]
+        assert stats.held >= len(live_behind) - 2 and stats.hold_overflows == 0
+        assert "kept behind a backfill" not in caplog.text
+    else:
+        # The bound: 30 held, then live was written before the fill (said once).
+        assert stats.hold_overflows == 1 and stats.held == 30
+        assert caplog.text.count("kept behind a backfill (hold_max)") == 1
+        assert (
+            min(pos[trade_of(m).symbol, trade_of(m).trade_id] for m in live_behind)
+            < (pos["BTCUSDT", w])
+        )
+        assert not [m for m in marks_before_fill if m.recv_ms > opened]
+    assert stats.filled == 1 and stats.lost == 0
+
+
+def test_a_restart_in_a_quiet_market_probes_rest_then_marks(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """Restarted after the market went quiet: no live trade will say what was missed,
+    so the feed asks REST for each symbol's newest trade, fills the downtime, and only
+    then writes progress marks."""
+    fake = FakeBinance(SYMBOLS, n_trades=300, tick_s=0.01, live_clock=True)
+    with fake:
+        with feed(redis_url, tmp_path, fake):
+            wait_published(fake, 100)
+        first_len = len(read_entries(redis_client, raw_stream_names(1)[0]))
+        while not fake.done:
+            time.sleep(0.05)
+        with feed(redis_url, tmp_path, fake) as second:
+            wait_complete(redis_client, fake, shards=1)
+            time.sleep(1.5)
+    entries = read_entries(redis_client, raw_stream_names(1)[0])
+    assert_exactly_once([e for e in entries if isinstance(e, RawMessage)], 300, fake)
+    assert_marks_follow_their_trades(entries)
+    run2 = entries[first_len:]
+    backfill = [i for i, e in enumerate(run2) if isinstance(e, RawMessage)]
+    marks = [i for i, e in enumerate(run2) if isinstance(e, ProgressMark)]
+    assert all(from_rest(run2[i]) for i in backfill)  # nothing live: the market is done
+    assert marks and min(marks) > max(backfill)  # no mark before the backfill is written
+    assert second.probes == 2 and second.resumed == 2 and second.lost == 0
+    assert second.filled == len(backfill) >= 2 * 150
+
+
+# -- end to end: a restarted feed's backfill is on time ---------------------------------
+
+
+def stream_candles(client: redis.Redis, symbols: list[str]) -> dict:
+    reader = StreamCandleReader(client)
+    return {
+        rec.candle.key: rec.candle.fields()
+        for sym in symbols
+        for iv in Interval
+        for rec in reader.read(sym, iv)
+    }
+
+
+@pytest.mark.slow
+def test_a_feed_down_for_a_minute_delivers_its_backfill_on_time(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The market trades now (wall-clock times) and goes on while the feed is down for
+    60 s. Restarted, the feed fetches the downtime from REST and writes it before any
+    live frame; the candles flow, with its default hold (2 min), then counts every
+    trade on time, and its candles are the reference candles of every trade."""
+    fake = FakeBinance(SYMBOLS, n_trades=1500, tick_s=0.05, live_clock=True)
+    with fake:
+        with feed(redis_url, tmp_path, fake):
+            wait_published(fake, 100)
+        stopped = dict(fake.published)
+        time.sleep(60)
+        with feed(redis_url, tmp_path, fake) as second:
+            wait_complete(redis_client, fake, shards=1, timeout=60)
+            time.sleep(1.5)
+        assert min(fake.published.values()) - max(stopped.values()) >= 1000
+        trades = [fake.trade(s, i) for s in SYMBOLS for i in range(1, fake.n_trades + 1)]
+    entries = read_entries(redis_client, raw_stream_names(1)[0])
+    assert_exactly_once([e for e in entries if isinstance(e, RawMessage)], 1500, fake)
+    assert_marks_follow_their_trades(entries)
+    assert second.resumed == 2 and second.lost == 0 and second.filled >= 2 * 1000
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOPIPE_")}
+    env |= {"REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(tmp_path / "home")}
+    out = run_cryptopipe(env, "stream", "run", "candles", "--exit-when-idle", "2", timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert redis_client.xlen(LATE_STREAM) == 0
+    assert redis_client.xlen(DLQ_STREAM) == 0
+    expected = {k: c.fields() for iv in Interval for k, c in fold_trades(trades, iv).items()}
+    assert stream_candles(redis_client, SYMBOLS) == expected

@@ -33,6 +33,31 @@ Keeping the log complete and duplicate-free:
   fetched twice; after a SIGKILL, the trades of the last write (50 ms) may be
   written again (the raw log is at-least-once; both layers deduplicate).
   ``--no-resume`` starts from the live stream alone.
+* **Unsure symbols.** After a start with resume points, and after a lost connection
+  (not a roll), a symbol may have missed trades nobody knows of until its next trade.
+  If the socket has shown none after ``gap_grace_s`` (a quiet market), the feed asks
+  REST for the symbol's newest trade (``historicalTrades`` without ``fromId``), while
+  connected, so every later trade comes from the socket: that trade opens the gap of
+  what was missed, filled as above (a resume point equal to it: nothing was missed).
+* **Backfill before live.** While a backfill is pending (an open gap, or an unsure
+  symbol), live frames of every symbol are held back, in order, and so are the
+  trades fetched from REST. When it completes, the fetched trades are written in
+  trade-time order across symbols, then the held frames: the venue has one
+  event-time clock for all its symbols, so a newer live trade, or one symbol's newer
+  backfill, written first would make the rest of the backfill late. At most
+  ``hold_max`` messages are kept back; beyond that they are written anyway, with one
+  warning (that backfill may then be late). A stop writes what is kept back. The
+  resume positions are not recorded while anything is kept back.
+* **Progress marks.** While caught up (a connection open, no backfill pending,
+  nothing held), every ``mark_every_s`` (0.5 s, quiet markets included) a progress
+  mark of ``binance`` goes out with the writer's batch, after the trades it covers:
+  every trade up to event time T is in the raw log. T is Binance's time as the feed
+  knows it: the ``E`` of the latest trade frame from the socket plus the time since
+  it was received on the feed's clock (the one stamped as ``recv_ms``), which
+  corrects for the clocks' offset and the network's latency; before any frame, the
+  feed's clock. T never decreases and is at most the feed's clock + 1 s. A skipped
+  trade is only noticed when the next one arrives, so a mark may come before the gap
+  it could not know of by a few ms (within the allowed lateness).
 * **REST-filled trades are synthesized payloads.** Binance's REST rows are rewritten
   in the websocket's trade format, so the raw log holds one format::
 

@@ -54,6 +54,11 @@ class FeedTuning:
         stats_every_s: period of the INFO summary line.
         resume_max_ids: on resuming, at most this many trades per symbol missed
             since the last run are fetched from REST (the newest ones).
+        mark_every_s: while caught up, a progress mark is written this often (at
+            most; Binance's marks must come at least once a second).
+        hold_max: at most this many live frames are held back while a backfill is
+            pending; beyond it they are written anyway (a warning), so the backfill
+            may be late.
 
     """
 
@@ -76,6 +81,8 @@ class FeedTuning:
     ping_timeout_s: float | None = 20.0
     stats_every_s: float = 60.0
     resume_max_ids: int = 100_000
+    mark_every_s: float = 0.5
+    hold_max: int = 50_000
 
     def __post_init__(self) -> None:
         if self.max_connection_age_s <= 0:
@@ -89,6 +96,12 @@ class FeedTuning:
             raise ValueError(msg)
         if self.resume_max_ids < 0:
             msg = f"resume_max_ids={self.resume_max_ids}: must not be negative"
+            raise ValueError(msg)
+        if not 0 < self.mark_every_s <= 1:
+            msg = f"mark_every_s={self.mark_every_s}: marks must come at least once a second"
+            raise ValueError(msg)
+        if self.hold_max < 0:
+            msg = f"hold_max={self.hold_max}: must not be negative"
             raise ValueError(msg)
         if self.flush_max < 1 or self.max_buffer < self.flush_max:
             msg = "flush_max must be >= 1 and max_buffer >= flush_max"
@@ -116,6 +129,11 @@ class FeedStats:
         written: raw-log entries written.
         unwritten: buffered messages that could not be written before stopping.
         resumed: symbols whose ids continued from the previous run's position.
+        probes: REST requests for a symbol's newest trade (after a resume or a
+            reconnect, for a symbol the socket has not shown a trade of since).
+        held: live frames held back behind a pending backfill (then written).
+        hold_overflows: times the hold bound was hit (live written before the backfill).
+        marks: progress marks written.
 
     """
 
@@ -135,6 +153,10 @@ class FeedStats:
     written: int = 0
     unwritten: int = 0
     resumed: int = 0
+    probes: int = 0
+    held: int = 0
+    hold_overflows: int = 0
+    marks: int = 0
 
     def summary(self) -> str:
         """One line for the log."""
@@ -143,7 +165,8 @@ class FeedStats:
             f"{self.gaps} gaps ({self.gap_ids} ids, {self.lost} lost), "
             f"{self.connections} connections ({self.reconnects} reconnects, {self.rolls} rolls), "
             f"{self.rest_requests} REST requests ({self.rate_limited} rate-limited), "
-            f"{self.written} written"
+            f"{self.written} written ({self.held} held behind backfills), "
+            f"{self.marks} progress marks"
         )
 
 
@@ -194,9 +217,16 @@ class BinanceFeedConfig:
         streams = "/".join(f"{s.lower()}@trade" for s in self.symbols)
         return f"{base}/stream?streams={streams}"
 
-    def historical_trades_url(self, symbol: str, from_id: int, limit: int) -> str:
-        """The REST URL of ``limit`` trades of ``symbol`` from id ``from_id``."""
-        query = urllib.parse.urlencode({"symbol": symbol, "fromId": from_id, "limit": limit})
+    def historical_trades_url(self, symbol: str, from_id: int | None, limit: int) -> str:
+        """The REST URL of ``limit`` trades of ``symbol`` from id ``from_id``.
+
+        Without ``from_id``: the ``limit`` most recent trades.
+        """
+        params: dict[str, str | int] = {"symbol": symbol}
+        if from_id is not None:
+            params["fromId"] = from_id
+        params["limit"] = limit
+        query = urllib.parse.urlencode(params)
         return f"{self.rest_url.rstrip('/')}{HISTORICAL_TRADES}?{query}"
 
 

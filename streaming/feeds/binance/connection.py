@@ -3,7 +3,8 @@
 One combined-stream connection at a time: replaced after a capped, jittered backoff
 when it ends; *rolled* (a new one opened first, the old closed once the new one
 delivers) before Binance's 24 h cut and on ``serverShutdown``. Frames go to the
-feed's ``on_frame`` with their receive time.
+feed's ``on_frame`` with their receive time; ``on_lost`` is told when trades may have
+been missed (a connection ended before its replacement was open).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Connections:
         stop: the feed's stop.
         on_frame: called with each frame, its receive time (ms) and its connection.
         now_ms: the wall clock stamped as receive time.
+        on_lost: called when a connection ended with no other one open (trades sent
+            meanwhile are missed).
 
     """
 
@@ -56,8 +59,12 @@ class Connections:
         stop: Stop,
         on_frame: Callable[[bytes, int, Conn], Awaitable[None]],
         now_ms: Callable[[], int] = wall_ms,
+        on_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
+        self.on_lost = on_lost
+        #: The connection in use (``None`` while connecting).
+        self.current: Conn | None = None
         self.tuning = config.tuning
         self.stats = stats
         self.stop = stop
@@ -66,15 +73,21 @@ class Connections:
         self._backoff = Backoff(self.tuning.backoff_base_s, self.tuning.backoff_cap_s)
         self._conn_count = 0
 
+    @property
+    def connected(self) -> bool:
+        """Is a connection open and reading?"""
+        c = self.current
+        return c is not None and c.task is not None and not c.task.done()
+
     async def run(self) -> None:
         """Keep one connection open (replace, roll) until stopped."""
-        current: Conn | None = None
         try:
             while not self.stop.stopped():
-                if current is None:
-                    current = await self._connect()
-                    if current is None:
+                if self.current is None:
+                    self.current = await self._connect()
+                    if self.current is None:
                         return
+                current = self.current
                 assert current.task is not None
                 age = time.monotonic() - current.opened
                 timeout = max(0.0, self.tuning.max_connection_age_s - age)
@@ -95,7 +108,8 @@ class Connections:
                     self._ended(current)
                     if current.messages:
                         self._backoff.reset()
-                    current = None
+                    self.current = None
+                    self.on_lost()
                     self.stats.reconnects += 1
                     delay = self._backoff.next_delay()
                     log.info(
@@ -107,10 +121,10 @@ class Connections:
                         return
                     continue
                 reason = "serverShutdown" if current.shutdown.is_set() else "max connection age"
-                current = await self._roll(current, reason)
+                self.current = await self._roll(current, reason)
         finally:
-            if current is not None:
-                await self._close(current)
+            if self.current is not None:
+                await self._close(self.current)
 
     async def _roll(self, old: Conn, reason: str) -> Conn | None:
         age = time.monotonic() - old.opened
@@ -121,10 +135,12 @@ class Connections:
             reason,
         )
         new = await self._connect()
+        assert old.task is not None
+        if old.task.done():
+            self.on_lost()  # it ended before the new one was open
         if new is None:
             await self._close(old)
             return None
-        assert old.task is not None
         first = asyncio.create_task(new.first_message.wait())
         stop = asyncio.create_task(self.stop.event.wait())
         try:

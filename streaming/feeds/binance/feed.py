@@ -1,6 +1,7 @@
 """The Binance feed: the connection, the id accounting and the gap filler, composed.
 
-It writes what they deliver to the raw log (see :mod:`streaming.feeds.binance`).
+It writes what they deliver to the raw log, live frames behind any pending backfill,
+and progress marks while it is caught up (see :mod:`streaming.feeds.binance`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -18,7 +20,7 @@ from typing import Any, cast
 import orjson
 
 from marketdata.parsing import FORMAT_WS, normalize_symbol
-from marketdata.rawmessage import RawMessage
+from marketdata.rawmessage import ProgressMark, RawMessage
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
 from streaming.feeds.binance.config import (
@@ -76,12 +78,24 @@ class BinanceFeed:
         self._resume_store = resume
         self.ids = TradeIds(config.symbols, self.tuning, self.stats)
         self._buf: list[RawMessage] = []
+        #: While a backfill is pending: the trades filled from REST (with their trade
+        #: time and order), and the live frames held back (written after them).
+        self._filled: list[tuple[int, int, RawMessage]] = []
+        self._held: list[RawMessage] = []
+        self._overflowing = False
+        #: The latest socket trade's (event time ``E``, receive time): the offset of
+        #: Binance's clock to ours, as seen by us.
+        self._latest: tuple[int, int] | None = None
+        #: Event time of the last progress mark (they never go back).
+        self._mark_ms = 0
+        self._mark_due = 0.0
         self._closing = False
         # One writer thread: batches reach Redis in order, the loop never blocks on it.
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="binance-rawlog")
         # Created inside the loop (run()).
         self.stop: Stop
         self.filler: GapFiller
+        self.connections: Connections
         self._flush_now: asyncio.Event
 
     # -- life cycle ---------------------------------------------------------------
@@ -90,10 +104,20 @@ class BinanceFeed:
         """Run until the stop event is set; returns the exit status."""
         self.stop = Stop(self._stop_event)
         self._flush_now = asyncio.Event()
-        self.filler = GapFiller(
-            self.config, self.stats, self.ids, self._emit, self.stop, self._now_ms
+        connections = Connections(
+            self.config, self.stats, self.stop, self._on_frame, self._now_ms, self._on_lost
         )
-        connections = Connections(self.config, self.stats, self.stop, self._on_frame, self._now_ms)
+        self.connections = connections
+        self.filler = GapFiller(
+            self.config,
+            self.stats,
+            self.ids,
+            self._emit_filled,
+            self.stop,
+            self._now_ms,
+            lambda: connections.connected,
+            self._emit_live,
+        )
         watcher = asyncio.create_task(self.stop.watch(), name="stop-watcher")
         flusher = asyncio.create_task(self._flusher(), name="flusher")
         filler = asyncio.create_task(self.filler.run(), name="filler")
@@ -103,9 +127,9 @@ class BinanceFeed:
             points = await loop.run_in_executor(
                 self._write_pool, self._resume_store.load, self.config.symbols
             )
-            self.ids.resume_at = dict(points)
-            self.ids.saved = dict(points)
+            self.ids.take_up_positions(points)
             if points:
+                self.filler.gap.set()  # probe them once connected
                 log.info(
                     "binance feed: resuming after %s",
                     ", ".join(f"{s} id {i}" for s, i in sorted(points.items())),
@@ -131,6 +155,14 @@ class BinanceFeed:
                 task.cancel()
             await asyncio.gather(supervisor, filler, reporter, watcher, return_exceptions=True)
             self.ids.log_open_gaps()
+            if self._held or self._filled:
+                log.warning(
+                    "binance feed: stopping with a backfill pending: writing the %d trades "
+                    "filled so far, then %d held live frames",
+                    len(self._filled),
+                    len(self._held),
+                )
+                self._release()
             self._closing = True
             self._flush_now.set()
             try:
@@ -168,23 +200,119 @@ class BinanceFeed:
             symbol = normalize_symbol(event["s"])
         if kind == "trade" and symbol in self.ids:
             assert symbol is not None
-            tid = event.get("t") if event is not None else None
+            assert event is not None
+            tid = event.get("t")
             if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0:
                 new, gap = self.ids.accept(symbol, tid)
                 if gap:
                     self.filler.gap.set()
                 if not new:
                     return
+            e_ms = event.get("E")
+            if isinstance(e_ms, int) and not isinstance(e_ms, bool):
+                self._latest = (e_ms, recv_ms)
         # Anything else (other events, malformed frames) is written as received: the
         # candles flow sends it to the DLQ with a reason instead of it vanishing here.
-        await self._emit(
+        await self._emit_live(
             RawMessage(
                 payload=frame, exchange=EXCHANGE, recv_ms=recv_ms, fmt=FORMAT_WS, symbol=symbol
             )
         )
 
+    async def _emit_live(self, msg: RawMessage) -> None:
+        """Queue a live message: held while a backfill is pending (see :meth:`_keep_back`)."""
+        if self._keep_back():
+            self._held.append(msg)
+            self.stats.held += 1
+            return
+        await self._emit(msg)
+
+    async def _emit_filled(self, msg: RawMessage, trade_ms: int) -> None:
+        """Queue a trade filled from REST (kept back while the backfill is pending).
+
+        It is written in trade-time order with the rest of that backfill: the venue
+        has one clock for every symbol, so one symbol's newer backfill written first
+        would make another's late. The trade that completes the backfill releases it.
+        """
+        self._filled.append((trade_ms, len(self._filled), msg))
+        if not self._keep_back():
+            await self._emit_wait()
+
+    def _keep_back(self) -> bool:
+        """Whether to keep a message back now (when not, what was kept is queued).
+
+        Messages are kept back while a backfill is pending, up to ``hold_max``; beyond
+        it, everything kept is queued and what follows of that backfill goes straight
+        through (one warning), so memory stays bounded.
+        """
+        if self.ids.pending() and not self._overflowing:
+            if len(self._held) + len(self._filled) < self.tuning.hold_max:
+                return True
+            self._overflowing = True
+            self.stats.hold_overflows += 1
+            log.warning(
+                "binance feed: %d live frames and %d filled trades kept behind a backfill "
+                "(hold_max): writing them, and what follows, before it is complete; the "
+                "rest of the backfill may be late",
+                len(self._held),
+                len(self._filled),
+            )
+        self._release()
+        return False
+
+    def _on_lost(self) -> None:
+        """The socket was lost: what was missed is unknown until probed or seen."""
+        self.ids.lose_connection()
+        self.filler.gap.set()
+
+    def _release(self) -> None:
+        """Queue what was kept back.
+
+        The filled trades in trade-time order, then the held live frames in the order
+        received.
+        """
+        if not self.ids.pending():
+            self._overflowing = False
+        if self._filled:
+            self._filled.sort(key=lambda f: (f[0], f[1]))
+            self._buf.extend(m for _, _, m in self._filled)
+            self._filled.clear()
+            self._flush_now.set()
+        if self._held:
+            self._buf.extend(self._held)
+            self._held.clear()
+            self._flush_now.set()
+
+    def _caught_up(self) -> bool:
+        """Connected, no backfill pending, nothing held."""
+        return (
+            self.connections.connected
+            and not self.ids.pending()
+            and not self._held
+            and not self._filled
+        )
+
+    def _progress_mark(self) -> ProgressMark | None:
+        """The progress mark due now, if caught up (``None`` otherwise).
+
+        Its event time: Binance's time now as the latest socket trade tells it (its
+        ``E`` plus the time since we received it; our clock before any trade), at
+        most our clock + 1 s, never below the previous mark's.
+        """
+        mono = time.monotonic()
+        if mono < self._mark_due or not self._caught_up():
+            return None
+        self._mark_due = mono + self.tuning.mark_every_s
+        now = self._now_ms()
+        est = now if self._latest is None else self._latest[0] + now - self._latest[1]
+        self._mark_ms = max(self._mark_ms, min(est, now + 1000))
+        return ProgressMark(EXCHANGE, self._mark_ms, now)
+
     async def _emit(self, msg: RawMessage) -> None:
         self._buf.append(msg)
+        await self._emit_wait()
+
+    async def _emit_wait(self) -> None:
         if len(self._buf) >= self.tuning.flush_max:
             self._flush_now.set()
         # Redis is away: stop reading (the socket's flow control then pushes back).
@@ -198,6 +326,8 @@ class BinanceFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), self.tuning.flush_interval_s)
             self._flush_now.clear()
+            if (self._held or self._filled) and not self.ids.pending():
+                self._release()  # the backfill is done: the held frames follow it
             await self._flush()
             if self._closing:
                 await self._flush()
@@ -206,14 +336,20 @@ class BinanceFeed:
     async def _flush(self) -> None:
         chunk = max(self.tuning.flush_max, 5000)
         loop = asyncio.get_running_loop()
-        while self._buf:
+        while True:
             # Taking the whole buffer: everything accounted for so far is in this batch
-            # or written before, so the positions reached can be recorded after it.
-            marks = self._marks() if len(self._buf) <= chunk else None
+            # or written before (unless held), so the positions reached can be recorded
+            # after it, and a progress mark written with it covers everything received.
+            whole = len(self._buf) <= chunk
+            mark = self._progress_mark() if whole and not self._closing else None
+            if not self._buf and mark is None:
+                return
+            kept = self._held or self._filled
+            positions = self._positions() if whole and not kept else None
             batch = self._buf[:chunk]
             del self._buf[:chunk]
             try:
-                await loop.run_in_executor(self._write_pool, self._write, batch, marks)
+                await loop.run_in_executor(self._write_pool, self._write, batch, positions, mark)
             except InterruptedError:
                 # Stopped while Redis was unavailable: what is left cannot be written.
                 lost = len(batch) + len(self._buf)
@@ -225,16 +361,23 @@ class BinanceFeed:
                 )
                 return
             self.stats.written += len(batch)
+            if mark is not None:
+                self.stats.marks += 1
 
-    def _marks(self) -> dict[str, int] | None:
+    def _positions(self) -> dict[str, int] | None:
         """Positions that moved since recorded (``None``: none, or no resume store)."""
         return None if self._resume_store is None else self.ids.moved()
 
-    def _write(self, batch: list[RawMessage], marks: dict[str, int] | None) -> None:
-        """Write a batch, then record the positions it completes (writer thread)."""
-        self.writer.write(batch)
-        if marks and self._resume_store is not None and self._resume_store.save(marks):
-            self.ids.saved.update(marks)
+    def _write(
+        self,
+        batch: list[RawMessage],
+        positions: dict[str, int] | None,
+        mark: ProgressMark | None,
+    ) -> None:
+        """Write a batch and its mark, then record the positions it completes (writer thread)."""
+        self.writer.write(batch, marks=() if mark is None else (mark,))
+        if positions and self._resume_store is not None and self._resume_store.save(positions):
+            self.ids.saved.update(positions)
 
 
 def run_binance_feed(

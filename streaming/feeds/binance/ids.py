@@ -73,6 +73,11 @@ class IdTracker:
         self._hi: list[int] = []
 
     @property
+    def complete(self) -> bool:
+        """No hole: every id up to the top is accounted for."""
+        return not self._lo
+
+    @property
     def top(self) -> int | None:
         """The highest id accounted for."""
         return self._hi[-1] if self._hi else self.watermark
@@ -161,12 +166,68 @@ class TradeIds:
         self.resume_at: dict[str, int] = dict(resume_at or {})
         #: Positions last recorded in the resume store.
         self.saved: dict[str, int] = dict(resume_at or {})
+        #: Symbols that may have missed trades nobody knows of yet: the ones with a
+        #: position from the previous run, and every symbol with ids after a
+        #: connection was lost, until the socket shows a trade of it or REST says
+        #: what its newest trade is (:meth:`probed`).
+        self.unsure: set[str] = set(self.resume_at)
+        #: Counts lost connections: a probe answered across a loss settles nothing.
+        self.epoch = 0
+        #: Symbols that had a gap open (pruned by :meth:`pending`).
+        self._open: set[str] = set()
 
     def __contains__(self, symbol: object) -> bool:
         return symbol in self.trackers
 
+    def take_up_positions(self, points: Mapping[str, int]) -> None:
+        """Start from the previous run's positions (each symbol unsure until settled)."""
+        self.resume_at = dict(points)
+        self.saved = dict(points)
+        self.unsure = set(points)
+
+    def lose_connection(self) -> None:
+        """The socket was lost: any symbol seen so far may have missed trades since."""
+        self.epoch += 1
+        self.unsure |= {s for s, t in self.trackers.items() if t.watermark is not None}
+        self.unsure |= set(self.resume_at)
+
+    def pending(self) -> bool:
+        """Is a backfill pending: an open gap, or a symbol unsure of what it missed?"""
+        if self._open:
+            self._open = {s for s in self._open if not self.trackers[s].complete}
+        return bool(self._open or self.unsure)
+
     def accept(self, symbol: str, tid: int) -> tuple[bool, bool]:
         """Account for a received trade id: (new, whether it opened a gap)."""
+        self.unsure.discard(symbol)
+        return self._accept(symbol, tid)
+
+    def probed(self, symbol: str, tid: int | None, epoch: int) -> tuple[bool, bool]:
+        """REST says ``symbol``'s newest trade is ``tid`` (``None``: it has none).
+
+        Asked while connected (``epoch`` when asked): every trade after it comes from
+        the socket, so the symbol is settled; the trade is accounted for like a
+        received one (new, whether it opened a gap: the ids missed before it). An
+        answer across a lost connection (``epoch`` moved on) settles nothing.
+        """
+        if epoch != self.epoch:
+            return False, False
+        self.unsure.discard(symbol)
+        tracker = self.trackers[symbol]
+        if tid is None:
+            return False, False
+        if tracker.watermark is None:
+            point = self.resume_at.get(symbol)
+            if point is None:
+                return False, False  # a fresh start: the past is not ours to fetch
+            if tid == point:  # nothing happened while we were down
+                del self.resume_at[symbol]
+                tracker.watermark = point
+                self.stats.resumed += 1
+                return False, False
+        return self._accept(symbol, tid)
+
+    def _accept(self, symbol: str, tid: int) -> tuple[bool, bool]:
         tracker = self.trackers[symbol]
         if tracker.watermark is None and symbol in self.resume_at:
             self._take_up(symbol, self.resume_at.pop(symbol), tid)
@@ -179,6 +240,7 @@ class TradeIds:
             missing = tid - top - 1
             self.stats.gaps += 1
             self.stats.gap_ids += missing
+            self._open.add(symbol)
             log.info(
                 "binance feed: %s gap of %d trade ids (%d..%d); filling from REST",
                 symbol,

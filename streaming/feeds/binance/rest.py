@@ -3,7 +3,10 @@
 The missing ids of a gap are fetched from ``GET /api/v3/historicalTrades`` (one
 request at a time; 429 and 418 honoured with ``Retry-After``; the used weight
 watched) and written as synthesized websocket trade frames marked
-``"source":"rest"``.
+``"source":"rest"``. A symbol that may have missed trades the feed cannot know of
+(after a resume or a lost connection, before the socket shows a trade of it) is
+*probed*: its newest trade is asked for (no ``fromId``), which settles it and opens
+the gap of what it missed, if any.
 """
 
 from __future__ import annotations
@@ -141,9 +144,13 @@ class GapFiller:
         config: the feed's URLs, key and tuning.
         stats: counters of the run.
         ids: the ids accounted for (holes are what is missing).
-        emit: queues a message for the raw log.
+        emit: queues a filled trade for the raw log, with its trade time (a pending
+            backfill is written in trade-time order across symbols).
         stop: the feed's stop.
         now_ms: the wall clock stamped as receive time.
+        connected: whether a websocket connection is open (probes wait for one).
+        emit_live: queues a probed trade: it is newer than the gap it opens, so it
+            goes where live frames go (held behind that backfill); default ``emit``.
 
     """
 
@@ -152,11 +159,15 @@ class GapFiller:
         config: BinanceFeedConfig,
         stats: FeedStats,
         ids: TradeIds,
-        emit: Callable[[RawMessage], Awaitable[None]],
+        emit: Callable[[RawMessage, int], Awaitable[None]],
         stop: Stop,
         now_ms: Callable[[], int] = wall_ms,
+        connected: Callable[[], bool] = lambda: True,
+        emit_live: Callable[[RawMessage], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self.connected = connected
+        self.emit_live = emit_live or (lambda msg: emit(msg, 0))
         self.tuning = config.tuning
         self.stats = stats
         self.ids = ids
@@ -168,17 +179,57 @@ class GapFiller:
         self._rest_not_before = 0.0
 
     async def run(self) -> None:
-        """Fill holes whenever a gap opens, until stopped."""
+        """Probe unsure symbols and fill holes whenever a gap opens, until stopped."""
         while True:
             await self.gap.wait()
             self.gap.clear()
             if await self.stop.sleep(self.tuning.gap_grace_s):
+                return
+            await self.probe_unsure()
+            if self.stop.stopped():
                 return
             for symbol, tracker in self.ids.trackers.items():
                 for lo, hi in tracker.holes():
                     await self.fill(symbol, lo, hi)
                     if self.stop.stopped():
                         return
+
+    async def probe_unsure(self) -> None:
+        """Ask REST for the newest trade of every unsure symbol (see the module docstring).
+
+        Only while connected (then every later trade comes from the socket); otherwise
+        it is tried again after the next grace.
+        """
+        for symbol in sorted(self.ids.unsure):
+            if symbol not in self.ids.unsure:
+                continue  # the socket showed a trade of it meanwhile
+            if not self.connected():
+                self.gap.set()
+                return
+            epoch = self.ids.epoch
+            self.stats.probes += 1
+            rows = await self.fetch(symbol, None, 1)
+            if self.stop.stopped():
+                return
+            if rows is None:
+                self.ids.unsure.discard(symbol)
+                log.warning(
+                    "binance feed: %s: cannot ask REST for the newest trade; trades missed "
+                    "while disconnected are fetched when the next one arrives",
+                    symbol,
+                )
+                continue
+            row = rows[-1] if rows and isinstance(rows[-1], dict) else None
+            tid = row.get("id") if row is not None else None
+            if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
+                tid = None
+            new, _ = self.ids.probed(symbol, tid, epoch)  # holes: filled next
+            if epoch != self.ids.epoch:
+                self.gap.set()  # lost the connection meanwhile: probe again
+            if new and row is not None:
+                self.stats.filled += 1
+                payload = rest_trade_payload(symbol, row)
+                await self.emit_live(RawMessage(payload, EXCHANGE, self.now_ms(), symbol=symbol))
 
     async def fill(self, symbol: str, lo: int, hi: int) -> None:
         """Fetch the missing ids of ``symbol`` in ``lo..hi`` and write them."""
@@ -205,10 +256,12 @@ class GapFiller:
                 top = tid
                 if self.ids.accept_filled(symbol, tid):
                     filled += 1
+                    when = row.get("time")
                     await self.emit(
                         RawMessage(
                             rest_trade_payload(symbol, row), EXCHANGE, recv_ms, symbol=symbol
-                        )
+                        ),
+                        when if isinstance(when, int) else 0,
                     )
             if top < nxt:
                 # Not there yet (REST may trail the socket for a moment): try again.
@@ -241,8 +294,11 @@ class GapFiller:
         b.attempt = attempt
         return b.next_delay()
 
-    async def fetch(self, symbol: str, from_id: int, limit: int) -> list[Any] | None:
-        """Trades from REST; ``None`` after too many failures or a refusal."""
+    async def fetch(self, symbol: str, from_id: int | None, limit: int) -> list[Any] | None:
+        """Trades from REST (the newest without ``from_id``).
+
+        ``None`` after too many failures or a refusal.
+        """
         t = self.tuning
         url = self.config.historical_trades_url(symbol, from_id, limit)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
