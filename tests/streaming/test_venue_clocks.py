@@ -3,7 +3,8 @@
 A replay paused while a second, live venue runs on: within the hold (the default
 2 minutes) every trade of the paused venue is on time; past the hold its windows
 close by the arrival clock, what it delivers afterwards is late, and reconciliation
-against the batch layer explains every difference.
+against the batch layer explains every difference. Two live venues, one 30 s behind
+the other: nothing late.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from test_candles_cli import flow_env, stored
 
 from marketdata.candle import fold_trades
 from marketdata.interval import Interval
-from marketdata.simulator import trade_payload
+from marketdata.simulator import SimConfig, simulate, trade_payload
 from marketdata.trade import Trade
 from redisstore.keys import LATE_STREAM
 from tests.processes import ROOT, cryptopipe_ok
@@ -174,3 +175,58 @@ def test_a_feed_silent_past_the_hold_is_late_and_reconciliation_explains_it(
     )
     ref = fold_trades([t for t in trades if t.symbol == "BTCUSDT"], Interval.D1)
     assert [b["trade_count"] for b in batch] == [c.trade_count for c in ref.values()]
+
+
+def test_two_live_venues_one_lagging_30s_behind_the_other_lose_nothing(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """binance live and kraken live but 30 s behind (six times the allowed lateness),
+    both simulators with their progress marks, the candles flow running alongside:
+    nothing is late and both venues' candles are those of their trades."""
+    env = flow_env(redis_url, tmp_path / "home")
+    now = int(time.time() * 1000)
+    feeds = []
+    configs = []
+    for venue, start_ms, seed in (("binance", now, 1), ("kraken", now - 30_000, 2)):
+        configs.append(
+            SimConfig(
+                symbols=SYMBOLS,
+                exchanges=(venue,),
+                rate=20,
+                start_ms=start_ms,
+                duration_s=40,
+                seed=seed,
+                first_trade_id=start_ms * 10,
+            )
+        )
+        args = ["--symbols", ",".join(SYMBOLS), "--rate", "20", "--duration", "40"]
+        feeds.append(
+            start(
+                env,
+                "feed",
+                "simulate",
+                "--exchanges",
+                venue,
+                "--start",
+                str(start_ms),
+                "--seed",
+                str(seed),
+                *args,
+                log=tmp_path / f"{venue}.log",
+            )
+        )
+    flow = start(env, "stream", "run", "candles", "--exit-when-idle", "4", log=tmp_path / "c.log")
+    try:
+        for venue, proc in zip(("binance", "kraken"), feeds, strict=True):
+            assert proc.wait(timeout=120) == 0, (tmp_path / f"{venue}.log").read_text()[-2000:]
+        assert flow.wait(timeout=120) == 0, (tmp_path / "c.log").read_text()[-3000:]
+    finally:
+        for proc in (*feeds, flow):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert redis_client.xlen(LATE_STREAM) == 0
+    trades = [m.trade for cfg in configs for m in simulate(cfg) if m.trade is not None]
+    assert {t.exchange for t in trades} == {"binance", "kraken"} and len(trades) > 1000
+    expected = {k: c.fields() for iv in Interval for k, c in fold_trades(trades, iv).items()}
+    assert stored(redis_client, set(SYMBOLS)) == expected
