@@ -4,8 +4,9 @@ Layout under the lake root (a local directory, or any URI pyarrow and Spark both
 read, e.g. ``s3://bucket/lake``)::
 
     trades/date=YYYY-MM-DD/<kind>~<source>~<first>~<last>.parquet
-    trades/date=YYYY-MM-DD/_IMPORTED~<stem>.json          (lake import's day marker)
+    trades/date=YYYY-MM-DD/_IMPORTED~<source>.json        (lake import's day marker)
     rejects/date=YYYY-MM-DD/<kind>~<source>~<first>~<last>.parquet
+    klines/date=YYYY-MM-DD/import~<source>~<first>~<last>.parquet  (the exchange's 1m klines)
     candles/source=batch|stream/interval=1m|...|1d/date=YYYY-MM-DD/part-*.parquet
     aggregates/date=YYYY-MM-DD/part-*.parquet
     reconciliation/date=YYYY-MM-DD/report.json
@@ -38,6 +39,8 @@ REJECTS_DIR = "rejects"
 CANDLES_DIR = "candles"
 AGGREGATES_DIR = "aggregates"
 RECONCILIATION_DIR = "reconciliation"
+#: The exchange's own candles (Binance 1m klines), imported as a witness, apart from trades.
+KLINES_DIR = "klines"
 #: Prefix of the marker lake import writes beside a day's trades once a dump that
 #: covers the whole day (for its symbol) is in (see :mod:`batch.sealing`).
 IMPORT_MARKER_PREFIX = "_IMPORTED~"
@@ -104,6 +107,44 @@ class SourceRange:
         return day_of_ms(int(m.group(1))) if m else None
 
 
+@dataclass(frozen=True)
+class ImportSource:
+    """What one ``cryptopipe lake import`` of one file writes, and so may replace.
+
+    Imports are told apart by exchange (a market is an exchange name of its own:
+    ``binance``, ``binance-um``), symbol, kind (``trades``, ``aggtrades``,
+    ``klines``) and the file's stem: Binance names the spot and the USD-M dump of a
+    day alike, and two files called ``trades.csv`` may hold different symbols.
+    Re-importing a file replaces exactly the files of its own source.
+
+    Attributes:
+        exchange: normalized exchange name.
+        symbol: normalized symbol.
+        kind: ``trades``, ``aggtrades`` or ``klines``.
+        stem: the file's name without ``.zip`` / ``.csv``.
+
+    """
+
+    exchange: str
+    symbol: str
+    kind: str
+    stem: str
+
+    @property
+    def name(self) -> str:
+        """``<exchange>.<symbol>.<kind>.<stem>``: the ``source`` of its files' names."""
+        return f"{self.exchange}.{self.symbol}.{self.kind}.{self.stem}"
+
+    def rows(self, first_line: int, last_line: int) -> SourceRange:
+        """The :class:`SourceRange` of lines ``first_line .. last_line`` of the file."""
+        return SourceRange.rows(self.name, first_line, last_line)
+
+    @property
+    def prefix(self) -> str:
+        """The prefix every file of this source's names starts with."""
+        return SourceRange.rows(self.name, 0, 0).prefix
+
+
 class Lake:
     """A lake root: a local directory or a URI, reached through ``pyarrow.fs``."""
 
@@ -135,6 +176,10 @@ class Lake:
     def candles_dir(self, source: str, interval: str, day: date) -> str:
         """``candles/source=S/interval=I/date=D``."""
         return self.path(CANDLES_DIR, f"source={source}", f"interval={interval}", partition(day))
+
+    def klines_dir(self, day: date) -> str:
+        """``klines/date=D``."""
+        return self.path(KLINES_DIR, partition(day))
 
     def aggregates_dir(self, day: date) -> str:
         """``aggregates/date=D``."""
