@@ -32,6 +32,8 @@ TRADES = StructType(
         StructField("quantity", QUANTITY, False),
         StructField("event_time", LongType(), False),
         StructField("is_buyer_maker", BooleanType(), False),
+        # NULL: one trade (and files from before the column); else an aggregate's count.
+        StructField("span", LongType(), True),
     ]
 )
 

@@ -100,6 +100,16 @@ def _candle_select(extra: Sequence[str] = ()) -> list[Column | str]:
 # --------------------------------------------------------------------------- dedupe
 
 
+def trades_per_row() -> Column:
+    """The exchange's trades a trade row stands for: its ``span``, NULL being 1.
+
+    An aggregate trade (``span > 1``) holds the ids ``trade_id .. trade_id + span -
+    1``: candles count ``span`` trades and close by the last id
+    (:meth:`marketdata.candle.Candle.add`).
+    """
+    return F.coalesce(F.col("span"), F.lit(1).cast("long"))
+
+
 def dedupe_trades(trades: DataFrame) -> DataFrame:
     """One row per (exchange, symbol, trade_id): duplicates count once.
 
@@ -113,7 +123,7 @@ def dedupe_trades(trades: DataFrame) -> DataFrame:
         ``conflicting`` (whether those rows differed).
 
     """
-    content = ("event_time", "price", "quantity", "is_buyer_maker")
+    content = ("event_time", "price", "quantity", "is_buyer_maker", "span")
     return (
         # Shuffle first: a map-side partial aggregation cannot shrink unique keys.
         trades.repartition(*TRADE_KEY)
@@ -151,6 +161,7 @@ def narrow_trades(trades: DataFrame, *, distinct: bool = False) -> DataFrame:
         "trade_id",
         "event_time",
         "is_buyer_maker",
+        trades_per_row().alias("n"),
         (F.col("price") * F.lit(10**8)).cast("long").alias("p"),
         (F.col("quantity") * F.lit(10**8)).try_cast("long").alias("q"),
     ]
@@ -168,7 +179,13 @@ def dedupe_narrow(narrow: DataFrame) -> DataFrame:
     only). A conflicting day goes to the exact path, which keeps whole rows.
     """
     maker = F.col("is_buyer_maker").cast("int")
-    cols = {"event_time": F.col("event_time"), "p": F.col("p"), "q": F.col("q"), "m": maker}
+    cols = {
+        "event_time": F.col("event_time"),
+        "p": F.col("p"),
+        "q": F.col("q"),
+        "m": maker,
+        "n": F.col("n"),
+    }
     agg = (
         narrow.repartition(*TRADE_KEY)
         .groupBy(*TRADE_KEY)
@@ -188,6 +205,7 @@ def dedupe_narrow(narrow: DataFrame) -> DataFrame:
         (F.col("min_m") == F.lit(1)).alias("is_buyer_maker"),
         F.col("min_p").alias("p"),
         F.col("min_q").alias("q"),
+        F.col("min_n").alias("n"),
         "copies",
         conflicting.alias("conflicting"),
     )
@@ -232,6 +250,8 @@ def minute_partials(deduped: DataFrame) -> DataFrame:
         F.max_by("p", key).alias("close_p"),
         F.min(key).alias("first_key"),
         F.max(key).alias("last_key"),
+        # An aggregate trade closes by its last id (marketdata.candle.Candle.add).
+        F.max_by(F.col("trade_id") + F.col("n") - F.lit(1), key).alias("last_id"),
         F.max("p").alias("high_p"),
         F.min("p").alias("low_p"),
         F.try_sum("q").alias("volume_q"),
@@ -239,8 +259,9 @@ def minute_partials(deduped: DataFrame) -> DataFrame:
             "taker_q"
         ),
         *(F.try_sum(c).alias(f"c{k}") for k, c in enumerate(products)),
-        F.count(F.lit(1)).alias("trade_count"),
+        F.sum("n").alias("trade_count"),
         F.count("q").alias("q_count"),
+        F.count(F.lit(1)).alias("rows"),
         F.max("trade_id").alias("max_trade_id"),
         F.max(F.col("p").cast("double") * F.col("q").cast("double")).alias("max_quote_approx"),
         F.sum(F.col("copies") - 1).alias("duplicates"),
@@ -251,7 +272,7 @@ def minute_partials(deduped: DataFrame) -> DataFrame:
 def fast_path_valid() -> Column:
     """Whether a row of :func:`minute_partials` is exact (its preconditions held)."""
     ok = (
-        (F.col("q_count") == F.col("trade_count"))
+        (F.col("q_count") == F.col("rows"))
         & (F.col("max_trade_id") <= F.lit(MAX_PACKED_TRADE_ID))
         & (F.col("conflicts") == F.lit(0))
     )
@@ -280,7 +301,7 @@ def candles_from_partials(partials: DataFrame) -> DataFrame:
         F.col("trade_count").cast("long").alias("trade_count"),
         _from_e8("taker_q", VOLUME).alias("taker_buy_volume"),
         F.col("first_key").bitwiseAND(F.lit(MAX_PACKED_TRADE_ID)).alias("first_trade_id"),
-        F.col("last_key").bitwiseAND(F.lit(MAX_PACKED_TRADE_ID)).alias("last_trade_id"),
+        F.col("last_id").alias("last_trade_id"),
         (F.col("open_time") + F.shiftright("first_key", KEY_ID_BITS)).alias("first_event_time"),
         (F.col("open_time") + F.shiftright("last_key", KEY_ID_BITS)).alias("last_event_time"),
         *INTERNAL_COLUMNS,
@@ -303,12 +324,12 @@ def minute_candles_exact(deduped: DataFrame) -> DataFrame:
         "exchange", "symbol", _floor("event_time", MINUTE_MS).alias("open_time")
     ).agg(
         F.min(F.struct("event_time", "trade_id", "price")).alias("o"),
-        F.max(F.struct("event_time", "trade_id", "price")).alias("c"),
+        F.max(F.struct("event_time", "trade_id", "price", trades_per_row().alias("n"))).alias("c"),
         F.max("price").alias("high"),
         F.min("price").alias("low"),
         F.sum("quantity").alias("volume"),
         F.sum(quote).alias("quote_volume"),
-        F.count(F.lit(1)).alias("trade_count"),
+        F.sum(trades_per_row()).alias("trade_count"),
         F.sum(F.when(~F.col("is_buyer_maker"), F.col("quantity")).otherwise(zero)).alias(
             "taker_buy_volume"
         ),
@@ -329,7 +350,7 @@ def minute_candles_exact(deduped: DataFrame) -> DataFrame:
         F.col("trade_count").cast("long").alias("trade_count"),
         F.col("taker_buy_volume").cast(VOLUME).alias("taker_buy_volume"),
         F.col("o.trade_id").alias("first_trade_id"),
-        F.col("c.trade_id").alias("last_trade_id"),
+        (F.col("c.trade_id") + F.col("c.n") - F.lit(1)).alias("last_trade_id"),
         F.col("o.event_time").alias("first_event_time"),
         F.col("c.event_time").alias("last_event_time"),
         *INTERNAL_COLUMNS,

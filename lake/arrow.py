@@ -9,7 +9,7 @@ the point (docs/batch.md).
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
 from typing import Any
 
@@ -94,8 +94,9 @@ def decimal_unscaled(arr: pa.Array | pa.ChunkedArray) -> list[int]:
 
 def trades_table(trades: Sequence[Trade]) -> pa.Table:
     """Trades as a table of :data:`TRADES_SCHEMA` (ids must fit int64)."""
-    cols = list(zip(*trades, strict=True)) if trades else [()] * 7
-    return trades_table_from_columns(*cols)
+    cols = list(zip(*trades, strict=True)) if trades else [()] * 8
+    spans = {k: t.span for k, t in enumerate(trades) if t.span != 1}
+    return trades_table_from_columns(*cols[:7], spans=spans)
 
 
 def trades_table_from_columns(
@@ -106,12 +107,23 @@ def trades_table_from_columns(
     quantity_e8: Sequence[int],
     event_time: Sequence[int],
     is_buyer_maker: Sequence[bool],
+    *,
+    spans: Mapping[int, int] | None = None,
 ) -> pa.Table:
     """A table of :data:`TRADES_SCHEMA` from the :class:`Trade` fields as columns.
 
     No ``Trade`` object is made: the archive flow builds its files from parsed
-    columns this way (ids must fit int64).
+    columns this way (ids must fit int64). ``spans`` maps row -> span for the
+    aggregate trades; every other row's span is NULL (one trade).
     """
+    n = len(trade_id)
+    if spans:
+        span_list: list[int | None] = [None] * n
+        for k, v in spans.items():
+            span_list[k] = v
+        span_col = pa.array(span_list, pa.int64())
+    else:
+        span_col = pa.nulls(n, pa.int64())
     return pa.Table.from_arrays(
         [
             pa.array(exchange, pa.string()),
@@ -121,6 +133,7 @@ def trades_table_from_columns(
             decimal_array(list(quantity_e8), QUANTITY_TYPE),
             pa.array(event_time, pa.int64()),
             pa.array(is_buyer_maker, pa.bool_()),
+            span_col,
         ],
         schema=TRADES_SCHEMA,
     )
@@ -148,6 +161,10 @@ def trades_from_table(table: pa.Table) -> list[Trade]:
         table.column("event_time").to_pylist(),
         table.column("is_buyer_maker").to_pylist(),
     ]
+    if "span" in table.column_names and table.column("span").null_count < table.num_rows:
+        cols.append([1 if v is None else v for v in table.column("span").to_pylist()])
+    else:
+        cols.append([1] * table.num_rows)
     return [Trade(*row) for row in zip(*cols, strict=True)]
 
 

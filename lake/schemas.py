@@ -32,6 +32,10 @@ TRADES_SCHEMA = pa.schema(
         pa.field("quantity", QUANTITY_TYPE, nullable=False),
         pa.field("event_time", pa.int64(), nullable=False),  # ms since the epoch, UTC
         pa.field("is_buyer_maker", pa.bool_(), nullable=False),
+        # Trades the row stands for: NULL for a single trade (and in files written
+        # before the column existed), ``last - first + 1`` for an aggregate trade whose
+        # ids are trade_id .. trade_id + span - 1 (marketdata.trade.Trade.span).
+        pa.field("span", pa.int64(), nullable=True),
     ]
 )
 

@@ -76,16 +76,21 @@ class Candle:
             p,
             q,
             p * q,
-            1,
+            trade.span,
             0 if trade.is_buyer_maker else q,
             trade.event_time,
             trade.trade_id,
             trade.event_time,
-            trade.trade_id,
+            trade.trade_id + trade.span - 1,
         )
 
     def add(self, trade: Trade) -> None:
-        """Fold one (not yet counted) trade into this candle, in place."""
+        """Fold one (not yet counted) trade into this candle, in place.
+
+        An aggregate trade (``span > 1``) holds the trade ids ``trade_id ..
+        last_trade_id``, all at one time and price: it opens by its first id and
+        closes by its last, so the candle is that of its underlying trades.
+        """
         p, q = trade.price_e8, trade.quantity_e8
         t, tid = trade.event_time, trade.trade_id
         if p > self.high_e8:
@@ -94,11 +99,12 @@ class Candle:
             self.low_e8 = p
         if (t, tid) < (self.first_event_time, self.first_trade_id):
             self.open_e8, self.first_event_time, self.first_trade_id = p, t, tid
-        if (t, tid) > (self.last_event_time, self.last_trade_id):
-            self.close_e8, self.last_event_time, self.last_trade_id = p, t, tid
+        last = tid + trade.span - 1
+        if (t, last) > (self.last_event_time, self.last_trade_id):
+            self.close_e8, self.last_event_time, self.last_trade_id = p, t, last
         self.volume_e8 += q
         self.quote_volume_e16 += p * q
-        self.trade_count += 1
+        self.trade_count += trade.span
         if not trade.is_buyer_maker:
             self.taker_buy_volume_e8 += q
 

@@ -181,7 +181,7 @@ def _oversized(rng: random.Random, d: dict[str, Any]) -> Case:
 
 
 def _other_event(rng: random.Random, d: dict[str, Any]) -> Case:
-    d["e"] = rng.choice(("aggTrade", "kline", "depthUpdate"))
+    d["e"] = rng.choice(("kline", "depthUpdate", "bookTicker"))
     return _dump(d), "unsupported_event"
 
 

@@ -2,12 +2,17 @@
 
 Two wire formats:
 
-* ``binance-ws``: a Binance ``<symbol>@trade`` message, plain or wrapped in a
-  combined-stream envelope ``{"stream": ..., "data": {...}}``; extra fields are
-  ignored.
-* ``binance-csv``: a row of Binance's public daily trade dumps,
-  ``trade id, price, qty, quoteQty, time, isBuyerMaker, isBestMatch`` without a
-  header; ``time`` is in microseconds since 2025 and milliseconds before.
+* ``binance-ws``: a Binance ``<symbol>@trade`` or ``<symbol>@aggTrade`` message,
+  plain or wrapped in a combined-stream envelope ``{"stream": ..., "data": {...}}``;
+  extra fields are ignored. An ``aggTrade`` (``a`` aggregate id, ``f``/``l`` first
+  and last trade id) is one :class:`Trade` with ``trade_id = f`` and ``span = l - f
+  + 1``: it counts as that many trades (futures publish trades only this way).
+* ``binance-csv`` (also called ``binance-trades``): a row of Binance's public daily
+  trade dumps, ``trade id, price, qty, quoteQty, time, isBuyerMaker[, isBestMatch]``;
+  ``time`` is in microseconds since 2025 and milliseconds before.
+* ``binance-aggtrades``: a row of Binance's aggregate trade dumps, ``aggregate id,
+  price, qty, first trade id, last trade id, time, isBuyerMaker[, isBestMatch]``,
+  read like an ``aggTrade`` message.
 
 Every function here returns a :class:`Trade` or a :class:`Rejection`; none raises
 on bad input. Reason codes use the domain field names (``price``, ``quantity``,
@@ -41,7 +46,12 @@ MAX_TRADE_ID = 2**63 - 1
 
 FORMAT_WS = "binance-ws"
 FORMAT_CSV = "binance-csv"
-FORMATS = (FORMAT_WS, FORMAT_CSV)
+FORMAT_AGG_CSV = "binance-aggtrades"
+FORMATS = (FORMAT_WS, FORMAT_CSV, FORMAT_AGG_CSV)
+#: What the command line also calls ``binance-csv``.
+FORMAT_TRADES_ALIAS = "binance-trades"
+#: Event types of ``binance-ws`` messages that carry trades.
+TRADE_EVENTS = ("trade", "aggTrade")
 
 _SYMBOL_RE = re.compile(r"[A-Z0-9]{2,30}")
 _EXCHANGE_RE = re.compile(r"[a-z0-9_.-]{1,32}")
@@ -50,6 +60,16 @@ _EXCHANGE_RE = re.compile(r"[a-z0-9_.-]{1,32}")
 _WS_FIELDS = (
     ("s", "symbol"),
     ("t", "trade_id"),
+    ("p", "price"),
+    ("q", "quantity"),
+    ("T", "event_time"),
+    ("m", "is_buyer_maker"),
+)
+# The same for an aggTrade: ``f`` is the first trade id, ``l`` the last one.
+_AGG_FIELDS = (
+    ("s", "symbol"),
+    ("f", "trade_id"),
+    ("l", "last_trade_id"),
     ("p", "price"),
     ("q", "quantity"),
     ("T", "event_time"),
@@ -115,12 +135,19 @@ def _is_plain_decimal(text: str) -> bool:
     return True
 
 
-def _trade_id(value: Any) -> int:
+def _trade_id(value: Any, field: str = "trade_id") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _Reject("bad_number:trade_id", "trade_id must be an integer")
+        raise _Reject(f"bad_number:{field}", f"{field} must be an integer")
     if value < 0 or value > MAX_TRADE_ID:
-        raise _Reject("bad_number:trade_id", f"trade_id {value} out of range")
+        raise _Reject(f"bad_number:{field}", f"{field} {value} out of range")
     return value
+
+
+def _span(first: int, last: int) -> int:
+    """Trades an aggregate of ids ``first .. last`` stands for."""
+    if last < first:
+        raise _Reject("bad_number:last_trade_id", f"last trade id {last} < first {first}")
+    return last - first + 1
 
 
 def normalize_event_time(value: Any, recv_ms: int | None = None) -> int:
@@ -197,22 +224,32 @@ def _parse_ws(
         if not isinstance(obj, dict):
             raise _Reject("malformed_json", "combined-stream 'data' is not an object")
     event = obj.get("e", "trade")
-    if event != "trade":
-        raise _Reject("unsupported_event", f"event type {str(event)[:40]!r} is not 'trade'")
-    for wire, field in _WS_FIELDS:
+    if event not in TRADE_EVENTS:
+        raise _Reject(
+            "unsupported_event", f"event type {str(event)[:40]!r} is not 'trade' or 'aggTrade'"
+        )
+    agg = event == "aggTrade"
+    for wire, field in _AGG_FIELDS if agg else _WS_FIELDS:
         if wire not in obj:
             raise _Reject(f"missing_field:{field}", f"Binance field {wire!r} is missing")
     maker = obj["m"]
     if not isinstance(maker, bool):
         raise _Reject("bad_bool:is_buyer_maker", "m must be true or false")
+    symbol = _symbol(obj["s"], known)
+    if agg:
+        trade_id = _trade_id(obj["f"])
+        span = _span(trade_id, _trade_id(obj["l"], "last_trade_id"))
+    else:
+        trade_id, span = _trade_id(obj["t"]), 1
     return Trade(
         exchange=exchange,
-        symbol=_symbol(obj["s"], known),
-        trade_id=_trade_id(obj["t"]),
+        symbol=symbol,
+        trade_id=trade_id,
         price_e8=_e8(obj["p"], "price", MAX_PRICE_E8),
         quantity_e8=_e8(obj["q"], "quantity", MAX_QUANTITY_E8),
         event_time=normalize_event_time(obj["T"], recv_ms),
         is_buyer_maker=maker,
+        span=span,
     )
 
 
@@ -256,6 +293,41 @@ def _parse_csv(
     )
 
 
+def _parse_agg_csv(
+    payload: bytes, exchange: str, symbol: str | None, known: Collection[str] | None
+) -> Trade:
+    try:
+        line = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reject("malformed_csv", "row is not UTF-8") from None
+    cols = line.strip().split(",")
+    names = ("agg_trade_id", "price", "quantity", "trade_id", "last_trade_id", "event_time")
+    if len(cols) < 7:
+        missing = names[len(cols)] if len(cols) < len(names) else "is_buyer_maker"
+        raise _Reject(f"missing_field:{missing}", f"{len(cols)} columns, need 7 or 8")
+    if len(cols) > 8:
+        raise _Reject("malformed_csv", f"{len(cols)} columns, need 7 or 8")
+    if symbol is None:
+        raise _Reject("missing_field:symbol", "CSV rows need the symbol from the file or --symbol")
+    _csv_int(cols[0], "bad_number:agg_trade_id")
+    maker = _CSV_BOOL.get(cols[6].strip())
+    if maker is None:
+        raise _Reject("bad_bool:is_buyer_maker", f"{cols[6][:20]!r} is not true/false")
+    sym = _symbol(symbol, known)
+    first = _trade_id(_csv_int(cols[3], "bad_number:trade_id"))
+    span = _span(first, _trade_id(_csv_int(cols[4], "bad_number:last_trade_id"), "last_trade_id"))
+    return Trade(
+        exchange=exchange,
+        symbol=sym,
+        trade_id=first,
+        price_e8=_e8(cols[1].strip(), "price", MAX_PRICE_E8),
+        quantity_e8=_e8(cols[2].strip(), "quantity", MAX_QUANTITY_E8),
+        event_time=normalize_event_time(_csv_int(cols[5], "bad_timestamp")),
+        is_buyer_maker=maker,
+        span=span,
+    )
+
+
 def parse_message(
     payload: bytes | str,
     *,
@@ -269,7 +341,8 @@ def parse_message(
 
     Args:
         payload: the message exactly as received.
-        fmt: ``"binance-ws"`` or ``"binance-csv"``.
+        fmt: ``"binance-ws"``, ``"binance-csv"`` (or ``"binance-trades"``) or
+            ``"binance-aggtrades"``.
         exchange: the exchange the feed read it from (lower-cased here).
         symbol: for CSV rows, the symbol of the file.
         recv_ms: when the feed received it; event times more than a day later are
@@ -289,8 +362,10 @@ def parse_message(
     try:
         if fmt == FORMAT_WS:
             return _parse_ws(raw, ex, recv_ms, known_symbols)
-        if fmt == FORMAT_CSV:
+        if fmt in (FORMAT_CSV, FORMAT_TRADES_ALIAS):
             return _parse_csv(raw, ex, symbol, known_symbols)
+        if fmt == FORMAT_AGG_CSV:
+            return _parse_agg_csv(raw, ex, symbol, known_symbols)
         return Rejection("unknown_format", raw, ex, f"format {fmt[:40]!r} is not one of {FORMATS}")
     except _Reject as rej:
         return Rejection(rej.reason, raw, ex, rej.detail)

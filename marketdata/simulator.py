@@ -136,6 +136,17 @@ def trade_payload(t: Trade, event_ms: int | None = None) -> bytes:
     ).encode()
 
 
+def agg_trade_payload(t: Trade, agg_id: int, event_ms: int | None = None) -> bytes:
+    """A Binance ``@aggTrade`` websocket payload for an aggregate trade (``t.span`` trades)."""
+    e = t.event_time if event_ms is None else event_ms
+    return (
+        f'{{"e":"aggTrade","E":{e},"s":"{t.symbol}","a":{agg_id},'
+        f'"p":"{format_e8(t.price_e8)}","q":"{format_e8(t.quantity_e8)}",'
+        f'"f":{t.trade_id},"l":{t.last_trade_id},"T":{t.event_time},'
+        f'"m":{"true" if t.is_buyer_maker else "false"},"M":true}}'
+    ).encode()
+
+
 _MALFORMED_KINDS = tuple(k for k in GENERATORS if k not in ("valid", "oversized"))
 
 

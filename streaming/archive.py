@@ -362,8 +362,16 @@ class _Pending:
 
 def _trades_table(pb: ParsedBatch) -> pa.Table:
     """A slice's trades as a lake table (the parsers bound ids to the lake's int64)."""
+    spans = {k: pb.span(k) for k, i in enumerate(pb.idx) if i in pb.spans} if pb.spans else None
     return trades_table_from_columns(
-        pb.exchange, pb.symbol, pb.trade_id, pb.price, pb.quantity, pb.event_time, pb.maker
+        pb.exchange,
+        pb.symbol,
+        pb.trade_id,
+        pb.price,
+        pb.quantity,
+        pb.event_time,
+        pb.maker,
+        spans=spans,
     )
 
 

@@ -325,6 +325,12 @@ def _absorb(acc: Candle, c: Candle) -> None:
 
 def _partial(win: _Win, pb: ParsedBatch, rows: list[int]) -> Candle:
     """The candle of ``rows`` of the batch (all in ``win``), computed column-wise."""
+    if pb.spans and any(pb.span(k) != 1 for k in rows):
+        # Aggregate trades among them (rare): the domain's fold, which counts spans.
+        c = Candle.from_trade(pb.trade(rows[0]), M1)
+        for k in rows[1:]:
+            c.add(pb.trade(k))
+        return c
     if len(rows) == 1:
         k = rows[0]
         p, q = pb.price[k], pb.quantity[k]
@@ -713,6 +719,7 @@ class ShardAggregator:
             quantity_e8=pb.quantity[k],
             event_time=t,
             is_buyer_maker=pb.maker[k],
+            span=pb.span(k),
         )
         out.late.append(
             LateTrade(

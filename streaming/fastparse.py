@@ -156,6 +156,8 @@ class ParsedBatch:
     rejects: list[tuple[int, Rejection, RawMessage]] = field(default_factory=list)
     #: (position in the batch, the mark)
     marks: list[tuple[int, ProgressMark]] = field(default_factory=list)
+    #: Position in the batch -> span, for the aggregate trades (span > 1) only.
+    spans: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -172,12 +174,13 @@ class ParsedBatch:
             event_time=self.event_time[start:stop],
             maker=self.maker[start:stop],
             recv=self.recv[start:stop],
+            spans=self.spans,
         )
 
     def without(self, positions: set[int]) -> ParsedBatch:
         """The trades but those of the entries at ``positions`` (no rejects, marks)."""
         keep = [k for k, i in enumerate(self.idx) if i not in positions]
-        out = ParsedBatch()
+        out = ParsedBatch(spans=self.spans)
         if keep:
             pick = _picker(keep)
             out.idx, out.exchange, out.symbol, out.trade_id = (
@@ -189,19 +192,38 @@ class ParsedBatch:
             )
         return out
 
+    def span(self, k: int) -> int:
+        """The span of trade ``k`` (1 but for aggregate trades)."""
+        return self.spans.get(self.idx[k], 1) if self.spans else 1
+
+    def trade(self, k: int) -> Trade:
+        """Trade ``k`` as a :class:`Trade`."""
+        return Trade(
+            self.exchange[k],
+            self.symbol[k],
+            self.trade_id[k],
+            self.price[k],
+            self.quantity[k],
+            self.event_time[k],
+            self.maker[k],
+            self.span(k),
+        )
+
     def trades(self) -> list[Trade]:
         """The trades as :class:`Trade` (tests, slow paths)."""
         return [
-            Trade(*row)
-            for row in zip(
-                self.exchange,
-                self.symbol,
-                self.trade_id,
-                self.price,
-                self.quantity,
-                self.event_time,
-                self.maker,
-                strict=True,
+            Trade(ex, sym, tid, p, q, t, m, self.span(k))
+            for k, (ex, sym, tid, p, q, t, m) in enumerate(
+                zip(
+                    self.exchange,
+                    self.symbol,
+                    self.trade_id,
+                    self.price,
+                    self.quantity,
+                    self.event_time,
+                    self.maker,
+                    strict=True,
+                )
             )
         ]
 
@@ -271,6 +293,7 @@ class FastParser:
                 rest.append(i)
         out = self.parse_batch([entries[i] for i in rest]) if rest else ParsedBatch()
         out.idx = [rest[i] for i in out.idx]
+        out.spans = {rest[i]: n for i, n in out.spans.items()}
         out.rejects = sorted([(rest[i], r, m) for i, r, m in out.rejects] + bad, key=_first)
         out.marks = marks
         return out
@@ -420,6 +443,8 @@ class FastParser:
             res = parse_raw_message(msg, self.known_symbols)
             if isinstance(res, Trade):
                 extra.append((i, res, msg.recv_ms))
+                if res.span != 1:
+                    out.spans[i] = res.span
             else:
                 out.rejects.append((i, res, msg))
         if not extra:
@@ -436,7 +461,7 @@ class FastParser:
             out.recv,
         )
         rows = list(zip(*cols_in, strict=True))
-        rows += [(i, *t, recv) for i, t, recv in extra]
+        rows += [(i, *t[:7], recv) for i, t, recv in extra]
         rows.sort(key=itemgetter(0))
         cols = list(zip(*rows, strict=True))
         out.idx, out.exchange, out.symbol, out.trade_id, out.price = map(list, cols[:5])

@@ -1,4 +1,4 @@
-"""``cryptopipe lake import FILE... --format binance-csv [--symbol S]``: history into the lake."""
+"""``cryptopipe lake import FILE... [--format F] [--symbol S] [--exchange E]``: into the lake."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import sys
 import time
 from pathlib import Path
 
-from batch.dump_import import ImportResult, import_dump
+from batch.dump_import import (
+    DEFAULT_MAX_REJECTED_SHARE,
+    ImportRejectedError,
+    ImportResult,
+    import_dump,
+    resolve_format,
+)
 from cryptopipe.errors import CommandError
 from lake.layout import Lake
-from marketdata.parsing import FORMAT_CSV, normalize_exchange
+from marketdata.binance_dump import FORMAT_KLINES, IMPORT_FORMATS
+from marketdata.parsing import normalize_exchange
 from marketdata.settings import Settings
 
 
@@ -26,27 +33,49 @@ def register(
     imp = lsub.add_parser(
         "import",
         parents=[common],
-        help="load Binance daily trade dumps (csv or zip) straight into the lake",
+        help="load Binance's public dumps (trades, aggTrades, 1m klines; csv or zip) into the lake",
         description=(
-            "Validate every row with the domain parser and write the trades to "
-            "<lake>/trades/date=D/ (rejected rows, with their reasons, to <lake>/rejects/). "
-            "Re-importing a file replaces what it wrote before. A dump named like "
-            "BTCUSDT-trades-2025-03-14.csv marks that day complete, so 'batch run' treats "
-            "it as sealed."
+            "Validate every row and write it to the lake: trades and aggregate trades to "
+            "<lake>/trades/date=D/, klines to <lake>/klines/date=D/, rejected rows with their "
+            "reasons to <lake>/rejects/. What a file wrote is named by exchange, symbol, kind "
+            "and file name: the spot and the USD-M dump of a day live side by side, and "
+            "re-importing a file replaces only what that file wrote (the summary says how many "
+            "rows). A dump named like BTCUSDT-trades-2025-03-14.csv marks that day complete, so "
+            "'batch run' treats it as sealed. A file none of whose rows fit its format, or with "
+            "more rejected rows than --max-rejected-share, imports nothing and fails."
         ),
     )
     imp.add_argument("files", nargs="+", metavar="FILE", type=Path)
     imp.add_argument(
         "--format",
-        default=FORMAT_CSV,
-        choices=(FORMAT_CSV,),
+        default=None,
+        choices=IMPORT_FORMATS,
         dest="fmt",
-        help="input format (Binance public trade dumps)",
+        help=(
+            "binance-trades (spot or USD-M; binance-csv is the same), binance-aggtrades or "
+            "binance-klines (default: what Binance's file name says: SYMBOL-trades-D, "
+            "SYMBOL-aggTrades-D, SYMBOL-1m-D; else binance-trades)"
+        ),
     )
     imp.add_argument(
         "--symbol", default=None, help="the symbol of every file (default: from the file name)"
     )
-    imp.add_argument("--exchange", default="binance", help="exchange (default binance)")
+    imp.add_argument(
+        "--exchange",
+        default="binance",
+        help="exchange, a market being an exchange of its own: binance (spot), binance-um "
+        "(USD-M futures); default binance",
+    )
+    imp.add_argument(
+        "--max-rejected-share",
+        type=_share,
+        default=DEFAULT_MAX_REJECTED_SHARE,
+        metavar="X",
+        help=(
+            "fail (importing nothing) when more than this share of a file's rows is rejected; "
+            f"default {DEFAULT_MAX_REJECTED_SHARE} (1%%), 1 accepts any share but all"
+        ),
+    )
     imp.set_defaults(func=cmd_import)
 
 
@@ -75,12 +104,29 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _share(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = -1.0
+    if not 0.0 <= x <= 1.0:
+        msg = f"{text!r} is not a share between 0 and 1 (e.g. 0.01 for 1%)"
+        raise argparse.ArgumentTypeError(msg)
+    return x
+
+
 def _summary(res: ImportResult) -> str:
     days = ", ".join(f"{d.isoformat()}: {n:,}" for d, n in sorted(res.trades_per_day.items()))
     sealed = ", ".join(d.isoformat() for d in res.sealed_days) or "none"
+    what = f"{res.trades:,} trades"
+    if res.trade_count != res.trades:
+        what = f"{res.trades:,} aggregate trades ({res.trade_count:,} trades)"
+    replaced = (
+        f", replaced {res.replaced_rows:,} rows of its earlier import" if res.replaced_rows else ""
+    )
     return (
-        f"{res.path.name}: {res.symbol}, {res.trades:,} trades, {res.rejected:,} rejected, "
-        f"{res.skipped:,} skipped in {res.seconds:.1f} s (per day: {days or 'none'}; "
+        f"{res.path.name}: {res.exchange} {res.symbol}, {what}, {res.rejected:,} rejected, "
+        f"{res.skipped:,} skipped{replaced} in {res.seconds:.1f} s (per day: {days or 'none'}; "
         f"complete days: {sealed})"
     )
 
@@ -96,18 +142,42 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         msg = f"no such file: {', '.join(missing)}"
         raise CommandError(msg)
     lake = Lake(settings.lake)
+    failed = 0
     for path in args.files:
+        fmt = resolve_format(path, args.fmt)
+        if fmt == FORMAT_KLINES:
+            _import_klines(lake, path, args, exchange)
+            continue
         progress = _Progress(path.name)
         try:
             res = import_dump(
                 lake,
                 path,
+                fmt=fmt,
                 symbol=args.symbol,
                 exchange=exchange,
                 known_symbols=settings.known_symbols,
                 progress=progress,
+                max_rejected_share=args.max_rejected_share,
             )
+        except ImportRejectedError as exc:
+            if len(args.files) == 1:
+                raise CommandError(str(exc)) from None
+            print(f"cryptopipe: error: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
         finally:
             progress.finish()
         print(_summary(res), flush=True)
+    if failed:
+        msg = f"{failed} of {len(args.files)} files imported nothing (see above)"
+        raise CommandError(msg)
     return 0
+
+
+def _import_klines(lake: Lake, path: Path, args: argparse.Namespace, exchange: str) -> None:
+    """Binance's 1m klines into ``klines/`` (:mod:`batch.klines_import`)."""
+    from batch.klines_import import import_klines
+
+    res = import_klines(lake, path, symbol=args.symbol, exchange=exchange)
+    print(res.summary() if hasattr(res, "summary") else str(res), flush=True)

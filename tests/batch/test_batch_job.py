@@ -146,7 +146,7 @@ def write_day(lake: Lake, tmp_path: Path, trades: list[Trade], seed: int) -> lis
     lines.append(csv_line(dumped[18]))
     dump = tmp_path / "ETHUSDT-trades-2025-03-14.csv"
     dump.write_bytes(b"\n".join(lines) + b"\n")
-    res = import_dump(lake, dump)
+    res = import_dump(lake, dump, max_rejected_share=1.0)
     assert res.rejected == 2
     return rest + dup_a + dup_b + dumped + [dumped[18]]
 

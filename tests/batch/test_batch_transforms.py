@@ -57,7 +57,11 @@ def test_ratio_is_half_even_where_spark_rounds_half_up(spark: SparkSession) -> N
 
 
 def trades_df(spark: SparkSession, rows: list[tuple[object, ...]]):  # type: ignore[no-untyped-def]
-    data = [("binance", s, tid, Decimal(p), Decimal(q), t, m) for s, tid, p, q, t, m in rows]
+    # (symbol, id, price, qty, time, maker[, span])
+    data = [
+        ("binance", *r[:2], Decimal(r[2]), Decimal(r[3]), *r[4:6], r[6] if len(r) > 6 else None)
+        for r in rows
+    ]
     return spark.createDataFrame(data, TRADES)
 
 
@@ -68,6 +72,7 @@ def test_fast_path_equals_exact_path_on_every_interval(spark: SparkSession, dist
         ("AUSDT", 3, "10.7", "2", D0 + 59_999, True),  # same ms: id 3 opens
         ("AUSDT", 9, "9.99999999", "0.00000001", D0 + 60_000, False),  # next minute
         ("AUSDT", 1, "11", "1.5", D0, True),  # first of the day, arrives last
+        ("AUSDT", 20, "10.6", "3", D0 + 59_999, True, 4),  # an aggregate of ids 20..23
         ("BUSDT", 7, "9999999999.99999999", "999999.99999999", D0 + 3_600_000, False),
         ("BUSDT", 8, "0.00000001", "91000000000", D0 + 3_600_001, False),
     ]
@@ -80,6 +85,11 @@ def test_fast_path_equals_exact_path_on_every_interval(spark: SparkSession, dist
     fast = all_intervals(candles_from_partials(partials))
     exact = all_intervals(minute_candles_exact(dedupe_trades(trades)))
     assertDataFrameEqual(fast, exact)
+    # The aggregate counts 4 trades and closes the minute by its last id.
+    first = fast.filter((F.col("interval") == "1m") & (F.col("open_time") == D0)).collect()
+    assert [(r["trade_count"], r["last_trade_id"], r["close"]) for r in first] == [
+        (7, 23, Decimal("10.6"))
+    ]
     n = len(ALL_INTERVALS)
     assert fast.count() == (2 + n - 1) + n  # A: 2 minutes, 1 window per coarser; B: 1 each
     assert fast.columns == [*CANDLE_COLUMNS, "interval"]

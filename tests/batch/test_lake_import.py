@@ -141,7 +141,7 @@ def test_import_of_tricky_file_equals_parser_and_partitions_by_day(tmp_path: Pat
     path.write_bytes(b"\r\n".join(TRICKY) + b"\r\n")
     lake = Lake(tmp_path / "lake")
     # Tiny blocks: lines are cut across many reads, and blocks run in parallel.
-    res = import_dump(lake, path, block_bytes=97)
+    res = import_dump(lake, path, block_bytes=97, max_rejected_share=1.0)
     outcomes = expected_outcomes((b"\r\n".join(TRICKY) + b"\r\n").split(b"\n"))
     trades, rejects = split_outcome(outcomes)
     stored = read_trades(lake, DAY) + read_trades(lake, date(2025, 3, 15))
@@ -162,8 +162,9 @@ def test_import_of_tricky_file_equals_parser_and_partitions_by_day(tmp_path: Pat
     # Each day's file is named after the lines it holds.
     names = sorted(p.name for p in (tmp_path / "lake" / "trades").glob("date=2025-03-1*/*"))
     next_day = next(i for i, line in enumerate(TRICKY, 1) if line.startswith(b"51,"))
-    assert f"import~BTCUSDT-trades-2025-03-14~{next_day}~{next_day}.parquet" in names
-    assert "_IMPORTED~BTCUSDT-trades-2025-03-14.json" in names
+    src = "binance.BTCUSDT.trades.BTCUSDT-trades-2025-03-14"
+    assert f"import~{src}~{next_day}~{next_day}.parquet" in names
+    assert f"_IMPORTED~{src}.json" in names
     # Only the day the name covers is marked complete.
     assert res.sealed_days == [DAY]
 
@@ -191,17 +192,18 @@ def test_reimport_rewrites_the_same_files_and_drops_stale_ones(tmp_path: Path) -
     import_dump(lake, path)
     import_dump(lake, path)
     d = tmp_path / "lake" / "trades" / "date=2025-03-14"
+    src = "binance.ETHUSDT.trades.ETHUSDT-trades-2025-03-14"
     assert sorted(p.name for p in d.iterdir()) == [
-        "_IMPORTED~ETHUSDT-trades-2025-03-14.json",
-        "import~ETHUSDT-trades-2025-03-14~1~100.parquet",
+        f"_IMPORTED~{src}.json",
+        f"import~{src}~1~100.parquet",
     ]
-    # A longer version of the same dump replaces the shorter one.
+    # A longer version of the same dump replaces the shorter one, and says so.
     path.write_bytes(day_lines(150))
     res = import_dump(lake, path)
     assert sorted(p.name for p in d.iterdir() if p.suffix == ".parquet") == [
-        "import~ETHUSDT-trades-2025-03-14~1~150.parquet"
+        f"import~{src}~1~150.parquet"
     ]
-    assert len(res.removed) == 1
+    assert len(res.removed) == 1 and res.replaced_rows == 100
     assert len(read_trades(lake, DAY)) == 150
     # The zip of the same dump has the same stem: it rewrites the same file.
     zpath = tmp_path / "ETHUSDT-trades-2025-03-14.zip"
@@ -272,7 +274,15 @@ def test_cli_lake_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     path = tmp_path / "BTCUSDT-trades-2025-03-14.csv"
     path.write_bytes(day_lines(20) + b"garbage\n")
     home = tmp_path / "home"
-    assert main(["lake", "import", str(path), "--format", "binance-csv", "--home", str(home)]) == 0
+    # 1 row of 21 rejected: over the default 1%, nothing is imported.
+    assert main(["lake", "import", str(path), "--format", "binance-csv", "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 21 rows rejected" in err and "missing_field:price 1" in err
+    assert "line 21" in err and "--max-rejected-share" in err
+    assert read_trades(Lake(home / "lake"), DAY) == []
+    assert read_rejects(Lake(home / "lake"), DAY).num_rows == 1  # the reasons are kept
+    args = ["lake", "import", str(path), "--format", "binance-trades", "--home", str(home)]
+    assert main([*args, "--max-rejected-share", "0.05"]) == 0
     out = capsys.readouterr().out
     assert "20 trades" in out and "1 rejected" in out
     assert len(read_trades(Lake(home / "lake"), DAY)) == 20

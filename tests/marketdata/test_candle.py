@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from marketdata.candle import Candle, dedupe, fold_trades, roll_up
 from marketdata.interval import ALL_INTERVALS, Interval
-from marketdata.trade import Trade
+from marketdata.trade import Trade, aggregate
 
 T0 = 1_741_910_400_000
 
@@ -20,6 +20,7 @@ trades_st = st.lists(
         quantity_e8=st.integers(1, 10**10),
         event_time=st.integers(T0, T0 + 2 * 86_400_000),
         is_buyer_maker=st.booleans(),
+        span=st.just(1),
     ),
     max_size=120,
 )
@@ -242,3 +243,34 @@ def test_json_record_shape() -> None:
     assert rec["open_time"] == T0 + 60_000 and rec["closed"] is False
     assert {"symbol", "interval", "open_time", "closed", "source", "vwap", "open"} <= rec.keys()
     assert all(isinstance(rec[k], str) for k in ("open", "volume", "quote_volume", "vwap"))
+
+
+@st.composite
+def _runs(draw: st.DrawFn) -> list[Trade]:
+    """Trades with consecutive ids, in runs of one time, price and side (aggregatable)."""
+    out: list[Trade] = []
+    tid = draw(st.integers(1, 1000))
+    t = T0
+    for _ in range(draw(st.integers(1, 40))):
+        t += draw(st.sampled_from([0, 1, 999, 20_000, 61_000]))
+        price = draw(st.integers(1, 10**12))
+        maker = draw(st.booleans())
+        for _ in range(draw(st.integers(1, 6))):
+            qty = draw(st.integers(1, 10**9))
+            out.append(Trade("binance", "BTCUSDT", tid, price, qty, t, maker))
+            tid += 1
+    return out
+
+
+@given(_runs(), st.randoms())
+@settings(max_examples=200, deadline=None)
+def test_aggregate_trades_fold_to_the_candles_of_their_trades(trades: list[Trade], rnd) -> None:
+    aggs = aggregate(trades)
+    assert sum(a.span for a in aggs) == len(trades)
+    assert len(aggs) < len(trades) or all(a.span == 1 for a in aggs)
+    shuffled = list(aggs)
+    rnd.shuffle(shuffled)
+    for interval in Interval:
+        want = {k: c.fields() for k, c in fold_trades(trades, interval).items()}
+        got = {k: c.fields() for k, c in fold_trades(shuffled, interval).items()}
+        assert got == want

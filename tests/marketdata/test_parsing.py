@@ -15,7 +15,8 @@ REASON = re.compile(
     r"^(malformed_json|malformed_csv|oversized|bad_timestamp|unknown_symbol|unsupported_event"
     r"|bad_exchange|unknown_format"
     r"|(missing_field|bad_number|non_positive|too_precise|bad_bool):"
-    r"(symbol|trade_id|price|quantity|quote_quantity|event_time|is_buyer_maker)"
+    r"(symbol|trade_id|last_trade_id|agg_trade_id|price|quantity|quote_quantity|event_time"
+    r"|is_buyer_maker)"
     r"|duplicate_key:.+)$"
 )
 T = 1_741_910_400_000
@@ -111,7 +112,7 @@ def test_microseconds_are_floored_to_ms() -> None:
         (ws(m="true"), "bad_bool:is_buyer_maker"),
         (ws(s="BTC/USDT"), "unknown_symbol"),
         (ws(s=7), "unknown_symbol"),
-        (ws(e="aggTrade"), "unsupported_event"),
+        (ws(e="kline"), "unsupported_event"),
         (ws(p=...), "missing_field:price"),
         (ws(T=...), "missing_field:event_time"),
         (ws(s=...), "missing_field:symbol"),
@@ -282,3 +283,86 @@ def test_every_payload_is_a_trade_or_an_explained_rejection() -> None:
     assert len(trades) + len(rejects) == len(msgs)
     assert len(rejects) == sum(m.kind == "malformed" for m in msgs)
     assert all(REASON.match(r.reason) for r in rejects)
+
+
+AGG: dict[str, Any] = {
+    "e": "aggTrade",
+    "E": T + 1,
+    "s": "BTCUSDT",
+    "a": 7,
+    "p": "96000.01000000",
+    "q": "0.30000000",
+    "f": 100,
+    "l": 104,
+    "T": T,
+    "m": False,
+    "M": True,
+}
+
+
+def test_agg_trade_message_counts_its_trades() -> None:
+    t = parse_message(json.dumps(AGG).encode())
+    assert isinstance(t, Trade)
+    assert (t.trade_id, t.span, t.last_trade_id) == (100, 5, 104)
+    assert t.quantity == Decimal("0.3") and t.is_buyer_maker is False
+    # In the combined-stream envelope too.
+    wrapped = json.dumps({"stream": "btcusdt@aggTrade", "data": AGG}).encode()
+    assert parse_message(wrapped) == t
+    # One trade: f == l.
+    one = parse_message(json.dumps({**AGG, "l": 100}).encode())
+    assert isinstance(one, Trade) and one.span == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"l": 99}, "bad_number:last_trade_id"),
+        ({"l": "104"}, "bad_number:last_trade_id"),
+        ({"f": -1}, "bad_number:trade_id"),
+        ({"f": ...}, "missing_field:trade_id"),
+        ({"l": ...}, "missing_field:last_trade_id"),
+        ({"m": "false"}, "bad_bool:is_buyer_maker"),
+    ],
+)
+def test_agg_trade_message_rejections(change: dict[str, Any], reason: str) -> None:
+    d = dict(AGG)
+    for k, v in change.items():
+        if v is ...:
+            d.pop(k)
+        else:
+            d[k] = v
+    payload = json.dumps(d).encode()
+    res = parse_message(payload)
+    assert isinstance(res, Rejection) and res.reason == reason
+    check(res, payload)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        # Spot: 8 columns, µs since 2025; USD-M: 7 columns (after its header line).
+        (b"7,96000.01000000,0.30000000,100,104,1741910400000123,False,True", (100, 5, False)),
+        (b"7,96000.01,0.3,100,104,1741910400000,true", (100, 5, True)),
+        (b"8,96000.01,0.3,105,105,1741910400000,True", (105, 1, True)),
+    ],
+)
+def test_agg_trades_csv_rows(row: bytes, expected: tuple[int, int, bool]) -> None:
+    t = parse_message(row, fmt="binance-aggtrades", symbol="BTCUSDT")
+    assert isinstance(t, Trade)
+    assert (t.trade_id, t.span, t.is_buyer_maker) == expected
+    assert t.event_time == 1741910400000 and t.price == Decimal("96000.01")
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        (b"7,96000.01,0.3,100,99,1741910400000,true", "bad_number:last_trade_id"),
+        (b"7,96000.01,0.3,100,104,1741910400000", "missing_field:is_buyer_maker"),
+        (b"7,96000.01,0.3,100,104,1741910400000,maybe", "bad_bool:is_buyer_maker"),
+        (b"x,96000.01,0.3,100,104,1741910400000,true", "bad_number:agg_trade_id"),
+        (b"7,96000.01,0.3,100,104,1741910400000,true,true,9", "malformed_csv"),
+    ],
+)
+def test_agg_trades_csv_rejections(row: bytes, reason: str) -> None:
+    res = parse_message(row, fmt="binance-aggtrades", symbol="BTCUSDT")
+    assert isinstance(res, Rejection) and res.reason == reason
