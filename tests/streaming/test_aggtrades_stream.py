@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+from pathlib import Path
 
 import pytest
+import redis
 from test_candles_data import T0, batches
+from test_candles_flow import run_flow, stored
 
 from lake.arrow import trades_from_table
 from marketdata.candle import fold_trades
@@ -16,6 +21,7 @@ from marketdata.trade import Trade, aggregate
 from redisstore.streamids import join_id
 from streaming.archive import ArchiveConfig, PartitionArchiver
 from streaming.candleagg import ShardAggregator, WindowConfig
+from tests.processes import run_cryptopipe
 
 
 def _trades(seed: int, n: int = 3000) -> list[Trade]:
@@ -91,3 +97,36 @@ def test_the_archive_keeps_each_aggregates_span() -> None:
     stored = [t for w in works if w.source is not None for t in trades_from_table(w.trades)]
     assert sorted(stored) == sorted(aggs)
     assert sum(t.span for t in stored) == len(trades)
+
+
+def test_a_replayed_capture_of_agg_trade_messages_gives_the_trades_candles(
+    tmp_path: Path, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A websocket capture of ``@aggTrade`` frames (combined-stream wrapper), replayed by
+    the real command, then the real candles flow: the candles of the underlying trades."""
+    trades = [t._replace(exchange="binance") for t in _trades(4, n=2000)]
+    aggs = aggregate(trades)
+    lines = [
+        json.dumps({"stream": "btcusdt@aggTrade", "data": json.loads(agg_trade_payload(a, k))})
+        for k, a in enumerate(aggs)
+    ]
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text("\n".join(lines) + "\n")
+    out = run_cryptopipe(
+        os.environ,
+        "feed",
+        "replay",
+        str(capture),
+        "--format",
+        "binance-ws",
+        "--speed",
+        "max",
+        "--redis-url",
+        redis_url,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    run_flow(redis_url)
+    want = {k: c.fields() for i in Interval for k, c in fold_trades(trades, i).items()}
+    assert stored(redis_client, ("BTCUSDT",)) == want
+    assert redis_client.xlen("md:trades:dlq") == 0
