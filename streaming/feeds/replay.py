@@ -4,9 +4,13 @@ Formats:
 
 * ``binance-ws``: JSON lines, one websocket message per line (plain ``@trade``
   payloads or combined-stream envelopes), as recorded from the stream.
-* ``binance-csv``: Binance's public daily trade dumps (``BTCUSDT-trades-2025-03-14.csv``
-  or the ``.zip`` holding it), no header; the symbol is ``--symbol`` or taken from
-  the file name.
+* ``binance-ws``'s messages may be ``trade`` or ``aggTrade`` events (an aggregate
+  counts as ``last - first + 1`` trades in the candles).
+* ``binance-csv`` (also ``binance-trades``): Binance's public daily trade dumps
+  (``BTCUSDT-trades-2025-03-14.csv`` or the ``.zip`` holding it), spot without a
+  header, USD-M with one; the symbol is ``--symbol`` or taken from the file name.
+* ``binance-aggtrades``: Binance's aggregate trade dumps
+  (``BTCUSDT-aggTrades-2025-03-14.csv``), spot or USD-M, the same way.
 
 Several files are merged by their recorded time, so symbols interleave as they did
 in the market. The exchange gets progress marks at the recorded time reached
@@ -28,13 +32,25 @@ from pathlib import Path
 import orjson
 
 from marketdata.binance_dump import is_header, open_dump, symbol_from_filename
-from marketdata.parsing import FORMAT_CSV, FORMAT_WS, FORMATS, normalize_symbol
+from marketdata.parsing import (
+    FORMAT_AGG_CSV,
+    FORMAT_CSV,
+    FORMAT_TRADES_ALIAS,
+    FORMAT_WS,
+    FORMATS,
+    normalize_symbol,
+)
 from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
 from marketdata.timeutil import MICROS_THRESHOLD
 from streaming.feeds.base import feed_writer
 from streaming.feeds.pacing import PacedWriter, Progress, parse_speed
 from streaming.rawlog import RawLogWriter
+
+#: What ``--format`` takes: the raw-log formats and ``binance-trades`` (= ``binance-csv``).
+REPLAY_FORMATS = (*FORMATS, FORMAT_TRADES_ALIAS)
+#: CSV formats -> the column of the trade time.
+_CSV_TIME_COLUMN = {FORMAT_CSV: 4, FORMAT_AGG_CSV: 5}
 
 
 def _ws_time(line: bytes, last: int) -> tuple[int, str | None]:
@@ -51,10 +67,10 @@ def _ws_time(line: bytes, last: int) -> tuple[int, str | None]:
     return last, sym if isinstance(sym, str) else None
 
 
-def _csv_time(line: bytes, last: int) -> int:
-    parts = line.split(b",", 5)
-    if len(parts) >= 5 and parts[4].strip().isdigit():
-        t = int(parts[4])
+def _csv_time(line: bytes, last: int, column: int = 4) -> int:
+    parts = line.split(b",", column + 1)
+    if len(parts) > column and parts[column].strip().isdigit():
+        t = int(parts[column])
         return t // 1000 if t >= MICROS_THRESHOLD else t
     return last
 
@@ -71,11 +87,11 @@ def _read_file(
             line = raw.rstrip(b"\r\n")
             if not line.strip():
                 continue
-            if fmt == FORMAT_CSV:
+            if fmt in _CSV_TIME_COLUMN:
                 if is_header(lineno + 1, line):
                     continue  # a header line (futures dumps have one): not data
-                t = _csv_time(line, t)
-                yield t, RawMessage(line, exchange, 0, FORMAT_CSV, symbol)
+                t = _csv_time(line, t, _CSV_TIME_COLUMN[fmt])
+                yield t, RawMessage(line, exchange, 0, fmt, symbol)
             else:
                 t, sym = _ws_time(line, t)
                 yield t, RawMessage(line, exchange, 0, FORMAT_WS, sym)
@@ -99,14 +115,16 @@ def replay_files(
         FileNotFoundError: a missing file.
 
     """
+    if fmt == FORMAT_TRADES_ALIAS:
+        fmt = FORMAT_CSV
     if fmt not in FORMATS:
-        msg = f"unknown --format {fmt!r}: use one of {', '.join(FORMATS)}"
+        msg = f"unknown --format {fmt!r}: use one of {', '.join(REPLAY_FORMATS)}"
         raise ValueError(msg)
     consumed = [0]
     streams = []
     for path in files:
         sym = normalize_symbol(symbol) if symbol else None
-        if fmt == FORMAT_CSV:
+        if fmt in _CSV_TIME_COLUMN:
             sym = sym or symbol_from_filename(path)
             if sym is None:
                 msg = (
@@ -143,7 +161,7 @@ class DumpReplay:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The files, their format, symbol and exchange, and the replay speed."""
         parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
-        parser.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+        parser.add_argument("--format", required=True, choices=REPLAY_FORMATS, dest="fmt")
         parser.add_argument(
             "--symbol", default=None, help="symbol of CSV files (default: from Binance's file name)"
         )

@@ -21,6 +21,7 @@ from marketdata.trade import Trade, aggregate
 from redisstore.streamids import join_id
 from streaming.archive import ArchiveConfig, PartitionArchiver
 from streaming.candleagg import ShardAggregator, WindowConfig
+from tests.batch.binance_files import spot_aggtrades, um_aggtrades
 from tests.processes import run_cryptopipe
 
 
@@ -123,6 +124,30 @@ def test_a_replayed_capture_of_agg_trade_messages_gives_the_trades_candles(
         "max",
         "--redis-url",
         redis_url,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    run_flow(redis_url)
+    want = {k: c.fields() for i in Interval for k, c in fold_trades(trades, i).items()}
+    assert stored(redis_client, ("BTCUSDT",)) == want
+    assert redis_client.xlen("md:trades:dlq") == 0
+
+
+@pytest.mark.parametrize("market", ["spot", "um"])
+def test_a_replayed_aggtrades_dump_gives_the_trades_candles(
+    tmp_path: Path, redis_client: redis.Redis, redis_url: str, market: str
+) -> None:
+    """``feed replay --format binance-aggtrades`` of a spot (8 columns, µs) or USD-M
+    (header, 7 columns) dump, through the real command and the candles flow."""
+    exchange = "binance" if market == "spot" else "binance-um"
+    trades = [t._replace(exchange=exchange) for t in _trades(5, n=1500)]
+    render = spot_aggtrades if market == "spot" else um_aggtrades
+    dump = tmp_path / "BTCUSDT-aggTrades-2025-03-14.csv"
+    dump.write_bytes(render(aggregate(trades)))
+    out = run_cryptopipe(
+        os.environ,
+        *("feed", "replay", str(dump), "--format", "binance-aggtrades", "--exchange", exchange),
+        *("--redis-url", redis_url),
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
