@@ -1,4 +1,4 @@
-"""UTC time helpers: ISO 8601 or epoch-millisecond input, always timezone-aware."""
+"""UTC time helpers: ISO 8601 or epoch seconds, ms or µs input, always timezone-aware."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ MIN_EVENT_TIME_MS = 1_230_940_800_000
 MAX_EVENT_TIME_MS = 4_102_444_800_000
 #: Timestamps at or above this many units are microseconds, not milliseconds.
 MICROS_THRESHOLD = 10**14
+#: A number of time units below this is seconds (10^11 s is in the year 5138; as ms
+#: it is 1973-03-03), at or above it ms, and from :data:`MICROS_THRESHOLD` on µs.
+SECONDS_THRESHOLD = 10**11
+#: Numbers at or above this are not a time any command takes (ns, or garbage).
+NANOS_THRESHOLD = 10**17
 DAY_MS = 86_400_000
 
 
@@ -27,30 +32,59 @@ def datetime_to_ms(dt: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
-def parse_time(text: str) -> int:
-    """Parse a time given as ms since the epoch or ISO 8601 in UTC.
+_TIME_FORMS = (
+    "use ISO 8601 in UTC like 2025-03-14T00:00:00Z (or 2025-03-14), or seconds, ms or µs "
+    "since the epoch (told apart by size: below 10^11 seconds, below 10^14 ms, else µs)"
+)
 
-    ``"2025-03-14T00:00:00Z"``, ``"2025-03-14"`` (midnight UTC), ``"1741910400000"``.
-    An ISO time without a zone is taken as UTC; other zones are converted.
+
+def parse_time(text: str, what: str = "time") -> int:
+    """A time given to a command, in ms since the epoch (every command's one rule).
+
+    Accepted: ISO 8601 (``"2025-03-14T00:00:00Z"``, ``"2025-03-14"`` for midnight UTC;
+    a time without a zone is UTC, other zones are converted) or a whole number of
+    seconds, ms or µs since the epoch, told apart by magnitude as ingest does:
+    below :data:`SECONDS_THRESHOLD` seconds, below :data:`MICROS_THRESHOLD` ms, below
+    :data:`NANOS_THRESHOLD` µs (µs floored to ms). So ``1741910400``,
+    ``1741910400000`` and ``1741910400000000`` are the same instant. Times from 1970
+    to 2100 (:data:`MAX_EVENT_TIME_MS`) only.
+
+    Args:
+        text: the argument.
+        what: its name in the error (``--start``).
 
     Raises:
-        ValueError: saying which formats are accepted.
+        ValueError: one line naming ``what`` and the accepted forms.
 
     """
-    text = text.strip()
-    if text.isascii() and text.isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        msg = (
-            f"bad time {text!r}: use ISO 8601 in UTC like 2025-03-14T00:00:00Z "
-            "or milliseconds since the epoch"
-        )
-        raise ValueError(msg) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return datetime_to_ms(dt)
+    raw = text.strip()
+    if raw.isascii() and raw.isdigit():
+        n = int(raw)
+        if n >= NANOS_THRESHOLD:
+            msg = f"{what} {text!r} is too large for seconds, ms or µs: {_TIME_FORMS}"
+            raise ValueError(msg)
+        if n < SECONDS_THRESHOLD:
+            ms = n * 1000
+        elif n < MICROS_THRESHOLD:
+            ms = n
+        else:
+            ms = n // 1000
+    else:
+        try:
+            dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            msg = f"bad {what} {text!r}: {_TIME_FORMS}"
+            raise ValueError(msg) from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        try:
+            ms = datetime_to_ms(dt)
+        except OverflowError:
+            ms = -1
+    if not 0 <= ms <= MAX_EVENT_TIME_MS:
+        msg = f"{what} {text!r} is out of range: times from 1970 to 2100 only"
+        raise ValueError(msg)
+    return ms
 
 
 def format_ms(ms: int) -> str:
@@ -82,8 +116,17 @@ def day_bounds(day: date) -> tuple[int, int]:
 
 
 def day_of_ms(ms: int) -> date:
-    """UTC day holding ``ms``."""
-    return date(1970, 1, 1) + timedelta(days=ms // DAY_MS)
+    """UTC day holding ``ms``.
+
+    Raises:
+        ValueError: ``ms`` is outside the years 1..9999 (never an ``OverflowError``).
+
+    """
+    try:
+        return date(1970, 1, 1) + timedelta(days=ms // DAY_MS)
+    except OverflowError:
+        msg = f"time {ms} ms is outside the years 1..9999"
+        raise ValueError(msg) from None
 
 
 def now_ms() -> int:

@@ -67,8 +67,12 @@ def register(
     p = sub.add_parser("candles", parents=[common], help="read candles of a symbol")
     p.add_argument("symbol", help="e.g. BTCUSDT")
     p.add_argument("--interval", "-i", required=True, choices=INTERVAL_LABELS)
-    p.add_argument("--start", help="first open_time, inclusive (ISO 8601 UTC or ms)")
-    p.add_argument("--end", help="last open_time, exclusive (ISO 8601 UTC or ms)")
+    p.add_argument(
+        "--start", help="first open_time, inclusive (ISO 8601 UTC, or s, ms or µs since the epoch)"
+    )
+    p.add_argument(
+        "--end", help="last open_time, exclusive (ISO 8601 UTC, or s, ms or µs since the epoch)"
+    )
     p.add_argument("--exchange", help="one exchange (default: every exchange with candles)")
     p.add_argument(
         "--source",
@@ -132,8 +136,8 @@ def cmd_candles(args: argparse.Namespace, settings: Settings) -> int:
             msg = f"bad exchange {args.exchange!r}: use a lower-case name, e.g. binance"
             raise CommandError(msg)
     interval = Interval.parse(args.interval)
-    start = parse_time(args.start) if args.start else None
-    end = parse_time(args.end) if args.end else None
+    start = parse_time(args.start, "--start") if args.start else None
+    end = parse_time(args.end, "--end") if args.end else None
     if start is not None and end is not None and end <= start:
         msg = "--end must be after --start (--start is inclusive, --end exclusive)"
         raise CommandError(msg)

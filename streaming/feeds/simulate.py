@@ -77,7 +77,7 @@ class SimulatedMarket:
         parser.add_argument(
             "--start",
             default=None,
-            help="event time of the first trade, ISO 8601 UTC or ms (default now)",
+            help="event time of the first trade: ISO 8601 UTC, or s, ms or µs (default now)",
         )
         parser.add_argument(
             "--duration",
@@ -127,7 +127,7 @@ class SimulatedMarket:
     def run(self, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
         """Run the simulator into the raw log."""
         speed = parse_speed(args.speed)
-        start = parse_time(args.start) if args.start else now_ms()
+        start = parse_time(args.start, "--start") if args.start else now_ms()
         if start > now_ms() + settings.max_ahead_ms:
             msg = (
                 f"--start {args.start} is in the future: the flows would reject every "

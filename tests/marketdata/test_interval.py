@@ -57,6 +57,16 @@ def test_parse_rejects_unknown_with_the_choices() -> None:
         ("2025-03-14", 1_741_910_400_000),
         ("1741910400000", 1_741_910_400_000),
         ("2025-03-14T00:00:00.123Z", 1_741_910_400_123),
+        ("2025-03-14T00:00:00", 1_741_910_400_000),  # no zone: UTC
+        # seconds, ms and µs told apart by size, as ingest does
+        ("1741910400", 1_741_910_400_000),
+        ("1741910400123", 1_741_910_400_123),
+        ("1741910400123999", 1_741_910_400_123),
+        ("1741953600000000", 1_741_953_600_000),  # a 2025 kline open time in µs
+        ("4102444800", 4_102_444_800_000),  # 2100-01-01 in seconds: the last accepted
+        ("100000000000", 100_000_000_000),  # the smallest ms: 1973-03-03
+        ("0", 0),
+        (" 1741910400 ", 1_741_910_400_000),
     ],
 )
 def test_parse_time(text: str, ms: int) -> None:
@@ -66,3 +76,23 @@ def test_parse_time(text: str, ms: int) -> None:
 def test_parse_time_error_says_what_to_use() -> None:
     with pytest.raises(ValueError, match="ISO 8601"):
         parse_time("yesterday")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("yesterday", "bad --start 'yesterday': use ISO 8601"),
+        ("-1741910400000", "bad --start"),
+        ("1.5e12", "bad --start"),
+        ("100000000000000000", "too large for seconds, ms or µs"),
+        ("4102444800001", "out of range: times from 1970 to 2100 only"),
+        ("9999-12-31T23:59:59Z", "out of range"),
+        ("0001-01-01T00:00:00+01:00", "out of range"),
+        ("", "bad --start"),
+        ("١٧٤١٩١٠٤٠٠", "bad --start"),  # Arabic-Indic digits
+    ],
+)
+def test_parse_time_refuses_in_one_line(text: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as exc:
+        parse_time(text, "--start")
+    assert "\n" not in str(exc.value)

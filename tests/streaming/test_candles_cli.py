@@ -353,6 +353,26 @@ def test_candles_command_reads_back_in_every_format(
     batch = cli("candles", "BTCUSDT", "-i", "1h", "--source", "batch", "--format", "json", env=env)
     assert batch.returncode == 0 and batch.stdout == "", batch.stderr
 
+    # Times as ISO, or seconds, ms or µs since the epoch (a kline's open time in µs):
+    # the same window from every form, from the stream and the merged view alike.
+    t = T0 + 3_600_000
+    want_rows = None
+    for form in (format_ms(t), str(t // 1000), str(t), str(t * 1000)):
+        for source in ("stream", "merged"):
+            argv = ["candles", "BTCUSDT", "-i", "15m", "--start", form, "--end", str(t + 1_800_000)]
+            out = cli(*argv, "--source", source, "--format", "json", env=env)
+            assert out.returncode == 0, out.stderr
+            got = [json.loads(line) for line in out.stdout.splitlines()]
+            assert got and all(t <= r["open_time"] < t + 1_800_000 for r in got)
+            want_rows = want_rows or got
+            assert got == want_rows, (form, source)
+    # Out of range, in any source: one line, no traceback.
+    for bad in ("41029999999999999", "9999-01-01", "soon"):
+        for source in ("stream", "merged", "batch"):
+            out = cli("candles", "BTCUSDT", "-i", "1m", "--start", bad, "--source", source, env=env)
+            assert out.returncode == 2 and "--start" in out.stderr, (bad, out.stderr)
+            assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
 
 def test_stream_start_status_stop(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path
