@@ -461,7 +461,7 @@ def import_dump(
         msg = f"{path.name}: klines are imported by batch.klines_import, not as trades"
         raise ImportFormatError(msg)
     check_content(path, form)
-    sym = _resolve_symbol(path, symbol)
+    sym = resolve_symbol(path, symbol)
     ex = normalize_exchange(exchange)
     if ex is None:
         msg = f"--exchange {exchange!r} is not a valid exchange name (e.g. binance)"
@@ -499,8 +499,8 @@ def import_dump(
         if refusal is not None:
             raise ImportRejectedError(refusal, result)
         # What an earlier import of this file left is counted before it is replaced.
-        earlier = _earlier_files(lk, source)
-        result.replaced_rows = sum(_trade_rows(lk, p) for p in earlier)
+        earlier = earlier_files(lk, source)
+        result.replaced_rows = sum(data_rows(lk, p) for p in earlier)
         result.files += [_commit_day(lk, source, out) for _, out in sorted(days.items())]
     except BaseException as exc:
         for out in days.values():
@@ -551,7 +551,8 @@ def _refusal(result: ImportResult, max_share: float) -> str | None:
     return None
 
 
-def _resolve_symbol(path: Path, symbol: str | None) -> str:
+def resolve_symbol(path: Path, symbol: str | None) -> str:
+    """``symbol`` normalized, else the symbol Binance's file name says; else ``ValueError``."""
     if symbol is not None:
         sym = normalize_symbol(symbol)
         if sym is None:
@@ -703,12 +704,14 @@ def _legacy_match(lk: Lake, path: str, source: ImportSource) -> bool:
     return ex == [source.exchange] and sy == [source.symbol]
 
 
-def _earlier_files(lk: Lake, source: ImportSource) -> list[str]:
-    """Trade and reject files an earlier import of this same source wrote."""
+def earlier_files(
+    lk: Lake, source: ImportSource, tops: tuple[str, ...] = (TRADES_DIR, REJECTS_DIR)
+) -> list[str]:
+    """Files an earlier import of this same source wrote under ``tops`` (every day)."""
     prefix = source.prefix
     legacy = SourceRange.rows(source.stem, 0, 0).prefix
     found = []
-    for top in (TRADES_DIR, REJECTS_DIR):
+    for top in tops:
         for day in lk.list_days(top):
             directory = lk.path(top, partition(day))
             for name in lk.list_files(directory):
@@ -720,8 +723,8 @@ def _earlier_files(lk: Lake, source: ImportSource) -> list[str]:
     return found
 
 
-def _trade_rows(lk: Lake, path: str) -> int:
-    """Rows of a trade file (rejects count none)."""
+def data_rows(lk: Lake, path: str) -> int:
+    """Rows of a trade or klines file (rejects count none)."""
     if f"/{REJECTS_DIR}/" in path:
         return 0
     try:

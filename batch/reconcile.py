@@ -11,6 +11,10 @@ them exactly with :func:`marketdata.reconcile.reconcile`; writes
 * in Redis, ``md:reconcile:last`` (the latest summary) and ``md:reconcile:days``
   (hash: day -> counts): from then on readers get the batch candles for that day.
 
+:func:`reconcile_klines_day` compares the batch's 1m candles with the exchange's own
+klines (imported into ``klines/``) by :func:`marketdata.binance_klines.compare_klines`
+and writes ``reconciliation/date=D/klines.json``; it needs no Redis.
+
 The comparison runs in Python on the exact domain types: a day holds about 1,900
 candles per (exchange, symbol), far below what would need Spark.
 """
@@ -26,9 +30,11 @@ import orjson
 import redis
 
 from lake.candles import read_day_candles, write_day_candles
+from lake.klines import read_day_klines
 from lake.layout import RECONCILIATION_DIR, Lake, partition
+from marketdata.binance_klines import QUOTE_VOLUME_RULE, KlineComparison, compare_klines
 from marketdata.candle import Candle
-from marketdata.interval import ALL_INTERVALS
+from marketdata.interval import ALL_INTERVALS, Interval
 from marketdata.reconcile import LateTrade, Reconciliation, reconcile
 from marketdata.records import SOURCE_BATCH, SOURCE_STREAM
 from marketdata.settings import Settings
@@ -131,3 +137,64 @@ def reconcile_day(
 def reconciled_days(client: redis.Redis) -> set[str]:
     """Days (``YYYY-MM-DD``) that have been reconciled: readers serve the batch view there."""
     return {text(d) for d in client.hkeys(RECONCILE_DAYS_KEY)}
+
+
+def reconcile_klines_day(
+    settings: Settings, day: date, *, exchange: str | None = None, worst: int = 20
+) -> tuple[KlineComparison, dict[str, Any]]:
+    """The batch's 1m candles of ``day`` against the exchange's imported klines.
+
+    Writes ``reconciliation/date=D/klines.json`` (every difference) and returns the
+    comparison and its summary (top-level counts, the rule applied, the worst rows).
+
+    Raises:
+        BatchNotRunError: the batch has not produced candles for ``day``.
+        NoKlinesError: no klines were imported for ``day`` (of ``exchange``).
+
+    """
+    lake = Lake(settings.lake)
+    batch = read_day_candles(lake, SOURCE_BATCH, day)
+    if batch is None:
+        msg = (
+            f"no batch candles for {day}: run 'cryptopipe batch run --date {day}' first "
+            "(the batch's 1m candles are what the klines are compared with)"
+        )
+        raise BatchNotRunError(msg)
+    klines = read_day_klines(lake, day, exchange)
+    if not klines:
+        which = f" of {exchange}" if exchange else ""
+        msg = (
+            f"no klines{which} imported for {day}: import Binance's 1m klines first, e.g. "
+            f"'cryptopipe lake import BTCUSDT-1m-{day}.zip'"
+        )
+        raise NoKlinesError(msg)
+    minutes = {
+        (c.exchange, c.symbol, c.open_time): c
+        for c in batch.values()
+        if c.interval is Interval.M1 and (exchange is None or c.exchange == exchange)
+    }
+    result = compare_klines(minutes, klines)
+    summary: dict[str, Any] = {
+        "date": day.isoformat(),
+        "against": "klines",
+        "exchange": exchange,
+        **result.counts,
+        "empty_klines": result.empty_klines,
+        "klines": len(klines),
+        "batch_candles": len(minutes),
+        "series_without_klines": [f"{e}:{s}" for e, s in result.series_without_klines],
+        "quote_volume_rule": QUOTE_VOLUME_RULE,
+        "not_compared": "taker_buy_quote_volume (candles do not carry it)",
+        "ok": result.ok,
+        "worst": [d.to_json_dict() for d in result.worst(worst)],
+        "at_ms": int(time.time() * 1000),
+    }
+    directory = lake.path(RECONCILIATION_DIR, partition(day))
+    lake.mkdir(directory)
+    full = {**summary, "differences": [d.to_json_dict() for d in result.differences]}
+    lake.write_bytes(f"{directory}/klines.json", json.dumps(full, indent=1).encode())
+    return result, summary
+
+
+class NoKlinesError(RuntimeError):
+    """No klines were imported for the day."""

@@ -63,6 +63,25 @@ PARQUET_OPTIONS: dict[str, Any] = {
 VOLUME_TYPE = pa.decimal128(38, 8)
 QUOTE_TYPE = pa.decimal128(38, 16)
 
+#: The exchange's own 1m candles (``klines/date=D/``), as Binance publishes them: every
+#: decimal exactly as written (8 fractional digits), times in ms.
+KLINES_SCHEMA = pa.schema(
+    [
+        pa.field("exchange", pa.string(), nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("open_time", pa.int64(), nullable=False),
+        pa.field("open", PRICE_TYPE, nullable=False),
+        pa.field("high", PRICE_TYPE, nullable=False),
+        pa.field("low", PRICE_TYPE, nullable=False),
+        pa.field("close", PRICE_TYPE, nullable=False),
+        pa.field("volume", VOLUME_TYPE, nullable=False),
+        pa.field("quote_volume", VOLUME_TYPE, nullable=False),
+        pa.field("trade_count", pa.int64(), nullable=False),
+        pa.field("taker_buy_volume", VOLUME_TYPE, nullable=False),
+        pa.field("taker_buy_quote_volume", VOLUME_TYPE, nullable=False),
+    ]
+)
+
 #: Candles of both sources (``candles/source=batch|stream/``), so reconciliation and
 #: readers treat them alike. The interval and the day are in the partition path (as
 #: Spark's ``partitionBy`` writes them) and are not columns.

@@ -14,6 +14,7 @@ from batch.dump_import import (
     import_dump,
     resolve_format,
 )
+from batch.klines_import import import_klines
 from cryptopipe.errors import CommandError
 from lake.layout import Lake
 from marketdata.binance_dump import FORMAT_KLINES, IMPORT_FORMATS
@@ -145,21 +146,29 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     failed = 0
     for path in args.files:
         fmt = resolve_format(path, args.fmt)
-        if fmt == FORMAT_KLINES:
-            _import_klines(lake, path, args, exchange)
-            continue
         progress = _Progress(path.name)
         try:
-            res = import_dump(
-                lake,
-                path,
-                fmt=fmt,
-                symbol=args.symbol,
-                exchange=exchange,
-                known_symbols=settings.known_symbols,
-                progress=progress,
-                max_rejected_share=args.max_rejected_share,
-            )
+            if fmt == FORMAT_KLINES:
+                line = import_klines(
+                    lake,
+                    path,
+                    symbol=args.symbol,
+                    exchange=exchange,
+                    max_rejected_share=args.max_rejected_share,
+                ).summary()
+            else:
+                line = _summary(
+                    import_dump(
+                        lake,
+                        path,
+                        fmt=fmt,
+                        symbol=args.symbol,
+                        exchange=exchange,
+                        known_symbols=settings.known_symbols,
+                        progress=progress,
+                        max_rejected_share=args.max_rejected_share,
+                    )
+                )
         except ImportRejectedError as exc:
             if len(args.files) == 1:
                 raise CommandError(str(exc)) from None
@@ -168,16 +177,8 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
             continue
         finally:
             progress.finish()
-        print(_summary(res), flush=True)
+        print(line, flush=True)
     if failed:
         msg = f"{failed} of {len(args.files)} files imported nothing (see above)"
         raise CommandError(msg)
     return 0
-
-
-def _import_klines(lake: Lake, path: Path, args: argparse.Namespace, exchange: str) -> None:
-    """Binance's 1m klines into ``klines/`` (:mod:`batch.klines_import`)."""
-    from batch.klines_import import import_klines
-
-    res = import_klines(lake, path, symbol=args.symbol, exchange=exchange)
-    print(res.summary() if hasattr(res, "summary") else str(res), flush=True)

@@ -1,12 +1,15 @@
-"""``cryptopipe reconcile --date D [--format json|table] [--fail-on-unexplained]``."""
+"""``cryptopipe reconcile --date D [--against stream|klines] [--exchange E] [--format F]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from datetime import date
 
-from batch.reconcile import BatchNotRunError, reconcile_day
+from batch.reconcile import BatchNotRunError, NoKlinesError, reconcile_day, reconcile_klines_day
 from cryptopipe.errors import CommandError
+from marketdata.binance_klines import OUTCOMES as KLINE_OUTCOMES
+from marketdata.parsing import normalize_exchange
 from marketdata.reconcile import OUTCOMES
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms, parse_day
@@ -21,6 +24,16 @@ def register(
         "reconcile", parents=[common], help="prove the stream's candles equal the batch's"
     )
     p.add_argument("--date", required=True, help="the UTC day, YYYY-MM-DD")
+    p.add_argument(
+        "--against",
+        choices=("stream", "klines"),
+        default="stream",
+        help="stream: the speed layer's candles (default); klines: the exchange's own 1m "
+        "candles imported with 'lake import' (needs no Redis)",
+    )
+    p.add_argument(
+        "--exchange", default=None, help="with --against klines: only this exchange's klines"
+    )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--worst", type=int, default=20, help="rows of the worst differences to show")
     p.add_argument(
@@ -34,6 +47,11 @@ def register(
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """Reconcile one day and print the outcome."""
     day = parse_day(args.date)
+    if args.against == "klines":
+        return _against_klines(args, settings, day)
+    if args.exchange is not None:
+        msg = "--exchange goes with --against klines (stream reconciliation covers every venue)"
+        raise CommandError(msg)
     try:
         result, summary = reconcile_day(settings, day, connect_settings(settings), worst=args.worst)
     except BatchNotRunError as exc:
@@ -59,5 +77,37 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             "OK: every difference is explained"
             if result.ok
             else f"UNEXPLAINED: {result.unexplained} (report in the lake)"
+        )
+    return 1 if args.fail_on_unexplained and not result.ok else 0
+
+
+def _against_klines(args: argparse.Namespace, settings: Settings, day: date) -> int:
+    exchange = None
+    if args.exchange is not None:
+        exchange = normalize_exchange(args.exchange)
+        if exchange is None:
+            msg = f"--exchange {args.exchange!r} is not a valid exchange name (e.g. binance)"
+            raise CommandError(msg)
+    try:
+        result, summary = reconcile_klines_day(settings, day, exchange=exchange, worst=args.worst)
+    except (BatchNotRunError, NoKlinesError) as exc:
+        raise CommandError(str(exc)) from None
+    if args.format == "json":
+        print(json.dumps(summary))
+    else:
+        counts = "  ".join(f"{o}={summary[o]}" for o in KLINE_OUTCOMES)
+        print(f"{day} against klines: {counts}  (empty minutes {summary['empty_klines']})")
+        print(f"rule: {summary['quote_volume_rule']}")
+        if summary["series_without_klines"]:
+            print(f"not compared (no klines): {', '.join(summary['series_without_klines'])}")
+        for d in summary["worst"]:
+            print(
+                f"  {d['outcome']:17} {d['exchange']}:{d['symbol']} {format_ms(d['open_time'])} "
+                f"differs in {','.join(d['differing']) or '-'}"
+            )
+        print(
+            "OK: every minute matches the exchange's klines"
+            if result.ok
+            else f"DIFFERENT: {len(result.differences)} minutes (report in the lake)"
         )
     return 1 if args.fail_on_unexplained and not result.ok else 0

@@ -13,10 +13,12 @@ from datetime import date
 import dagster as dg
 
 from batch.daily import NoTradesError, run_batch_day
-from batch.reconcile import reconcile_day, snapshot_stream_day
+from batch.reconcile import NoKlinesError, reconcile_day, reconcile_klines_day, snapshot_stream_day
 from batch.sealing import DayNotSealedError, day_seal, require_sealed
 from lake.layout import Lake
+from marketdata.binance_klines import OUTCOMES as KLINE_OUTCOMES
 from marketdata.reconcile import OUTCOMES
+from marketdata.settings import Settings
 from orchestration.batch_layer.partitions import daily
 from orchestration.resources import PipelineResource, SparkResource
 
@@ -79,13 +81,23 @@ class BatchConfig(dg.Config):
             "volatility, largest trade, trades per minute.",
         ),
     ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "matches_exchange_klines",
+            asset="batch_candles",
+            description="The day's 1m candles equal the exchange's own klines imported into "
+            "klines/date=D (open, high, low, close, volume, trade count, taker buy volume "
+            "exactly; quote volume within Binance's per-trade rounding). Passes with nothing "
+            "to compare when no klines were imported for the day.",
+        )
+    ],
 )
 def daily_batch(
     context: dg.AssetExecutionContext,
     config: BatchConfig,
     pipeline: PipelineResource,
     spark: SparkResource,
-) -> Iterator[dg.MaterializeResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """Run the PySpark daily batch for the partition's day (refuses an unsealed day)."""
     day = _day(context)
     settings = pipeline.settings()
@@ -111,6 +123,40 @@ def daily_batch(
     yield dg.MaterializeResult(
         asset_key="daily_aggregates",
         metadata={"rows": result.aggregates, "symbols": result.symbols},
+    )
+    yield _klines_check(context, settings, day)
+
+
+def _klines_check(
+    context: dg.AssetExecutionContext, settings: Settings, day: date
+) -> dg.AssetCheckResult:
+    """The batch's 1m candles against the exchange's klines, when the day has any."""
+    try:
+        cmp, summary = reconcile_klines_day(settings, day, worst=10)
+    except NoKlinesError as exc:
+        return dg.AssetCheckResult(
+            check_name="matches_exchange_klines",
+            asset_key="batch_candles",
+            passed=True,
+            metadata={"klines": dg.MetadataValue.int(0)},
+            description=f"nothing to compare: {exc}",
+        )
+    context.log.info(f"klines {day}: {[(o, summary[o]) for o in KLINE_OUTCOMES]}")
+    return dg.AssetCheckResult(
+        check_name="matches_exchange_klines",
+        asset_key="batch_candles",
+        passed=cmp.ok,
+        # A witness, not the authority: a difference warns (and is listed), it does not
+        # block what the batch wrote.
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            **{o: dg.MetadataValue.int(summary[o]) for o in KLINE_OUTCOMES},
+            "klines": dg.MetadataValue.int(summary["klines"]),
+            "empty_klines": dg.MetadataValue.int(summary["empty_klines"]),
+            "quote_volume_rule": summary["quote_volume_rule"],
+            "worst": dg.MetadataValue.json(summary["worst"]),
+        },
+        description=None if cmp.ok else f"{len(cmp.differences)} minutes differ",
     )
 
 

@@ -101,3 +101,66 @@ def um_aggtrades(aggs: Sequence[Trade], first_agg_id: int = 1) -> bytes:
         for k, a in enumerate(aggs)
     ]
     return b"\n".join(rows) + b"\n"
+
+
+UM_KLINES_HEADER = (
+    b"open_time,open,high,low,close,volume,close_time,quote_volume,count,"
+    b"taker_buy_volume,taker_buy_quote_volume,ignore"
+)
+
+
+def klines(
+    trades: Sequence[Trade], *, micros: bool = True, header: bool = False, every_minute: bool = True
+) -> bytes:
+    """Binance's 1m klines of ``trades`` (one exchange and symbol), as Binance computes them.
+
+    The quote volumes sum each trade's ``quoteQty`` (rounded to 8 decimals). With
+    ``every_minute``, minutes without trades between the first and last get Binance's
+    empty kline (the previous close, zero volume and count).
+    """
+    by_minute: dict[int, list[Trade]] = {}
+    for t in sorted(trades, key=lambda t: (t.event_time, t.trade_id)):
+        by_minute.setdefault(t.event_time - t.event_time % 60_000, []).append(t)
+    if not by_minute:
+        return b""
+    rows = [UM_KLINES_HEADER] if header else []
+    unit = 1000 if micros else 1
+    minutes = sorted(by_minute)
+    span = range(minutes[0], minutes[-1] + 1, 60_000) if every_minute else minutes
+    close = b""
+    for m in span:
+        ts = by_minute.get(m, [])
+        if ts:
+            prices = [t.price_e8 for t in ts]
+            o, h, lo, close = (
+                _e8(ts[0].price_e8),
+                _e8(max(prices)),
+                _e8(min(prices)),
+                _e8(ts[-1].price_e8),
+            )
+            vol = sum(t.quantity_e8 for t in ts)
+            quote = sum(Decimal(quote_qty(t).decode()) for t in ts)
+            taker = [t for t in ts if not t.is_buyer_maker]
+            tvol = sum(t.quantity_e8 for t in taker)
+            tquote = sum((Decimal(quote_qty(t).decode()) for t in taker), Decimal(0))
+            n = sum(t.span for t in ts)
+        else:
+            o = h = lo = close
+            vol, quote, tvol, tquote, n = 0, Decimal(0), 0, Decimal(0), 0
+        rows.append(
+            b"%d,%s,%s,%s,%s,%s,%d,%s,%d,%s,%s,0"
+            % (
+                m * unit,
+                o,
+                h,
+                lo,
+                close,
+                _e8(vol),
+                (m + 59_999) * unit + (999 if micros else 0),
+                f"{quote:.8f}".encode(),
+                n,
+                _e8(tvol),
+                f"{tquote:.8f}".encode(),
+            )
+        )
+    return b"\n".join(rows) + b"\n"

@@ -1,0 +1,213 @@
+"""``cryptopipe lake import --format binance-klines``: Binance's 1m klines into ``klines/``.
+
+A kline dump is small (1,440 rows a day per symbol), so every row goes through
+:func:`marketdata.binance_klines.parse_kline_row`; no fast path is needed. Rows go
+to ``klines/date=D/import~<source>~<first line>~<last line>.parquet`` by the UTC day
+of their open time, rejected rows to ``rejects/`` with their reason, like trade
+imports (:mod:`batch.dump_import`), under the same rules: what a file wrote is named
+by its :class:`lake.layout.ImportSource` (kind ``klines``), a re-import replaces only
+that, a file of another format is refused naming the one it looks like, and too many
+rejected rows import nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from batch.dump_import import (
+    DEFAULT_MAX_REJECTED_SHARE,
+    EXAMPLES,
+    ImportFormatError,
+    ImportRejectedError,
+    ImportResult,
+    check_content,
+    data_rows,
+    earlier_files,
+    resolve_symbol,
+)
+from lake.arrow import rejects_table
+from lake.klines import klines_table
+from lake.layout import KLINES_DIR, REJECTS_DIR, ImportSource, Lake
+from lake.schemas import KLINES_SCHEMA
+from lake.writer import AtomicParquetWriter
+from marketdata.binance_dump import (
+    FORMAT_KLINES,
+    covered_days,
+    dump_stem,
+    is_header,
+    kline_interval_from_filename,
+    open_dump,
+)
+from marketdata.binance_klines import Kline, parse_kline_row
+from marketdata.parsing import normalize_exchange
+from marketdata.timeutil import day_of_ms, now_ms
+from marketdata.trade import Rejection
+
+
+@dataclass
+class KlinesImportResult:
+    """What importing one kline dump did."""
+
+    path: Path
+    symbol: str
+    exchange: str
+    lines: int = 0
+    klines: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    per_day: dict[date, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    replaced_rows: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the command's output."""
+        days = ", ".join(f"{d.isoformat()}: {n:,}" for d, n in sorted(self.per_day.items()))
+        replaced = (
+            f", replaced {self.replaced_rows:,} rows of its earlier import"
+            if self.replaced_rows
+            else ""
+        )
+        return (
+            f"{self.path.name}: {self.exchange} {self.symbol}, {self.klines:,} klines (1m), "
+            f"{self.rejected:,} rejected, {self.skipped:,} skipped{replaced} in "
+            f"{self.seconds:.1f} s (per day: {days or 'none'})"
+        )
+
+
+def import_klines(
+    lake: Lake | str,
+    path: Path,
+    *,
+    symbol: str | None = None,
+    exchange: str = "binance",
+    max_rejected_share: float = DEFAULT_MAX_REJECTED_SHARE,
+    clock: Callable[[], int] = now_ms,
+) -> KlinesImportResult:
+    """Import one Binance 1m kline dump (csv or zip) into ``klines/``.
+
+    Raises:
+        ImportFormatError: the name says another interval than 1m, or the content
+            is in another format.
+        ImportRejectedError: all rows, or more than ``max_rejected_share``, rejected.
+        ValueError: no symbol, or a bad exchange name.
+        FileNotFoundError: no such file.
+
+    """
+    started = time.monotonic()
+    lk = lake if isinstance(lake, Lake) else Lake(lake)
+    interval = kline_interval_from_filename(path)
+    if interval is not None and interval != "1m":
+        msg = (
+            f"{path.name} holds {interval} klines: only 1m klines are imported (they are "
+            "compared with the batch's 1m candles); fetch the SYMBOL-1m-DAY files"
+        )
+        raise ImportFormatError(msg)
+    check_content(path, FORMAT_KLINES)
+    sym = resolve_symbol(path, symbol)
+    ex = normalize_exchange(exchange)
+    if ex is None:
+        msg = f"--exchange {exchange!r} is not a valid exchange name (e.g. binance)"
+        raise ValueError(msg)
+    source = ImportSource(ex, sym, "klines", dump_stem(path))
+    result = KlinesImportResult(path, sym, ex)
+    by_day: dict[date, list[tuple[int, Kline]]] = {}
+    rejects: list[tuple[int, Rejection]] = []
+    f, _ = open_dump(path)
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            result.lines += 1
+            line = raw.rstrip(b"\r\n")
+            if not line.strip() or is_header(lineno, line):
+                result.skipped += 1
+                continue
+            res = parse_kline_row(line, exchange=ex, symbol=sym)
+            if isinstance(res, Rejection):
+                rejects.append((lineno, res))
+            else:
+                by_day.setdefault(day_of_ms(res.open_time), []).append((lineno, res))
+    result.klines = sum(len(v) for v in by_day.values())
+    result.rejected = len(rejects)
+    result.reasons = Counter(r.reason for _, r in rejects)
+    refusal = _refusal(result, rejects, max_rejected_share)
+    if refusal is not None:
+        if rejects:
+            _write_rejects(lk, path, source, rejects, result, clock)
+        shim = ImportResult(path, sym, ex, FORMAT_KLINES, rejected=result.rejected)
+        shim.reasons = result.reasons
+        raise ImportRejectedError(refusal, shim)
+    earlier = earlier_files(lk, source, (KLINES_DIR, REJECTS_DIR))
+    result.replaced_rows = sum(data_rows(lk, p) for p in earlier)
+    for day, rows in sorted(by_day.items()):
+        writer = AtomicParquetWriter(lk, lk.klines_dir(day), KLINES_SCHEMA)
+        writer.write(klines_table([k for _, k in rows]))
+        result.files.append(writer.commit(source.rows(rows[0][0], rows[-1][0]).file_name))
+        result.per_day[day] = len(rows)
+    if rejects:
+        result.files.append(_write_rejects(lk, path, source, rejects, result, clock))
+    kept = set(result.files)
+    for p in earlier:
+        if p not in kept:
+            lk.remove(p)
+    result.removed = earlier
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _refusal(
+    result: KlinesImportResult, rejects: list[tuple[int, Rejection]], max_share: float
+) -> str | None:
+    if not rejects:
+        return None
+    reasons = ", ".join(f"{r} {n:,}" for r, n in result.reasons.most_common())
+    examples = "; ".join(
+        f"line {n}: {r.reason} {r.payload[:120].decode('utf-8', 'replace')!r}"
+        for n, r in rejects[:EXAMPLES]
+    )
+    total = result.klines + result.rejected
+    name = result.path.name
+    if not result.klines:
+        return (
+            f"{name}: none of its {result.rejected:,} rows could be read as {FORMAT_KLINES} "
+            f"({reasons}); e.g. {examples}. Nothing imported; the rows and reasons are in "
+            "the lake's rejects/."
+        )
+    if result.rejected / total > max_share:
+        return (
+            f"{name}: {result.rejected:,} of {total:,} rows rejected ({reasons}); e.g. "
+            f"{examples}. Nothing imported; pass --max-rejected-share to accept more."
+        )
+    return None
+
+
+def _write_rejects(
+    lk: Lake,
+    path: Path,
+    source: ImportSource,
+    rejects: list[tuple[int, Rejection]],
+    result: KlinesImportResult,
+    clock: Callable[[], int],
+) -> str:
+    covered = covered_days(path)
+    if covered is not None:
+        day = covered[0]
+    elif result.per_day:
+        day = min(result.per_day)
+    else:
+        day = day_of_ms(clock())
+    table = rejects_table(
+        [r for _, r in rejects],
+        source.stem,
+        [str(n) for n, _ in rejects],
+        [result.symbol] * len(rejects),
+    )
+    writer = AtomicParquetWriter(lk, lk.rejects_dir(day), table.schema)
+    writer.write(table)
+    return writer.commit(source.rows(rejects[0][0], rejects[-1][0]).file_name)
