@@ -52,6 +52,7 @@ from redisstore.keys import (
     written_key,
 )
 from streaming.candleagg import LateTrade, RejectedEntry
+from streaming.rejectlog import RejectionLog
 
 #: Closed-candle events kept (approximately) in their stream.
 CLOSED_EVENTS_MAXLEN = 1_000_000
@@ -115,6 +116,8 @@ class CandleStore:
         self.flow = flow
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
         self._known_series: set[tuple[str, str]] = set()
+        #: Logs new rejections and late trades at most every 10 s.
+        self.rejection_log = RejectionLog(flow)
 
     def _append_once(
         self,
@@ -136,8 +139,18 @@ class CandleStore:
         self._xadd_once(keys=[stream, written_key(stream)], args=args, client=pipe)
 
     def stage(self, batches: Sequence[CandleWrites]) -> int:
-        """Nothing to do before Redis (:class:`streaming.sinks.FlowSink`)."""
+        """Note what was rejected or late, for the log (:mod:`streaming.rejectlog`).
+
+        Runs once per batch, before the (retried) Redis writes; writes nothing.
+        """
+        for b in batches:
+            if b.rejects or b.late:
+                self.rejection_log.observe((rj.rejection.reason for rj in b.rejects), len(b.late))
         return 0
+
+    def finish(self) -> None:
+        """The flow ends: log what was rejected or late since the last line."""
+        self.rejection_log.flush()
 
     def write(self, batches: Sequence[CandleWrites]) -> int:
         """Write the batches in one pipeline; returns the number of records written."""
@@ -163,6 +176,7 @@ class CandleStore:
             if b.counters:
                 counters: dict[Any, Any] = b.counters
                 pipe.hset(counts_key(self.flow, b.source_stream), mapping=counters)
+
             n += len(b)
         for (ex, sym, iv), values in series.items():
             pipe.hset(series_key(ex, sym, iv), mapping=values)

@@ -63,6 +63,9 @@ class _FlowSinkPartition(StatelessSinkPartition[tuple[str, W]], Generic[W]):
             self.sink.on_written(n)
 
     def close(self) -> None:
+        finish = getattr(self.store, "finish", None)
+        if finish is not None:
+            finish()
         self.store.client.close()
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
+
+import redis
 
 from marketdata.settings import Settings
-from redisstore.conn import connect_settings
-from redisstore.keys import RECONCILE_LAST_KEY
+from redisstore.conn import connect_settings, text
+from redisstore.keys import DLQ_STREAM, LATE_STREAM, RECONCILE_LAST_KEY, counts_key
 from streaming.supervisor import ALL, FLOWS, FlowStatus, Supervisor
 
 
@@ -100,21 +103,55 @@ def cmd_flow(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def rejection_totals(client: redis.Redis, flow: str = "candles") -> dict[str, Any]:
+    """What ``flow`` rejected (by reason) and found late, since it began, over its partitions.
+
+    From the flow's exactly-once counters (``md:flow:<flow>:counts:<stream>``), which
+    survive restarts and trimming of the DLQ and late streams.
+    """
+    reasons: dict[str, int] = {}
+    late = 0
+    for key in client.scan_iter(match=counts_key(flow, "*"), count=100):
+        for k, v in client.hgetall(key).items():
+            name, value = text(k), text(v)
+            if not value.isdigit():
+                continue
+            if name.startswith("rejected:"):
+                reason = name.removeprefix("rejected:")
+                reasons[reason] = reasons.get(reason, 0) + int(value)
+            elif name == "late":
+                late += int(value)
+    ordered = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"rejected": sum(ordered.values()), "by_reason": ordered, "late": late}
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    """Every flow's state, lag, throughput and restarts; the last reconciliation."""
+    """Every flow's state, lag, throughput and restarts; rejections; the last reconciliation."""
     client = connect_settings(settings)
     sup = Supervisor(settings, client)
     rows = [_row(sup.status(n)) for n in (*FLOWS, "feed")]
     raw = client.get(RECONCILE_LAST_KEY)
     last = json.loads(raw) if raw else None
+    rejections = rejection_totals(client)
     if args.format == "json":
         print(
             json.dumps(
-                {"flows": rows, "last_reconciliation": last, "at_ms": int(time.time() * 1000)}
+                {
+                    "flows": rows,
+                    "rejections": rejections,
+                    "last_reconciliation": last,
+                    "at_ms": int(time.time() * 1000),
+                }
             )
         )
         return 0
     print(_table(rows))
+    reasons = ", ".join(f"{r} {n:,}" for r, n in rejections["by_reason"].items())
+    print(
+        f"\nrejected (in {DLQ_STREAM}): {rejections['rejected']:,}"
+        + (f" ({reasons})" if reasons else "")
+        + f"; late (in {LATE_STREAM}): {rejections['late']:,}"
+    )
     if last is None:
         print("\nreconciliation: none yet (cryptopipe reconcile --date D)")
     else:

@@ -31,13 +31,22 @@ from pathlib import Path
 
 import orjson
 
-from marketdata.binance_dump import is_header, open_dump, symbol_from_filename
+from marketdata.binance_dump import (
+    FORMAT_AGGTRADES,
+    FORMAT_TRADES,
+    coin_m_reason,
+    is_header,
+    open_dump,
+    sniff,
+    symbol_from_filename,
+)
 from marketdata.parsing import (
     FORMAT_AGG_CSV,
     FORMAT_CSV,
     FORMAT_TRADES_ALIAS,
     FORMAT_WS,
     FORMATS,
+    TRADE_EVENTS,
     normalize_symbol,
 )
 from marketdata.rawmessage import RawMessage
@@ -97,6 +106,69 @@ def _read_file(
                 yield t, RawMessage(line, exchange, 0, FORMAT_WS, sym)
 
 
+#: Lines looked at before a replay starts, to refuse a file in the wrong format.
+PEEK_LINES = 1000
+#: What the CSV formats are called in :func:`marketdata.binance_dump.sniff`.
+_SNIFF_NAME = {FORMAT_CSV: FORMAT_TRADES, FORMAT_AGG_CSV: FORMAT_AGGTRADES}
+
+
+def _event_type(line: bytes) -> str:
+    """A websocket line's event type (``trade`` when it has none), or ``not JSON``."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return "not JSON"
+    if isinstance(obj, dict) and isinstance(obj.get("data"), dict) and "s" not in obj:
+        obj = obj["data"]
+    if not isinstance(obj, dict):
+        return "not an object"
+    return str(obj.get("e", "trade"))[:40]
+
+
+def check_replayable(path: Path, fmt: str) -> None:
+    """Refuse a file whose first lines hold nothing this format can replay.
+
+    A websocket capture of only ``kline`` or ``depthUpdate`` messages, or a dump in
+    another format than ``fmt``, would otherwise go to the raw log and from there
+    all to the DLQ.
+
+    Raises:
+        ValueError: one line saying what the file holds instead.
+
+    """
+    head: list[bytes] = []
+    with open_dump(path)[0] as f:
+        for raw in f:
+            line = raw.rstrip(b"\r\n")
+            if line.strip():
+                head.append(line)
+                if len(head) >= PEEK_LINES:
+                    break
+    if not head:
+        return
+    if fmt == FORMAT_WS:
+        kinds: dict[str, int] = {}
+        for line in head:
+            k = _event_type(line)
+            kinds[k] = kinds.get(k, 0) + 1
+        if not any(k in TRADE_EVENTS for k in kinds):
+            found = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+            msg = (
+                f"{path.name}: none of its first {len(head)} messages is a trade ({found}); "
+                f"only {' and '.join(TRADE_EVENTS)} messages carry trades"
+            )
+            raise ValueError(msg)
+        return
+    why = coin_m_reason(path, head[0])
+    if why:
+        raise ValueError(why)
+    looks = sniff(head[:20])
+    if looks is not None and looks != _SNIFF_NAME[fmt]:
+        msg = f"{path.name} does not look like {fmt}: it looks like {looks}"
+        hint = {FORMAT_TRADES: FORMAT_CSV, FORMAT_AGGTRADES: FORMAT_AGG_CSV}.get(looks)
+        raise ValueError(msg + (f"; pass --format {hint}" if hint else ""))
+
+
 def replay_files(
     writer: RawLogWriter,
     files: list[Path],
@@ -135,6 +207,7 @@ def replay_files(
         if not path.exists():
             msg = f"{path}: no such file"
             raise FileNotFoundError(msg)
+        check_replayable(path, fmt)
         streams.append(_read_file(path, fmt, exchange, sym, consumed))
     total = sum(p.stat().st_size for p in files)
     merged = heapq.merge(*streams, key=lambda item: item[0])

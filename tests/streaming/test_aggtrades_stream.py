@@ -155,3 +155,31 @@ def test_a_replayed_aggtrades_dump_gives_the_trades_candles(
     want = {k: c.fields() for i in Interval for k, c in fold_trades(trades, i).items()}
     assert stored(redis_client, ("BTCUSDT",)) == want
     assert redis_client.xlen("md:trades:dlq") == 0
+
+
+def test_a_replay_of_what_carries_no_trades_is_refused_in_one_line(
+    tmp_path: Path, redis_client: redis.Redis, redis_url: str
+) -> None:
+    kline = {
+        "e": "kline",
+        "E": 1741910460000,
+        "s": "BTCUSDT",
+        "k": {"t": 1741910400000, "T": 1741910459999, "s": "BTCUSDT", "i": "1m", "o": "1"},
+    }
+    capture = tmp_path / "klines.jsonl"
+    capture.write_text("\n".join(json.dumps(kline) for _ in range(30)) + "\n")
+    aggs = tmp_path / "BTCUSDT-aggTrades-2025-03-14.csv"
+    aggs.write_bytes(spot_aggtrades(aggregate(_trades(6, n=50))))
+    cases = [
+        (capture, "binance-ws", "none of its first 30 messages is a trade (kline 30)"),
+        (aggs, "binance-csv", "it looks like binance-aggtrades; pass --format binance-aggtrades"),
+    ]
+    for path, fmt, says in cases:
+        out = run_cryptopipe(
+            os.environ,
+            *("feed", "replay", str(path), "--format", fmt, "--redis-url", redis_url),
+            timeout=60,
+        )
+        assert out.returncode == 2 and says in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1
+    assert redis_client.xlen("md:trades:raw") == 0  # nothing written

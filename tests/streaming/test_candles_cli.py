@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -276,6 +277,18 @@ def test_candles_command_reads_back_in_every_format(
     out = cli("stream", "run", "candles", "--exit-when-idle", "1.5", env=env)
     assert out.returncode == 0, out.stderr
     ref = {k: c for k, c in day.reference().items()}
+    # Loud: the flow's log sums up what it rejected, by reason, and where it is kept.
+    assert day.rejected > 0
+    summary = [line for line in out.stderr.splitlines() if "rejected" in line]
+    assert summary and "kept in md:trades:dlq" in summary[-1], out.stderr
+    logged = sum(int(n.replace(",", "")) for n in re.findall(r"rejected ([\d,]+) \(", out.stderr))
+    assert logged == day.rejected
+    # status: the totals by reason, and the late count, from the flow's counters.
+    status = cli("status", "--format", "json", env=env)
+    rejections = json.loads(status.stdout)["rejections"]
+    assert rejections["by_reason"] == day.reasons and rejections["rejected"] == day.rejected
+    assert rejections["late"] == len(day.late)
+    assert "rejected (in md:trades:dlq)" in cli("status", env=env).stdout
 
     out = cli("candles", "BTCUSDT", "--interval", "15m", "--format", "json", env=env)
     assert out.returncode == 0, out.stderr
