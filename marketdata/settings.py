@@ -85,6 +85,7 @@ class Settings:
             the arrival clock, whichever is later) is rejected as ``bad_timestamp``.
         known_symbols: when set, other symbols are rejected as ``unknown_symbol``.
         lake_uri: where the Parquet lake is (default ``<home>/lake``).
+        binance_data_url: where Binance's public dumps are (``lake fetch``).
 
     """
 
@@ -96,6 +97,7 @@ class Settings:
     max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
     known_symbols: frozenset[str] | None = None
     lake_uri: str | None = None
+    binance_data_url: str = "https://data.binance.vision"
 
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -125,6 +127,8 @@ class Settings:
             max_ahead_ms=times["MAX_AHEAD"],
             known_symbols=_env_symbols(),
             lake_uri=os.environ.get("CRYPTOPIPE_LAKE_URI") or None,
+            binance_data_url=os.environ.get("CRYPTOPIPE_BINANCE_DATA_URL")
+            or "https://data.binance.vision",
         )
 
     def env(self) -> dict[str, str]:

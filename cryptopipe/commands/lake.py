@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
+from batch.dump_fetch import (
+    DEFAULT_BASE_URL,
+    FAILED,
+    KINDS,
+    MARKETS,
+    NOT_PUBLISHED,
+    SKIPPED,
+    DumpFetcher,
+)
 from batch.dump_import import (
     DEFAULT_MAX_REJECTED_SHARE,
     ImportRejectedError,
@@ -18,8 +28,9 @@ from batch.klines_import import import_klines
 from cryptopipe.errors import CommandError
 from lake.layout import Lake
 from marketdata.binance_dump import FORMAT_KLINES, IMPORT_FORMATS
-from marketdata.parsing import normalize_exchange
+from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.settings import Settings
+from marketdata.timeutil import day_of_ms, now_ms, parse_day
 
 
 def register(
@@ -78,6 +89,35 @@ def register(
         ),
     )
     imp.set_defaults(func=cmd_import)
+
+    fetch = lsub.add_parser(
+        "fetch",
+        parents=[common],
+        help="download Binance's public daily dumps (data.binance.vision), verify, import",
+        description=(
+            "Download each day's dump of each symbol into <home>/downloads/binance/, check it "
+            "against its .CHECKSUM (sha256), skip what is already there, resume partial "
+            "downloads, then import it (unless --no-import). The market sets the exchange "
+            "name: spot -> binance, um (USD-M futures) -> binance-um. Exit status 1 when a "
+            "day is not published or a file fails; the others are still fetched."
+        ),
+    )
+    fetch.add_argument("symbols", nargs="+", metavar="SYMBOL")
+    fetch.add_argument(
+        "--market",
+        default="spot",
+        help="spot (default) or um (USD-M futures); COIN-M is not supported",
+    )
+    fetch.add_argument("--kind", choices=tuple(KINDS), default="trades")
+    fetch.add_argument("--from", dest="day_from", required=True, help="first UTC day, YYYY-MM-DD")
+    fetch.add_argument("--to", dest="day_to", default=None, help="last UTC day (default: --from)")
+    fetch.add_argument(
+        "--base-url",
+        default=None,
+        help=f"where the dumps are (default CRYPTOPIPE_BINANCE_DATA_URL or {DEFAULT_BASE_URL})",
+    )
+    fetch.add_argument("--no-import", action="store_true", help="download and verify only")
+    fetch.set_defaults(func=cmd_fetch)
 
 
 class _Progress:
@@ -182,3 +222,81 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
         msg = f"{failed} of {len(args.files)} files imported nothing (see above)"
         raise CommandError(msg)
     return 0
+
+
+def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    """Fetch each symbol's dumps for each day, then import them; a line per file."""
+    if args.market == "cm":
+        msg = (
+            "--market cm: COIN-M futures dumps count quantities in contracts, not the base "
+            "asset, which the pipeline does not support; use spot or um"
+        )
+        raise CommandError(msg)
+    if args.market not in MARKETS:
+        msg = f"--market {args.market!r}: use spot or um (USD-M futures)"
+        raise CommandError(msg)
+    first = parse_day(args.day_from)
+    last = parse_day(args.day_to) if args.day_to else first
+    today = day_of_ms(now_ms())
+    if last < first:
+        msg = f"--to {last} is before --from {first}"
+        raise CommandError(msg)
+    if last >= today:
+        msg = f"--to {last}: Binance publishes a day's dump after the day ends (today is {today})"
+        raise CommandError(msg)
+    symbols = []
+    for s in args.symbols:
+        sym = normalize_symbol(s)
+        if sym is None:
+            msg = f"{s!r} is not a symbol (e.g. BTCUSDT)"
+            raise CommandError(msg)
+        symbols.append(sym)
+    base = args.base_url or settings.binance_data_url
+    fetcher = DumpFetcher(base, settings.home / "downloads", progress=sys.stderr.isatty())
+    exchange = MARKETS[args.market][1]
+    fmt = KINDS[args.kind][1]
+    lake = Lake(settings.lake)
+    counts: dict[str, int] = {}
+    bad = 0
+    days = [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
+    for sym in symbols:
+        for day in days:
+            out = fetcher.fetch(args.market, args.kind, sym, day)
+            counts[out.status] = counts.get(out.status, 0) + 1
+            label = f"{sym} {day} {args.market} {args.kind}"
+            if out.status in (NOT_PUBLISHED, FAILED):
+                bad += 1
+                print(f"{label}: {out.status.replace('_', ' ')}: {out.detail}", flush=True)
+                continue
+            what = (
+                "skipped, already downloaded"
+                if out.status == SKIPPED
+                else (
+                    f"downloaded {out.bytes:,} bytes"
+                    + (f" (resumed at {out.resumed_from:,})" if out.resumed_from else "")
+                )
+            )
+            print(f"{label}: {what}, verified: {out.path}", flush=True)
+            if args.no_import:
+                continue
+            try:
+                if fmt == FORMAT_KLINES:
+                    line = import_klines(lake, out.path, exchange=exchange).summary()
+                else:
+                    res = import_dump(
+                        lake,
+                        out.path,
+                        fmt=fmt,
+                        exchange=exchange,
+                        known_symbols=settings.known_symbols,
+                    )
+                    line = _summary(res)
+            except ValueError as exc:  # refused or too many rejected rows
+                bad += 1
+                counts["import_failed"] = counts.get("import_failed", 0) + 1
+                print(f"{label}: import failed: {exc}", flush=True)
+                continue
+            print(f"  imported: {line}", flush=True)
+    totals = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in sorted(counts.items()))
+    print(f"fetch: {len(symbols) * len(days)} files: {totals}", flush=True)
+    return 1 if bad else 0
