@@ -8,6 +8,10 @@ published while it is open (as Binance does: nothing from before it connected). 
 REST endpoint serves the trades published so far, like Binance's
 ``/api/v3/historicalTrades`` (from ``fromId``, or the most recent ones without it).
 
+With ``agg``, the market publishes aggregate trades instead (``@aggTrade`` streams,
+REST ``/api/v3/aggTrades`` and ``/fapi/v1/aggTrades``): aggregate ``a`` (contiguous
+from 1) stands for ``a % 3 + 1`` trades with contiguous trade ids (:func:`agg_row`).
+
 Faults are scripted: per connection (by its number, from 0) drop the TCP connection,
 send a close frame, or send ``serverShutdown``; refuse handshakes; send frames
 twice; withhold ids from the socket (REST still has them); answer REST requests with
@@ -84,6 +88,48 @@ def expected_trade(symbol: str, tid: int, time_ms: int | None = None) -> Trade:
     )
 
 
+def agg_span(aid: int) -> int:
+    """How many trades aggregate ``aid`` stands for."""
+    return aid % 3 + 1
+
+
+def agg_first(aid: int) -> int:
+    """The first trade id of aggregate ``aid`` (the spans before it, plus one)."""
+    full, rem = divmod(aid - 1, 3)
+    return 1 + 6 * full + sum(agg_span(k) for k in range(3 * full + 1, 3 * full + rem + 1))
+
+
+def agg_row(aid: int, time_ms: int | None = None) -> dict[str, Any]:
+    """The REST row of aggregate ``aid`` (``/api/v3/aggTrades``), as Binance sends it."""
+    r = trade_row(aid, time_ms)
+    first = agg_first(aid)
+    return {
+        "a": aid,
+        "p": r["price"],
+        "q": r["qty"],
+        "f": first,
+        "l": first + agg_span(aid) - 1,
+        "T": r["time"],
+        "m": r["isBuyerMaker"],
+        "M": True,
+    }
+
+
+def agg_frame(symbol: str, aid: int, time_ms: int | None = None) -> bytes:
+    """The combined-stream ``aggTrade`` frame of aggregate ``aid``."""
+    data = {"e": "aggTrade", "E": 0, "s": symbol, **agg_row(aid, time_ms)}
+    data["E"] = data["T"] + 1
+    return orjson.dumps({"stream": f"{symbol.lower()}@aggTrade", "data": data})
+
+
+def expected_agg(
+    symbol: str, aid: int, time_ms: int | None = None, exchange: str = "binance"
+) -> Trade:
+    """The domain trade of aggregate ``aid``: its first id, and its span."""
+    t = expected_trade(symbol, aid, time_ms)
+    return t._replace(exchange=exchange, trade_id=agg_first(aid), span=agg_span(aid))
+
+
 @dataclass
 class ConnPlan:
     """What happens to one connection (counts are trade frames sent on it).
@@ -144,6 +190,10 @@ class FakeBinance:
     ping: bool = False
     #: Trades happen now (the wall clock of their tick), not at ``T0 + 7 i``.
     live_clock: bool = False
+    #: Publish aggregate trades (``@aggTrade``, REST ``aggTrades``) instead of trades.
+    agg: bool = False
+    #: The exchange name expected in what the feed writes.
+    exchange: str = "binance"
 
     def __post_init__(self) -> None:
         self.published: dict[str, int] = dict.fromkeys(self.symbols, 0)
@@ -225,7 +275,8 @@ class FakeBinance:
         path = ws.request.path if ws.request else ""
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
         streams = query.get("streams", [""])[0].split("/")
-        subscribed = {s.split("@")[0].upper() for s in streams if s.endswith("@trade")}
+        event = "@aggTrade" if self.agg else "@trade"
+        subscribed = {s.split("@")[0].upper() for s in streams if s.endswith(event)}
         rec = ConnRecord(len(self.conns), path, time.monotonic())
         self.conns.append(rec)
         plan = self.plans.get(rec.number, ConnPlan())
@@ -289,8 +340,13 @@ class FakeBinance:
         return self.times.get(tid) if self.live_clock else None
 
     def trade(self, symbol: str, tid: int) -> Trade:
-        """The domain trade ``tid`` of ``symbol`` (published already, with a live clock)."""
-        return expected_trade(symbol, tid, self.time_of(tid))
+        """The domain trade ``tid`` of ``symbol`` (published already, with a live clock).
+
+        With ``agg``, ``tid`` is an aggregate id and the trade is that aggregate.
+        """
+        if self.agg:
+            return expected_agg(symbol, tid, self.time_of(tid), self.exchange)
+        return expected_trade(symbol, tid, self.time_of(tid))._replace(exchange=self.exchange)
 
     async def _run_market(self) -> None:
         for tid in range(1, self.n_trades + 1):
@@ -301,7 +357,8 @@ class FakeBinance:
                     self.published[sym] = tid
                 if tid in self.withheld.get(sym, ()):
                     continue
-                frame = trade_frame(sym, tid, self.time_of(tid))
+                make = agg_frame if self.agg else trade_frame
+                frame = make(sym, tid, self.time_of(tid))
                 for subscribed, queue in list(self._queues.values()):
                     if sym in subscribed:
                         queue.put_nowait(frame)
@@ -341,7 +398,11 @@ class FakeBinance:
                 if retry_after is not None:
                     headers["Retry-After"] = retry_after
                 body = orjson.dumps({"code": -1003, "msg": "Too many requests (test)."})
-            elif parts.path != "/api/v3/historicalTrades":
+            elif parts.path not in (
+                ("/api/v3/aggTrades", "/fapi/v1/aggTrades")
+                if self.agg
+                else ("/api/v3/historicalTrades",)
+            ):
                 status, body = 404, b"{}"
             elif query.get("symbol") not in self.published:
                 status, body = 400, orjson.dumps({"code": -1121, "msg": "Invalid symbol."})
@@ -351,7 +412,8 @@ class FakeBinance:
                 limit = min(int(query.get("limit", "500")), 1000)
                 first = int(query["fromId"]) if "fromId" in query else max(1, top - limit + 1)
                 ids = range(first, min(first + limit - 1, top) + 1)
-                body = orjson.dumps([trade_row(i, self.time_of(i)) for i in ids])
+                row = agg_row if self.agg else trade_row
+                body = orjson.dumps([row(i, self.time_of(i)) for i in ids])
             self.rest.append(RestRecord(time.monotonic(), parts.path, query, api_key, status))
         return status, headers, body
 

@@ -7,6 +7,18 @@ exchange ``binance``, ``recv_ms`` = wall clock (UTC ms) at receipt and the trade
 symbol for sharding. Writes are pipelined: a batch every ``flush_interval_s`` or
 every ``flush_max`` messages, whichever comes first.
 
+**Aggregate trades and USD-M futures.** ``--stream aggTrade`` follows
+``<symbol>@aggTrade`` instead: one frame per aggregate trade (the fills of one taker
+order at one price and time; ``a`` the aggregate id, ``f``/``l`` the first and last
+trade id), which the candles flow counts as ``l - f + 1`` trades, so candles equal
+those of the underlying trades. Everything below then works on aggregate ids: they
+are contiguous per symbol too, gaps and resumes are filled from
+``GET /api/v3/aggTrades?fromId=<aggregate id>`` (no API key needed), and the resume
+hash is kept apart (``...:<host:port>:aggTrade``). ``--market um`` is USD-M futures
+(``wss://fstream.binance.com``, ``https://fapi.binance.com``, REST ``/fapi/v1/aggTrades``),
+which publish trades only as aggregates (``--stream trade`` is refused there), under the
+exchange name ``binance-um``: a market of its own, with its own clock.
+
 Keeping the log complete and duplicate-free:
 
 * **Ids.** Binance trade ids are contiguous per symbol. The feed tracks, per symbol,
@@ -105,7 +117,7 @@ import threading
 
 from marketdata.settings import Settings
 from streaming.feeds.base import parse_symbols
-from streaming.feeds.binance.config import DEFAULT_REST_URL, DEFAULT_WS_URL
+from streaming.feeds.binance.config import MARKETS
 
 
 class BinanceLive:
@@ -123,8 +135,24 @@ class BinanceLive:
         parser.add_argument(
             "--symbols", nargs="+", required=True, help="symbols, e.g. BTCUSDT,ETHUSDT"
         )
-        parser.add_argument("--ws-url", default=DEFAULT_WS_URL)
-        parser.add_argument("--rest-url", default=DEFAULT_REST_URL)
+        parser.add_argument(
+            "--market",
+            choices=tuple(MARKETS),
+            default="spot",
+            help="spot (default) or um: USD-M futures (fstream/fapi; exchange binance-um)",
+        )
+        parser.add_argument(
+            "--stream",
+            choices=("trade", "aggTrade"),
+            default=None,
+            help="trade (spot's default) or aggTrade (aggregate trades, each counted as "
+            "last - first + 1 trades; the only one USD-M futures publish, and their default)",
+        )
+        parser.add_argument(
+            "--exchange", default=None, help="exchange name (default: binance, or binance-um)"
+        )
+        parser.add_argument("--ws-url", default=None, help="websocket base URL (the market's)")
+        parser.add_argument("--rest-url", default=None, help="REST base URL (the market's)")
         parser.add_argument(
             "--no-resume",
             dest="resume",
@@ -135,13 +163,24 @@ class BinanceLive:
 
     def run(self, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
         """Run the live feed until stopped."""
+        from marketdata.parsing import normalize_exchange
+        from streaming.feeds.binance.config import trade_stream
         from streaming.feeds.binance.feed import run_binance_feed
 
+        ws, rest, default_exchange = MARKETS[args.market]
+        event = args.stream or ("trade" if args.market == "spot" else "aggTrade")
+        stream = trade_stream(args.market, event)  # ValueError: one line from the CLI
+        exchange = normalize_exchange(args.exchange or default_exchange)
+        if exchange is None:
+            msg = f"--exchange {args.exchange!r} is not a valid exchange name (e.g. binance)"
+            raise ValueError(msg)
         return run_binance_feed(
             settings,
             list(parse_symbols(args.symbols)),
-            ws_url=args.ws_url,
-            rest_url=args.rest_url,
+            ws_url=args.ws_url or ws,
+            rest_url=args.rest_url or rest,
             stop_event=stop,
             resume=args.resume,
+            stream=stream,
+            exchange=exchange,
         )

@@ -7,12 +7,27 @@ import contextlib
 import threading
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
 
 from marketdata.parsing import normalize_symbol
 
 DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL = "https://api.binance.com"
+#: USD-M futures (``--market um``): they publish trades only as aggregate trades.
+UM_WS_URL = "wss://fstream.binance.com"
+UM_REST_URL = "https://fapi.binance.com"
+#: --market -> (websocket URL, REST URL, exchange name)
+MARKETS = {
+    "spot": (DEFAULT_WS_URL, DEFAULT_REST_URL, "binance"),
+    "um": (UM_WS_URL, UM_REST_URL, "binance-um"),
+}
+#: Envelope key and value marking a trade filled from the REST API.
+REST_SOURCE_KEY = "source"
+REST_SOURCE = "rest"
 #: Binance cuts every connection at 24 h; roll ten minutes before.
 DEFAULT_MAX_CONNECTION_AGE_S = 23 * 3600 + 50 * 60
 #: Binance allows at most this many streams on one connection.
@@ -20,6 +35,87 @@ MAX_STREAMS = 1024
 EXCHANGE = "binance"
 HISTORICAL_TRADES = "/api/v3/historicalTrades"
 USER_AGENT = "realtime-crypto-pipeline/binance-feed"
+
+
+@dataclass(frozen=True)
+class TradeStream:
+    """Which of Binance's trade streams the feed follows, and how it reads them.
+
+    Attributes:
+        event: the websocket event and stream name (``trade`` or ``aggTrade``).
+        id_key: the frame's key of the id the feed tracks for gaps and resuming,
+            contiguous per symbol (``t`` the trade id, ``a`` the aggregate id).
+        rest_path: the REST endpoint of past trades (``fromId`` is that same id).
+        rest_id: the REST row's key of that id.
+        rest_time: the REST row's key of the trade time.
+
+    """
+
+    event: str
+    id_key: str
+    rest_path: str
+    rest_id: str
+    rest_time: str
+
+    def rest_payload(self, symbol: str, row: Mapping[str, Any]) -> bytes:
+        """A REST row as a synthesized combined-stream frame of this stream.
+
+        The values are copied as given (decimal strings stay strings); ``E`` (event
+        time) is the trade time, the row having none; the envelope carries
+        ``"source":"rest"`` so a reader can tell it from a received frame.
+        """
+        if self.event == "trade":
+            data = {
+                "e": "trade",
+                "E": row.get("time"),
+                "s": symbol,
+                "t": row.get("id"),
+                "p": row.get("price"),
+                "q": row.get("qty"),
+                "T": row.get("time"),
+                "m": row.get("isBuyerMaker"),
+                "M": row.get("isBestMatch"),
+            }
+        else:
+            data = {"e": "aggTrade", "E": row.get("T"), "s": symbol}
+            data.update({k: row.get(k) for k in ("a", "p", "q", "f", "l", "T", "m")})
+            if "M" in row:
+                data["M"] = row.get("M")
+        envelope = {
+            "stream": f"{symbol.lower()}@{self.event}",
+            "data": data,
+            REST_SOURCE_KEY: REST_SOURCE,
+        }
+        return orjson.dumps(envelope)
+
+
+#: Spot trades: ``@trade`` frames, ``GET /api/v3/historicalTrades``.
+TRADES = TradeStream("trade", "t", "/api/v3/historicalTrades", "id", "time")
+#: Spot aggregate trades: ``@aggTrade`` frames, ``GET /api/v3/aggTrades`` (no API key).
+SPOT_AGG_TRADES = TradeStream("aggTrade", "a", "/api/v3/aggTrades", "a", "T")
+#: USD-M futures aggregate trades: ``GET /fapi/v1/aggTrades``.
+UM_AGG_TRADES = TradeStream("aggTrade", "a", "/fapi/v1/aggTrades", "a", "T")
+
+
+def trade_stream(market: str, event: str) -> TradeStream:
+    """The stream of ``market`` (``spot``/``um``) and ``event`` (``trade``/``aggTrade``).
+
+    Raises:
+        ValueError: USD-M futures have no public ``@trade`` stream, or unknown names.
+
+    """
+    if market == "spot" and event in ("trade", "aggTrade"):
+        return TRADES if event == "trade" else SPOT_AGG_TRADES
+    if market == "um" and event == "aggTrade":
+        return UM_AGG_TRADES
+    if market == "um" and event == "trade":
+        msg = (
+            "--market um --stream trade: USD-M futures publish trades only as aggregate "
+            "trades; use --stream aggTrade (each counts as its last - first + 1 trades)"
+        )
+        raise ValueError(msg)
+    msg = f"unknown market {market!r} or stream {event!r}: use spot|um and trade|aggTrade"
+    raise ValueError(msg)
 
 
 def wall_ms() -> int:
@@ -180,6 +276,8 @@ class BinanceFeedConfig:
         rest_url: REST base URL.
         api_key: optional ``X-MBX-APIKEY`` header value (never logged).
         tuning: timing and size knobs.
+        stream: which trade stream (``@trade`` or ``@aggTrade``, spot or USD-M).
+        exchange: the exchange name written with every message and mark.
 
     """
 
@@ -188,6 +286,8 @@ class BinanceFeedConfig:
     rest_url: str = DEFAULT_REST_URL
     api_key: str | None = field(default=None, repr=False)
     tuning: FeedTuning = field(default_factory=FeedTuning)
+    stream: TradeStream = TRADES
+    exchange: str = EXCHANGE
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -209,25 +309,26 @@ class BinanceFeedConfig:
 
     @property
     def stream_url(self) -> str:
-        """The combined-stream URL of every symbol's ``@trade`` stream."""
+        """The combined-stream URL of every symbol's ``@trade`` (or ``@aggTrade``) stream."""
         base = self.ws_url.rstrip("/")
         for suffix in ("/stream", "/ws"):
             if base.endswith(suffix):
                 base = base[: -len(suffix)]
-        streams = "/".join(f"{s.lower()}@trade" for s in self.symbols)
+        streams = "/".join(f"{s.lower()}@{self.stream.event}" for s in self.symbols)
         return f"{base}/stream?streams={streams}"
 
     def historical_trades_url(self, symbol: str, from_id: int | None, limit: int) -> str:
         """The REST URL of ``limit`` trades of ``symbol`` from id ``from_id``.
 
-        Without ``from_id``: the ``limit`` most recent trades.
+        Without ``from_id``: the ``limit`` most recent trades. The endpoint is the
+        stream's (``historicalTrades``, or ``aggTrades`` whose ids are aggregate ids).
         """
         params: dict[str, str | int] = {"symbol": symbol}
         if from_id is not None:
             params["fromId"] = from_id
         params["limit"] = limit
         query = urllib.parse.urlencode(params)
-        return f"{self.rest_url.rstrip('/')}{HISTORICAL_TRADES}?{query}"
+        return f"{self.rest_url.rstrip('/')}{self.stream.rest_path}?{query}"
 
 
 class Stop:

@@ -27,10 +27,12 @@ from streaming.feeds.binance.config import (
     DEFAULT_REST_URL,
     DEFAULT_WS_URL,
     EXCHANGE,
+    TRADES,
     BinanceFeedConfig,
     FeedStats,
     FeedTuning,
     Stop,
+    TradeStream,
     wall_ms,
 )
 from streaming.feeds.binance.connection import Conn, Connections
@@ -198,10 +200,10 @@ class BinanceFeed:
             return
         if event is not None and isinstance(event.get("s"), str):
             symbol = normalize_symbol(event["s"])
-        if kind == "trade" and symbol in self.ids:
+        if kind == self.config.stream.event and symbol in self.ids:
             assert symbol is not None
             assert event is not None
-            tid = event.get("t")
+            tid = event.get(self.config.stream.id_key)
             if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0:
                 new, gap = self.ids.accept(symbol, tid)
                 if gap:
@@ -215,7 +217,11 @@ class BinanceFeed:
         # candles flow sends it to the DLQ with a reason instead of it vanishing here.
         await self._emit_live(
             RawMessage(
-                payload=frame, exchange=EXCHANGE, recv_ms=recv_ms, fmt=FORMAT_WS, symbol=symbol
+                payload=frame,
+                exchange=self.config.exchange,
+                recv_ms=recv_ms,
+                fmt=FORMAT_WS,
+                symbol=symbol,
             )
         )
 
@@ -306,7 +312,7 @@ class BinanceFeed:
         now = self._now_ms()
         est = now if self._latest is None else self._latest[0] + now - self._latest[1]
         self._mark_ms = max(self._mark_ms, min(est, now + 1000))
-        return ProgressMark(EXCHANGE, self._mark_ms, now)
+        return ProgressMark(self.config.exchange, self._mark_ms, now)
 
     async def _emit(self, msg: RawMessage) -> None:
         self._buf.append(msg)
@@ -394,6 +400,8 @@ def run_binance_feed(
     heartbeat_name: str | None = "feed",
     now_ms: Callable[[], int] = wall_ms,
     resume: bool = True,
+    stream: TradeStream = TRADES,
+    exchange: str = EXCHANGE,
 ) -> int:
     """Stream live Binance trades into the raw log until stopped (blocking).
 
@@ -411,6 +419,9 @@ def run_binance_feed(
         now_ms: the wall clock (UTC ms) stamped as ``recv_ms``.
         resume: fetch the trades missed since the previous run from REST (see
             *Resuming*); ``False`` starts from the live stream alone.
+        stream: ``@trade`` (default) or ``@aggTrade`` of spot or USD-M
+            (:func:`~streaming.feeds.binance.config.trade_stream`).
+        exchange: the exchange name of what is written (``binance-um`` for USD-M).
 
     Returns:
         ``0`` after a clean stop; ``1`` when messages were left unwritten because
@@ -433,7 +444,9 @@ def run_binance_feed(
         tuning = replace(tuning, max_connection_age_s=max_connection_age_s)
     if api_key is None:
         api_key = os.environ.get("BINANCE_API_KEY", "").strip() or None
-    config = BinanceFeedConfig(tuple(dict.fromkeys(syms)), ws_url, rest_url, api_key, tuning)
+    config = BinanceFeedConfig(
+        tuple(dict.fromkeys(syms)), ws_url, rest_url, api_key, tuning, stream, exchange
+    )
     if settings.known_symbols is not None:
         unknown = sorted(set(config.symbols) - settings.known_symbols)
         if unknown:
@@ -445,7 +458,7 @@ def run_binance_feed(
     client = connect_settings(settings)
     heartbeat = HeartbeatWriter(client, heartbeat_name) if heartbeat_name else None
     writer = RawLogWriter(client, settings.raw_shards, heartbeat, should_stop=stop.is_set)
-    points = ResumePoints(client, config.ws_url) if resume else None
+    points = ResumePoints(client, config.ws_url, stream.event) if resume else None
     feed = BinanceFeed(config, writer, stop, stats=stats, now_ms=now_ms, resume=points)
     try:
         with writer:

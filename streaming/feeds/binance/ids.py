@@ -22,8 +22,9 @@ from streaming.feeds.binance.config import FeedStats, FeedTuning
 
 log = logging.getLogger("streaming.feeds.binance")
 
-#: Hash (suffixed ``:<websocket host:port>``): symbol -> trade id up to which every
-#: trade is in the raw log.
+#: Hash (suffixed ``:<websocket host:port>``, and ``:aggTrade`` for the aggregate
+#: stream, whose ids are aggregate ids): symbol -> id up to which every trade is in
+#: the raw log.
 RESUME_KEY = BINANCE_RESUME_KEY
 
 
@@ -34,9 +35,11 @@ class ResumePoints:
     starts. A failed write is skipped (the next one carries a later position).
     """
 
-    def __init__(self, client: redis.Redis, ws_url: str) -> None:
+    def __init__(self, client: redis.Redis, ws_url: str, event: str = "trade") -> None:
         self.client = client
         self.key = f"{RESUME_KEY}:{urllib.parse.urlsplit(ws_url).netloc}"
+        if event != "trade":
+            self.key += f":{event}"
 
     def load(self, symbols: tuple[str, ...]) -> dict[str, int]:
         """The recorded positions of ``symbols`` (those without one are left out)."""

@@ -27,7 +27,7 @@ import orjson
 from marketdata.rawmessage import RawMessage
 from redisstore.retry import Backoff
 from streaming.feeds.binance.config import (
-    EXCHANGE,
+    TRADES,
     USER_AGENT,
     BinanceFeedConfig,
     FeedStats,
@@ -39,30 +39,10 @@ from streaming.feeds.binance.ids import TradeIds
 log = logging.getLogger("streaming.feeds.binance")
 T = TypeVar("T")
 
-#: Envelope key and value marking a trade filled from the REST API.
-REST_SOURCE_KEY = "source"
-REST_SOURCE = "rest"
-
 
 def rest_trade_payload(symbol: str, row: Mapping[str, Any]) -> bytes:
-    """A REST ``historicalTrades`` row as a synthesized combined-stream trade frame.
-
-    The values are copied as given (decimal strings stay strings); the envelope
-    carries ``"source":"rest"`` so a reader can tell it from a received frame.
-    """
-    data = {
-        "e": "trade",
-        "E": row.get("time"),
-        "s": symbol,
-        "t": row.get("id"),
-        "p": row.get("price"),
-        "q": row.get("qty"),
-        "T": row.get("time"),
-        "m": row.get("isBuyerMaker"),
-        "M": row.get("isBestMatch"),
-    }
-    envelope = {"stream": f"{symbol.lower()}@trade", "data": data, REST_SOURCE_KEY: REST_SOURCE}
-    return orjson.dumps(envelope)
+    """A REST ``historicalTrades`` row as a synthesized combined-stream trade frame."""
+    return TRADES.rest_payload(symbol, row)
 
 
 class HttpResult(NamedTuple):
@@ -220,7 +200,7 @@ class GapFiller:
                 )
                 continue
             row = rows[-1] if rows and isinstance(rows[-1], dict) else None
-            tid = row.get("id") if row is not None else None
+            tid = row.get(self.config.stream.rest_id) if row is not None else None
             if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
                 tid = None
             new, _ = self.ids.probed(symbol, tid, epoch)  # holes: filled next
@@ -228,12 +208,14 @@ class GapFiller:
                 self.gap.set()  # lost the connection meanwhile: probe again
             if new and row is not None:
                 self.stats.filled += 1
-                payload = rest_trade_payload(symbol, row)
-                await self.emit_live(RawMessage(payload, EXCHANGE, self.now_ms(), symbol=symbol))
+                payload = self.config.stream.rest_payload(symbol, row)
+                ex = self.config.exchange
+                await self.emit_live(RawMessage(payload, ex, self.now_ms(), symbol=symbol))
 
     async def fill(self, symbol: str, lo: int, hi: int) -> None:
         """Fetch the missing ids of ``symbol`` in ``lo..hi`` and write them."""
         tracker = self.ids.trackers[symbol]
+        stream = self.config.stream
         nxt = tracker.first_missing(lo, hi)
         empty = 0
         filled = 0
@@ -248,7 +230,7 @@ class GapFiller:
             recv_ms = self.now_ms()
             top = nxt - 1
             for row in rows:
-                tid = row.get("id") if isinstance(row, dict) else None
+                tid = row.get(stream.rest_id) if isinstance(row, dict) else None
                 if not isinstance(tid, int) or isinstance(tid, bool) or tid < nxt:
                     continue
                 if tid > hi:
@@ -256,10 +238,13 @@ class GapFiller:
                 top = tid
                 if self.ids.accept_filled(symbol, tid):
                     filled += 1
-                    when = row.get("time")
+                    when = row.get(stream.rest_time)
                     await self.emit(
                         RawMessage(
-                            rest_trade_payload(symbol, row), EXCHANGE, recv_ms, symbol=symbol
+                            stream.rest_payload(symbol, row),
+                            self.config.exchange,
+                            recv_ms,
+                            symbol=symbol,
                         ),
                         when if isinstance(when, int) else 0,
                     )
@@ -310,7 +295,7 @@ class GapFiller:
             if wait > 0 and await self.stop.sleep(wait):
                 return None
             self.stats.rest_requests += 1
-            what = f"historicalTrades {symbol} fromId={from_id} limit={limit}"
+            what = f"{self.config.stream.rest_path} {symbol} fromId={from_id} limit={limit}"
             try:
                 res = await in_thread(http_get, url, headers, t.rest_timeout_s)
             except (OSError, TimeoutError) as exc:
