@@ -495,9 +495,9 @@ def import_dump(
             while pending:
                 _take_block(lk, pending.popleft().result(), days, rejects, result)
         _count_rejections(rejects, result)
-        refusal = _refusal(result, max_rejected_share)
-        if refusal is not None:
-            raise ImportRejectedError(refusal, result)
+        why = refusal(path.name, form, result.trades, rejects, max_rejected_share)
+        if why is not None:
+            raise ImportRejectedError(why, result)
         # What an earlier import of this file left is counted before it is replaced.
         earlier = earlier_files(lk, source)
         result.replaced_rows = sum(data_rows(lk, p) for p in earlier)
@@ -525,26 +525,34 @@ def _count_rejections(rejects: list[tuple[int, Rejection]], result: ImportResult
     result.examples = [(n, r.reason, r.payload[:200]) for n, r in rejects[:EXAMPLES]]
 
 
-def _refusal(result: ImportResult, max_share: float) -> str | None:
-    """Why the import must not be committed, or ``None``."""
-    if not result.rejected:
+def refusal(
+    name: str, fmt: str, kept: int, rejects: list[tuple[int, Rejection]], max_share: float
+) -> str | None:
+    """Why an import of ``kept`` rows and these rejections must not be committed, or ``None``.
+
+    All rows rejected, or more than ``max_share`` of them: the message has the reason
+    counts and the first :data:`EXAMPLES` rejections (line number, reason, the line).
+    """
+    if not rejects:
         return None
-    reasons = ", ".join(f"{r} {n:,}" for r, n in result.reasons.most_common())
+    counts = Counter(r.reason for _, r in rejects)
+    reasons = ", ".join(f"{r} {n:,}" for r, n in counts.most_common())
     examples = "; ".join(
-        f"line {n}: {reason} {line.decode('utf-8', 'replace')!r}"
-        for n, reason, line in result.examples
+        f"line {n}: {r.reason} {r.payload[:200].decode('utf-8', 'replace')!r}"
+        for n, r in rejects[:EXAMPLES]
     )
-    name = result.path.name
-    if not result.trades:
+    total = kept + len(rejects)
+    if not kept:
         return (
-            f"{name}: none of its {result.rejected:,} rows could be read as {result.fmt} "
+            f"{name}: none of its {len(rejects):,} rows could be read as {fmt} "
             f"({reasons}); e.g. {examples}. Nothing imported; the rows and reasons are in "
             "the lake's rejects/."
         )
-    if result.rejected_share > max_share:
+    share = len(rejects) / total
+    if share > max_share:
         return (
-            f"{name}: {result.rejected:,} of {result.rejected + result.trades:,} rows rejected "
-            f"({result.rejected_share:.2%} > {max_share:.2%}: {reasons}); e.g. {examples}. "
+            f"{name}: {len(rejects):,} of {total:,} rows rejected "
+            f"({share:.2%} > {max_share:.2%}: {reasons}); e.g. {examples}. "
             "Nothing imported; the rows and reasons are in the lake's rejects/. Pass "
             "--max-rejected-share to accept more."
         )

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from batch.dump_import import (
     DEFAULT_MAX_REJECTED_SHARE,
-    EXAMPLES,
     ImportFormatError,
     ImportRejectedError,
     ImportResult,
     check_content,
     data_rows,
     earlier_files,
+    refusal,
     resolve_symbol,
 )
 from lake.arrow import rejects_table
@@ -136,13 +136,13 @@ def import_klines(
     result.klines = sum(len(v) for v in by_day.values())
     result.rejected = len(rejects)
     result.reasons = Counter(r.reason for _, r in rejects)
-    refusal = _refusal(result, rejects, max_rejected_share)
-    if refusal is not None:
+    why = refusal(path.name, FORMAT_KLINES, result.klines, rejects, max_rejected_share)
+    if why is not None:
         if rejects:
             _write_rejects(lk, path, source, rejects, result, clock)
         shim = ImportResult(path, sym, ex, FORMAT_KLINES, rejected=result.rejected)
         shim.reasons = result.reasons
-        raise ImportRejectedError(refusal, shim)
+        raise ImportRejectedError(why, shim)
     earlier = earlier_files(lk, source, (KLINES_DIR, REJECTS_DIR))
     result.replaced_rows = sum(data_rows(lk, p) for p in earlier)
     for day, rows in sorted(by_day.items()):
@@ -159,32 +159,6 @@ def import_klines(
     result.removed = earlier
     result.seconds = time.monotonic() - started
     return result
-
-
-def _refusal(
-    result: KlinesImportResult, rejects: list[tuple[int, Rejection]], max_share: float
-) -> str | None:
-    if not rejects:
-        return None
-    reasons = ", ".join(f"{r} {n:,}" for r, n in result.reasons.most_common())
-    examples = "; ".join(
-        f"line {n}: {r.reason} {r.payload[:120].decode('utf-8', 'replace')!r}"
-        for n, r in rejects[:EXAMPLES]
-    )
-    total = result.klines + result.rejected
-    name = result.path.name
-    if not result.klines:
-        return (
-            f"{name}: none of its {result.rejected:,} rows could be read as {FORMAT_KLINES} "
-            f"({reasons}); e.g. {examples}. Nothing imported; the rows and reasons are in "
-            "the lake's rejects/."
-        )
-    if result.rejected / total > max_share:
-        return (
-            f"{name}: {result.rejected:,} of {total:,} rows rejected ({reasons}); e.g. "
-            f"{examples}. Nothing imported; pass --max-rejected-share to accept more."
-        )
-    return None
 
 
 def _write_rejects(

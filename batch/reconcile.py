@@ -122,16 +122,21 @@ def reconcile_day(
         "late_trades": len(late),
         "at_ms": int(time.time() * 1000),
     }
-    directory = lake.path(RECONCILIATION_DIR, partition(day))
-    lake.mkdir(directory)
     full = {**summary, "differences": [d.to_json_dict() for d in result.differences]}
-    lake.write_bytes(f"{directory}/report.json", json.dumps(full, indent=1).encode())
-    lake.write_bytes(f"{directory}/summary.json", json.dumps(summary, indent=1).encode())
+    _write_report(lake, day, "report.json", full)
+    _write_report(lake, day, "summary.json", summary)
     pipe = client.pipeline()
     pipe.set(RECONCILE_LAST_KEY, json.dumps(summary))
     pipe.hset(RECONCILE_DAYS_KEY, day.isoformat(), json.dumps(summary["counts"]))
     pipe.execute()
     return result, summary
+
+
+def _write_report(lake: Lake, day: date, name: str, content: dict[str, Any]) -> None:
+    """``reconciliation/date=D/<name>``, atomically."""
+    directory = lake.path(RECONCILIATION_DIR, partition(day))
+    lake.mkdir(directory)
+    lake.write_bytes(f"{directory}/{name}", json.dumps(content, indent=1).encode())
 
 
 def reconciled_days(client: redis.Redis) -> set[str]:
@@ -189,10 +194,8 @@ def reconcile_klines_day(
         "worst": [d.to_json_dict() for d in result.worst(worst)],
         "at_ms": int(time.time() * 1000),
     }
-    directory = lake.path(RECONCILIATION_DIR, partition(day))
-    lake.mkdir(directory)
     full = {**summary, "differences": [d.to_json_dict() for d in result.differences]}
-    lake.write_bytes(f"{directory}/klines.json", json.dumps(full, indent=1).encode())
+    _write_report(lake, day, "klines.json", full)
     return result, summary
 
 

@@ -263,25 +263,38 @@ def _csv_int(text: str, reason: str) -> int:
     return int(t)
 
 
-def _parse_csv(
-    payload: bytes, exchange: str, symbol: str | None, known: Collection[str] | None
-) -> Trade:
+def _csv_columns(
+    payload: bytes, names: tuple[str, ...], symbol: str | None
+) -> tuple[list[str], bool]:
+    """A CSV row's columns and its maker flag; rejects what does not have that shape.
+
+    The row is ``names``, the maker flag, then one optional column.
+    """
     try:
         line = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise _Reject("malformed_csv", "row is not UTF-8") from None
     cols = line.strip().split(",")
-    if len(cols) < 6:
-        names = ("trade_id", "price", "quantity", "quote_quantity", "event_time")
+    need = len(names) + 1
+    if len(cols) < need:
         missing = names[len(cols)] if len(cols) < len(names) else "is_buyer_maker"
-        raise _Reject(f"missing_field:{missing}", f"{len(cols)} columns, need 6 or 7")
-    if len(cols) > 7:
-        raise _Reject("malformed_csv", f"{len(cols)} columns, need 6 or 7")
+        raise _Reject(f"missing_field:{missing}", f"{len(cols)} columns, need {need} or {need + 1}")
+    if len(cols) > need + 1:
+        raise _Reject("malformed_csv", f"{len(cols)} columns, need {need} or {need + 1}")
     if symbol is None:
         raise _Reject("missing_field:symbol", "CSV rows need the symbol from the file or --symbol")
-    maker = _CSV_BOOL.get(cols[5].strip())
+    maker = _CSV_BOOL.get(cols[need - 1].strip())
     if maker is None:
-        raise _Reject("bad_bool:is_buyer_maker", f"{cols[5][:20]!r} is not true/false")
+        raise _Reject("bad_bool:is_buyer_maker", f"{cols[need - 1][:20]!r} is not true/false")
+    return cols, maker
+
+
+def _parse_csv(
+    payload: bytes, exchange: str, symbol: str | None, known: Collection[str] | None
+) -> Trade:
+    names = ("trade_id", "price", "quantity", "quote_quantity", "event_time")
+    cols, maker = _csv_columns(payload, names, symbol)
+    assert symbol is not None
     return Trade(
         exchange=exchange,
         symbol=_symbol(symbol, known),
@@ -296,23 +309,10 @@ def _parse_csv(
 def _parse_agg_csv(
     payload: bytes, exchange: str, symbol: str | None, known: Collection[str] | None
 ) -> Trade:
-    try:
-        line = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _Reject("malformed_csv", "row is not UTF-8") from None
-    cols = line.strip().split(",")
     names = ("agg_trade_id", "price", "quantity", "trade_id", "last_trade_id", "event_time")
-    if len(cols) < 7:
-        missing = names[len(cols)] if len(cols) < len(names) else "is_buyer_maker"
-        raise _Reject(f"missing_field:{missing}", f"{len(cols)} columns, need 7 or 8")
-    if len(cols) > 8:
-        raise _Reject("malformed_csv", f"{len(cols)} columns, need 7 or 8")
-    if symbol is None:
-        raise _Reject("missing_field:symbol", "CSV rows need the symbol from the file or --symbol")
+    cols, maker = _csv_columns(payload, names, symbol)
+    assert symbol is not None
     _csv_int(cols[0], "bad_number:agg_trade_id")
-    maker = _CSV_BOOL.get(cols[6].strip())
-    if maker is None:
-        raise _Reject("bad_bool:is_buyer_maker", f"{cols[6][:20]!r} is not true/false")
     sym = _symbol(symbol, known)
     first = _trade_id(_csv_int(cols[3], "bad_number:trade_id"))
     span = _span(first, _trade_id(_csv_int(cols[4], "bad_number:last_trade_id"), "last_trade_id"))
