@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from redisstore.keys import DLQ_STREAM, LATE_STREAM
+
 log = logging.getLogger("cryptopipe.rejections")
 
 #: Seconds between two summary lines at the most.
@@ -33,8 +35,8 @@ class RejectionLog:
         interval_s: float = INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         emit: Callable[[str], None] | None = None,
-        dlq: str = "md:trades:dlq",
-        late_stream: str = "md:trades:late",
+        dlq: str = DLQ_STREAM,
+        late_stream: str = LATE_STREAM,
     ) -> None:
         self.flow = flow
         self.interval_s = interval_s
