@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,17 @@ from marketdata.trade import Trade, aggregate
 from redisstore.streamids import join_id
 from streaming.archive import ArchiveConfig, PartitionArchiver
 from streaming.candleagg import ShardAggregator, WindowConfig
+from streaming.flows.runtime import stop_heartbeats
 from tests.batch.binance_files import spot_aggtrades, um_aggtrades
 from tests.processes import run_cryptopipe
+
+
+@pytest.fixture(autouse=True)
+def _no_heartbeat_leftovers() -> Iterator[None]:
+    """Flows run in this process (run_flow) leave heartbeat threads: stop them, so no
+    later test sees a flow of this process beating in its Redis."""
+    yield
+    stop_heartbeats()
 
 
 def _trades(seed: int, n: int = 3000) -> list[Trade]:

@@ -24,7 +24,16 @@ from marketdata.trade import Trade
 from streaming.feeds.binance.config import SPOT_AGG_TRADES, UM_AGG_TRADES, FeedStats, TradeStream
 from streaming.feeds.binance.feed import run_binance_feed
 from streaming.feeds.binance.ids import ResumePoints
+from streaming.flows.runtime import stop_heartbeats
 from tests.processes import run_cryptopipe
+
+
+@pytest.fixture(autouse=True)
+def _no_heartbeat_leftovers() -> Iterator[None]:
+    """Flows run in this process (run_flow) leave heartbeat threads: stop them, so no
+    later test sees a flow of this process beating in its Redis."""
+    yield
+    stop_heartbeats()
 
 
 @contextmanager
