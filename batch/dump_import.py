@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
@@ -460,13 +460,8 @@ def import_dump(
     if form == FORMAT_KLINES:
         msg = f"{path.name}: klines are imported by batch.klines_import, not as trades"
         raise ImportFormatError(msg)
-    check_content(path, form)
-    sym = resolve_symbol(path, symbol)
-    ex = normalize_exchange(exchange)
-    if ex is None:
-        msg = f"--exchange {exchange!r} is not a valid exchange name (e.g. binance)"
-        raise ValueError(msg)
-    source = ImportSource(ex, sym, KIND_OF_FORMAT[form], dump_stem(path))
+    source = import_source(path, form, symbol, exchange)
+    sym, ex = source.symbol, source.exchange
     result = ImportResult(path, sym, ex, form)
     days: dict[date, _DayOut] = {}
     rejects: list[tuple[int, Rejection]] = []
@@ -507,12 +502,12 @@ def import_dump(
             out.writer.abort()
         if isinstance(exc, ImportRejectedError) and rejects:
             # Nothing is imported, but the reasons are kept to look at.
-            _write_rejects(lk, path, source, sym, rejects, result, clock)
+            write_rejects(lk, path, source, rejects, result.trades_per_day, clock)
         raise
     if progress is not None:
         progress(total, total, result.lines)
     if rejects:
-        result.files.append(_write_rejects(lk, path, source, sym, rejects, result, clock))
+        result.files.append(write_rejects(lk, path, source, rejects, result.trades_per_day, clock))
     result.removed = _remove_stale(lk, source, earlier, set(result.files))
     _write_markers(lk, path, source, result, clock)
     result.seconds = time.monotonic() - started
@@ -559,6 +554,23 @@ def refusal(
     return None
 
 
+def import_source(path: Path, fmt: str, symbol: str | None, exchange: str) -> ImportSource:
+    """What importing ``path`` in ``fmt`` writes: its content checked, symbol and exchange known.
+
+    Raises:
+        ImportFormatError: the content is in another format (or COIN-M).
+        ValueError: no symbol, or a bad exchange name.
+
+    """
+    check_content(path, fmt)
+    sym = resolve_symbol(path, symbol)
+    ex = normalize_exchange(exchange)
+    if ex is None:
+        msg = f"--exchange {exchange!r} is not a valid exchange name (e.g. binance)"
+        raise ValueError(msg)
+    return ImportSource(ex, sym, KIND_OF_FORMAT[fmt], dump_stem(path))
+
+
 def resolve_symbol(path: Path, symbol: str | None) -> str:
     """``symbol`` normalized, else the symbol Binance's file name says; else ``ValueError``."""
     if symbol is not None:
@@ -577,19 +589,29 @@ def resolve_symbol(path: Path, symbol: str | None) -> str:
     return sym
 
 
-def _write_rejects(
+def write_rejects(
     lk: Lake,
     path: Path,
     source: ImportSource,
-    sym: str,
     rejects: list[tuple[int, Rejection]],
-    result: ImportResult,
+    days: Iterable[date],
     clock: Callable[[], int],
 ) -> str:
+    """An import's rejected rows (line number, reason, bytes) into ``rejects/``.
+
+    The day partition: the first day the file's name covers, else the earliest of
+    ``days`` (the days it had rows for), else today.
+    """
     table = rejects_table(
-        [r for _, r in rejects], source.stem, [str(n) for n, _ in rejects], [sym] * len(rejects)
+        [r for _, r in rejects],
+        source.stem,
+        [str(n) for n, _ in rejects],
+        [source.symbol] * len(rejects),
     )
-    writer = AtomicParquetWriter(lk, lk.rejects_dir(_reject_day(path, result, clock)), table.schema)
+    covered = covered_days(path)
+    found = sorted(days)
+    day = covered[0] if covered else found[0] if found else day_of_ms(clock())
+    writer = AtomicParquetWriter(lk, lk.rejects_dir(day), table.schema)
     writer.write(table)
     return writer.commit(source.rows(rejects[0][0], rejects[-1][0]).file_name)
 
@@ -682,15 +704,6 @@ def _write_days(lk: Lake, table: pa.Table, days: dict[date, _DayOut], result: Im
 
 def _commit_day(lk: Lake, source: ImportSource, out: _DayOut) -> str:
     return out.writer.commit(source.rows(out.first, out.last).file_name)
-
-
-def _reject_day(path: Path, result: ImportResult, clock: Callable[[], int]) -> date:
-    covered = covered_days(path)
-    if covered is not None:
-        return covered[0]
-    if result.trades_per_day:
-        return min(result.trades_per_day)
-    return day_of_ms(clock())
 
 
 def _legacy_match(lk: Lake, path: str, source: ImportSource) -> bool:

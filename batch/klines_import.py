@@ -24,27 +24,23 @@ from batch.dump_import import (
     ImportFormatError,
     ImportRejectedError,
     ImportResult,
-    check_content,
     data_rows,
     earlier_files,
+    import_source,
     refusal,
-    resolve_symbol,
+    write_rejects,
 )
-from lake.arrow import rejects_table
 from lake.klines import klines_table
-from lake.layout import KLINES_DIR, REJECTS_DIR, ImportSource, Lake
+from lake.layout import KLINES_DIR, REJECTS_DIR, Lake
 from lake.schemas import KLINES_SCHEMA
 from lake.writer import AtomicParquetWriter
 from marketdata.binance_dump import (
     FORMAT_KLINES,
-    covered_days,
-    dump_stem,
     is_header,
     kline_interval_from_filename,
     open_dump,
 )
 from marketdata.binance_klines import Kline, parse_kline_row
-from marketdata.parsing import normalize_exchange
 from marketdata.timeutil import day_of_ms, now_ms
 from marketdata.trade import Rejection
 
@@ -110,13 +106,8 @@ def import_klines(
             "compared with the batch's 1m candles); fetch the SYMBOL-1m-DAY files"
         )
         raise ImportFormatError(msg)
-    check_content(path, FORMAT_KLINES)
-    sym = resolve_symbol(path, symbol)
-    ex = normalize_exchange(exchange)
-    if ex is None:
-        msg = f"--exchange {exchange!r} is not a valid exchange name (e.g. binance)"
-        raise ValueError(msg)
-    source = ImportSource(ex, sym, "klines", dump_stem(path))
+    source = import_source(path, FORMAT_KLINES, symbol, exchange)
+    sym, ex = source.symbol, source.exchange
     result = KlinesImportResult(path, sym, ex)
     by_day: dict[date, list[tuple[int, Kline]]] = {}
     rejects: list[tuple[int, Rejection]] = []
@@ -139,7 +130,7 @@ def import_klines(
     why = refusal(path.name, FORMAT_KLINES, result.klines, rejects, max_rejected_share)
     if why is not None:
         if rejects:
-            _write_rejects(lk, path, source, rejects, result, clock)
+            write_rejects(lk, path, source, rejects, by_day, clock)
         shim = ImportResult(path, sym, ex, FORMAT_KLINES, rejected=result.rejected)
         shim.reasons = result.reasons
         raise ImportRejectedError(why, shim)
@@ -151,7 +142,7 @@ def import_klines(
         result.files.append(writer.commit(source.rows(rows[0][0], rows[-1][0]).file_name))
         result.per_day[day] = len(rows)
     if rejects:
-        result.files.append(_write_rejects(lk, path, source, rejects, result, clock))
+        result.files.append(write_rejects(lk, path, source, rejects, by_day, clock))
     kept = set(result.files)
     for p in earlier:
         if p not in kept:
@@ -159,29 +150,3 @@ def import_klines(
     result.removed = earlier
     result.seconds = time.monotonic() - started
     return result
-
-
-def _write_rejects(
-    lk: Lake,
-    path: Path,
-    source: ImportSource,
-    rejects: list[tuple[int, Rejection]],
-    result: KlinesImportResult,
-    clock: Callable[[], int],
-) -> str:
-    covered = covered_days(path)
-    if covered is not None:
-        day = covered[0]
-    elif result.per_day:
-        day = min(result.per_day)
-    else:
-        day = day_of_ms(clock())
-    table = rejects_table(
-        [r for _, r in rejects],
-        source.stem,
-        [str(n) for n, _ in rejects],
-        [result.symbol] * len(rejects),
-    )
-    writer = AtomicParquetWriter(lk, lk.rejects_dir(day), table.schema)
-    writer.write(table)
-    return writer.commit(source.rows(rejects[0][0], rejects[-1][0]).file_name)
