@@ -24,6 +24,7 @@ from batch.dump_import import (
     ImportFormatError,
     ImportRejectedError,
     ImportResult,
+    Progress,
     data_rows,
     earlier_files,
     import_source,
@@ -43,6 +44,9 @@ from marketdata.binance_dump import (
 from marketdata.binance_klines import Kline, parse_kline_row
 from marketdata.timeutil import day_of_ms, now_ms
 from marketdata.trade import Rejection
+
+#: Lines between two progress calls.
+PROGRESS_EVERY = 10_000
 
 
 @dataclass
@@ -86,8 +90,27 @@ def import_klines(
     exchange: str = "binance",
     max_rejected_share: float = DEFAULT_MAX_REJECTED_SHARE,
     clock: Callable[[], int] = now_ms,
+    progress: Progress | None = None,
 ) -> KlinesImportResult:
     """Import one Binance 1m kline dump (csv or zip) into ``klines/``.
+
+    Klines of each UTC day (of their open time) go to
+    ``klines/date=D/import~<source>~<first line>~<last line>.parquet``, where
+    ``source`` is the file's :class:`ImportSource` (exchange, symbol, ``klines``,
+    stem); rejected rows to ``rejects/`` with their reasons. Importing the same file
+    again replaces what its earlier import wrote (``replaced_rows`` says how many
+    klines), and nothing else.
+
+    Args:
+        lake: the lake.
+        path: the dump (``SYMBOL-1m-YYYY-MM-DD.csv`` or ``.zip``, or any name with
+            ``symbol``).
+        symbol: the symbol; default: from the file's name.
+        exchange: the exchange (a market is an exchange name: ``binance-um``).
+        max_rejected_share: more rejected rows than this share, or all of them,
+            imports nothing and raises :class:`ImportRejectedError`.
+        clock: now, ms (the day of a rejects file when nothing else tells).
+        progress: called with (bytes done, bytes total, lines done).
 
     Raises:
         ImportFormatError: the name says another interval than 1m, or the content
@@ -111,10 +134,14 @@ def import_klines(
     result = KlinesImportResult(path, sym, ex)
     by_day: dict[date, list[tuple[int, Kline]]] = {}
     rejects: list[tuple[int, Rejection]] = []
-    f, _ = open_dump(path)
+    f, total = open_dump(path)
+    done = 0
     with f:
         for lineno, raw in enumerate(f, 1):
             result.lines += 1
+            done += len(raw)
+            if progress is not None and lineno % PROGRESS_EVERY == 0:
+                progress(done, total, lineno)
             line = raw.rstrip(b"\r\n")
             if not line.strip() or is_header(lineno, line):
                 result.skipped += 1
@@ -124,10 +151,17 @@ def import_klines(
                 rejects.append((lineno, res))
             else:
                 by_day.setdefault(day_of_ms(res.open_time), []).append((lineno, res))
+    if progress is not None:
+        progress(total, total, result.lines)
     result.klines = sum(len(v) for v in by_day.values())
     result.rejected = len(rejects)
     result.reasons = Counter(r.reason for _, r in rejects)
     why = refusal(path.name, FORMAT_KLINES, result.klines, rejects, max_rejected_share)
+    if why is not None and set(result.reasons) == {"bad_kline:close_time"}:
+        why += (
+            " Every rejected row closes more than 59.999 s after it opens: klines of "
+            "another interval than 1m? Only 1m klines are imported."
+        )
     if why is not None:
         if rejects:
             write_rejects(lk, path, source, rejects, by_day, clock)

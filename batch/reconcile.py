@@ -32,7 +32,13 @@ import redis
 from lake.candles import read_day_candles, write_day_candles
 from lake.klines import read_day_klines
 from lake.layout import RECONCILIATION_DIR, Lake, partition
-from marketdata.binance_klines import QUOTE_VOLUME_RULE, KlineComparison, compare_klines
+from marketdata.binance_klines import (
+    EXACT_FIELDS,
+    QUOTE_VOLUME_RULE,
+    TAKER_BUY_QUOTE_RULE,
+    KlineComparison,
+    compare_klines,
+)
 from marketdata.candle import Candle
 from marketdata.interval import ALL_INTERVALS, Interval
 from marketdata.reconcile import LateTrade, Reconciliation, reconcile
@@ -149,8 +155,14 @@ def reconcile_klines_day(
 ) -> tuple[KlineComparison, dict[str, Any]]:
     """The batch's 1m candles of ``day`` against the exchange's imported klines.
 
-    Writes ``reconciliation/date=D/klines.json`` (every difference) and returns the
-    comparison and its summary (top-level counts, the rule applied, the worst rows).
+    Compares, per (exchange, symbol, open_time), the 1m candles of
+    ``candles/source=batch/interval=1m/date=D`` with the klines of ``klines/date=D``
+    (of ``exchange``, else of every exchange that has klines that day) by
+    :func:`marketdata.binance_klines.compare_klines`. Writes
+    ``reconciliation/date=D/klines.json`` (every difference) and returns the
+    comparison and its summary: the counts at the top level (``match``,
+    ``mismatch``, ``missing_in_klines``, ``missing_in_batch``, ``empty_klines``), the
+    rules applied, the series not compared, and the worst rows.
 
     Raises:
         BatchNotRunError: the batch has not produced candles for ``day``.
@@ -183,13 +195,16 @@ def reconcile_klines_day(
         "date": day.isoformat(),
         "against": "klines",
         "exchange": exchange,
+        "exchanges": result.exchanges,
         **result.counts,
         "empty_klines": result.empty_klines,
         "klines": len(klines),
         "batch_candles": len(minutes),
-        "series_without_klines": [f"{e}:{s}" for e, s in result.series_without_klines],
+        "symbols_without_klines": [f"{e}:{s}" for e, s in result.symbols_without_klines],
+        "symbols_without_candles": [f"{e}:{s}" for e, s in result.symbols_without_candles],
+        "exact_fields": list(EXACT_FIELDS),
         "quote_volume_rule": QUOTE_VOLUME_RULE,
-        "not_compared": "taker_buy_quote_volume (candles do not carry it)",
+        "taker_buy_quote_volume_rule": TAKER_BUY_QUOTE_RULE,
         "ok": result.ok,
         "worst": [d.to_json_dict() for d in result.worst(worst)],
         "at_ms": int(time.time() * 1000),

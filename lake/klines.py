@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 
 from lake.arrow import decimal_array, decimal_unscaled
 from lake.layout import Lake, as_lake
-from lake.schemas import KLINES_SCHEMA, PRICE_TYPE, VOLUME_TYPE
+from lake.schemas import KLINES_SCHEMA, PRICE_TYPE, QUOTE_TYPE, VOLUME_TYPE
 from marketdata.binance_klines import Key, Kline
+from marketdata.decimals import QUOTE_SCALE_DIGITS
 
 _PRICES = ("open", "high", "low", "close")
-_VOLUMES = ("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume")
 
 
 def klines_table(klines: Sequence[Kline]) -> pa.Table:
@@ -32,12 +32,22 @@ def klines_table(klines: Sequence[Kline]) -> pa.Table:
         pa.array(by["open_time"], pa.int64()),
         *(decimal_array(list(by[f"{n}_e8"]), PRICE_TYPE) for n in _PRICES),
         decimal_array(list(by["volume_e8"]), VOLUME_TYPE),
-        decimal_array(list(by["quote_volume_e8"]), VOLUME_TYPE),
+        decimal_array(list(by["quote_volume_e16"]), QUOTE_TYPE),
         pa.array(by["trade_count"], pa.int64()),
         decimal_array(list(by["taker_buy_volume_e8"]), VOLUME_TYPE),
-        decimal_array(list(by["taker_buy_quote_volume_e8"]), VOLUME_TYPE),
+        decimal_array(list(by["taker_buy_quote_volume_e16"]), QUOTE_TYPE),
     ]
     return pa.Table.from_arrays(arrays, schema=KLINES_SCHEMA)
+
+
+def _e16(column: pa.ChunkedArray) -> list[int]:
+    """A quote volume column in 1e-16 units, whatever its scale (older files have 8)."""
+    scale = column.type.scale
+    values = decimal_unscaled(column)
+    if scale == QUOTE_SCALE_DIGITS:
+        return values
+    factor = 10 ** (QUOTE_SCALE_DIGITS - scale)
+    return [v * factor for v in values]
 
 
 def klines_from_table(table: pa.Table) -> list[Kline]:
@@ -48,10 +58,10 @@ def klines_from_table(table: pa.Table) -> list[Kline]:
         table.column("open_time").to_pylist(),
         *(decimal_unscaled(table.column(n)) for n in _PRICES),
         decimal_unscaled(table.column("volume")),
-        decimal_unscaled(table.column("quote_volume")),
+        _e16(table.column("quote_volume")),
         table.column("trade_count").to_pylist(),
         decimal_unscaled(table.column("taker_buy_volume")),
-        decimal_unscaled(table.column("taker_buy_quote_volume")),
+        _e16(table.column("taker_buy_quote_volume")),
     ]
     return [Kline(*row) for row in zip(*cols, strict=True)]
 

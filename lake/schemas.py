@@ -64,7 +64,10 @@ VOLUME_TYPE = pa.decimal128(38, 8)
 QUOTE_TYPE = pa.decimal128(38, 16)
 
 #: The exchange's own 1m candles (``klines/date=D/``), as Binance publishes them: every
-#: decimal exactly as written (8 fractional digits), times in ms.
+#: decimal exactly as written, times in ms. Prices and base volumes have 8 fractional
+#: digits; the quote volumes 16, like the candles' quote volume, since USD-M futures
+#: write exact sums of price x quantity (files written before the quote volumes were
+#: ``decimal(38, 16)`` have them as ``decimal(38, 8)``; readers take either).
 KLINES_SCHEMA = pa.schema(
     [
         pa.field("exchange", pa.string(), nullable=False),
@@ -75,10 +78,10 @@ KLINES_SCHEMA = pa.schema(
         pa.field("low", PRICE_TYPE, nullable=False),
         pa.field("close", PRICE_TYPE, nullable=False),
         pa.field("volume", VOLUME_TYPE, nullable=False),
-        pa.field("quote_volume", VOLUME_TYPE, nullable=False),
+        pa.field("quote_volume", QUOTE_TYPE, nullable=False),
         pa.field("trade_count", pa.int64(), nullable=False),
         pa.field("taker_buy_volume", VOLUME_TYPE, nullable=False),
-        pa.field("taker_buy_quote_volume", VOLUME_TYPE, nullable=False),
+        pa.field("taker_buy_quote_volume", QUOTE_TYPE, nullable=False),
     ]
 )
 

@@ -32,7 +32,10 @@ def register(
         "candles imported with 'lake import' (needs no Redis)",
     )
     p.add_argument(
-        "--exchange", default=None, help="with --against klines: only this exchange's klines"
+        "--exchange",
+        default=None,
+        help="with --against klines: only this exchange's klines (default: every exchange "
+        "with klines that day)",
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--worst", type=int, default=20, help="rows of the worst differences to show")
@@ -46,7 +49,7 @@ def register(
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """Reconcile one day and print the outcome."""
-    day = parse_day(args.date)
+    day = parse_day(args.date, "--date")
     if args.against == "klines":
         return _against_klines(args, settings, day)
     if args.exchange is not None:
@@ -97,9 +100,16 @@ def _against_klines(args: argparse.Namespace, settings: Settings, day: date) -> 
     else:
         counts = "  ".join(f"{o}={summary[o]}" for o in KLINE_OUTCOMES)
         print(f"{day} against klines: {counts}  (empty minutes {summary['empty_klines']})")
+        print(f"exchanges: {', '.join(summary['exchanges'])}")
         print(f"rule: {summary['quote_volume_rule']}")
-        if summary["series_without_klines"]:
-            print(f"not compared (no klines): {', '.join(summary['series_without_klines'])}")
+        print(f"rule: {summary['taker_buy_quote_volume_rule']}")
+        if summary["symbols_without_klines"]:
+            print(f"not compared (no klines): {', '.join(summary['symbols_without_klines'])}")
+        if summary["symbols_without_candles"]:
+            print(
+                "klines but no batch candles (import their trades and re-run the batch): "
+                + ", ".join(summary["symbols_without_candles"])
+            )
         for d in summary["worst"]:
             print(
                 f"  {d['outcome']:17} {d['exchange']}:{d['symbol']} {format_ms(d['open_time'])} "

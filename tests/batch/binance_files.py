@@ -7,7 +7,7 @@ The layouts are those of data.binance.vision: spot files have no header and, sin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 
 from marketdata.decimals import format_e8
 from marketdata.trade import Trade
@@ -18,12 +18,21 @@ UM_AGG_HEADER = (
 )
 
 
-def quote_qty(t: Trade) -> bytes:
-    """``price * qty`` rounded to 8 decimals, as Binance's ``quoteQty`` column has it."""
-    q = (Decimal(t.price_e8) * Decimal(t.quantity_e8) / Decimal(10**16)).quantize(
-        Decimal("0.00000001"), rounding=ROUND_HALF_EVEN
-    )
-    return f"{q:.8f}".encode()
+#: How a trade's quote quantity is cut to 8 decimals: Binance truncates (a published
+#: trade of 0.00062700 x 3.55800000 = 0.002230866 has quoteQty 0.00223086).
+QUOTE_CUTS = {"truncate": ROUND_DOWN, "round": ROUND_HALF_EVEN}
+
+
+def _quote(t: Trade, cut: str) -> Decimal:
+    exact = Decimal(t.price_e8) * Decimal(t.quantity_e8) / Decimal(10**16)
+    if cut == "exact":
+        return exact
+    return exact.quantize(Decimal("0.00000001"), rounding=QUOTE_CUTS[cut])
+
+
+def quote_qty(t: Trade, cut: str = "truncate") -> bytes:
+    """``price * qty`` cut to 8 decimals, as Binance's ``quoteQty`` column has it."""
+    return f"{_quote(t, cut):.8f}".encode()
 
 
 def _e8(v: int) -> bytes:
@@ -110,11 +119,18 @@ UM_KLINES_HEADER = (
 
 
 def klines(
-    trades: Sequence[Trade], *, micros: bool = True, header: bool = False, every_minute: bool = True
+    trades: Sequence[Trade],
+    *,
+    micros: bool = True,
+    header: bool = False,
+    every_minute: bool = True,
+    quote: str = "truncate",
 ) -> bytes:
     """Binance's 1m klines of ``trades`` (one exchange and symbol), as Binance computes them.
 
-    The quote volumes sum each trade's ``quoteQty`` (rounded to 8 decimals). With
+    The quote volumes sum each trade's quote quantity: cut to 8 decimals the way
+    ``quote`` says (``truncate``, as Binance does; ``round`` half-even), or ``exact``
+    (the exact sum of price x quantity, written with all its digits). With
     ``every_minute``, minutes without trades between the first and last get Binance's
     empty kline (the previous close, zero volume and count).
     """
@@ -139,14 +155,14 @@ def klines(
                 _e8(ts[-1].price_e8),
             )
             vol = sum(t.quantity_e8 for t in ts)
-            quote = sum(Decimal(quote_qty(t).decode()) for t in ts)
+            qsum = sum((_quote(t, quote) for t in ts), Decimal(0))
             taker = [t for t in ts if not t.is_buyer_maker]
             tvol = sum(t.quantity_e8 for t in taker)
-            tquote = sum((Decimal(quote_qty(t).decode()) for t in taker), Decimal(0))
+            tquote = sum((_quote(t, quote) for t in taker), Decimal(0))
             n = sum(t.span for t in ts)
         else:
             o = h = lo = close
-            vol, quote, tvol, tquote, n = 0, Decimal(0), 0, Decimal(0), 0
+            vol, qsum, tvol, tquote, n = 0, Decimal(0), 0, Decimal(0), 0
         rows.append(
             b"%d,%s,%s,%s,%s,%s,%d,%s,%d,%s,%s,0"
             % (
@@ -157,10 +173,17 @@ def klines(
                 close,
                 _e8(vol),
                 (m + 59_999) * unit + (999 if micros else 0),
-                f"{quote:.8f}".encode(),
+                _quote_text(qsum),
                 n,
                 _e8(tvol),
-                f"{tquote:.8f}".encode(),
+                _quote_text(tquote),
             )
         )
     return b"\n".join(rows) + b"\n"
+
+
+def _quote_text(v: Decimal) -> bytes:
+    """8 fractional digits, or all of them when there are more (an exact sum)."""
+    text = f"{v:.16f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(8, '0')}".encode()
