@@ -20,6 +20,8 @@ DEFAULT_LATENESS_MS = 5_000
 DEFAULT_HOLD_MS = 120_000
 #: How far ahead of its venue's clock an event time may be, ms (section 4).
 DEFAULT_MAX_AHEAD_MS = 60_000
+#: Where ``lake fetch`` downloads Binance's public dumps from.
+DEFAULT_BINANCE_DATA_URL = "https://data.binance.vision"
 
 
 @overload
@@ -85,7 +87,8 @@ class Settings:
             the arrival clock, whichever is later) is rejected as ``bad_timestamp``.
         known_symbols: when set, other symbols are rejected as ``unknown_symbol``.
         lake_uri: where the Parquet lake is (default ``<home>/lake``).
-        binance_data_url: where Binance's public dumps are (``lake fetch``).
+        binance_data_url: the root of Binance's public dumps, in the data.binance.vision
+            layout, that ``lake fetch`` downloads from.
 
     """
 
@@ -97,7 +100,7 @@ class Settings:
     max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
     known_symbols: frozenset[str] | None = None
     lake_uri: str | None = None
-    binance_data_url: str = "https://data.binance.vision"
+    binance_data_url: str = DEFAULT_BINANCE_DATA_URL
 
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -127,8 +130,8 @@ class Settings:
             max_ahead_ms=times["MAX_AHEAD"],
             known_symbols=_env_symbols(),
             lake_uri=os.environ.get("CRYPTOPIPE_LAKE_URI") or None,
-            binance_data_url=os.environ.get("CRYPTOPIPE_BINANCE_DATA_URL")
-            or "https://data.binance.vision",
+            binance_data_url=os.environ.get("CRYPTOPIPE_BINANCE_DATA_URL", "").strip()
+            or DEFAULT_BINANCE_DATA_URL,
         )
 
     def env(self) -> dict[str, str]:
@@ -145,6 +148,8 @@ class Settings:
             out["CRYPTOPIPE_SYMBOLS"] = ",".join(sorted(self.known_symbols))
         if self.lake_uri:
             out["CRYPTOPIPE_LAKE_URI"] = self.lake_uri
+        if self.binance_data_url != DEFAULT_BINANCE_DATA_URL:
+            out["CRYPTOPIPE_BINANCE_DATA_URL"] = self.binance_data_url
         return out
 
     @property

@@ -1,21 +1,22 @@
-"""``cryptopipe lake import FILE... [--format F] [--symbol S] [--exchange E]``: into the lake."""
+"""``cryptopipe lake import FILE...`` and ``cryptopipe lake fetch SYMBOL...``: into the lake."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import zipfile
 from datetime import date
 from pathlib import Path
 
 from batch.dump_fetch import (
     DEFAULT_BASE_URL,
-    FAILED,
     KINDS,
     MARKETS,
-    NOT_PUBLISHED,
-    SKIPPED,
     DumpFetcher,
+    FetchOutcome,
+    Status,
+    bars_cleared,
 )
 from batch.dump_import import (
     DEFAULT_MAX_REJECTED_SHARE,
@@ -90,34 +91,7 @@ def register(
     )
     imp.set_defaults(func=cmd_import)
 
-    fetch = lsub.add_parser(
-        "fetch",
-        parents=[common],
-        help="download Binance's public daily dumps (data.binance.vision), verify, import",
-        description=(
-            "Download each day's dump of each symbol into <home>/downloads/binance/, check it "
-            "against its .CHECKSUM (sha256), skip what is already there, resume partial "
-            "downloads, then import it (unless --no-import). The market sets the exchange "
-            "name: spot -> binance, um (USD-M futures) -> binance-um. Exit status 1 when a "
-            "day is not published or a file fails; the others are still fetched."
-        ),
-    )
-    fetch.add_argument("symbols", nargs="+", metavar="SYMBOL")
-    fetch.add_argument(
-        "--market",
-        default="spot",
-        help="spot (default) or um (USD-M futures); COIN-M is not supported",
-    )
-    fetch.add_argument("--kind", choices=tuple(KINDS), default="trades")
-    fetch.add_argument("--from", dest="day_from", required=True, help="first UTC day, YYYY-MM-DD")
-    fetch.add_argument("--to", dest="day_to", default=None, help="last UTC day (default: --from)")
-    fetch.add_argument(
-        "--base-url",
-        default=None,
-        help=f"where the dumps are (default CRYPTOPIPE_BINANCE_DATA_URL or {DEFAULT_BASE_URL})",
-    )
-    fetch.add_argument("--no-import", action="store_true", help="download and verify only")
-    fetch.set_defaults(func=cmd_fetch)
+    _register_fetch(lsub, common)
 
 
 class _Progress:
@@ -195,6 +169,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
                     symbol=args.symbol,
                     exchange=exchange,
                     max_rejected_share=args.max_rejected_share,
+                    progress=progress,
                 ).summary()
             else:
                 line = _summary(
@@ -224,79 +199,210 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    """Fetch each symbol's dumps for each day, then import them; a line per file."""
-    if args.market == "cm":
-        msg = (
-            "--market cm: COIN-M futures dumps count quantities in contracts, not the base "
-            "asset, which the pipeline does not support; use spot or um"
-        )
-        raise CommandError(msg)
-    if args.market not in MARKETS:
-        msg = f"--market {args.market!r}: use spot or um (USD-M futures)"
-        raise CommandError(msg)
-    first = parse_day(args.day_from)
-    last = parse_day(args.day_to) if args.day_to else first
-    today = day_of_ms(now_ms())
+# -- lake fetch ---------------------------------------------------------------------
+
+#: ``lake fetch``'s exit status when no file failed but some day is not published.
+EXIT_NOT_PUBLISHED = 3
+
+
+def _register_fetch(
+    lsub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    fetch = lsub.add_parser(
+        "fetch",
+        parents=[common],
+        help="download Binance's public daily dumps (data.binance.vision), verify, import",
+        description=(
+            "Download each symbol's dump of each day into <home>/downloads/binance/<market>/"
+            "<kind>/<SYMBOL>/, check it against its .CHECKSUM (sha256), skip what is already "
+            "there and verifies, resume partial downloads, then import it into the lake "
+            "(unless --no-import). The market sets the exchange name: spot -> binance, um "
+            "(USD-M futures) -> binance-um. A day that is not published or a file that fails "
+            "does not stop the others. Exit status: 0 all done; 1 a download, a checksum or "
+            "an import failed; 3 nothing failed but some day is not published; 2 a bad "
+            "argument."
+        ),
+    )
+    fetch.add_argument("symbols", nargs="+", metavar="SYMBOL")
+    fetch.add_argument(
+        "--market",
+        required=True,
+        metavar="spot|um",
+        help="spot, or um (USD-M futures); COIN-M (cm) is not supported",
+    )
+    fetch.add_argument("--kind", required=True, choices=tuple(KINDS))
+    fetch.add_argument(
+        "--from", dest="day_from", required=True, metavar="D", help="first UTC day, YYYY-MM-DD"
+    )
+    fetch.add_argument(
+        "--to",
+        dest="day_to",
+        default=None,
+        metavar="D",
+        help="last UTC day, inclusive (default: --from)",
+    )
+    fetch.add_argument(
+        "--base-url",
+        default=None,
+        metavar="URL",
+        help=f"where the dumps are (default: CRYPTOPIPE_BINANCE_DATA_URL, else {DEFAULT_BASE_URL})",
+    )
+    fetch.add_argument("--no-import", action="store_true", help="download and verify only")
+    fetch.set_defaults(func=cmd_fetch)
+
+
+def import_fetched(
+    kind: str,
+    lake: Lake,
+    path: Path,
+    *,
+    symbol: str,
+    exchange: str,
+    known_symbols: frozenset[str] | None = None,
+) -> str:
+    """Import one fetched file with the lake importer of its kind; its summary line.
+
+    The one place mapping a ``--kind`` to an importer: klines to
+    :func:`batch.klines_import.import_klines`, trades and aggregate trades to
+    :func:`batch.dump_import.import_dump` in the kind's format.
+
+    Raises:
+        ValueError: the importer refused the file (see the importers).
+
+    """
+    fmt = KINDS[kind].fmt
+    if fmt == FORMAT_KLINES:
+        return import_klines(lake, path, symbol=symbol, exchange=exchange).summary()
+    res = import_dump(
+        lake, path, fmt=fmt, symbol=symbol, exchange=exchange, known_symbols=known_symbols
+    )
+    return _summary(res)
+
+
+def _fetch_days(args: argparse.Namespace) -> list[date]:
+    first = parse_day(args.day_from, "--from")
+    last = parse_day(args.day_to, "--to") if args.day_to is not None else first
     if last < first:
         msg = f"--to {last} is before --from {first}"
         raise CommandError(msg)
+    today = day_of_ms(now_ms())
     if last >= today:
-        msg = f"--to {last}: Binance publishes a day's dump after the day ends (today is {today})"
+        opt = "--to" if args.day_to is not None else "--from"
+        when = "is today" if last == today else "is in the future"
+        msg = f"{opt} {last} {when}: Binance publishes a day's dump after the day ends (UTC)"
         raise CommandError(msg)
-    symbols = []
+    return [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
+
+
+def _fetch_symbols(args: argparse.Namespace, settings: Settings) -> list[str]:
+    symbols: list[str] = []
     for s in args.symbols:
         sym = normalize_symbol(s)
         if sym is None:
             msg = f"{s!r} is not a symbol (e.g. BTCUSDT)"
             raise CommandError(msg)
-        symbols.append(sym)
-    base = args.base_url or settings.binance_data_url
-    fetcher = DumpFetcher(base, settings.home / "downloads", progress=sys.stderr.isatty())
-    exchange = MARKETS[args.market][1]
-    fmt = KINDS[args.kind][1]
-    lake = Lake(settings.lake)
-    counts: dict[str, int] = {}
-    bad = 0
-    days = [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
-    for sym in symbols:
-        for day in days:
-            out = fetcher.fetch(args.market, args.kind, sym, day)
-            counts[out.status] = counts.get(out.status, 0) + 1
-            label = f"{sym} {day} {args.market} {args.kind}"
-            if out.status in (NOT_PUBLISHED, FAILED):
-                bad += 1
-                print(f"{label}: {out.status.replace('_', ' ')}: {out.detail}", flush=True)
-                continue
-            what = (
-                "skipped, already downloaded"
-                if out.status == SKIPPED
-                else (
-                    f"downloaded {out.bytes:,} bytes"
-                    + (f" (resumed at {out.resumed_from:,})" if out.resumed_from else "")
-                )
+        known = settings.known_symbols
+        if not args.no_import and known is not None and sym not in known:
+            msg = (
+                f"{sym} is not in CRYPTOPIPE_SYMBOLS ({', '.join(sorted(known))}): its rows "
+                "would all be rejected as unknown_symbol; add it, or use --no-import"
             )
-            print(f"{label}: {what}, verified: {out.path}", flush=True)
-            if args.no_import:
-                continue
-            try:
-                if fmt == FORMAT_KLINES:
-                    line = import_klines(lake, out.path, exchange=exchange).summary()
-                else:
-                    res = import_dump(
-                        lake,
-                        out.path,
-                        fmt=fmt,
-                        exchange=exchange,
-                        known_symbols=settings.known_symbols,
-                    )
-                    line = _summary(res)
-            except ValueError as exc:  # refused or too many rejected rows
-                bad += 1
-                counts["import_failed"] = counts.get("import_failed", 0) + 1
-                print(f"{label}: import failed: {exc}", flush=True)
-                continue
-            print(f"  imported: {line}", flush=True)
-    totals = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in sorted(counts.items()))
-    print(f"fetch: {len(symbols) * len(days)} files: {totals}", flush=True)
-    return 1 if bad else 0
+            raise CommandError(msg)
+        if sym not in symbols:
+            symbols.append(sym)
+    return symbols
+
+
+def _say(line: str) -> None:
+    """A line on stdout, clearing any progress bar on the terminal first."""
+    with bars_cleared(sys.stdout):
+        print(line, flush=True)
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def _fetched_line(out: FetchOutcome) -> str:
+    if out.status is Status.SKIPPED:
+        return f"{out.bytes:,} bytes, sha256 verified, {out.path}"
+    notes = [f"resumed at byte {n:,}" for n in out.resumed_at]
+    if out.restarted:
+        notes.append("downloaded again from the first byte")
+    if out.replaced_stale:
+        notes.append("replaced a download that no longer matched its .CHECKSUM")
+    extra = f" ({'; '.join(notes)})" if notes else ""
+    return f"{out.bytes:,} bytes{extra}, sha256 verified, {out.path}"
+
+
+def cmd_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    """Fetch each symbol's dump of each day, then import it; a line per file, then totals."""
+    if args.market == "cm":
+        msg = (
+            "--market cm: COIN-M futures are not supported: their dumps count quantities in "
+            "contracts of a fixed USD value, not in the base asset, so volumes and VWAPs would "
+            "not mean what they mean for spot and um"
+        )
+        raise CommandError(msg)
+    if args.market not in MARKETS:
+        msg = f"--market {args.market!r}: use spot, or um (USD-M futures)"
+        raise CommandError(msg)
+    days = _fetch_days(args)
+    symbols = _fetch_symbols(args, settings)
+    base = args.base_url or settings.binance_data_url
+    fetcher = DumpFetcher(
+        base, settings.home / "downloads", progress=sys.stderr if sys.stderr.isatty() else None
+    )
+    exchange = MARKETS[args.market].exchange
+    lake = Lake(settings.lake)
+    counts = dict.fromkeys(Status, 0)
+    imported = import_failed = 0
+    for out in fetcher.fetch_all(args.market, args.kind, symbols, days):
+        counts[out.status] += 1
+        what = f"{out.symbol} {out.day} ({args.market} {args.kind})"
+        if out.status is Status.NOT_PUBLISHED:
+            _say(f"not published: {what}: {out.detail}, {out.url}")
+            continue
+        if out.status is Status.FAILED:
+            _say(f"failed: {what}: {out.detail}")
+            continue
+        status = "skipped, already downloaded" if out.status is Status.SKIPPED else "downloaded"
+        _say(f"{status}: {what}: {_fetched_line(out)}")
+        if args.no_import:
+            continue
+        try:
+            line = import_fetched(
+                args.kind,
+                lake,
+                out.path,
+                symbol=out.symbol,
+                exchange=exchange,
+                known_symbols=settings.known_symbols,
+            )
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            import_failed += 1
+            _say(f"import failed: {what}: {exc}")
+            continue
+        imported += 1
+        _say(f"imported: {what}: {line}")
+    files = len(symbols) * len(days)
+    imports = (
+        "not imported (--no-import)"
+        if args.no_import
+        else f"{imported} imported, {import_failed} import failed"
+    )
+    _say(
+        f"fetch: {files} files ({_n(len(symbols), 'symbol')} x {_n(len(days), 'day')}, "
+        f"{args.market} "
+        f"{args.kind}): {counts[Status.DOWNLOADED]} downloaded, {counts[Status.SKIPPED]} "
+        f"skipped, {counts[Status.NOT_PUBLISHED]} not published, {counts[Status.FAILED]} "
+        f"failed; {imports}"
+    )
+    failed = counts[Status.FAILED] + import_failed
+    if failed:
+        msg = f"{failed} of {files} files failed (see above)"
+        raise CommandError(msg, status=1)
+    if counts[Status.NOT_PUBLISHED]:
+        msg = f"{counts[Status.NOT_PUBLISHED]} of {files} files not published (see above)"
+        raise CommandError(msg, status=EXIT_NOT_PUBLISHED)
+    return 0
