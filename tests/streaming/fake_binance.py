@@ -1,21 +1,28 @@
-"""A local stand-in for Binance: combined trade streams and ``historicalTrades``.
+"""A local stand-in for Binance: combined trade streams and the past-trades endpoints.
 
-The market is a tape of trades ``1..n_trades`` per symbol, published one tick at a
-time once the first client connects. Trade ``i`` happens at ``T0 + 7 i`` ms, or, with
-``live_clock``, at the wall clock of its tick (a market happening now). Every open
-websocket connection subscribed to a symbol's ``@trade`` stream receives each trade
-published while it is open (as Binance does: nothing from before it connected). The
-REST endpoint serves the trades published so far, like Binance's
-``/api/v3/historicalTrades`` (from ``fromId``, or the most recent ones without it).
+The market is a tape of taker orders ``1..n_trades`` per symbol, published one order
+a tick once the first client connects. Order ``k`` is filled by ``spans[(k - 1) %
+len(spans)]`` trades with contiguous trade ids, at one time, price and side (their
+quantities differ): Binance's aggregate trade ``k``, computed from those trades with
+:func:`marketdata.trade.aggregate`. With the default ``spans=(1,)`` each order is one
+trade: trade ``k`` is aggregate ``k``. Order ``k`` happens at ``T0 + 7 k`` ms, or,
+with ``live_clock``, at the wall clock of its tick (a market happening now).
 
-With ``agg``, the market publishes aggregate trades instead (``@aggTrade`` streams,
-REST ``/api/v3/aggTrades`` and ``/fapi/v1/aggTrades``): aggregate ``a`` (contiguous
-from 1) stands for ``a % 3 + 1`` trades with contiguous trade ids (:func:`agg_row`).
+Both views of that one market are served, as Binance serves them. Every open
+websocket connection receives what it subscribed to of each order published while
+it is open (nothing from before it connected): on ``<symbol>@trade`` one frame per
+trade, on ``<symbol>@aggTrade`` one frame per order. REST serves what was published
+so far (from ``fromId``, inclusive; or the most recent ones without it; at most
+``limit``, 1000): ``/api/v3/historicalTrades`` by trade id and ``/api/v3/aggTrades``
+by aggregate id on spot; on USD-M futures (``market="um"``) only ``/fapi/v1/aggTrades``
+(rows without ``M``), and only ``@aggTrade`` streams, served under the routed path
+``/market`` as Binance does (a connection elsewhere receives none of them).
 
 Faults are scripted: per connection (by its number, from 0) drop the TCP connection,
 send a close frame, or send ``serverShutdown``; refuse handshakes; send frames
-twice; withhold ids from the socket (REST still has them); answer REST requests with
-429/418 and ``Retry-After``. Everything the server saw is recorded for assertions.
+twice; withhold orders from the socket (all their frames; REST still has them);
+answer REST requests with 429/418 and ``Retry-After``. Everything the server saw is
+recorded for assertions.
 """
 
 from __future__ import annotations
@@ -34,100 +41,144 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from marketdata.trade import Trade
+from marketdata.decimals import format_e8
+from marketdata.simulator import agg_trade_payload, trade_payload
+from marketdata.trade import Trade, aggregate
 
 T0 = 1_741_910_400_000  # 2025-03-14T00:00:00Z
+#: REST endpoints of each market, and the request weight Binance charges for each.
+REST_PATHS = {
+    "spot": {"/api/v3/historicalTrades": 25, "/api/v3/aggTrades": 4},
+    "um": {"/fapi/v1/aggTrades": 20},
+}
 
 
-def trade_row(tid: int, time_ms: int | None = None) -> dict[str, Any]:
-    """The REST row of trade ``tid`` (the same for every symbol but the symbol).
+@dataclass(frozen=True)
+class Tape:
+    """The orders of the fake market and their trades (the same for every symbol).
 
-    It happens at ``time_ms`` (default ``T0 + 7 tid``).
+    Attributes:
+        spans: how many trades fill each order, in turn (order ``k`` takes
+            ``spans[(k - 1) % len(spans)]``).
+
     """
+
+    spans: tuple[int, ...] = (1,)
+
+    def __post_init__(self) -> None:
+        assert self.spans and min(self.spans) >= 1, self.spans
+
+    def span(self, k: int) -> int:
+        """How many trades fill order ``k``."""
+        return self.spans[(k - 1) % len(self.spans)]
+
+    def first_id(self, k: int) -> int:
+        """The first trade id of order ``k``."""
+        full, rem = divmod(k - 1, len(self.spans))
+        return 1 + full * sum(self.spans) + sum(self.spans[:rem])
+
+    def last_id(self, k: int) -> int:
+        """The last trade id of order ``k``."""
+        return self.first_id(k) + self.span(k) - 1
+
+    def order_of(self, tid: int) -> int:
+        """The order trade ``tid`` belongs to."""
+        full, rem = divmod(tid - 1, sum(self.spans))
+        k = full * len(self.spans)
+        for span in self.spans:
+            k += 1
+            if rem < span:
+                return k
+            rem -= span
+        raise AssertionError(tid)
+
+    def trades(
+        self, symbol: str, k: int, time_ms: int | None = None, exchange: str = "binance"
+    ) -> list[Trade]:
+        """The trades of order ``k``: one time (``T0 + 7 k`` unless given), price, side."""
+        return [
+            Trade(
+                exchange=exchange,
+                symbol=symbol,
+                trade_id=tid,
+                price_e8=(1000 + k % 97) * 10**8 + (k % 100) * 10**6,
+                quantity_e8=(tid % 999 + 1) * 10**5,
+                event_time=T0 + k * 7 if time_ms is None else time_ms,
+                is_buyer_maker=k % 3 == 0,
+            )
+            for tid in range(self.first_id(k), self.last_id(k) + 1)
+        ]
+
+    def aggregate(
+        self, symbol: str, k: int, time_ms: int | None = None, exchange: str = "binance"
+    ) -> Trade:
+        """Aggregate trade ``k``: its order's trades, aggregated as Binance does."""
+        (agg,) = aggregate(self.trades(symbol, k, time_ms, exchange))
+        return agg
+
+
+def historical_row(t: Trade) -> dict[str, Any]:
+    """A ``historicalTrades`` row of trade ``t``, as Binance sends it."""
     return {
-        "id": tid,
-        "price": f"{1000 + tid % 97}.{tid % 100:02d}000000",
-        "qty": f"0.{tid % 999 + 1:03d}00000",
+        "id": t.trade_id,
+        "price": format_e8(t.price_e8),
+        "qty": format_e8(t.quantity_e8),
         "quoteQty": "0",  # not used by the feed
-        "time": T0 + tid * 7 if time_ms is None else time_ms,
-        "isBuyerMaker": tid % 3 == 0,
+        "time": t.event_time,
+        "isBuyerMaker": t.is_buyer_maker,
         "isBestMatch": True,
     }
 
 
-def trade_frame(symbol: str, tid: int, time_ms: int | None = None) -> bytes:
-    """The combined-stream frame of trade ``tid``, as Binance sends it."""
-    r = trade_row(tid, time_ms)
-    data = {
-        "e": "trade",
-        "E": r["time"] + 1,
-        "s": symbol,
-        "t": tid,
-        "p": r["price"],
-        "q": r["qty"],
-        "T": r["time"],
-        "m": r["isBuyerMaker"],
-        "M": True,
+def agg_row(a: Trade, aid: int, market: str = "spot") -> dict[str, Any]:
+    """An ``aggTrades`` row of aggregate trade ``a`` with id ``aid`` (USD-M: no ``M``)."""
+    row = {
+        "a": aid,
+        "p": format_e8(a.price_e8),
+        "q": format_e8(a.quantity_e8),
+        "f": a.trade_id,
+        "l": a.last_trade_id,
+        "T": a.event_time,
+        "m": a.is_buyer_maker,
     }
-    return orjson.dumps({"stream": f"{symbol.lower()}@trade", "data": data})
+    if market == "spot":
+        row["M"] = True
+    return row
+
+
+def _combined(stream: str, payload: bytes) -> bytes:
+    return b'{"stream":"' + stream.encode() + b'","data":' + payload + b"}"
+
+
+def frame_of_trade(t: Trade) -> bytes:
+    """The combined-stream ``@trade`` frame of trade ``t`` (sent 1 ms after it)."""
+    return _combined(f"{t.symbol.lower()}@trade", trade_payload(t, t.event_time + 1))
+
+
+def frame_of_agg(a: Trade, aid: int, market: str = "spot") -> bytes:
+    """The combined-stream ``@aggTrade`` frame of aggregate ``a`` (USD-M: no ``M``)."""
+    payload = agg_trade_payload(a, aid, a.event_time + 1)
+    if market != "spot":
+        data = orjson.loads(payload)
+        del data["M"]
+        payload = orjson.dumps(data)
+    return _combined(f"{a.symbol.lower()}@aggTrade", payload)
 
 
 def expected_trade(symbol: str, tid: int, time_ms: int | None = None) -> Trade:
-    """The domain trade both the frame and the REST row must parse to."""
-    r = trade_row(tid, time_ms)
-    whole, frac = r["price"].split(".")
-    qwhole, qfrac = r["qty"].split(".")
-    return Trade(
-        exchange="binance",
-        symbol=symbol,
-        trade_id=tid,
-        price_e8=int(whole) * 10**8 + int(frac),
-        quantity_e8=int(qwhole) * 10**8 + int(qfrac),
-        event_time=r["time"],
-        is_buyer_maker=r["isBuyerMaker"],
-    )
+    """Trade ``tid`` of the default tape (one trade an order), exchange ``binance``."""
+    (t,) = Tape().trades(symbol, tid, time_ms)
+    return t
 
 
-def agg_span(aid: int) -> int:
-    """How many trades aggregate ``aid`` stands for."""
-    return aid % 3 + 1
+def trade_row(tid: int, time_ms: int | None = None) -> dict[str, Any]:
+    """The ``historicalTrades`` row of trade ``tid`` of the default tape."""
+    return historical_row(expected_trade("BTCUSDT", tid, time_ms))
 
 
-def agg_first(aid: int) -> int:
-    """The first trade id of aggregate ``aid`` (the spans before it, plus one)."""
-    full, rem = divmod(aid - 1, 3)
-    return 1 + 6 * full + sum(agg_span(k) for k in range(3 * full + 1, 3 * full + rem + 1))
-
-
-def agg_row(aid: int, time_ms: int | None = None) -> dict[str, Any]:
-    """The REST row of aggregate ``aid`` (``/api/v3/aggTrades``), as Binance sends it."""
-    r = trade_row(aid, time_ms)
-    first = agg_first(aid)
-    return {
-        "a": aid,
-        "p": r["price"],
-        "q": r["qty"],
-        "f": first,
-        "l": first + agg_span(aid) - 1,
-        "T": r["time"],
-        "m": r["isBuyerMaker"],
-        "M": True,
-    }
-
-
-def agg_frame(symbol: str, aid: int, time_ms: int | None = None) -> bytes:
-    """The combined-stream ``aggTrade`` frame of aggregate ``aid``."""
-    data = {"e": "aggTrade", "E": 0, "s": symbol, **agg_row(aid, time_ms)}
-    data["E"] = data["T"] + 1
-    return orjson.dumps({"stream": f"{symbol.lower()}@aggTrade", "data": data})
-
-
-def expected_agg(
-    symbol: str, aid: int, time_ms: int | None = None, exchange: str = "binance"
-) -> Trade:
-    """The domain trade of aggregate ``aid``: its first id, and its span."""
-    t = expected_trade(symbol, aid, time_ms)
-    return t._replace(exchange=exchange, trade_id=agg_first(aid), span=agg_span(aid))
+def trade_frame(symbol: str, tid: int, time_ms: int | None = None) -> bytes:
+    """The combined-stream frame of trade ``tid`` of the default tape."""
+    return frame_of_trade(expected_trade(symbol, tid, time_ms))
 
 
 @dataclass
@@ -175,7 +226,12 @@ class RestRecord:
 
 @dataclass
 class FakeBinance:
-    """Websocket and REST servers on loopback, run in a background thread."""
+    """Websocket and REST servers on loopback, run in a background thread.
+
+    ``n_trades`` is how many orders each symbol's market makes (one a tick): as many
+    trades with the default ``spans``, and always as many aggregate trades.
+    ``withheld`` and ``published`` count orders (aggregate ids) too.
+    """
 
     symbols: list[str]
     n_trades: int
@@ -188,21 +244,28 @@ class FakeBinance:
     #: Statuses for the first REST requests, then normal answers.
     rest_script: list[tuple[int, str | None]] = field(default_factory=list)
     ping: bool = False
-    #: Trades happen now (the wall clock of their tick), not at ``T0 + 7 i``.
+    #: Orders happen now (the wall clock of their tick), not at ``T0 + 7 k``.
     live_clock: bool = False
-    #: Publish aggregate trades (``@aggTrade``, REST ``aggTrades``) instead of trades.
-    agg: bool = False
-    #: The exchange name expected in what the feed writes.
-    exchange: str = "binance"
+    #: Trades per order, in turn (see :class:`Tape`).
+    spans: tuple[int, ...] = (1,)
+    #: ``spot`` or ``um`` (USD-M futures: aggregate trades only, under ``/market``).
+    market: str = "spot"
+    #: The exchange name expected in what the feed writes (default: the market's).
+    exchange: str = ""
 
     def __post_init__(self) -> None:
+        assert self.market in REST_PATHS, self.market
+        self.exchange = self.exchange or ("binance" if self.market == "spot" else "binance-um")
+        self.tape = Tape(self.spans)
+        #: Per symbol, the orders published so far (the newest aggregate id).
         self.published: dict[str, int] = dict.fromkeys(self.symbols, 0)
-        #: With ``live_clock``: trade id -> its time (ms).
+        #: With ``live_clock``: order -> its time (ms).
         self.times: dict[int, int] = {}
+        self._weight = 0
         self.conns: list[ConnRecord] = []
         self.handshakes: list[tuple[float, int]] = []
         self.rest: list[RestRecord] = []
-        self._queues: dict[int, tuple[set[str], asyncio.Queue[bytes | None]]] = {}
+        self._queues: dict[int, tuple[set[tuple[str, str]], asyncio.Queue[bytes | None]]] = {}
         self._market: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -241,7 +304,9 @@ class FakeBinance:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ws_port}"
+        """The websocket base URL (USD-M: its ``/market`` routed path)."""
+        route = "/market" if self.market == "um" else ""
+        return f"ws://127.0.0.1:{self.ws_port}{route}"
 
     @property
     def rest_url(self) -> str:
@@ -273,10 +338,7 @@ class FakeBinance:
 
     async def _handle(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request else ""
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
-        streams = query.get("streams", [""])[0].split("/")
-        event = "@aggTrade" if self.agg else "@trade"
-        subscribed = {s.split("@")[0].upper() for s in streams if s.endswith(event)}
+        subscribed = self._subscribed(path)
         rec = ConnRecord(len(self.conns), path, time.monotonic())
         self.conns.append(rec)
         plan = self.plans.get(rec.number, ConnPlan())
@@ -292,6 +354,20 @@ class FakeBinance:
             rec.closed = time.monotonic()
             if pinger is not None:
                 pinger.cancel()
+
+    def _subscribed(self, path: str) -> set[tuple[str, str]]:
+        """The (symbol, event) pairs a combined-stream path asks for that are served."""
+        parts = urllib.parse.urlsplit(path)
+        query = urllib.parse.parse_qs(parts.query)
+        events = ("trade", "aggTrade") if self.market == "spot" else ("aggTrade",)
+        if self.market == "um" and parts.path != "/market/stream":
+            return set()  # Binance routes @aggTrade under /market only
+        out = set()
+        for name in query.get("streams", [""])[0].split("/"):
+            symbol, _, event = name.partition("@")
+            if event in events:
+                out.add((symbol.upper(), event))
+        return out
 
     async def _send_loop(
         self, ws: ServerConnection, rec: ConnRecord, plan: ConnPlan, queue: asyncio.Queue[Any]
@@ -335,33 +411,48 @@ class FakeBinance:
         await asyncio.wait_for(waiter, 2)
         rec.pong_latency = time.monotonic() - t
 
-    def time_of(self, tid: int) -> int | None:
-        """When trade ``tid`` happened (``None``: at ``T0 + 7 tid``)."""
-        return self.times.get(tid) if self.live_clock else None
+    def time_of(self, k: int) -> int | None:
+        """When order ``k`` happened (``None``: at ``T0 + 7 k``)."""
+        return self.times.get(k) if self.live_clock else None
 
     def trade(self, symbol: str, tid: int) -> Trade:
-        """The domain trade ``tid`` of ``symbol`` (published already, with a live clock).
+        """The domain trade ``tid`` of ``symbol`` (published already, with a live clock)."""
+        k = self.tape.order_of(tid)
+        trades = self.tape.trades(symbol, k, self.time_of(k), self.exchange)
+        return trades[tid - self.tape.first_id(k)]
 
-        With ``agg``, ``tid`` is an aggregate id and the trade is that aggregate.
-        """
-        if self.agg:
-            return expected_agg(symbol, tid, self.time_of(tid), self.exchange)
-        return expected_trade(symbol, tid, self.time_of(tid))._replace(exchange=self.exchange)
+    def agg(self, symbol: str, aid: int) -> Trade:
+        """Aggregate trade ``aid`` of ``symbol``: order ``aid``'s trades, aggregated."""
+        return self.tape.aggregate(symbol, aid, self.time_of(aid), self.exchange)
+
+    def all_trades(self) -> list[Trade]:
+        """Every trade published so far, of every symbol."""
+        return [
+            t
+            for s in self.symbols
+            for k in range(1, self.published[s] + 1)
+            for t in self.tape.trades(s, k, self.time_of(k), self.exchange)
+        ]
 
     async def _run_market(self) -> None:
-        for tid in range(1, self.n_trades + 1):
+        for k in range(1, self.n_trades + 1):
             if self.live_clock:
-                self.times[tid] = time.time_ns() // 1_000_000
+                self.times[k] = time.time_ns() // 1_000_000
             for sym in self.symbols:
                 with self._lock:
-                    self.published[sym] = tid
-                if tid in self.withheld.get(sym, ()):
+                    self.published[sym] = k
+                if k in self.withheld.get(sym, ()):
                     continue
-                make = agg_frame if self.agg else trade_frame
-                frame = make(sym, tid, self.time_of(tid))
+                trades = self.tape.trades(sym, k, self.time_of(k), self.exchange)
+                frames = {
+                    "trade": [frame_of_trade(t) for t in trades],
+                    "aggTrade": [frame_of_agg(self.agg(sym, k), k, self.market)],
+                }
                 for subscribed, queue in list(self._queues.values()):
-                    if sym in subscribed:
-                        queue.put_nowait(frame)
+                    for event, sent in frames.items():
+                        if (sym, event) in subscribed:
+                            for frame in sent:
+                                queue.put_nowait(frame)
             await asyncio.sleep(self.tick_s)
 
     # -- REST side ----------------------------------------------------------------
@@ -390,30 +481,34 @@ class FakeBinance:
     def _rest_answer(self, path: str, api_key: str | None) -> tuple[int, dict[str, str], bytes]:
         parts = urllib.parse.urlsplit(path)
         query = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query).items()}
+        served = REST_PATHS[self.market]
         with self._lock:
             n = len(self.rest)
-            headers = {"X-MBX-USED-WEIGHT-1M": str(25 * (n + 1))}
+            self._weight += served.get(parts.path, 1)
+            headers = {"X-MBX-USED-WEIGHT-1M": str(self._weight)}
             if n < len(self.rest_script):
                 status, retry_after = self.rest_script[n]
                 if retry_after is not None:
                     headers["Retry-After"] = retry_after
                 body = orjson.dumps({"code": -1003, "msg": "Too many requests (test)."})
-            elif parts.path not in (
-                ("/api/v3/aggTrades", "/fapi/v1/aggTrades")
-                if self.agg
-                else ("/api/v3/historicalTrades",)
-            ):
+            elif parts.path not in served:
                 status, body = 404, b"{}"
             elif query.get("symbol") not in self.published:
                 status, body = 400, orjson.dumps({"code": -1121, "msg": "Invalid symbol."})
             else:
                 status = 200
-                top = self.published[query["symbol"]]
+                sym = query["symbol"]
+                by_trade = parts.path.endswith("/historicalTrades")
+                orders = self.published[sym]
+                top = self.tape.last_id(orders) if by_trade and orders else orders
                 limit = min(int(query.get("limit", "500")), 1000)
                 first = int(query["fromId"]) if "fromId" in query else max(1, top - limit + 1)
                 ids = range(first, min(first + limit - 1, top) + 1)
-                row = agg_row if self.agg else trade_row
-                body = orjson.dumps([row(i, self.time_of(i)) for i in ids])
+                if by_trade:
+                    rows = [historical_row(self.trade(sym, i)) for i in ids]
+                else:
+                    rows = [agg_row(self.agg(sym, a), a, self.market) for a in ids]
+                body = orjson.dumps(rows)
             self.rest.append(RestRecord(time.monotonic(), parts.path, query, api_key, status))
         return status, headers, body
 

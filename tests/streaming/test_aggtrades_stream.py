@@ -181,7 +181,7 @@ def test_a_replay_of_what_carries_no_trades_is_refused_in_one_line(
     aggs = tmp_path / "BTCUSDT-aggTrades-2025-03-14.csv"
     aggs.write_bytes(spot_aggtrades(aggregate(_trades(6, n=50))))
     cases = [
-        (capture, "binance-ws", "none of its first 30 messages is a trade (kline 30)"),
+        (capture, "binance-ws", "none of its 30 messages is a trade (by event type: kline 30)"),
         (aggs, "binance-csv", "it looks like binance-aggtrades; pass --format binance-aggtrades"),
     ]
     for path, fmt, says in cases:

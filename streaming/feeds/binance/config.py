@@ -17,24 +17,49 @@ from marketdata.parsing import normalize_symbol
 
 DEFAULT_WS_URL = "wss://stream.binance.com:9443"
 DEFAULT_REST_URL = "https://api.binance.com"
-#: USD-M futures (``--market um``): they publish trades only as aggregate trades.
-UM_WS_URL = "wss://fstream.binance.com"
+#: USD-M futures (``--market um``). Their websocket routes streams by path: regular
+#: market data such as ``@aggTrade`` is served under ``/market`` (Binance retired
+#: its unrouted legacy URLs on 2026-04-23).
+UM_WS_URL = "wss://fstream.binance.com/market"
 UM_REST_URL = "https://fapi.binance.com"
-#: --market -> (websocket URL, REST URL, exchange name)
-MARKETS = {
-    "spot": (DEFAULT_WS_URL, DEFAULT_REST_URL, "binance"),
-    "um": (UM_WS_URL, UM_REST_URL, "binance-um"),
-}
 #: Envelope key and value marking a trade filled from the REST API.
 REST_SOURCE_KEY = "source"
 REST_SOURCE = "rest"
 #: Binance cuts every connection at 24 h; roll ten minutes before.
 DEFAULT_MAX_CONNECTION_AGE_S = 23 * 3600 + 50 * 60
-#: Binance allows at most this many streams on one connection.
-MAX_STREAMS = 1024
 EXCHANGE = "binance"
 HISTORICAL_TRADES = "/api/v3/historicalTrades"
 USER_AGENT = "realtime-crypto-pipeline/binance-feed"
+
+
+@dataclass(frozen=True)
+class Market:
+    """One of Binance's markets: where it is, the name it is written under, its limits.
+
+    Attributes:
+        name: the ``--market`` value (``spot``, ``um``).
+        ws_url: default websocket base URL.
+        rest_url: default REST base URL.
+        exchange: default exchange name of its trades (a market is an exchange of its
+            own: its own trade ids and its own clock).
+        max_streams: streams one websocket connection may carry.
+        weight_limit: REST request weight one IP may use a minute.
+
+    """
+
+    name: str
+    ws_url: str
+    rest_url: str
+    exchange: str
+    max_streams: int
+    weight_limit: int
+
+
+SPOT = Market("spot", DEFAULT_WS_URL, DEFAULT_REST_URL, EXCHANGE, 1024, 6000)
+#: USD-M futures: they publish trades only as aggregate trades.
+UM = Market("um", UM_WS_URL, UM_REST_URL, "binance-um", 200, 2400)
+#: --market -> market
+MARKETS = {m.name: m for m in (SPOT, UM)}
 
 
 @dataclass(frozen=True)
@@ -45,9 +70,17 @@ class TradeStream:
         event: the websocket event and stream name (``trade`` or ``aggTrade``).
         id_key: the frame's key of the id the feed tracks for gaps and resuming,
             contiguous per symbol (``t`` the trade id, ``a`` the aggregate id).
-        rest_path: the REST endpoint of past trades (``fromId`` is that same id).
+        rest_path: the REST endpoint of past trades (``fromId`` is that same id;
+            without it, the most recent ones).
         rest_id: the REST row's key of that id.
         rest_time: the REST row's key of the trade time.
+        market: the market it belongs to (URLs, exchange name, limits).
+        takes_api_key: whether the optional ``X-MBX-APIKEY`` goes with its REST
+            requests (``historicalTrades``'s; the ``aggTrades`` endpoints are public
+            and get none, so a spot key is never sent to USD-M).
+        noun: what one of its ids stands for, in log lines.
+        dumps: the name of Binance's daily dumps of the same rows (the remedy for
+            what the feed cannot fetch).
 
     """
 
@@ -56,13 +89,19 @@ class TradeStream:
     rest_path: str
     rest_id: str
     rest_time: str
+    market: Market = SPOT
+    takes_api_key: bool = False
+    noun: str = "trade"
+    dumps: str = "trade"
 
     def rest_payload(self, symbol: str, row: Mapping[str, Any]) -> bytes:
         """A REST row as a synthesized combined-stream frame of this stream.
 
         The values are copied as given (decimal strings stay strings); ``E`` (event
         time) is the trade time, the row having none; the envelope carries
-        ``"source":"rest"`` so a reader can tell it from a received frame.
+        ``"source":"rest"`` so a reader can tell it from a received frame. An
+        ``aggTrades`` row keeps its keys (``a p q f l T m``, and ``M`` when the row
+        has it: spot rows do, USD-M rows do not), as the websocket sends them.
         """
         if self.event == "trade":
             data = {
@@ -90,11 +129,15 @@ class TradeStream:
 
 
 #: Spot trades: ``@trade`` frames, ``GET /api/v3/historicalTrades``.
-TRADES = TradeStream("trade", "t", "/api/v3/historicalTrades", "id", "time")
+TRADES = TradeStream("trade", "t", HISTORICAL_TRADES, "id", "time", SPOT, takes_api_key=True)
 #: Spot aggregate trades: ``@aggTrade`` frames, ``GET /api/v3/aggTrades`` (no API key).
-SPOT_AGG_TRADES = TradeStream("aggTrade", "a", "/api/v3/aggTrades", "a", "T")
-#: USD-M futures aggregate trades: ``GET /fapi/v1/aggTrades``.
-UM_AGG_TRADES = TradeStream("aggTrade", "a", "/fapi/v1/aggTrades", "a", "T")
+SPOT_AGG_TRADES = TradeStream(
+    "aggTrade", "a", "/api/v3/aggTrades", "a", "T", SPOT, noun="aggregate trade", dumps="aggTrades"
+)
+#: USD-M futures aggregate trades: ``@aggTrade`` frames, ``GET /fapi/v1/aggTrades``.
+UM_AGG_TRADES = TradeStream(
+    "aggTrade", "a", "/fapi/v1/aggTrades", "a", "T", UM, noun="aggregate trade", dumps="aggTrades"
+)
 
 
 def trade_stream(market: str, event: str) -> TradeStream:
@@ -143,7 +186,8 @@ class FeedTuning:
         rate_limit_default_s: wait after a 429 without ``Retry-After``.
         ban_default_s: wait after a 418 without ``Retry-After``.
         used_weight_pause: pause REST until the next minute when Binance reports this
-            much request weight used in the current minute (its limit is 6000).
+            much request weight used in the current minute; ``None``: five sixths of
+            the market's limit (5000 of spot's 6000, 2000 of USD-M's 2400).
         open_timeout_s: websocket handshake timeout.
         ping_interval_s: the client's own keepalive pings (``None``: off).
         ping_timeout_s: a connection whose pong is this late is dropped.
@@ -171,7 +215,7 @@ class FeedTuning:
     fill_max_attempts: int = 8
     rate_limit_default_s: float = 5.0
     ban_default_s: float = 120.0
-    used_weight_pause: int = 5000
+    used_weight_pause: int | None = None
     open_timeout_s: float = 10.0
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
@@ -196,6 +240,9 @@ class FeedTuning:
         if not 0 < self.mark_every_s <= 1:
             msg = f"mark_every_s={self.mark_every_s}: marks must come at least once a second"
             raise ValueError(msg)
+        if self.used_weight_pause is not None and self.used_weight_pause < 1:
+            msg = f"used_weight_pause={self.used_weight_pause}: must be positive"
+            raise ValueError(msg)
         if self.hold_max < 0:
             msg = f"hold_max={self.hold_max}: must not be negative"
             raise ValueError(msg)
@@ -214,7 +261,8 @@ class FeedStats:
         rolls: connections replaced on purpose (max age or ``serverShutdown``).
         server_shutdowns: ``serverShutdown`` events received.
         frames: websocket frames received.
-        trades: distinct trades written (socket and REST).
+        trades: distinct trades written (socket and REST; aggregate trades when
+            following ``@aggTrade``, as are the other counts of trades and ids).
         duplicates: trades dropped because their id was already written.
         gaps: gaps opened in the id sequences.
         gap_ids: ids missing from those gaps when they opened.
@@ -254,10 +302,10 @@ class FeedStats:
     hold_overflows: int = 0
     marks: int = 0
 
-    def summary(self) -> str:
-        """One line for the log."""
+    def summary(self, unit: str = "trades") -> str:
+        """One line for the log (``unit``: what ``trades`` counts, e.g. aggregate trades)."""
         return (
-            f"{self.trades} trades ({self.filled} from REST), {self.duplicates} duplicates, "
+            f"{self.trades} {unit} ({self.filled} from REST), {self.duplicates} duplicates, "
             f"{self.gaps} gaps ({self.gap_ids} ids, {self.lost} lost), "
             f"{self.connections} connections ({self.reconnects} reconnects, {self.rolls} rolls), "
             f"{self.rest_requests} REST requests ({self.rate_limited} rate-limited), "
@@ -293,8 +341,12 @@ class BinanceFeedConfig:
         if not self.symbols:
             msg = "no symbols: pass --symbols, e.g. BTCUSDT,ETHUSDT"
             raise ValueError(msg)
-        if len(self.symbols) > MAX_STREAMS:
-            msg = f"{len(self.symbols)} symbols: Binance allows {MAX_STREAMS} streams a connection"
+        most = self.stream.market.max_streams
+        if len(self.symbols) > most:
+            msg = (
+                f"{len(self.symbols)} symbols: Binance allows {most} streams a connection "
+                f"on market {self.stream.market.name}"
+            )
             raise ValueError(msg)
         for sym in self.symbols:
             if normalize_symbol(sym) != sym:
@@ -317,11 +369,12 @@ class BinanceFeedConfig:
         streams = "/".join(f"{s.lower()}@{self.stream.event}" for s in self.symbols)
         return f"{base}/stream?streams={streams}"
 
-    def historical_trades_url(self, symbol: str, from_id: int | None, limit: int) -> str:
-        """The REST URL of ``limit`` trades of ``symbol`` from id ``from_id``.
+    def past_trades_url(self, symbol: str, from_id: int | None, limit: int) -> str:
+        """The REST URL of ``limit`` trades of ``symbol`` from id ``from_id`` (inclusive).
 
         Without ``from_id``: the ``limit`` most recent trades. The endpoint is the
-        stream's (``historicalTrades``, or ``aggTrades`` whose ids are aggregate ids).
+        stream's: ``historicalTrades``, or ``aggTrades`` (spot or USD-M) whose rows and
+        ``fromId`` are aggregate trades and their ids.
         """
         params: dict[str, str | int] = {"symbol": symbol}
         if from_id is not None:

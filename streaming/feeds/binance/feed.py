@@ -24,9 +24,6 @@ from marketdata.rawmessage import ProgressMark, RawMessage
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
 from streaming.feeds.binance.config import (
-    DEFAULT_REST_URL,
-    DEFAULT_WS_URL,
-    EXCHANGE,
     TRADES,
     BinanceFeedConfig,
     FeedStats,
@@ -78,7 +75,8 @@ class BinanceFeed:
         self._stop_event = stop_event
         self._now_ms = now_ms
         self._resume_store = resume
-        self.ids = TradeIds(config.symbols, self.tuning, self.stats)
+        self.ids = TradeIds(config.symbols, self.tuning, self.stats, stream=config.stream)
+        self._unit = f"{config.stream.noun}s"
         self._buf: list[RawMessage] = []
         #: While a backfill is pending: the trades filled from REST (with their trade
         #: time and order), and the live frames held back (written after them).
@@ -137,10 +135,11 @@ class BinanceFeed:
                     ", ".join(f"{s} id {i}" for s, i in sorted(points.items())),
                 )
         log.info(
-            "binance feed: %d symbols (%s) from %s",
+            "binance feed: %d symbols (%s) from %s as exchange %s",
             len(self.config.symbols),
             ",".join(self.config.symbols),
             self.config.stream_url,
+            self.config.exchange,
         )
         supervisor = asyncio.create_task(connections.run(), name="supervisor")
         try:
@@ -172,7 +171,7 @@ class BinanceFeed:
             finally:
                 self._write_pool.shutdown()
                 self.stats.unwritten += len(self._buf)
-                log.info("binance feed stopped: %s", self.stats.summary())
+                log.info("binance feed stopped: %s", self.stats.summary(self._unit))
             for task in (filler, reporter):
                 if not task.cancelled() and task.exception() is not None:
                     raise cast(BaseException, task.exception())
@@ -181,7 +180,7 @@ class BinanceFeed:
     async def _reporter(self) -> None:
         while True:
             await asyncio.sleep(self.tuning.stats_every_s)
-            log.info("binance feed: %s", self.stats.summary())
+            log.info("binance feed: %s", self.stats.summary(self._unit))
 
     # -- messages -----------------------------------------------------------------
 
@@ -390,8 +389,8 @@ def run_binance_feed(
     settings: Settings,
     symbols: list[str],
     *,
-    ws_url: str = DEFAULT_WS_URL,
-    rest_url: str = DEFAULT_REST_URL,
+    ws_url: str | None = None,
+    rest_url: str | None = None,
     stop_event: threading.Event | None = None,
     api_key: str | None = None,
     max_connection_age_s: float | None = None,
@@ -401,15 +400,17 @@ def run_binance_feed(
     now_ms: Callable[[], int] = wall_ms,
     resume: bool = True,
     stream: TradeStream = TRADES,
-    exchange: str = EXCHANGE,
+    exchange: str | None = None,
 ) -> int:
     """Stream live Binance trades into the raw log until stopped (blocking).
 
     Args:
         settings: where the raw log is (``redis_url``, ``raw_shards``).
         symbols: symbols like ``["BTCUSDT", "ETHUSDT"]`` (case-insensitive).
-        ws_url: websocket base URL; ``/stream?streams=...`` is appended.
-        rest_url: REST base URL for filling gaps (``/api/v3/historicalTrades``).
+        ws_url: websocket base URL; ``/stream?streams=...`` is appended (default: the
+            stream's market's, e.g. ``wss://fstream.binance.com/market`` for USD-M).
+        rest_url: REST base URL for filling gaps (the stream's endpoint is appended;
+            default: the market's).
         stop_event: set it to stop; buffered messages are written first.
         api_key: ``X-MBX-APIKEY`` for REST; default: env ``BINANCE_API_KEY``, if set.
         max_connection_age_s: shorthand for ``tuning.max_connection_age_s``.
@@ -421,7 +422,8 @@ def run_binance_feed(
             *Resuming*); ``False`` starts from the live stream alone.
         stream: ``@trade`` (default) or ``@aggTrade`` of spot or USD-M
             (:func:`~streaming.feeds.binance.config.trade_stream`).
-        exchange: the exchange name of what is written (``binance-um`` for USD-M).
+        exchange: the exchange name of what is written (default: the market's,
+            ``binance`` or ``binance-um``).
 
     Returns:
         ``0`` after a clean stop; ``1`` when messages were left unwritten because
@@ -444,8 +446,15 @@ def run_binance_feed(
         tuning = replace(tuning, max_connection_age_s=max_connection_age_s)
     if api_key is None:
         api_key = os.environ.get("BINANCE_API_KEY", "").strip() or None
+    market = stream.market
     config = BinanceFeedConfig(
-        tuple(dict.fromkeys(syms)), ws_url, rest_url, api_key, tuning, stream, exchange
+        tuple(dict.fromkeys(syms)),
+        ws_url or market.ws_url,
+        rest_url or market.rest_url,
+        api_key,
+        tuning,
+        stream,
+        exchange or market.exchange,
     )
     if settings.known_symbols is not None:
         unknown = sorted(set(config.symbols) - settings.known_symbols)

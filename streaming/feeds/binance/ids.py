@@ -1,8 +1,8 @@
 """Trade-id tracking and resuming of the Binance feed (see :mod:`streaming.feeds.binance`).
 
-Binance trade ids are contiguous per symbol. :class:`IdTracker` holds the ids of one
-symbol accounted for (written, or given up on) as a watermark plus disjoint ranges
-above it, so memory grows with the open gaps, not with the trades;
+Binance trade ids (and aggregate trade ids) are contiguous per symbol. :class:`IdTracker`
+holds the ids of one symbol accounted for (written, or given up on) as a watermark
+plus disjoint ranges above it, so memory grows with the open gaps, not with the trades;
 :class:`TradeIds` does it for every symbol, counts duplicates and gaps, and takes up
 the previous run's positions, which :class:`ResumePoints` keeps in Redis.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from redisstore.keys import BINANCE_RESUME_KEY
-from streaming.feeds.binance.config import FeedStats, FeedTuning
+from streaming.feeds.binance.config import TRADES, FeedStats, FeedTuning, TradeStream
 
 log = logging.getLogger("streaming.feeds.binance")
 
@@ -152,6 +152,8 @@ class TradeIds:
         tuning: ``resume_max_ids`` bounds what a resume fetches.
         stats: counters of the run (trades, duplicates, gaps, lost, resumed ...).
         resume_at: the previous run's positions, taken up by each symbol's first trade.
+        stream: the trade stream whose ids these are (trade ids, or aggregate trade
+            ids of ``@aggTrade``): its names in log lines.
 
     """
 
@@ -161,8 +163,11 @@ class TradeIds:
         tuning: FeedTuning,
         stats: FeedStats,
         resume_at: Mapping[str, int] | None = None,
+        stream: TradeStream = TRADES,
     ) -> None:
         self.trackers = {s: IdTracker() for s in symbols}
+        self.noun = stream.noun
+        self.dumps = stream.dumps
         self.tuning = tuning
         self.stats = stats
         #: Positions of the previous run not yet taken up (a symbol's first trade does).
@@ -245,9 +250,10 @@ class TradeIds:
             self.stats.gap_ids += missing
             self._open.add(symbol)
             log.info(
-                "binance feed: %s gap of %d trade ids (%d..%d); filling from REST",
+                "binance feed: %s gap of %d %s ids (%d..%d); filling from REST",
                 symbol,
                 missing,
+                self.noun,
                 top + 1,
                 tid - 1,
             )
@@ -268,7 +274,13 @@ class TradeIds:
         lost = self.trackers[symbol].mark(lo, hi)
         self.stats.lost += lost
         log.warning(
-            "binance feed: %s: giving up on %d trade ids in %d..%d (%s)", symbol, lost, lo, hi, why
+            "binance feed: %s: giving up on %d %s ids in %d..%d (%s)",
+            symbol,
+            lost,
+            self.noun,
+            lo,
+            hi,
+            why,
         )
 
     def _take_up(self, symbol: str, point: int, tid: int) -> None:
@@ -276,10 +288,11 @@ class TradeIds:
         tracker = self.trackers[symbol]
         if tid <= point:
             log.warning(
-                "binance feed: %s: first trade id %d is not above the last run's position "
+                "binance feed: %s: first %s id %d is not above the last run's position "
                 "%d: not the same id sequence (another venue, or ids were reset); starting "
                 "from the live stream",
                 symbol,
+                self.noun,
                 tid,
                 point,
             )
@@ -290,15 +303,17 @@ class TradeIds:
             n = floor - point
             self.stats.lost += n
             log.warning(
-                "binance feed: %s: %d trades were missed since the last run; the oldest %d "
+                "binance feed: %s: %d %ss were missed since the last run; the oldest %d "
                 "(ids %d..%d) are not fetched from REST (resume_max_ids=%d): load Binance's "
-                "daily trade dumps for them with 'cryptopipe lake import'",
+                "daily %s dumps for them with 'cryptopipe lake import'",
                 symbol,
                 tid - 1 - point,
+                self.noun,
                 n,
                 point + 1,
                 floor,
                 self.tuning.resume_max_ids,
+                self.dumps,
             )
         tracker.watermark = floor
 
@@ -318,9 +333,10 @@ class TradeIds:
             if holes:
                 n = sum(hi - lo + 1 for lo, hi in holes)
                 log.warning(
-                    "binance feed: %s: stopping with %d trade ids unfilled in %d gaps (%s)",
+                    "binance feed: %s: stopping with %d %s ids unfilled in %d gaps (%s)",
                     symbol,
                     n,
+                    self.noun,
                     len(holes),
                     ", ".join(f"{lo}..{hi}" for lo, hi in holes[:5]),
                 )

@@ -1,12 +1,15 @@
 """Filling the Binance feed's gaps from the REST API (see :mod:`streaming.feeds.binance`).
 
-The missing ids of a gap are fetched from ``GET /api/v3/historicalTrades`` (one
-request at a time; 429 and 418 honoured with ``Retry-After``; the used weight
-watched) and written as synthesized websocket trade frames marked
-``"source":"rest"``. A symbol that may have missed trades the feed cannot know of
-(after a resume or a lost connection, before the socket shows a trade of it) is
-*probed*: its newest trade is asked for (no ``fromId``), which settles it and opens
-the gap of what it missed, if any.
+The missing ids of a gap are fetched from the stream's endpoint, ``fromId`` the first
+missing id (``GET /api/v3/historicalTrades`` for ``@trade``; ``/api/v3/aggTrades`` or,
+on USD-M futures, ``/fapi/v1/aggTrades`` for ``@aggTrade``, whose ids are aggregate
+ids), one request at a time (429 and 418 honoured with ``Retry-After``; the used
+weight watched against the market's limit), and written as synthesized websocket
+frames of that stream marked ``"source":"rest"``. A symbol that may have missed
+trades the feed cannot know of (after a resume or a lost connection, before the
+socket shows a trade of it) is *probed*: its newest trade (or aggregate trade) is
+asked for (no ``fromId``), which settles it and opens the gap of what it missed, if
+any.
 """
 
 from __future__ import annotations
@@ -271,7 +274,12 @@ class GapFiller:
             nxt = tracker.first_missing(top + 1, hi)
         if filled:
             log.info(
-                "binance feed: %s: filled %d trades from REST (%d..%d)", symbol, filled, lo, hi
+                "binance feed: %s: filled %d %ss from REST (%d..%d)",
+                symbol,
+                filled,
+                stream.noun,
+                lo,
+                hi,
             )
 
     def _backoff_delay(self, attempt: int) -> float:
@@ -280,14 +288,14 @@ class GapFiller:
         return b.next_delay()
 
     async def fetch(self, symbol: str, from_id: int | None, limit: int) -> list[Any] | None:
-        """Trades from REST (the newest without ``from_id``).
+        """Trades (or aggregate trades) from REST (the newest without ``from_id``).
 
         ``None`` after too many failures or a refusal.
         """
         t = self.tuning
-        url = self.config.historical_trades_url(symbol, from_id, limit)
+        url = self.config.past_trades_url(symbol, from_id, limit)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if self.config.api_key:
+        if self.config.api_key and self.config.stream.takes_api_key:
             headers["X-MBX-APIKEY"] = self.config.api_key
         failures = 0
         while not self.stop.stopped():
@@ -345,7 +353,10 @@ class GapFiller:
         used = header(headers, "X-MBX-USED-WEIGHT-1M")
         if used is None or not used.strip().isdigit():
             return
-        if int(used) >= self.tuning.used_weight_pause:
+        limit = self.tuning.used_weight_pause
+        if limit is None:
+            limit = self.config.stream.market.weight_limit * 5 // 6
+        if int(used) >= limit:
             pause = 60.0 - time.time() % 60.0 + 0.5
             self._rest_not_before = max(self._rest_not_before, time.monotonic() + pause)
             log.info(
