@@ -36,12 +36,13 @@ from collections.abc import Sequence
 import orjson
 import redis
 
-from lake.layout import Lake
+from lake.layout import REJECTS_DIR, Lake
 from lake.writer import LakeWriter, WriteResult
 from redisstore.keys import ARCHIVE_PARTITIONS_KEY, ARCHIVE_PROGRESS_KEY, ARCHIVE_WATERMARK_KEY
 from redisstore.streamids import parse_id
 from streaming.archive import ArchiveWork
 from streaming.memory import release_free_memory
+from streaming.rejectlog import RejectionLog
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ return redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
 """
 
 
+def archive_rejection_log(lake: str | Lake, flow: str = "archive") -> RejectionLog:
+    """The archive flow's rejection log: its lines say the lake's ``rejects/`` keeps them."""
+    lake = lake if isinstance(lake, Lake) else Lake(lake)
+    return RejectionLog(flow, kept=f"lake {lake.path(REJECTS_DIR)}")
+
+
 class ArchiveStore:
     """The archive's writes: lake files, then Redis (watermarks, progress, trim).
 
@@ -79,14 +86,24 @@ class ArchiveStore:
         client: the Redis holding the raw log and the archive keys.
         streams: every partition of the flow (the watermark is their minimum).
         durable: fsync files before they count as written (tests may turn it off).
+        rejection_log: where the rejections of the files written are summed up (at
+            most every 10 s); the flow passes the one its workers share. Default: a
+            log of this store's own.
 
     """
 
     def __init__(
-        self, lake: str | Lake, client: redis.Redis, streams: list[str], *, durable: bool = True
+        self,
+        lake: str | Lake,
+        client: redis.Redis,
+        streams: list[str],
+        *,
+        durable: bool = True,
+        rejection_log: RejectionLog | None = None,
     ) -> None:
         self.writer = LakeWriter(lake, durable=durable)
         self.lake = self.writer.lake
+        self.rejection_log = rejection_log or archive_rejection_log(self.lake)
         self.client = client
         self.streams = list(streams)
         self._publish_field = client.register_script(_PUBLISH_FIELD)
@@ -119,14 +136,23 @@ class ArchiveStore:
         return result
 
     def stage(self, works: Sequence[ArchiveWork]) -> int:
-        """Write the files of every range in ``works``; the raw entries they hold."""
+        """Write the files of every range in ``works``; the raw entries they hold.
+
+        The rejections of the files written go to the rejection log.
+        """
         entries = 0
         for w in works:
             if self.write_files(w) is not None:
                 entries += w.entries
+                if w.rejections:
+                    self.rejection_log.observe(r.reason for r in w.rejections)
         if entries:  # files were written: give their buffers back to the system
             release_free_memory()
         return entries
+
+    def finish(self) -> None:
+        """The flow ends: log the rejections written since the last line."""
+        self.rejection_log.flush()
 
     def write(self, works: Sequence[ArchiveWork]) -> int:
         """:meth:`publish` now (retried by the sink); no records of its own."""

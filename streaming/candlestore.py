@@ -109,15 +109,28 @@ class CandleWrites:
 
 
 class CandleStore:
-    """Writes candles, late trades and rejections to Redis; one pipeline per call."""
+    """Writes candles, late trades and rejections to Redis; one pipeline per call.
 
-    def __init__(self, client: redis.Redis, flow: str = "candles") -> None:
+    Args:
+        client: the Redis to write to.
+        flow: the flow's name (its counters' keys, its log lines).
+        rejection_log: where new rejections and late trades are summed up (at most
+            every 10 s); the flow passes the one its workers share and its
+            heartbeat ticks. Default: a log of this store's own.
+
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        flow: str = "candles",
+        rejection_log: RejectionLog | None = None,
+    ) -> None:
         self.client = client
         self.flow = flow
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
         self._known_series: set[tuple[str, str]] = set()
-        #: Logs new rejections and late trades at most every 10 s.
-        self.rejection_log = RejectionLog(flow)
+        self.rejection_log = rejection_log or RejectionLog(flow)
 
     def _append_once(
         self,

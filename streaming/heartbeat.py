@@ -96,6 +96,9 @@ class HeartbeatWriter:
         )
         self.client.hset(heartbeat_key(self.name), mapping={k: str(v) for k, v in fields.items()})
 
+    def tick(self) -> None:
+        """Work done after every beat, whether Redis answered or not (none here)."""
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
@@ -104,6 +107,7 @@ class HeartbeatWriter:
                 self._outage.failed(exc)
             else:
                 self._outage.ok()
+            self.tick()
 
     def start(self) -> HeartbeatWriter:
         """Write a first beat and start the thread."""

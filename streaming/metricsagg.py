@@ -25,14 +25,42 @@ from marketdata.records import candle_from_record
 from streaming.metricsstore import MetricsWrites
 
 
-def closed_bars(events: Sequence[Sequence[bytes]]) -> list[ClosedBar]:
-    """The 1m candles of closed-candle events (flat field lists of the event stream)."""
+def closed_bars(
+    events: Sequence[Sequence[bytes]], rejected: list[str] | None = None
+) -> list[ClosedBar]:
+    """The 1m candles of closed-candle events (flat field lists of the event stream).
+
+    Events of other intervals are not for the metrics. An event that cannot be read
+    is skipped, never silently: its reason goes to ``rejected``
+    (``missing_field:interval``, ``missing_field:candle``, ``malformed_candle``).
+
+    Args:
+        events: the events' field lists (``[name, value, name, value, ...]``).
+        rejected: where the reasons of the unreadable events are appended.
+
+    Returns:
+        The 1m candles, in event order.
+
+    """
     out = []
     for flat in events:
         fields = dict(zip(flat[::2], flat[1::2], strict=False))
-        if fields.get(b"interval") != b"1m" or b"candle" not in fields:
+        reason = None
+        if b"interval" not in fields:
+            reason = "missing_field:interval"
+        elif fields[b"interval"] != b"1m":
             continue
-        c = candle_from_record(orjson.loads(fields[b"candle"]))
+        elif b"candle" not in fields:
+            reason = "missing_field:candle"
+        else:
+            try:
+                c = candle_from_record(orjson.loads(fields[b"candle"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                reason = "malformed_candle"
+        if reason is not None:
+            if rejected is not None:
+                rejected.append(reason)
+            continue
         out.append(
             ClosedBar(
                 exchange=c.exchange,

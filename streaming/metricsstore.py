@@ -27,6 +27,7 @@ import redis
 
 from redisstore.keys import ANOMALIES_STREAM, history_key, metrics_key, spread_key, written_key
 from streaming.candlestore import DEDUPE_RETENTION_MS, XADD_ONCE_SCRIPT
+from streaming.rejectlog import RejectionLog
 
 ANOMALIES_MAXLEN = 100_000
 DEFAULT_TTL_S = 86_400
@@ -47,22 +48,38 @@ class MetricsWrites:
 
 
 class MetricsStore:
-    """Writes metrics, history, spreads and anomalies; one pipeline per call."""
+    """Writes metrics, history, spreads and anomalies; one pipeline per call.
+
+    Args:
+        client: the Redis to write to.
+        ttl_s: lifetime of the latest-metrics hashes after their last update.
+        history_len: metrics kept per (exchange, symbol).
+        rejection_log: the flow's log of unreadable closed-candle events, flushed
+            when the flow ends (:meth:`finish`).
+
+    """
 
     def __init__(
         self,
         client: redis.Redis,
         ttl_s: int = DEFAULT_TTL_S,
         history_len: int = DEFAULT_HISTORY_LEN,
+        rejection_log: RejectionLog | None = None,
     ) -> None:
         self.client = client
         self.ttl_s = ttl_s
         self.history_len = history_len
+        self.rejection_log = rejection_log
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
 
     def stage(self, batches: Sequence[MetricsWrites]) -> int:
         """Nothing to do before Redis (:class:`streaming.sinks.FlowSink`)."""
         return 0
+
+    def finish(self) -> None:
+        """The flow ends: log the unreadable events seen since the last line."""
+        if self.rejection_log is not None:
+            self.rejection_log.flush()
 
     def write(self, batches: Sequence[MetricsWrites], now_ms: int | None = None) -> int:
         """Write the batches in one pipeline; returns the number of records."""

@@ -12,6 +12,14 @@ Formats:
 * ``binance-aggtrades``: Binance's aggregate trade dumps
   (``BTCUSDT-aggTrades-2025-03-14.csv``), spot or USD-M, the same way.
 
+Nothing is replayed in silence. Before anything is written, each file is read up to
+its first message that parses as a trade: a file with none (a capture of ``kline``
+or ``depthUpdate`` messages, a dump none of whose rows parse) is refused in one line
+saying what it holds, by event type or by reason with the first examples. When only
+some of a websocket capture's messages carry no trade, it is replayed, and a warning
+at the end counts them by event type (they go to the DLQ as the candles flow rejects
+them).
+
 Several files are merged by their recorded time, so symbols interleave as they did
 in the market. The exchange gets progress marks at the recorded time reached
 (:class:`~streaming.feeds.pacing.PacedWriter`), at least every second, and while a
@@ -24,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -48,10 +59,13 @@ from marketdata.parsing import (
     FORMATS,
     TRADE_EVENTS,
     normalize_symbol,
+    parse_message,
 )
 from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
 from marketdata.timeutil import MICROS_THRESHOLD
+from marketdata.trade import Trade
+from redisstore.keys import DLQ_STREAM
 from streaming.feeds.base import feed_writer
 from streaming.feeds.pacing import PacedWriter, Progress, parse_speed
 from streaming.rawlog import RawLogWriter
@@ -60,20 +74,37 @@ from streaming.rawlog import RawLogWriter
 REPLAY_FORMATS = (*FORMATS, FORMAT_TRADES_ALIAS)
 #: CSV formats -> the column of the trade time.
 _CSV_TIME_COLUMN = {FORMAT_CSV: 4, FORMAT_AGG_CSV: 5}
+#: The event type counted for a websocket line that is not JSON.
+NOT_JSON = "not JSON"
 
 
-def _ws_time(line: bytes, last: int) -> tuple[int, str | None]:
+def _unwrap(obj: object) -> object:
+    """A websocket message's event: the combined-stream wrapper's ``data``, as the parser."""
+    if isinstance(obj, dict) and isinstance(obj.get("data"), dict) and "s" not in obj:
+        return obj["data"]
+    return obj
+
+
+def _kind(obj: object) -> str:
+    """A decoded websocket message's event type (``trade`` when it has none)."""
+    if not isinstance(obj, dict):
+        return "not an object"
+    return str(obj.get("e", "trade"))[:40]
+
+
+def _ws_time(line: bytes, last: int) -> tuple[int, str | None, str]:
+    """A websocket line's time (or ``last``), symbol and event type (:func:`_kind`)."""
     try:
-        obj = orjson.loads(line)
-        if isinstance(obj, dict) and isinstance(obj.get("data"), dict):
-            obj = obj["data"]
-        t = obj.get("T", obj.get("E")) if isinstance(obj, dict) else None
-        sym = obj.get("s") if isinstance(obj, dict) else None
+        obj = _unwrap(orjson.loads(line))
     except orjson.JSONDecodeError:
-        return last, None
+        return last, None, NOT_JSON
+    if not isinstance(obj, dict):
+        return last, None, _kind(obj)
+    t = obj.get("T", obj.get("E"))
+    sym = obj.get("s")
     if isinstance(t, int) and not isinstance(t, bool):
         last = t // 1000 if t >= MICROS_THRESHOLD else t
-    return last, sym if isinstance(sym, str) else None
+    return last, sym if isinstance(sym, str) else None, _kind(obj)
 
 
 def _csv_time(line: bytes, last: int, column: int = 4) -> int:
@@ -84,8 +115,42 @@ def _csv_time(line: bytes, last: int, column: int = 4) -> int:
     return last
 
 
+@dataclass
+class FileTally:
+    """What one replayed file held: its messages, and the websocket ones carrying no trade.
+
+    Attributes:
+        path: the file.
+        messages: the messages (non-blank lines, header aside) written from it.
+        not_trades: websocket messages that are no ``trade`` or ``aggTrade``, by event
+            type (``not JSON`` for lines that are not JSON).
+
+    """
+
+    path: Path
+    messages: int = 0
+    not_trades: Counter[str] = field(default_factory=Counter)
+
+    def warning(self) -> str | None:
+        """One line about the messages that carry no trade, or ``None`` when all do."""
+        if not self.not_trades:
+            return None
+        n = sum(self.not_trades.values())
+        kinds = ", ".join(f"{k} {c:,}" for k, c in self.not_trades.most_common())
+        return (
+            f"{self.path.name}: {n:,} of its {self.messages:,} messages carry no trade "
+            f"({kinds}); only {' and '.join(TRADE_EVENTS)} messages are taken, the others "
+            f"go to the DLQ ({DLQ_STREAM})"
+        )
+
+
 def _read_file(
-    path: Path, fmt: str, exchange: str, symbol: str | None, consumed: list[int]
+    path: Path,
+    fmt: str,
+    exchange: str,
+    symbol: str | None,
+    consumed: list[int],
+    tally: FileTally,
 ) -> Iterator[tuple[int, RawMessage]]:
     t = 0
     # RawMessage(payload, exchange, recv_ms, fmt, symbol) is built positionally here:
@@ -100,73 +165,117 @@ def _read_file(
                 if is_header(lineno + 1, line):
                     continue  # a header line (futures dumps have one): not data
                 t = _csv_time(line, t, _CSV_TIME_COLUMN[fmt])
+                tally.messages += 1
                 yield t, RawMessage(line, exchange, 0, fmt, symbol)
             else:
-                t, sym = _ws_time(line, t)
+                t, sym, kind = _ws_time(line, t)
+                tally.messages += 1
+                if kind not in TRADE_EVENTS:
+                    tally.not_trades[kind] += 1
                 yield t, RawMessage(line, exchange, 0, FORMAT_WS, sym)
 
 
-#: Lines looked at before a replay starts, to refuse a file in the wrong format.
-PEEK_LINES = 1000
+#: Lines whose format is sniffed before a CSV replay starts.
+SNIFF_LINES = 20
+#: Examples of rejected rows in the message refusing a CSV file.
+EXAMPLES = 3
 #: What the CSV formats are called in :func:`marketdata.binance_dump.sniff`.
 _SNIFF_NAME = {FORMAT_CSV: FORMAT_TRADES, FORMAT_AGG_CSV: FORMAT_AGGTRADES}
 
 
-def _event_type(line: bytes) -> str:
-    """A websocket line's event type (``trade`` when it has none), or ``not JSON``."""
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return "not JSON"
-    if isinstance(obj, dict) and isinstance(obj.get("data"), dict) and "s" not in obj:
-        obj = obj["data"]
-    if not isinstance(obj, dict):
-        return "not an object"
-    return str(obj.get("e", "trade"))[:40]
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k} {n:,}" for k, n in counter.most_common())
 
 
-def check_replayable(path: Path, fmt: str) -> None:
-    """Refuse a file whose first lines hold nothing this format can replay.
-
-    A websocket capture of only ``kline`` or ``depthUpdate`` messages, or a dump in
-    another format than ``fmt``, would otherwise go to the raw log and from there
-    all to the DLQ.
-
-    Raises:
-        ValueError: one line saying what the file holds instead.
-
-    """
+def _check_csv_kind(path: Path, fmt: str) -> None:
+    """Refuse a COIN-M dump, or a dump whose first lines look like another format."""
     head: list[bytes] = []
     with open_dump(path)[0] as f:
         for raw in f:
             line = raw.rstrip(b"\r\n")
             if line.strip():
                 head.append(line)
-                if len(head) >= PEEK_LINES:
+                if len(head) >= SNIFF_LINES:
                     break
     if not head:
-        return
-    if fmt == FORMAT_WS:
-        kinds: dict[str, int] = {}
-        for line in head:
-            k = _event_type(line)
-            kinds[k] = kinds.get(k, 0) + 1
-        if not any(k in TRADE_EVENTS for k in kinds):
-            found = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
-            msg = (
-                f"{path.name}: none of its first {len(head)} messages is a trade ({found}); "
-                f"only {' and '.join(TRADE_EVENTS)} messages carry trades"
-            )
-            raise ValueError(msg)
         return
     why = coin_m_reason(path, head[0])
     if why:
         raise ValueError(why)
-    looks = sniff(head[:20])
+    looks = sniff(head)
     if looks is not None and looks != _SNIFF_NAME[fmt]:
         msg = f"{path.name} does not look like {fmt}: it looks like {looks}"
         hint = {FORMAT_TRADES: FORMAT_CSV, FORMAT_AGGTRADES: FORMAT_AGG_CSV}.get(looks)
         raise ValueError(msg + (f"; pass --format {hint}" if hint else ""))
+
+
+def check_replayable(
+    path: Path, fmt: str, *, symbol: str | None = None, exchange: str = "binance"
+) -> None:
+    """Refuse a file none of whose messages this format can replay as a trade.
+
+    The file is read up to its first message that parses as a trade
+    (:func:`marketdata.parsing.parse_message`), so a good file costs one line and a
+    file with none is read whole. Everything a replay writes goes to the raw log and
+    from there, when it is no trade, to the DLQ: a file with no trade at all is a
+    mistake (a capture of ``kline`` or ``depthUpdate`` messages, a dump in another
+    format than ``fmt``), refused before anything is written.
+
+    Args:
+        path: the file (or a ``.zip`` holding it).
+        fmt: ``binance-ws``, ``binance-csv`` or ``binance-aggtrades``.
+        symbol: the symbol of a CSV file's rows.
+        exchange: the exchange the messages are replayed as.
+
+    Raises:
+        ValueError: one line: for a websocket capture, how many messages of which
+            event types it holds (and why its trade messages, if any, were
+            rejected); for a CSV dump, the format it looks like, or the reasons
+            its rows were rejected with the first examples (line number, reason).
+
+    """
+    if fmt != FORMAT_WS:
+        _check_csv_kind(path, fmt)
+    lines = 0
+    kinds: Counter[str] = Counter()  # websocket: event types
+    reasons: Counter[str] = Counter()  # why rows / trade messages were rejected
+    examples: list[str] = []
+    with open_dump(path)[0] as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip(b"\r\n")
+            if not line.strip() or (fmt != FORMAT_WS and is_header(lineno, line)):
+                continue
+            lines += 1
+            if fmt == FORMAT_WS:
+                try:
+                    kind = _kind(_unwrap(orjson.loads(line)))
+                except orjson.JSONDecodeError:
+                    kind = NOT_JSON
+                kinds[kind] += 1
+                if kind not in TRADE_EVENTS:
+                    continue
+            res = parse_message(line, fmt=fmt, exchange=exchange, symbol=symbol)
+            if isinstance(res, Trade):
+                return
+            reasons[res.reason] += 1
+            if len(examples) < EXAMPLES:
+                examples.append(f"line {lineno}: {res.reason}")
+    if lines == 0:
+        msg = f"{path.name} holds no messages: nothing to replay"
+        raise ValueError(msg)
+    if fmt == FORMAT_WS:
+        taken = " and ".join(TRADE_EVENTS)
+        rejected = f"; the {taken} messages were rejected: {_counts(reasons)}" if reasons else ""
+        msg = (
+            f"{path.name}: none of its {lines:,} messages is a trade (by event type: "
+            f"{_counts(kinds)}{rejected}); only {taken} messages are taken: nothing replayed"
+        )
+        raise ValueError(msg)
+    msg = (
+        f"{path.name}: none of its {lines:,} rows is a trade as {fmt} ({_counts(reasons)}; "
+        f"e.g. {', '.join(examples)}): nothing replayed"
+    )
+    raise ValueError(msg)
 
 
 def replay_files(
@@ -179,11 +288,27 @@ def replay_files(
     speed: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
+    tallies: list[FileTally] | None = None,
 ) -> int:
     """Replay recorded files into the raw log; returns the number of messages written.
 
+    Every file is checked (:func:`check_replayable`) before anything is written.
+
+    Args:
+        writer: the raw log.
+        files: the files, merged by their recorded time.
+        fmt: one of :data:`REPLAY_FORMATS`.
+        symbol: the symbol of CSV rows (default: from Binance's file names).
+        exchange: the exchange the messages are written as.
+        speed: a factor of the recorded timing, or ``None`` for as fast as possible.
+        should_stop: stops the replay when it turns true.
+        progress: show a progress bar.
+        tallies: when given, one :class:`FileTally` per file is appended to it,
+            complete once the replay returns.
+
     Raises:
-        ValueError: unknown format, or a CSV file whose symbol cannot be known.
+        ValueError: unknown format, a CSV file whose symbol cannot be known, or a
+            file with no message that parses as a trade (one line saying why).
         FileNotFoundError: a missing file.
 
     """
@@ -207,8 +332,11 @@ def replay_files(
         if not path.exists():
             msg = f"{path}: no such file"
             raise FileNotFoundError(msg)
-        check_replayable(path, fmt)
-        streams.append(_read_file(path, fmt, exchange, sym, consumed))
+        check_replayable(path, fmt, symbol=sym, exchange=exchange)
+        tally = FileTally(path)
+        if tallies is not None:
+            tallies.append(tally)
+        streams.append(_read_file(path, fmt, exchange, sym, consumed, tally))
     total = sum(p.stat().st_size for p in files)
     merged = heapq.merge(*streams, key=lambda item: item[0])
 
@@ -244,8 +372,9 @@ class DumpReplay:
         )
 
     def run(self, args: argparse.Namespace, settings: Settings, stop: threading.Event) -> int:
-        """Replay the files into the raw log."""
+        """Replay the files into the raw log; warn about messages that carry no trade."""
         speed = parse_speed(args.speed)
+        tallies: list[FileTally] = []
         with feed_writer(settings, stop) as writer:
             n = replay_files(
                 writer,
@@ -255,9 +384,14 @@ class DumpReplay:
                 exchange=args.exchange,
                 speed=speed,
                 should_stop=stop.is_set,
+                tallies=tallies,
             )
         print(
             f"replay: wrote {n} messages and {writer.marks_written} progress marks "
             f"to {', '.join(writer.streams)}"
         )
+        for tally in tallies:
+            warning = tally.warning()
+            if warning:
+                print(f"replay: warning: {warning}", file=sys.stderr)
         return 0

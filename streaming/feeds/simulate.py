@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
 from marketdata.simulator import SimConfig, simulate
-from marketdata.timeutil import now_ms, parse_time
+from marketdata.timeutil import MIN_EVENT_TIME_MS, format_ms, now_ms, parse_time
 from streaming.feeds.base import feed_writer, parse_exchanges, parse_symbols, share
 from streaming.feeds.pacing import PacedWriter, Progress, parse_speed
 from streaming.rawlog import RawLogWriter
@@ -133,6 +133,12 @@ class SimulatedMarket:
                 f"--start {args.start} is in the future: the flows would reject every "
                 "trade as bad_timestamp (more than CRYPTOPIPE_MAX_AHEAD_MS="
                 f"{settings.max_ahead_ms} ahead of the time it is written); start now or earlier"
+            )
+            raise ValueError(msg)
+        if start < MIN_EVENT_TIME_MS:
+            msg = (
+                f"--start {args.start} is before {format_ms(MIN_EVENT_TIME_MS)} (the first "
+                "Bitcoin block): the flows would reject every trade as bad_timestamp"
             )
             raise ValueError(msg)
         cfg = SimConfig(

@@ -51,7 +51,7 @@ from streaming.archive import (
     ArchiveWork,
     PartitionArchiver,
 )
-from streaming.archivestore import ArchiveStore
+from streaming.archivestore import ArchiveStore, archive_rejection_log
 from streaming.candleagg import WindowConfig
 from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested
 from streaming.sinks import FlowSink
@@ -192,10 +192,16 @@ def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = 
     works = op.stateful_batch(
         "archive", raw, lambda resume: _ArchiveLogic(cfg, resume or None, stop)
     )
+    # One summary of the rejections written, for all the process's workers.
+    rejections = heartbeat.watch(archive_rejection_log(cfg.lake, cfg.name))
     sink: FlowSink[ArchiveWork] = FlowSink(
         "archive sink",
         lambda: ArchiveStore(
-            cfg.lake, connect(cfg.redis_url), list(cfg.streams), durable=cfg.durable
+            cfg.lake,
+            connect(cfg.redis_url),
+            list(cfg.streams),
+            durable=cfg.durable,
+            rejection_log=rejections,
         ),
         on_written=heartbeat.on_written,
     )

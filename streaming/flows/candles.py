@@ -48,6 +48,7 @@ from redisstore.keys import raw_stream_names
 from streaming.candleagg import ShardAggregator, WindowConfig
 from streaming.candlestore import CandleStore, CandleWrites
 from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested
+from streaming.rejectlog import RejectionLog
 from streaming.sinks import FlowSink
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
@@ -202,9 +203,11 @@ def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = 
     candles = op.stateful_batch(
         "candles", raw, lambda resume: _CandlesLogic(cfg, resume or None, stop)
     )
+    # One summary of rejections and late trades for all the process's workers.
+    rejections = heartbeat.watch(RejectionLog(cfg.name))
     sink = FlowSink(
         "candle sink",
-        lambda: CandleStore(connect(cfg.redis_url), cfg.name),
+        lambda: CandleStore(connect(cfg.redis_url), cfg.name, rejections),
         on_written=heartbeat.on_written,
     )
     op.output("redis", candles, sink)

@@ -11,7 +11,8 @@ writes :mod:`streaming.metricsstore`; input, heartbeat and stop come from
 Shape::
 
     RedisStreamSource on md:candles:closed (the candles flow's closed-candle events)
-      -> flat_map: 1m events -> (symbol, ClosedBar)
+      -> flat_map: 1m events -> (symbol, ClosedBar); an unreadable event is skipped
+         and summed up in the log (streaming.rejectlog)
       -> stateful_batch keyed by symbol: one MetricsState per exchange (EMA 12/26,
          MACD, signal, RSI 14, session VWAP, anomaly flags), latest price per exchange
          for the cross-exchange spread
@@ -28,6 +29,7 @@ appended once per (exchange, symbol, open_time, kind).
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -45,6 +47,7 @@ from streaming.flows.runtime import flow_input, setup_flow_process
 from streaming.metricsagg import SymbolState as _SymbolState
 from streaming.metricsagg import apply_bars, closed_bars
 from streaming.metricsstore import DEFAULT_HISTORY_LEN, DEFAULT_TTL_S, MetricsStore, MetricsWrites
+from streaming.rejectlog import RejectionLog
 from streaming.sinks import FlowSink
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
 
@@ -78,9 +81,18 @@ class MetricsFlowConfig:
     name: str = FLOW_NAME
 
 
-def _keyed_bars(item: tuple[str, RawBatch]) -> list[tuple[str, ClosedBar]]:
-    """The 1m closed candles of a batch of events, keyed by symbol."""
-    return [(bar.symbol, bar) for bar in closed_bars(item[1].fields)]
+def _keyed_bars(
+    rejections: RejectionLog, item: tuple[str, RawBatch]
+) -> list[tuple[str, ClosedBar]]:
+    """The 1m closed candles of a batch of events, keyed by symbol.
+
+    Unreadable events are skipped and summed up in ``rejections``.
+    """
+    rejected: list[str] = []
+    bars = closed_bars(item[1].fields, rejected)
+    if rejected:
+        rejections.observe(rejected)
+    return [(bar.symbol, bar) for bar in bars]
 
 
 # Snapshots taken before the state moved to streaming.metricsagg name it here.
@@ -105,11 +117,13 @@ class _MetricsLogic(StatefulBatchLogic[ClosedBar, MetricsWrites, bytes]):
 def build_flow(cfg: MetricsFlowConfig) -> Dataflow:
     """The metrics dataflow for ``cfg``."""
     flow, events, heartbeat = flow_input(cfg, [cfg.stream])
-    bars = op.flat_map("bars", events, _keyed_bars)
+    # Unreadable events stay in the stream; they are summed up at most every 10 s.
+    rejections = heartbeat.watch(RejectionLog(cfg.name, kept=f"left in {cfg.stream}"))
+    bars = op.flat_map("bars", events, functools.partial(_keyed_bars, rejections))
     metrics = op.stateful_batch("metrics", bars, lambda resume: _MetricsLogic(cfg, resume or None))
     sink = FlowSink(
         "metrics sink",
-        lambda: MetricsStore(connect(cfg.redis_url), cfg.ttl_s, cfg.history_len),
+        lambda: MetricsStore(connect(cfg.redis_url), cfg.ttl_s, cfg.history_len, rejections),
         on_written=heartbeat.on_written,
     )
     op.output("redis", metrics, sink)

@@ -38,6 +38,7 @@ from redisstore.conn import connect, text
 from redisstore.keys import heartbeat_key
 from streaming.heartbeat import HeartbeatWriter
 from streaming.memory import fix_mmap_threshold
+from streaming.rejectlog import RejectionLog
 from streaming.signals import stop_on_signals
 from streaming.sources import PartitionObserver, RawBatch, RedisStreamSource, StreamPosition
 
@@ -85,6 +86,7 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
         self._last_error = ""
         self._started = False
         self._start_lock = threading.Lock()
+        self._rejection_logs: list[RejectionLog] = []
 
     @classmethod
     def from_env(cls, client: redis.Redis, name: str) -> FlowHeartbeat:
@@ -131,6 +133,22 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
     def on_written(self, n: int) -> None:
         """A sink wrote ``n`` records."""
         self.add(items_out=n)
+
+    def watch(self, rejections: RejectionLog) -> RejectionLog:
+        """Tick ``rejections`` every beat, so that its summary is due also while idle."""
+        with self._lock:
+            self._rejection_logs.append(rejections)
+        return rejections
+
+    def tick(self) -> None:
+        """Every beat: the summaries of the rejection logs that are due (never raises)."""
+        with self._lock:
+            logs = list(self._rejection_logs)
+        for rejections in logs:
+            try:
+                rejections.tick()
+            except Exception:  # a log line must not stop the heartbeat
+                log.exception("%s: the rejection summary failed", self.name)
 
     # -- writing --------------------------------------------------------------------
 

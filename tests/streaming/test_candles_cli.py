@@ -280,8 +280,10 @@ def test_candles_command_reads_back_in_every_format(
     # Loud: the flow's log sums up what it rejected, by reason, and where it is kept.
     assert day.rejected > 0
     summary = [line for line in out.stderr.splitlines() if "rejected" in line]
-    assert summary and "kept in md:trades:dlq" in summary[-1], out.stderr
-    logged = sum(int(n.replace(",", "")) for n in re.findall(r"rejected ([\d,]+) \(", out.stderr))
+    assert summary and "(DLQ md:trades:dlq)" in summary[-1], out.stderr
+    logged = sum(
+        int(n.replace(",", "")) for n in re.findall(r"rejected ([\d,]+) in the last", out.stderr)
+    )
     assert logged == day.rejected
     # status: the totals by reason, and the late count, from the flow's counters.
     status = cli("status", "--format", "json", env=env)
