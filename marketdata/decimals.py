@@ -65,6 +65,32 @@ def parse_e8(text: str) -> int:
     return int(whole) * SCALE
 
 
+def parse_e16(text: str) -> int:
+    """Parse a plain decimal string into an integer number of 1e-16 units.
+
+    The same grammar as :func:`parse_e8` with 16 fractional digits: for amounts that
+    are sums of price x quantity (a quote volume), which the exchange may write with
+    more than 8 fractional digits. Digits beyond the 16th are accepted only when
+    they are zeros.
+
+    Raises:
+        DecimalFormatError: with ``kind`` set to ``bad_number`` or ``too_precise``.
+
+    """
+    whole, dot, frac = text.partition(".")
+    if not whole or len(whole) > 40 or not whole.isascii() or not whole.isdigit():
+        raise DecimalFormatError("bad_number")
+    if not dot:
+        return int(whole) * 10**QUOTE_SCALE_DIGITS
+    if not frac or len(frac) > 64 or not frac.isascii() or not frac.isdigit():
+        raise DecimalFormatError("bad_number")
+    if len(frac) > QUOTE_SCALE_DIGITS:
+        if frac[QUOTE_SCALE_DIGITS:].strip("0"):
+            raise DecimalFormatError("too_precise")
+        frac = frac[:QUOTE_SCALE_DIGITS]
+    return int(whole) * 10**QUOTE_SCALE_DIGITS + int(frac.ljust(QUOTE_SCALE_DIGITS, "0"))
+
+
 def _scaled(value: int, digits: int) -> Decimal:
     # scaleb rounds to the context's precision (28 digits by default): widen it.
     with localcontext() as ctx:

@@ -54,7 +54,7 @@ def register(
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Check sealing, then run the job and print a summary."""
-    day = parse_day(args.date)
+    day = parse_day(args.date, "--date")
     try:
         status = require_sealed(settings, day, force=args.force)
     except DayNotSealedError as exc:

@@ -3,7 +3,8 @@
 ``--format json`` prints one object per line with the fields of docs/architecture.md section 3
 plus ``symbol``, ``interval``, ``open_time`` (ms), ``closed`` and ``source``;
 decimals are strings. ``--start`` is inclusive and ``--end`` exclusive, both on
-``open_time``; times are ISO 8601 in UTC or ms since the epoch.
+``open_time``; times are ISO 8601 in UTC, or seconds, ms or µs since the epoch
+(:func:`marketdata.timeutil.parse_time`, every command's rule).
 """
 
 from __future__ import annotations

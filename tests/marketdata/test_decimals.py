@@ -13,6 +13,7 @@ from marketdata.decimals import (
     format_e8,
     format_e16,
     parse_e8,
+    parse_e16,
     quantize8,
     vwap_e8,
 )
@@ -58,6 +59,44 @@ def test_parse_e8_rejects(text: str, kind: str) -> None:
     with pytest.raises(DecimalFormatError) as err:
         parse_e8(text)
     assert err.value.kind == kind
+
+
+@pytest.mark.parametrize(
+    ("text", "e16"),
+    [
+        ("0", 0),
+        ("1", 10**16),
+        ("0.0000000000000001", 1),
+        ("9302145.66080", 93_021_456_608_000_000_000_000),
+        ("126000.75000000", 1_260_007_500_000_000_000_000),
+        ("1.12345678901234560000", 11_234_567_890_123_456),  # zeros past the 16th
+    ],
+)
+def test_parse_e16(text: str, e16: int) -> None:
+    assert parse_e16(text) == e16
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("1.00000000000000001", "too_precise"),
+        ("-1", "bad_number"),
+        ("1e5", "bad_number"),
+        (".5", "bad_number"),
+        ("5.", "bad_number"),
+        ("NaN", "bad_number"),
+        ("١٢٣", "bad_number"),
+    ],
+)
+def test_parse_e16_rejects(text: str, kind: str) -> None:
+    with pytest.raises(DecimalFormatError) as err:
+        parse_e16(text)
+    assert err.value.kind == kind
+
+
+@given(st.decimals(min_value=0, max_value=10**20, places=16, allow_nan=False))
+def test_parse_e16_matches_decimal(d: Decimal) -> None:
+    assert e16_to_decimal(parse_e16(format(d, "f"))) == d
 
 
 @given(st.decimals(min_value=0, max_value=10**12, places=8, allow_nan=False))
