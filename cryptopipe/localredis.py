@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from cryptopipe.procs import die_with_parent
 from redisstore.conn import RedisUnavailableError, connect, redact
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
@@ -111,6 +112,11 @@ def redis_server_binary() -> str:
     return path
 
 
+def _quoted(value: str) -> str:
+    """``value`` as one double-quoted argument of a redis.conf line."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class LocalRedis:
     """A redis-server child process bound to loopback, data under ``data_dir``.
 
@@ -127,6 +133,7 @@ class LocalRedis:
         username: str | None = None,
         tls: TlsFiles | None = None,
         extra_args: list[str] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
@@ -134,6 +141,7 @@ class LocalRedis:
         self.username = username
         self.tls = tls
         self.extra_args = extra_args or []
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -146,14 +154,28 @@ class LocalRedis:
             return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def _auth_args(self) -> list[str]:
-        if self.username and self.password:
+    def _auth_config(self) -> list[str]:
+        """Config lines for the password: in a file, never on the command line (``ps``)."""
+        if not self.password:
+            return []
+        if self.username:
             # An ACL user with every right, and the default user switched off.
-            grants = ["on", f">{self.password}", "~*", "&*", "+@all"]
-            return ["--user", "default", "off", "--user", self.username, *grants]
-        if self.password:
-            return ["--requirepass", self.password]
-        return []
+            grants = f"on {_quoted('>' + self.password)} ~* &* +@all"
+            return ["user default off", f"user {_quoted(self.username)} {grants}"]
+        return [f"requirepass {_quoted(self.password)}"]
+
+    def _config_file(self) -> list[str]:
+        """``[path]`` of a 0600 config file holding the secrets, or ``[]`` without any."""
+        lines = self._auth_config()
+        if not lines:
+            return []
+        path = self.data_dir / "auth.conf"
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("# Written by cryptopipe: the local Redis's credentials (mode 0600).\n")
+            f.write("\n".join(lines) + "\n")
+        return [str(path)]
 
     def _tls_args(self) -> list[str]:
         if not self.tls:
@@ -179,6 +201,7 @@ class LocalRedis:
         os.chmod(self.data_dir, 0o700)
         args = [
             redis_server_binary(),
+            *self._config_file(),  # the config file comes first; options follow
             "--port",
             str(self.port),
             "--bind",
@@ -198,9 +221,13 @@ class LocalRedis:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        args += self._auth_args() + self._tls_args() + self.extra_args
+        args += self._tls_args() + self.extra_args
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while True:
@@ -215,6 +242,15 @@ class LocalRedis:
                     msg = f"redis-server on port {self.port} did not start: {tail.strip()}"
                     raise RedisUnavailableError(msg) from None
                 time.sleep(0.05)
+
+    def alive(self) -> bool:
+        """Whether the server process we started still runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of the server we started, once it exited."""
+        return None if self.proc is None else self.proc.poll()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, which makes Redis flush its AOF)."""
@@ -236,7 +272,7 @@ class LocalRedis:
         self.stop()
 
 
-def ensure_redis(url: str, data_dir: Path) -> LocalRedis | None:
+def ensure_redis(url: str, data_dir: Path, *, die_with_parent: bool = False) -> LocalRedis | None:
     """Make sure a Redis answers at ``url``; start one under ``data_dir`` if none does.
 
     Returns:
@@ -260,4 +296,6 @@ def ensure_redis(url: str, data_dir: Path) -> LocalRedis | None:
     if parsed.username and parsed.username != "default":
         msg = f"no Redis answers at {redact(url)}; a local one is started only for the default user"
         raise RedisUnavailableError(msg)
-    return LocalRedis(data_dir, parsed.port or 6379, password=parsed.password).start()
+    return LocalRedis(
+        data_dir, parsed.port or 6379, password=parsed.password, die_with_parent=die_with_parent
+    ).start()

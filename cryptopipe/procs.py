@@ -24,13 +24,16 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
         """Whether the process is still running."""
         return self.proc.poll() is None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -69,9 +72,9 @@ class ProcessGroup:
                 stderr=subprocess.STDOUT,
                 env={**base, **(env or {})},
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
-        child = Child(name, proc, log_path)
+        child = Child(name, proc, log_path, list(argv), dict(env or {}))
         self.children.append(child)
         log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
         return child
@@ -79,6 +82,20 @@ class ProcessGroup:
     def child(self, name: str) -> Child:
         """The child started as ``name`` (the newest, if several)."""
         return next(c for c in reversed(self.children) if c.name == name)
+
+    def restart(self, name: str) -> Child:
+        """Start ``name`` again as it was started (after it exited); the new child.
+
+        Whatever is left of the old one's process group is stopped first.
+        """
+        old = self.child(name)
+        self._stop([old], timeout=5.0)
+        at = self.children.index(old)
+        self.children.remove(old)
+        new = self.start(name, old.argv, old.env)
+        self.children.remove(new)
+        self.children.insert(at, new)  # keep the stop order (newest first) as it was
+        return new
 
     def stop(self, name: str, timeout: float = 15.0) -> int:
         """Stop one child as :meth:`stop_all` does; its exit code."""

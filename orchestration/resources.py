@@ -16,7 +16,7 @@ from batch.spark import DEFAULT_SPARK_MASTER, LazySpark, SparkConfig
 from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL, Settings
 from redisstore.conn import connect
 from streaming.supervisor import (
-    FLOWS,
+    ALL,
     MAX_RESTARTS,
     RESTART_WINDOW_S,
     STALE_AFTER_S,
@@ -75,14 +75,14 @@ class FlowSupervisorResource(dg.ConfigurableResource):
 
     Attributes:
         pipeline: the pipeline's Redis and home.
-        flows: the flows the health sensor watches.
+        flows: the flows (and the feed) the health sensor watches.
         stale_after_s: a heartbeat older than this is a stalled flow.
         max_restarts: more restarts than this inside ``window_s`` mark the flow failed.
         window_s: the crash-loop window.
     """
 
     pipeline: PipelineResource
-    flows: list[str] = Field(default_factory=lambda: list(FLOWS))
+    flows: list[str] = Field(default_factory=lambda: list(ALL))
     stale_after_s: float = STALE_AFTER_S
     max_restarts: int = MAX_RESTARTS
     window_s: float = RESTART_WINDOW_S

@@ -92,6 +92,10 @@ def spread_key(symbol: str) -> str:
 
 # ---- flows and their supervision ------------------------------------------------------
 
+#: String (JSON, with a lease TTL): the ``cryptopipe up`` that runs the stack on this
+#: Redis (pid, host, home, UI URL); one stack per Redis.
+STACK_KEY = "md:stack"
+
 
 def heartbeat_key(name: str) -> str:
     """Hash: the heartbeat of flow (or feed) ``name``."""

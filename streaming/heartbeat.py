@@ -5,12 +5,18 @@ Key ``md:flow:<name>:heartbeat``; fields ``pid``, ``started_at`` and
 ``last_source_id``, ``lag`` (entries behind the stream tip), ``throughput``
 (items in per second over the last interval) and ``restarts`` (as counted by the
 supervisor).
+
+The thread also watches the process's owner (:mod:`streaming.owner`): when the
+``cryptopipe up`` that started the stack is gone (killed by SIGKILL, say), it sends
+its own process SIGTERM once, which stops a flow or feed the way ``stream stop``
+does (a snapshot, then exit), so nothing outlives the stack it belonged to.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any
@@ -20,11 +26,14 @@ import redis
 from redisstore.conn import text
 from redisstore.keys import control_key, heartbeat_key
 from redisstore.retry import OutageLog
+from streaming.owner import OWNER_ENV, owner_gone
 
 log = logging.getLogger(__name__)
 
 #: How often a heartbeat is written; docs/architecture.md asks for at least every 2 s.
 INTERVAL_S = 1.0
+#: How long a process whose owner is gone gets to stop by itself after its SIGTERM.
+OWNERLESS_GRACE_S = 20.0
 
 
 def read_heartbeat(client: redis.Redis, name: str) -> dict[str, str] | None:
@@ -101,6 +110,25 @@ class HeartbeatWriter:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if owner_gone():
+                log.error(
+                    "%s: the cryptopipe up that started it (%s %s) is gone: stopping",
+                    self.name,
+                    OWNER_ENV,
+                    os.environ.get(OWNER_ENV),
+                )
+                os.kill(os.getpid(), signal.SIGTERM)  # a graceful stop, as stream stop does
+                if not self._stop.wait(OWNERLESS_GRACE_S):
+                    # Still here: stuck on what died with the owner (its local Redis).
+                    # As stream stop would, end it; the last snapshot stands.
+                    log.error(
+                        "%s: not stopped %.0f s after SIGTERM: exiting",
+                        self.name,
+                        OWNERLESS_GRACE_S,
+                    )
+                    logging.shutdown()
+                    os._exit(1)
+                return
             try:
                 self.beat()
             except redis.RedisError as exc:

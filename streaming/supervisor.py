@@ -22,6 +22,7 @@ writes (:mod:`streaming.heartbeat`).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from redisstore.keys import control_key, restarts_key
 from streaming import proctable
 from streaming.feeds import DEFAULT_FEED, feed_named
 from streaming.heartbeat import read_heartbeat
+from streaming.owner import OWNER_ENV
 
 FLOWS = ("candles", "metrics", "archive")
 FEED = "feed"
@@ -156,8 +158,32 @@ class Supervisor:
             raise ValueError(msg)
         extra = self.flow_args.get(name, [])
         if name == FEED:
-            return [sys.executable, "-m", "cryptopipe", "feed", self.feed, *extra]
+            return [sys.executable, "-m", "cryptopipe", "feed", *self.feed_args()]
         return [sys.executable, "-m", "cryptopipe", "stream", "run", name, *extra]
+
+    def set_feed(self, args: list[str]) -> None:
+        """What the ``feed`` process runs: ``cryptopipe feed <args>``.
+
+        Kept in the feed's control hash in Redis, so whoever starts the feed (a
+        Dagster run of the health sensor) starts the one ``cryptopipe up --feed`` asked
+        for, with its options.
+
+        Raises:
+            ValueError: ``args[0]`` is not a feed.
+
+        """
+        feed_named(args[0])
+        self.client.hset(control_key(FEED), "spec", json.dumps(args))
+
+    def feed_args(self) -> list[str]:
+        """The arguments of ``cryptopipe feed`` for the ``feed`` process.
+
+        What :meth:`set_feed` stored, else this supervisor's feed and its ``flow_args``.
+        """
+        raw = self.client.hget(control_key(FEED), "spec")
+        if raw:
+            return [str(a) for a in json.loads(text(raw))]
+        return [self.feed, *self.flow_args.get(FEED, [])]
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -207,19 +233,26 @@ class Supervisor:
         """Mark the flow stopped on purpose, before stopping it (nothing restarts it)."""
         self.client.hset(control_key(name), "desired", "stopped")
 
-    def stop_stray(self, name: str, timeout: float = 20.0) -> bool:
+    def stop_stray(self, name: str, timeout: float = 20.0, *, owner: str | None = None) -> bool:
         """Stop a process of this flow that its heartbeat names but no pid file tracks.
 
         A start racing with a shutdown (a Dagster run finishing after the daemon was
-        stopped) can leave one. The pid is trusted only if its command line runs this flow.
+        stopped) can leave one. The pid is trusted only if its command line runs this
+        flow and, with ``owner``, only if it was started under that owner token
+        (:data:`streaming.owner.OWNER_ENV` in its environment): clean-up stops only
+        what its own ``cryptopipe up`` started.
         """
         hb = read_heartbeat(self.client, name) or {}
         try:
             pid = int(hb.get("pid", "0"))
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (ValueError, OSError):
             return False
-        if pid <= 0 or pid == os.getpid() or f"flows.{name}:" not in cmdline:
+        ours = (name == FEED and " feed " in f" {cmdline} ") or f"flows.{name}:" in cmdline
+        if pid <= 0 or pid == os.getpid() or not ours:
+            return False
+        if owner is not None and f"{OWNER_ENV}={owner}".encode() not in environ:
             return False
         return proctable.terminate(
             lambda sig: os.kill(pid, sig), lambda: Path(f"/proc/{pid}").exists(), timeout

@@ -1,19 +1,20 @@
 """The speed layer as assets of the graph.
 
-The raw log (observed: its length and range) and the long-running flows (observed,
-not materialised by Dagster), each flow with its ``flow_is_healthy`` check.
+The raw log (observed: its length and range) and the long-running flows and the
+feed (observed, not materialised by Dagster), each with its ``flow_is_healthy`` check.
 """
 
 import dagster as dg
 
 from orchestration.resources import FlowSupervisorResource, PipelineResource
 from streaming.rawlog_stats import raw_log_summary
-from streaming.supervisor import FLOWS
+from streaming.supervisor import ALL, FEED
 
 _DESCRIPTIONS = {
     "candles": "bytewax: raw log -> live and closed candles (1m..1d), DLQ, late stream.",
     "metrics": "bytewax: closed 1m candles -> EMA, MACD, RSI, VWAP, anomalies, spreads.",
     "archive": "bytewax: raw log -> Parquet lake trades/ (typed, append-only).",
+    FEED: "the feed process (cryptopipe up --feed ...): the venue's trades -> raw log.",
 }
 _DEPS = {"candles": ["raw_log"], "metrics": ["candles_flow"], "archive": ["raw_log"]}
 
@@ -43,10 +44,10 @@ flow_assets = [
         flow_asset_key(name),
         description=_DESCRIPTIONS.get(name, name),
         group_name="speed_layer",
-        kinds={"bytewax", "redis"},
+        kinds={"python", "redis"} if name == FEED else {"bytewax", "redis"},
         deps=_DEPS.get(name, []),
     )
-    for name in FLOWS
+    for name in ALL
 ]
 
 
@@ -65,5 +66,5 @@ def _health_check(name: str) -> dg.AssetChecksDefinition:
     return check
 
 
-flow_checks = [_health_check(name) for name in FLOWS]
+flow_checks = [_health_check(name) for name in ALL]
 speed_assets: list[dg.AssetsDefinition | dg.AssetSpec] = [raw_log_stats, *flow_assets]

@@ -1,0 +1,283 @@
+"""``cryptopipe up`` left running: one stack per Redis, children restarted, nothing orphaned.
+
+Real processes throughout: ``cryptopipe up`` as a user runs it, its local
+redis-server, Dagster's webserver and daemon, the flows and the feed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from cryptopipe.localredis import free_port
+from redisstore.keys import STACK_KEY
+from tests.orchestration.test_up_e2e import log_tails
+from tests.processes import ROOT, leftovers, run_cryptopipe
+
+#: Fresh-home starts in a row (the issue asks for ten; CRYPTOPIPE_FRESH_STARTS=10).
+FRESH_STARTS = int(os.environ.get("CRYPTOPIPE_FRESH_STARTS", "3"))
+
+
+class Up:
+    """A running ``cryptopipe up`` whose output is collected as it comes."""
+
+    def __init__(self, home: Path, url: str, *args: str) -> None:
+        self.home = home
+        self.env = {**os.environ, "REDIS_URL": url, "CRYPTOPIPE_HOME": str(home)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cryptopipe", "up", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match[str]:
+        """The first output line matching ``pattern`` (fails with the logs after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if m := re.search(pattern, line):
+                    return m
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.2)
+        pytest.fail(f"no line /{pattern}/ from up:\n{self.output}\n{log_tails(self.home)}")
+
+    def count(self, pattern: str) -> int:
+        return sum(1 for line in list(self.lines) if re.search(pattern, line))
+
+    def stop(self, timeout: float = 90) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+
+def wait_for(pred: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := pred():
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def raw_len(client: redis.Redis) -> int:
+    return int(client.xlen("md:trades:raw"))
+
+
+def flow_pids(up: Up, names: tuple[str, ...]) -> dict[str, int]:
+    """The pids of running flows, by ``stream status`` (empty until all run)."""
+    out = run_cryptopipe(up.env, "stream", "status", "--format", "json")
+    if out.returncode != 0:
+        return {}
+    import json
+
+    states = {s["name"]: s for s in json.loads(out.stdout)}
+    if all(states.get(n, {}).get("state") == "running" for n in names):
+        return {n: int(states[n]["pid"]) for n in names}
+    return {}
+
+
+def test_a_second_up_is_refused_at_once_and_the_first_is_untouched(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    first = Up(tmp_path / "a", url, "--no-dagster", "--rate", "50", "--for", "120")
+    try:
+        feed_pid = int(first.wait_line(r"started feed-simulate \(pid (\d+)\)", 60)[1])
+        first.wait_line("Ctrl-C stops everything", 30)
+        client = redis.Redis.from_url(url)
+        wait_for(lambda: raw_len(client) > 0, 30, "the first stack's feed to write")
+        holder = client.get(STACK_KEY)
+
+        t0 = time.monotonic()
+        second = run_cryptopipe(
+            {**first.env, "CRYPTOPIPE_HOME": str(tmp_path / "b")},
+            "up",
+            "--no-dagster",
+            "--for",
+            "30",
+            timeout=60,
+        )
+        took = time.monotonic() - t0
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert took < 10, f"refused only after {took:.1f} s"
+        said = second.stderr.strip().splitlines()[-1]
+        assert f"pid {first.proc.pid}" in said and str(tmp_path / "a") in said, said
+        assert "another cryptopipe up runs the stack on this Redis" in said
+        # Untouched: the same lease, the same feed still writing, nothing of b's started.
+        assert client.get(STACK_KEY) == holder
+        assert alive(feed_pid) and first.proc.poll() is None
+        before = raw_len(client)
+        wait_for(lambda: raw_len(client) > before, 15, "the first feed to go on writing")
+        assert not (tmp_path / "b" / "run").exists()
+    finally:
+        assert first.stop() == 0, first.output
+    assert leftovers(str(tmp_path)) == ""
+
+
+def test_a_dead_feed_and_a_dead_local_redis_are_restarted(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    up = Up(tmp_path, url, "--no-dagster", "--rate", "50", "--for", "180")
+    try:
+        feed_pid = int(up.wait_line(r"started feed-simulate \(pid (\d+)\)", 60)[1])
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        wait_for(lambda: raw_len(client) > 0, 30, "the feed to write")
+
+        os.kill(feed_pid, signal.SIGKILL)
+        up.wait_line(r"feed-simulate exited with status -9; restarting it in 1 s", 15)
+        new_pid = int(up.wait_line(r"restarted feed-simulate \(pid (\d+)\)", 15)[1])
+        assert new_pid != feed_pid and alive(new_pid)
+        before = raw_len(client)
+        wait_for(lambda: raw_len(client) > before, 30, "the restarted feed to write")
+
+        redis_pid = int(client.info("server")["process_id"])
+        os.kill(redis_pid, signal.SIGKILL)
+        up.wait_line(r"local redis-server exited \(-9\); restarting it in 1 s", 15)
+        up.wait_line(r"restarted the local redis-server", 30)
+
+        def grows() -> bool:
+            try:
+                return raw_len(client) > 0 and int(client.info("server")["process_id"]) != redis_pid
+            except redis.RedisError:
+                return False
+
+        wait_for(grows, 30, "the restarted Redis to answer")
+        after = raw_len(client)
+        wait_for(lambda: raw_len(client) > after, 60, "the feed to write into the new Redis")
+        assert alive(new_pid), "the feed rode out the Redis restart"
+        assert up.proc.poll() is None
+    finally:
+        assert up.stop() == 0, up.output
+    assert leftovers(str(tmp_path)) == ""
+
+
+@pytest.mark.slow
+def test_dagster_children_restarted_flows_undisturbed_and_sigkill_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    up = Up(tmp_path, url, "--rate", "40", "--dagster-port", str(free_port()), "--for", "600")
+    try:
+        up.wait_line(r"code location loaded", 180)
+        web = int(up.wait_line(r"started dagster-webserver \(pid (\d+)\)", 5)[1])
+        daemon = int(up.wait_line(r"started dagster-daemon \(pid (\d+)\)", 5)[1])
+        names = ("candles", "metrics", "archive", "feed")
+        pids = wait_for(lambda: flow_pids(up, names), 180, "the sensor to start the flows")
+        assert isinstance(pids, dict)
+
+        os.kill(web, signal.SIGKILL)
+        os.kill(daemon, signal.SIGKILL)
+        up.wait_line(r"restarted dagster-webserver \(pid \d+\)", 30)
+        up.wait_line(r"restarted dagster-daemon \(pid \d+\)", 30)
+        client = redis.Redis.from_url(url)
+        closed = "md:candles:{BTCUSDT}:binance:1m"
+        wait_for(lambda: client.hlen(closed) >= 1, 120, "a closed 1m candle")
+        assert flow_pids(up, names) == pids, "the flows rode out Dagster's restart"
+
+        # The feed, supervised like a flow: killed, the health sensor starts it again.
+        os.kill(pids["feed"], signal.SIGKILL)
+        feed_back = wait_for(
+            lambda: (p := flow_pids(up, ("feed",))) and p["feed"] != pids["feed"] and p,
+            90,
+            "the sensor to restart the feed",
+        )
+        assert feed_back
+
+        up.proc.send_signal(signal.SIGKILL)
+        up.proc.wait(10)
+    finally:
+        if up.proc.poll() is None:
+            up.proc.kill()
+    # Everything up started goes with it: the flows stop themselves (their owner is gone),
+    # Dagster and the local Redis get SIGTERM from the kernel.
+    left = leftovers(str(tmp_path), grace_s=60)
+    assert left == "", f"{left}\n{log_tails(tmp_path)}"
+
+
+def _two_heads(db: Path) -> None:
+    """What the webserver and daemon racing on a fresh instance leave: two version rows."""
+    from dagster._core.storage.sqlite import LAST_KNOWN_STAMPED_SQLITE_ALEMBIC_REVISION
+
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO alembic_version (version_num) VALUES (?)",
+            (LAST_KNOWN_STAMPED_SQLITE_ALEMBIC_REVISION,),
+        )
+
+
+@pytest.mark.slow
+def test_fresh_starts_load_the_code_location_and_a_broken_instance_is_repaired_or_explained(
+    tmp_path: Path,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    for n in range(FRESH_STARTS):
+        home = tmp_path / f"fresh{n}"
+        up = Up(home, url, "--dagster-port", str(free_port()), "--for", "240")
+        try:
+            up.wait_line(r"code location loaded \(realtime_crypto_pipeline\)", 180)
+            wait_for(lambda u=up: flow_pids(u, ("candles",)), 120, f"start {n}: candles")
+        finally:
+            assert up.stop() == 0, up.output
+
+    # The race's leftover, made by hand: two schema versions in the schedule storage.
+    home = tmp_path / "fresh0"
+    db = home / "dagster" / "schedules" / "schedules.db"
+    _two_heads(db)
+    up = Up(home, url, "--dagster-port", str(free_port()), "--for", "240")
+    try:
+        up.wait_line(r"dagster: repaired schedules/schedules.db: 2 schema version rows", 60)
+        up.wait_line(r"code location loaded", 180)
+        wait_for(lambda: flow_pids(up, ("candles",)), 120, "the candles flow after the repair")
+    finally:
+        assert up.stop() == 0, up.output
+    with sqlite3.connect(db) as conn:
+        assert len(conn.execute("SELECT version_num FROM alembic_version").fetchall()) == 1
+
+    # A version we do not know: explained, exit 1, nothing started.
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO alembic_version (version_num) VALUES ('0000deadbeef')")
+    out = run_cryptopipe(
+        {**os.environ, "REDIS_URL": url, "CRYPTOPIPE_HOME": str(home)}, "up", "--for", "60"
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    said = out.stderr.strip().splitlines()[-1]
+    assert "schedules.db has 2 schema versions" in said and f"move {home / 'dagster'} away" in said
+    assert "started dagster" not in out.stderr
+    assert leftovers(str(tmp_path)) == ""
