@@ -6,6 +6,7 @@ redis-server, Dagster's webserver and daemon, the flows and the feed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -105,12 +106,10 @@ def raw_len(client: redis.Redis) -> int:
 
 def flow_pids(up: Up, names: tuple[str, ...]) -> dict[str, int]:
     """The pids of running flows, by ``stream status`` (empty until all run)."""
-    out = run_cryptopipe(up.env, "stream", "status", "--format", "json")
+    out = run_cryptopipe(up.env, "status", "--format", "json")
     if out.returncode != 0:
         return {}
-    import json
-
-    states = {s["name"]: s for s in json.loads(out.stdout)}
+    states = {s["flow"]: s for s in json.loads(out.stdout)["flows"]}
     if all(states.get(n, {}).get("state") == "running" for n in names):
         return {n: int(states[n]["pid"]) for n in names}
     return {}
