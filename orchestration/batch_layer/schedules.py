@@ -15,11 +15,7 @@ from batch.sealing import day_seal
 from lake.layout import as_lake, trade_files
 from orchestration.batch_layer.partitions import daily
 from orchestration.resources import PipelineResource
-
-#: Tag of runs that use Spark: the instance written by ``cryptopipe up`` runs them one
-#: at a time (cryptopipe/dagster_home.py), so they never crowd out flow control.
-KIND_TAG = "cryptopipe/kind"
-BATCH_TAGS = {KIND_TAG: "batch"}
+from orchestration.runtags import BATCH_TAGS
 
 #: Every asset of the batch layer's group for a day: the archived trades, the batch,
 #: the stream snapshot and the reconciliation with its check (a new asset of the group
@@ -27,7 +23,7 @@ BATCH_TAGS = {KIND_TAG: "batch"}
 daily_batch_job = dg.define_asset_job(
     "daily_batch_job",
     selection=dg.AssetSelection.groups("batch_layer"),
-    tags=BATCH_TAGS,
+    tags=BATCH_TAGS,  # Spark: one batch run at a time (docs/operations.md)
     description="Batch candles and aggregates of a UTC day, then reconciliation against the "
     "stream (refuses an unsealed day unless forced).",
 )

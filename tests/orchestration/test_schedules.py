@@ -12,8 +12,9 @@ import redis
 from lake.layout import SourceRange
 from lake.writer import write_trades
 from marketdata.trade import Trade
-from orchestration.batch_layer.schedules import BATCH_TAGS, sealed_day_sensor
+from orchestration.batch_layer.schedules import sealed_day_sensor
 from orchestration.resources import PipelineResource
+from orchestration.runtags import BATCH_TAGS
 from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 
