@@ -1,4 +1,4 @@
-"""The Dagster code location: assembles assets, checks, jobs, schedules and sensors.
+"""The Dagster code location: assembles assets, checks, jobs and sensors.
 
 Kept short on purpose: the speed layer's pieces live in
 :mod:`orchestration.speed_layer`, the batch layer's in :mod:`orchestration.batch_layer`,
@@ -13,11 +13,7 @@ import dagster as dg
 
 from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL
 from orchestration.batch_layer.assets import batch_assets
-from orchestration.batch_layer.schedules import (
-    daily_batch_job,
-    daily_batch_schedule,
-    sealed_day_sensor,
-)
+from orchestration.batch_layer.schedules import daily_batch_job, sealed_day_sensor
 from orchestration.resources import FlowSupervisorResource, PipelineResource, SparkResource
 from orchestration.speed_layer.assets import flow_checks, speed_assets
 from orchestration.speed_layer.jobs import restart_flows, start_flows, stop_flows
@@ -37,7 +33,6 @@ defs = dg.Definitions(
     assets=[*speed_assets, *batch_assets],
     asset_checks=[*flow_checks],
     jobs=[start_flows, stop_flows, restart_flows, daily_batch_job],
-    schedules=[daily_batch_schedule],
     sensors=[flow_health_sensor, sealed_day_sensor],
     resources={
         "pipeline": pipeline,

@@ -1,12 +1,21 @@
-"""When the batch side runs: every day for yesterday, and as soon as a day is sealed."""
+"""When the batch side runs: one trigger, the sealed-day sensor.
+
+A day's batch runs once the day is sealed (docs/architecture.md section 4) and the
+lake holds trades for it; a day without trades (a fresh start, a day nothing was
+imported for) is not requested at all, so no run fails with "no trades". There is no
+time-based schedule: a day sealed late (the archive behind, an import of old history)
+is picked up when it is sealed, and a schedule would only add runs for empty days.
+"""
 
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from batch.sealing import day_seal
+from lake.layout import as_lake, trade_files
 from orchestration.batch_layer.partitions import daily
 from orchestration.resources import PipelineResource
+from orchestration.runtags import BATCH_TAGS
 
 #: Every asset of the batch layer's group for a day: the archived trades, the batch,
 #: the stream snapshot and the reconciliation with its check (a new asset of the group
@@ -14,14 +23,9 @@ from orchestration.resources import PipelineResource
 daily_batch_job = dg.define_asset_job(
     "daily_batch_job",
     selection=dg.AssetSelection.groups("batch_layer"),
-    partitions_def=daily,  # resolves the schedule now (Dagster infers it otherwise, later)
+    tags=BATCH_TAGS,  # Spark: one batch run at a time (docs/operations.md)
     description="Batch candles and aggregates of a UTC day, then reconciliation against the "
     "stream (refuses an unsealed day unless forced).",
-)
-
-#: Yesterday's partition, at 00:30 UTC: past the seal (midnight + lateness) with margin.
-daily_batch_schedule = dg.build_schedule_from_partitioned_job(
-    daily_batch_job, hour_of_day=0, minute_of_hour=30
 )
 
 #: How many recent days the sealed-day sensor looks at.
@@ -32,25 +36,37 @@ LOOKBACK_DAYS = 3
     job=daily_batch_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches a day's batch as soon as the day is sealed (once per day).",
+    description="Launches a day's batch once the day is sealed and the lake has its trades "
+    "(once per day); the only trigger of the daily batch.",
 )
 def sealed_day_sensor(
     context: dg.SensorEvaluationContext, pipeline: PipelineResource
 ) -> dg.SensorResult:
-    """One run per newly sealed day among the last few."""
+    """One run per sealed day with trades among the last few; the others named as skipped."""
     today = datetime.now(tz=UTC).date()
     settings = pipeline.settings()
+    lake = as_lake(settings)
     requests = []
     skipped = []
     for back in range(1, LOOKBACK_DAYS + 1):
         day = today - timedelta(days=back)
         if day < daily.start.date():
             continue
+        if not trade_files(lake, day):
+            skipped.append(f"{day}: no trades in the lake ({lake.trades_dir(day)})")
+            continue
         seal = day_seal(settings, day)
         if seal.sealed:
-            requests.append(dg.RunRequest(run_key=f"sealed:{day}", partition_key=day.isoformat()))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"sealed:{day}", partition_key=day.isoformat(), tags=BATCH_TAGS
+                )
+            )
         else:
-            skipped.append(f"{day}: {seal.reason}")
+            skipped.append(f"{day}: not sealed: {seal.reason}")
+    if skipped:
+        context.log.info("skipped " + "; ".join(skipped))
     return dg.SensorResult(
-        run_requests=requests, skip_reason="; ".join(skipped) if not requests else None
+        run_requests=requests,
+        skip_reason=("skipped " + "; ".join(skipped)) if not requests else None,
     )

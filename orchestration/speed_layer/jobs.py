@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orchestration.resources import FlowSupervisorResource
+from orchestration.runtags import FLOW_CONTROL_TAGS
 from streaming.supervisor import ALL
 
 
@@ -77,19 +78,22 @@ def restart_flow(
     _act(context, config, flow_supervisor, "restart")
 
 
-@dg.job(description="Start one flow or all of them (config: flow).")
+@dg.job(tags=FLOW_CONTROL_TAGS, description="Start one flow or all of them (config: flow).")
 def start_flows() -> None:
     """Start flows."""
     start_flow()
 
 
-@dg.job(description="Stop one flow or all of them (config: flow).")
+@dg.job(tags=FLOW_CONTROL_TAGS, description="Stop one flow or all of them (config: flow).")
 def stop_flows() -> None:
     """Stop flows."""
     stop_flow()
 
 
-@dg.job(description="Restart one flow or all of them (config: flow); the health sensor uses it.")
+@dg.job(
+    tags=FLOW_CONTROL_TAGS,
+    description="Restart one flow or all of them (config: flow); the health sensor uses it.",
+)
 def restart_flows() -> None:
     """Restart flows."""
     restart_flow()

@@ -1,20 +1,20 @@
-"""The daily schedule and the sealed-day sensor."""
+"""The sealed-day sensor: the daily batch's one trigger."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import redis
 
-from orchestration.batch_layer.schedules import (
-    daily_batch_job,
-    daily_batch_schedule,
-    sealed_day_sensor,
-)
+from lake.layout import SourceRange
+from lake.writer import write_trades
+from marketdata.trade import Trade
+from orchestration.batch_layer.schedules import sealed_day_sensor
 from orchestration.resources import PipelineResource
+from orchestration.runtags import BATCH_TAGS
 from redisstore.keys import ARCHIVE_WATERMARK_KEY
 
 
@@ -27,32 +27,53 @@ def tick(redis_url: str, home: Path) -> dg.SensorResult:
     return result
 
 
-def test_sensor_launches_sealed_days_only(
+def skip_message(result: dg.SensorResult) -> str:
+    assert result.skip_reason is not None
+    return result.skip_reason.skip_message or ""
+
+
+def archive_a_day(home: Path, day: date) -> None:
+    noon = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp() * 1000)
+    trades = [
+        Trade("binance", "BTCUSDT", i, 6_000_000_000_000 + i, 1_000_000, noon + i * 1000, False)
+        for i in range(1, 6)
+    ]
+    write_trades(home / "lake", trades, source=SourceRange.rows("test-day", 1, len(trades)))
+
+
+def test_an_empty_lake_requests_nothing_even_when_every_day_is_sealed(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
-    unsealed = tick(redis_url, tmp_path)
-    assert unsealed.run_requests == []
-    assert unsealed.skip_reason is not None
-    assert "watermark" in (unsealed.skip_reason.skip_message or "")
+    redis_client.set(ARCHIVE_WATERMARK_KEY, int(time.time() * 1000))  # all 3 days sealed
+    result = tick(redis_url, tmp_path)
+    assert result.run_requests == []
     today = datetime.now(tz=UTC).date()
-    midnight = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1000)
-    # The archive has reached yesterday 12:00: yesterday is not sealed, earlier days are.
-    redis_client.set(ARCHIVE_WATERMARK_KEY, midnight - 12 * 3_600_000)
-    reqs = tick(redis_url, tmp_path).run_requests
-    assert sorted(r.partition_key for r in reqs) == sorted(
-        (today - timedelta(days=n)).isoformat() for n in (2, 3)
-    )
-    assert all(r.run_key == f"sealed:{r.partition_key}" for r in reqs)
+    message = skip_message(result)
+    for back in (1, 2, 3):
+        assert f"{today - timedelta(days=back)}: no trades in the lake" in message
+
+
+def test_a_sealed_day_with_trades_is_requested_once_the_others_named(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    today = datetime.now(tz=UTC).date()
+    day = today - timedelta(days=2)
+    archive_a_day(tmp_path, day)
+    # Not sealed yet: the archive watermark is not set. No run, and the reason says so.
+    result = tick(redis_url, tmp_path)
+    assert result.run_requests == []
+    assert f"{day}: not sealed" in skip_message(result)
+    assert f"{today - timedelta(days=1)}: no trades in the lake" in skip_message(result)
     redis_client.set(ARCHIVE_WATERMARK_KEY, int(time.time() * 1000))
-    keys = sorted(r.partition_key for r in tick(redis_url, tmp_path).run_requests)
-    assert keys == sorted((today - timedelta(days=n)).isoformat() for n in (1, 2, 3))
+    (req,) = tick(redis_url, tmp_path).run_requests
+    assert (req.partition_key, req.run_key) == (day.isoformat(), f"sealed:{day}")
+    assert req.tags == BATCH_TAGS
 
 
-def test_schedule_runs_yesterday_at_half_past_midnight() -> None:
-    assert daily_batch_schedule.cron_schedule == "30 0 * * *"
-    assert daily_batch_schedule.job_name == daily_batch_job.name
-    ctx = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2025, 3, 15, 0, 30, tzinfo=UTC)
-    )
-    (req,) = daily_batch_schedule.evaluate_tick(ctx).run_requests
-    assert req.partition_key == "2025-03-14"
+def test_the_sensor_is_the_only_trigger() -> None:
+    from orchestration.definitions import defs
+
+    repo = defs.get_repository_def()
+    assert repo.schedule_defs == []
+    assert repo.get_sensor_def("sealed_day_sensor").job_name == "daily_batch_job"
+    assert repo.get_job("daily_batch_job").tags == BATCH_TAGS
