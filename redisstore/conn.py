@@ -8,6 +8,15 @@ import redis
 
 from marketdata.settings import Settings
 
+#: Every connection's defaults: a read that gets no answer for this long fails (a
+#: half-open connection, a Redis that stopped answering) instead of hanging for ever;
+#: no command of ours blocks on the server (XREAD is non-blocking), so none waits
+#: this long when Redis is well.
+SOCKET_TIMEOUT_S = 30.0
+SOCKET_CONNECT_TIMEOUT_S = 5.0
+#: TCP keep-alive on, and an idle connection is PINGed before reuse after this long.
+HEALTH_CHECK_INTERVAL_S = 30
+
 
 class RedisUnavailableError(RuntimeError):
     """No Redis answers at the configured URL."""
@@ -26,10 +35,17 @@ def redact(url: str) -> str:
 def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
     """A Redis client for ``url`` (``redis://`` or ``rediss://``), pinged when ``check``.
 
+    Socket timeouts, TCP keep-alive and a health check on reuse are on unless
+    ``kwargs`` say otherwise (:data:`SOCKET_TIMEOUT_S` and the rest).
+
     Raises:
         RedisUnavailableError: one line naming the URL (password redacted) and what to do.
 
     """
+    kwargs.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
+    kwargs.setdefault("socket_connect_timeout", SOCKET_CONNECT_TIMEOUT_S)
+    kwargs.setdefault("socket_keepalive", True)
+    kwargs.setdefault("health_check_interval", HEALTH_CHECK_INTERVAL_S)
     try:
         client = redis.Redis.from_url(url, **kwargs)
     except ValueError as exc:

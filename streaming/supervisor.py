@@ -22,6 +22,7 @@ writes (:mod:`streaming.heartbeat`).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -52,6 +53,8 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 #: A flow just started gets this long to write its first heartbeat.
 START_GRACE_S = 30.0
+#: A flow wanted this long ago and still not started is ``overdue`` (unhealthy).
+PENDING_GRACE_S = 30.0
 #: States in which a flow is as it should be (a flow stopped on purpose is healthy).
 HEALTHY_STATES = ("running", "starting", "pending", "stopped")
 
@@ -64,7 +67,8 @@ class FlowStatus:
         name: the flow.
         state: ``running``, ``starting`` (no heartbeat yet), ``stalled`` (process up,
             heartbeat stale), ``dead`` (should run, process gone), ``pending`` (wanted,
-            not started yet), ``stopped`` (not wanted), or ``failed`` (crash loop:
+            not started yet), ``overdue`` (wanted more than ``PENDING_GRACE_S`` ago and
+            still not started: unhealthy), ``stopped`` (not wanted), or ``failed`` (crash loop:
             restarts stopped until cleared).
         pid: the process id when running.
         desired: ``running`` or ``stopped``.
@@ -95,7 +99,7 @@ class FlowStatus:
     @property
     def needs_start(self) -> bool:
         """Wanted and never started (a first start is not a restart)."""
-        return self.desired == "running" and self.state == "pending"
+        return self.desired == "running" and self.state in ("pending", "overdue")
 
     @property
     def healthy(self) -> bool:
@@ -220,6 +224,7 @@ class Supervisor:
         pipe = self.client.pipeline()
         pipe.hset(control_key(name), "desired", "running")
         pipe.hdel(control_key(name), "started_at_ms")
+        pipe.hset(control_key(name), "wanted_at_ms", int(time.time() * 1000))
         pipe.hincrby(control_key(name), "wants", 1)  # a new request: a new run key
         pipe.execute()
         self.clear_failed(name)
@@ -259,12 +264,22 @@ class Supervisor:
         )
 
     def start(self, name: str) -> int:
-        """Start the flow in the background unless it runs already; returns its pid."""
+        """Start the flow in the background unless it runs already; returns its pid.
+
+        One start at a time per flow and home: the check and the spawn hold an
+        exclusive lock on ``<run_dir>/<name>.lock``, so two starters (a Dagster run and
+        ``stream start``) never launch the flow twice.
+        """
         self.client.hset(control_key(name), "desired", "running")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / f"{name}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start_locked(name)
+
+    def _start_locked(self, name: str) -> int:
         running = self.pid(name)
         if running is not None:
             return running
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.env()}
         with (self.log_dir / f"{name}.log").open("ab") as log:
@@ -331,9 +346,22 @@ class Supervisor:
         self.client.delete(restarts_key(name))
 
     def generation(self, name: str, counter: str = "restarts_total") -> str:
-        """A counter of the flow's control hash: ``restarts_total`` or ``wants``."""
-        raw = self.client.hget(control_key(name), counter)
-        return text(raw) if raw else "0"
+        """A counter of the flow's control hash: ``restarts_total`` or ``wants``.
+
+        With the retry count after a dot once a request was retried
+        (:meth:`retry_request`), so the retried request has a run key of its own.
+        """
+        raw, attempts = self.client.hmget(control_key(name), [counter, "attempts"])
+        base = text(raw) if raw else "0"
+        return f"{base}.{text(attempts)}" if attempts else base
+
+    def retry_request(self, name: str) -> None:
+        """The run carrying out the last decision failed or was cancelled: ask again.
+
+        Bumps the flow's ``attempts`` counter, which is part of the next decision's run
+        key, so a scheduler that dedupes by key launches a new run.
+        """
+        self.client.hincrby(control_key(name), "attempts", 1)
 
     def decide(self, name: str) -> Decision:
         """What to do about ``name`` now; marks it failed when the crash loop is hit.
@@ -360,6 +388,15 @@ class Supervisor:
 
     # ---- status ----------------------------------------------------------------------
 
+    def _outside(self, hb: dict[str, str], age: float | None) -> bool:
+        """A fresh heartbeat from a live process no pid file of ours tracks (started by hand)."""
+        try:
+            pid = int(hb.get("pid", "0"))
+        except ValueError:
+            return False
+        fresh = age is not None and age <= self.stale_after_s
+        return fresh and pid > 0 and proctable.state(pid) not in (None, "Z")
+
     def status(self, name: str) -> FlowStatus:
         """Current state of one flow."""
         control = {text(k): text(v) for k, v in self.client.hgetall(control_key(name)).items()}
@@ -373,7 +410,15 @@ class Supervisor:
         if control.get("failed") == "1":
             state, reason = "failed", control.get("failed_reason", "crash loop")
         elif pid is None and desired == "running" and "started_at_ms" not in control:
-            state, reason = "pending", "wanted, not started yet"
+            waited = time.time() - int(control.get("wanted_at_ms", "0") or 0) / 1000
+            if "wanted_at_ms" in control and waited > PENDING_GRACE_S:
+                state = "overdue"
+                reason = f"wanted {waited:.0f}s ago, still not started (see the start run)"
+            else:
+                state, reason = "pending", "wanted, not started yet"
+        elif pid is None and hb and self._outside(hb, age):
+            pid = int(hb["pid"])
+            state, reason = "running", "started outside the supervisor"
         elif pid is None:
             state = "dead" if desired == "running" else "stopped"
             reason = "process is gone" if desired == "running" else "not started"

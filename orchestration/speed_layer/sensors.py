@@ -37,6 +37,20 @@ def _observation(st: FlowStatus) -> dg.AssetObservation:
     return dg.AssetObservation(asset_key=flow_asset_key(st.name), metadata=meta)
 
 
+#: Runs that ended without doing their job: the request is made again, under a new key.
+_GAVE_UP = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+
+
+def _gave_up(context: dg.SensorEvaluationContext, run_key: str) -> bool:
+    """Whether the run launched for ``run_key`` failed or was cancelled."""
+    try:
+        instance = context.instance
+    except dg.DagsterInvariantViolationError:  # a context built without an instance
+        return False
+    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    return bool(runs) and runs[0].status in _GAVE_UP
+
+
 def _run_request(name: str, decision: Decision) -> dg.RunRequest:
     job, op = _JOBS[decision.action]
     config = {"flow": name, "reason": decision.reason, "automatic": True}
@@ -66,6 +80,12 @@ def flow_health_sensor(
     events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
     for name in flow_supervisor.flows:
         decision = sup.decide(name)
+        if decision.action in _JOBS and _gave_up(context, decision.run_key):
+            # Failed before it acted (Redis away, a code-location timeout) or cancelled
+            # in the UI: the same key would never launch again, so ask under a new one.
+            context.log.warning(f"{name}: run {decision.run_key} failed or was cancelled: retrying")
+            sup.retry_request(name)
+            decision = sup.decide(name)
         if decision.action in _JOBS:
             requests.append(_run_request(name, decision))
         elif decision.action == "failed":

@@ -16,6 +16,7 @@ from orchestration.resources import FlowSupervisorResource, PipelineResource
 from orchestration.speed_layer.assets import flow_asset_key
 from orchestration.speed_layer.jobs import restart_flows, start_flows, stop_flows
 from orchestration.speed_layer.sensors import flow_health_sensor
+from redisstore.keys import control_key
 
 # The simulated feed is a real long-running process that beats like every flow; it
 # stands in for the bytewax flows here, so these tests exercise supervision only.
@@ -156,3 +157,51 @@ def test_wanted_flow_is_started_not_restarted(resource: FlowSupervisorResource) 
         assert sup.restarts_in_window(FLOW) == 0  # a first start is not a restart
         assert tick(resource).run_requests == []
         sup.stop(FLOW)
+
+
+def test_a_failed_start_run_is_requested_again_and_overdue_is_unhealthy(
+    resource: FlowSupervisorResource, tmp_path: Path
+) -> None:
+    from cryptopipe.localredis import free_port
+    from streaming import supervisor as supervisor_module
+
+    sup = resource.supervisor()
+    sup.want(FLOW)
+    with dg.DagsterInstance.ephemeral() as instance:
+
+        def tick_with(inst: dg.DagsterInstance) -> dg.SensorResult:
+            with dg.build_sensor_context(
+                resources={"flow_supervisor": resource}, instance=inst
+            ) as ctx:
+                result = flow_health_sensor(ctx)
+            assert isinstance(result, dg.SensorResult)
+            return result
+
+        (first,) = tick_with(instance).run_requests
+        # The start run fails before it acts: its Redis does not answer.
+        unreachable = FlowSupervisorResource(
+            pipeline=PipelineResource(
+                redis_url=f"redis://127.0.0.1:{free_port()}/0", home=str(tmp_path)
+            ),
+            flows=[FLOW],
+        )
+        failed = start_flows.execute_in_process(
+            run_config={"ops": {"start_flow": {"config": {"flow": FLOW}}}},
+            resources={"flow_supervisor": unreachable},
+            instance=instance,
+            tags={"dagster/run_key": first.run_key},
+            raise_on_error=False,
+        )
+        assert not failed.success
+        (again,) = tick_with(instance).run_requests
+        assert again.run_key != first.run_key and again.job_name == "start_flows"
+        # Asked again under the new key, not a third time while that one is unanswered.
+        assert [r.run_key for r in tick_with(instance).run_requests] == [again.run_key]
+
+    assert sup.status(FLOW).state == "pending" and sup.status(FLOW).healthy
+    old = int(time.time() * 1000) - int(supervisor_module.PENDING_GRACE_S * 1000) - 5_000
+    sup.client.hset(control_key(FLOW), "wanted_at_ms", old)
+    st = sup.status(FLOW)
+    assert st.state == "overdue" and not st.healthy and st.needs_start
+    checks = [e for e in tick(resource).asset_events if isinstance(e, dg.AssetCheckEvaluation)]
+    assert [c.passed for c in checks] == [False]

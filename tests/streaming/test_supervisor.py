@@ -113,3 +113,60 @@ def test_decide_starts_restarts_once_per_incident_and_gives_up_on_a_crash_loop(
     assert sup.decide(FEED).action == "none"  # failed: no more restarts
     sup.want(FEED)  # a person asks again: the crash loop is forgotten
     assert sup.decide(FEED).action == "start"
+
+
+def test_two_starters_at_once_launch_one_process(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    import threading
+
+    settings = Settings(redis_url=redis_url, home=tmp_path)
+    sups = [Supervisor(settings, redis_client) for _ in range(4)]
+    pids: list[int] = []
+    barrier = threading.Barrier(len(sups))
+
+    def go(sup: Supervisor) -> None:
+        barrier.wait()
+        pids.append(sup.start(FEED))
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in sups]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len(set(pids)) == 1, pids
+    finally:
+        sups[0].stop(FEED, timeout=10)
+
+
+def test_a_feed_started_by_hand_reads_running(sup: Supervisor, redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cryptopipe",
+            "feed",
+            "simulate",
+            "--symbols",
+            "BTCUSDT",
+            "--rate",
+            "20",
+            "--redis-url",
+            redis_url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: sup.status(FEED).state == "running")
+        st = sup.status(FEED)
+        assert st.pid == proc.pid and st.reason == "started outside the supervisor"
+        assert not st.needs_restart
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    wait_for(lambda: sup.status(FEED).state == "stopped", timeout=30)
