@@ -67,13 +67,16 @@ def _row(st: FlowStatus) -> dict[str, object]:
         "heartbeat_age_s": None if st.heartbeat_age_s is None else round(st.heartbeat_age_s, 1),
         "restarts": hb.get("restarts", "0"),
         "restarts_10m": st.restarts_in_window,
+        "lost_entries": int(hb.get("lost_entries", "0") or 0),
         "reason": st.reason,
     }
 
 
 def _table(rows: list[dict[str, object]]) -> str:
     cols = ["flow", "state", "pid", "lag", "throughput", "heartbeat_age_s", "restarts", "reason"]
-    heads = {"throughput": "items/s", "heartbeat_age_s": "beat_age_s"}
+    if any(r.get("lost_entries") for r in rows):
+        cols.insert(-1, "lost_entries")
+    heads = {"throughput": "items/s", "heartbeat_age_s": "beat_age_s", "lost_entries": "lost"}
     cells = [[str(heads.get(c, c)) for c in cols]]
     cells += [["-" if r.get(c) is None else str(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]

@@ -31,7 +31,7 @@ def _observation(st: FlowStatus) -> dg.AssetObservation:
         "restarts_in_window": st.restarts_in_window,
         "heartbeat_age_s": round(st.heartbeat_age_s, 1) if st.heartbeat_age_s is not None else "-",
     }
-    for field in ("items_in", "items_out", "lag", "last_source_id", "throughput"):
+    for field in ("items_in", "items_out", "lag", "last_source_id", "throughput", "lost_entries"):
         if field in hb:
             meta[field] = hb[field]
     return dg.AssetObservation(asset_key=flow_asset_key(st.name), metadata=meta)
