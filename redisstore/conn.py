@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 
 from marketdata.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Every connection's defaults: a read that gets no answer for this long fails (a
 #: half-open connection, a Redis that stopped answering) instead of hanging for ever;
@@ -66,9 +69,46 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
     return client
 
 
-def connect_settings(settings: Settings, **kwargs: Any) -> redis.Redis:
-    """A checked client for the settings' Redis."""
-    return connect(settings.redis_url, **kwargs)
+def connect_settings(settings: Settings, *, writer: bool = False, **kwargs: Any) -> redis.Redis:
+    """A checked client for the settings' Redis; a ``writer`` also checks its eviction policy."""
+    client = connect(settings.redis_url, **kwargs)
+    if writer:
+        require_noeviction(client, settings.redis_url)
+    return client
+
+
+#: The one ``maxmemory-policy`` under which Redis never drops our keys.
+SAFE_POLICY = "noeviction"
+
+
+def require_noeviction(client: redis.Redis, url: str) -> None:
+    """Refuse a Redis that may evict keys to make room.
+
+    Any policy but ``noeviction`` can drop the raw log, the dedupe sets or candles
+    without a word (``volatile-*`` drop keys with a TTL: the live candles and the
+    dedupe sets), which breaks "nothing lost in silence". A server that does not let
+    us read its configuration (a managed Redis) is accepted with a warning.
+
+    Raises:
+        RedisUnavailableError: one line naming the policy and what to set.
+
+    """
+    try:
+        raw = client.config_get("maxmemory-policy")
+    except redis.ResponseError as exc:
+        log.warning(
+            "cannot read maxmemory-policy of %s (%s); make sure it is noeviction", redact(url), exc
+        )
+        return
+    values = [text(v) for v in dict(raw or {}).values() if v is not None]
+    policy = values[0] if values else SAFE_POLICY
+    if policy != SAFE_POLICY:
+        msg = (
+            f"Redis at {redact(url)} has maxmemory-policy {policy}, which can evict the raw "
+            "log, dedupe sets and candles without a word: set it to noeviction "
+            "(CONFIG SET maxmemory-policy noeviction, and in redis.conf)"
+        )
+        raise RedisUnavailableError(msg)
 
 
 def text(value: bytes | str | int | float) -> str:

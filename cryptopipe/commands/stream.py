@@ -25,6 +25,7 @@ from types import FrameType
 from cryptopipe.commands.flowctl import add_control_commands
 from cryptopipe.errors import CommandError
 from marketdata.settings import Settings
+from redisstore.conn import connect_settings
 from streaming.supervisor import FLOWS
 
 #: Seconds between snapshots (bytewax's epoch length): what a crash replays at most.
@@ -134,6 +135,7 @@ def bytewax_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run one flow in the foreground."""
+    connect_settings(settings, writer=True).close()  # reachable, and never evicting
     argv = bytewax_argv(args, settings)
     env = {
         **os.environ,

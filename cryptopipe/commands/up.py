@@ -280,7 +280,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     settings.home.mkdir(parents=True, exist_ok=True)
     stack = Stack(args, settings)
     stack.local = ensure_redis(settings.redis_url, settings.redis_dir, die_with_parent=True)
-    client = connect_settings(settings)
+    client = connect_settings(settings, writer=True)
     lease = StackLease(client, home=str(settings.home), ui="" if args.no_dagster else stack.ui)
     try:
         lease.acquire()  # refused: nothing of the running stack is touched

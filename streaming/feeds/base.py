@@ -44,7 +44,7 @@ class Feed(Protocol):
 
 def feed_writer(settings: Settings, stop: threading.Event) -> RawLogWriter:
     """The raw-log writer of a feed, beating as :data:`FEED_PROCESS`."""
-    client = connect_settings(settings)
+    client = connect_settings(settings, writer=True)
     return RawLogWriter(
         client, settings.raw_shards, HeartbeatWriter(client, FEED_PROCESS), should_stop=stop.is_set
     )

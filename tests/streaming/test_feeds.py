@@ -301,7 +301,7 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
             "--rate",
             "50",
             "--for",
-            "60",
+            "300",
             "--dagster-port",
             str(free_port()),
         ],
@@ -311,7 +311,8 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
     )
     try:
         client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 30
+        # The feed is started by Dagster's health sensor once the code location loaded.
+        deadline = time.monotonic() + 180
         n = 0
         while time.monotonic() < deadline:
             try:
@@ -323,7 +324,7 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert n >= 20, "the simulated feed did not reach the local Redis"
         proc.send_signal(__import__("signal").SIGINT)
-        proc.wait(30)
+        proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -464,7 +464,7 @@ def run_binance_feed(
                 ",".join(unknown),
             )
     stop = stop_event if stop_event is not None else threading.Event()
-    client = connect_settings(settings)
+    client = connect_settings(settings, writer=True)
     heartbeat = HeartbeatWriter(client, heartbeat_name) if heartbeat_name else None
     writer = RawLogWriter(client, settings.raw_shards, heartbeat, should_stop=stop.is_set)
     points = ResumePoints(client, config.ws_url, stream.event) if resume else None
