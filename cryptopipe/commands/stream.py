@@ -100,6 +100,7 @@ def ensure_recovery_dir(path: Path, parts: int = RECOVERY_PARTS) -> bool:
 
     """
     if path.is_dir() and any(path.iterdir()):
+        check_recovery_dir(path)
         return False
     from bytewax.recovery import init_db_dir
 
@@ -109,6 +110,31 @@ def ensure_recovery_dir(path: Path, parts: int = RECOVERY_PARTS) -> bool:
     os.chmod(path, 0o700)
     init_db_dir(path, parts)
     return True
+
+
+def check_recovery_dir(path: Path) -> None:
+    """Refuse a recovery directory someone else could have written; tighten a readable one.
+
+    bytewax keeps the flows' state there as pickles, which it loads (runs) on resume:
+    a directory (or a file in it) owned by another user, or writable by anyone, is
+    refused; group or other bits short of that (a umask of 002) are taken away.
+
+    Raises:
+        CommandError: what is wrong and what to do.
+
+    """
+    for item in (path, *path.iterdir()):
+        st = item.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o002:
+            msg = (
+                f"the recovery directory {path} is not safe to load: {item} is owned by uid "
+                f"{st.st_uid} with mode {st.st_mode & 0o777:o} (bytewax loads pickled state "
+                f"from it). If you trust it: chown -R {os.getuid()} {path} && chmod -R go-rwx "
+                f"{path}; otherwise move it away (the flow starts afresh from the raw log)"
+            )
+            raise CommandError(msg)
+        if st.st_mode & 0o077:
+            os.chmod(item, st.st_mode & 0o700)
 
 
 def bytewax_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
