@@ -234,42 +234,51 @@ class _Chunk:
     """Entries of one read, held as four flat buffers (ids, field counts, lengths, bytes).
 
     About the size of the raw bytes, and pickled as they are: the open bucket's
-    state stays compact however many entries it holds.
+    state stays compact however many entries it holds. Field counts are 32-bit: an
+    entry may carry any number of fields (a hostile one with more than 65,535 is
+    rejected by the parser like any other bad entry, not a crash here). Snapshots
+    written before, with 16-bit counts (a state of two items), still load.
     """
 
-    __slots__ = ("_blob", "n")
+    __slots__ = ("_blob", "_counts", "n")
 
     def __init__(self, ids: list[bytes], fields: list[list[bytes]]) -> None:
         self._blob = _encode(ids, fields)
+        self._counts = _COUNTS
         self.n = len(ids)
 
     def entries(self) -> tuple[list[bytes], list[list[bytes]]]:
-        return _decode(*self._blob)
+        return _decode(*self._blob, counts_type=self._counts)
 
     def __len__(self) -> int:
         return self.n
 
-    def __getstate__(self) -> tuple[tuple[bytes, bytes, bytes, bytes], int]:
-        return self._blob, self.n
+    def __getstate__(self) -> tuple[tuple[bytes, bytes, bytes, bytes], int, str]:
+        return self._blob, self.n, self._counts
 
-    def __setstate__(self, state: tuple[tuple[bytes, bytes, bytes, bytes], int]) -> None:
-        self._blob, self.n = state
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self._blob, self.n = state[0], state[1]
+        self._counts = state[2] if len(state) > 2 else "H"  # older snapshots: 16-bit
+
+
+#: The array type of the field counts (32-bit unsigned).
+_COUNTS = "I"
 
 
 def _encode(ids: list[bytes], fields: list[list[bytes]]) -> tuple[bytes, bytes, bytes, bytes]:
     flat = list(chain.from_iterable(fields))
     return (
         b" ".join(ids),  # ids are ASCII "ms-seq": a space never occurs in one
-        array("H", map(len, fields)).tobytes(),
+        array(_COUNTS, map(len, fields)).tobytes(),
         array("I", map(len, flat)).tobytes(),
         b"".join(flat),
     )
 
 
 def _decode(
-    ids_blob: bytes, counts_blob: bytes, lens_blob: bytes, data: bytes
+    ids_blob: bytes, counts_blob: bytes, lens_blob: bytes, data: bytes, *, counts_type: str
 ) -> tuple[list[bytes], list[list[bytes]]]:
-    counts, lens = array("H"), array("I")
+    counts, lens = array(counts_type), array("I")
     counts.frombytes(counts_blob)
     lens.frombytes(lens_blob)
     ends = list(accumulate(lens))

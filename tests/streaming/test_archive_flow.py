@@ -430,3 +430,37 @@ def test_kills_during_a_live_feed_leave_the_lake_of_a_clean_run(
     trades, bad = truth(cfg)
     assert lake_trades(killed) == trades
     assert Counter(r["payload"] for r in lake_rejects(killed)) == bad
+
+
+def test_an_entry_with_more_than_65535_fields_is_rejected_not_a_crash(
+    env: dict[str, str], redis_client: Any, home: Path
+) -> None:
+    args, cfg = sim_args("2025-03-14T10:00:00Z", 60, 5, 3, "BTCUSDT")
+    cryptopipe_ok(env, *args, "--speed", "max")
+    fields = {f"f{i}".encode(): b"x" for i in range(70_000)}
+    poison = redis_client.xadd(RAW_STREAM, fields).decode()
+    cryptopipe_ok(env, *args[:2], *args[2:], "--speed", "max")  # more trades after it
+    cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "1")
+    cryptopipe_ok(env, "stream", "run", "candles", "--exit-when-idle", "1")
+    lake = Lake(home / "lake")
+    rejected = {r["source_id"]: r["reason"] for r in lake_rejects(lake)}
+    assert poison in rejected
+    dlq = redis_client.xrange("md:trades:dlq")
+    assert any(poison.encode() in b" ".join(v for f in [e] for v in f.values()) for _, e in dlq)
+    trades, _ = truth(cfg)
+    assert sum(Counter(read_trades(lake, date(2025, 3, 14))).values()) == 2 * sum(trades.values())
+
+
+def test_a_snapshot_with_16_bit_field_counts_still_loads() -> None:
+    import pickle
+    from array import array
+
+    from streaming.archive import _Chunk
+
+    chunk = _Chunk([b"1-0", b"2-0"], [[b"a", b"1"], [b"b", b"2", b"c", b"3"]])
+    ids, data = chunk.entries()
+    blob = (b"1-0 2-0", array("H", [2, 4]).tobytes(), *chunk._blob[2:])
+    old = _Chunk.__new__(_Chunk)
+    old.__setstate__((blob, 2))  # what a snapshot of the earlier code holds
+    assert old.entries() == (ids, data)
+    assert pickle.loads(pickle.dumps(chunk)).entries() == (ids, data)
