@@ -21,6 +21,11 @@ F_FORMAT = b"format"
 F_SYMBOL = b"symbol"
 #: The first field of a progress mark's entry (a message's first field is the payload).
 F_MARK = b"mark"
+#: The most fields a raw-log entry may carry. A message has at most five and a
+#: progress mark three; an entry with more than this is not read at all, but
+#: rejected as ``too_many_fields`` (the archive once stored counts in 16 bits, and
+#: such an entry crash-looped it).
+MAX_ENTRY_FIELDS = 65_535
 
 
 class RawMessage(NamedTuple):
@@ -134,6 +139,24 @@ def parse_mark(fields: Sequence[bytes]) -> ProgressMark | Rejection:
     except ValueError:
         recv_ms = 0
     return ProgressMark(ex, event_ms, recv_ms)
+
+
+def too_many_fields(fields: Sequence[bytes]) -> Rejection | None:
+    """A ``too_many_fields`` rejection of an entry (flat ``[name, value, ...]``) too big to read.
+
+    The payload is the entry's ``payload`` field if it has one among its first
+    fields (never the whole entry), the exchange its ``exchange`` field likewise.
+    """
+    n = len(fields) // 2
+    if n <= MAX_ENTRY_FIELDS:
+        return None
+    head = dict(zip(fields[:10:2], fields[1:10:2], strict=False))
+    return Rejection(
+        "too_many_fields",
+        head.get(F_PAYLOAD, b""),
+        head.get(F_EXCHANGE, b"").decode("utf-8", "replace")[:40],
+        f"raw-log entry has {n} fields (at most {MAX_ENTRY_FIELDS})",
+    )
 
 
 def shard_of(symbol: str | None, shards: int) -> int:

@@ -46,6 +46,7 @@ from marketdata.rawmessage import (
     ProgressMark,
     RawMessage,
     parse_mark,
+    too_many_fields,
 )
 from marketdata.timeutil import DAY_MS, MAX_EVENT_TIME_MS, MICROS_THRESHOLD, MIN_EVENT_TIME_MS
 from marketdata.trade import Rejection, Trade
@@ -284,7 +285,7 @@ class FastParser:
         rest: list[int] = []
         for i, e in enumerate(entries):
             if e and e[0] == F_MARK:
-                m = parse_mark(e)
+                m = too_many_fields(e) or parse_mark(e)
                 if isinstance(m, ProgressMark):
                     marks.append((i, m))
                 else:
@@ -439,6 +440,10 @@ class FastParser:
         self.slow += len(slow)
         extra: list[tuple[int, Trade, int]] = []
         for i in slow:
+            huge = too_many_fields(entries[i])
+            if huge is not None:  # not decoded at all (an entry never fast-parsed)
+                out.rejects.append((i, huge, RawMessage(huge.payload, huge.exchange, 0)))
+                continue
             msg = entry_message(entries[i])
             res = parse_raw_message(msg, self.known_symbols)
             if isinstance(res, Trade):
