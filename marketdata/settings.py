@@ -21,6 +21,14 @@ DEFAULT_HOLD_MS = 120_000
 #: How far ahead of its venue's clock an event time may be, ms (section 4).
 DEFAULT_MAX_AHEAD_MS = 60_000
 #: Where ``lake fetch`` downloads Binance's public dumps from.
+#: How long closed candles stay in Redis, behind the newest one written to their key.
+DEFAULT_CANDLE_RETENTION_MS = 7 * 86_400_000
+#: A day's stream candles are copied to the lake (the ``stream_candles`` asset) once
+#: the day is sealed (next midnight plus lateness) and its batch has run; a day's
+#: first candle must outlive that: the day itself, plus this allowance for the seal,
+#: the batch and the snapshot (lateness is added to it).
+CANDLE_RETENTION_SNAPSHOT_ALLOWANCE_MS = 86_400_000
+
 DEFAULT_BINANCE_DATA_URL = "https://data.binance.vision"
 
 
@@ -65,6 +73,16 @@ def env_int(
         raise ValueError(msg) from None
 
 
+def min_candle_retention_ms(lateness_ms: int) -> int:
+    """The shortest candle retention under which every day reaches the lake first.
+
+    A day's first candle (00:00) must still be in Redis when the day is sealed (next
+    midnight plus ``lateness_ms``) and its batch has snapshotted the stream candles:
+    one day, the lateness, and :data:`CANDLE_RETENTION_SNAPSHOT_ALLOWANCE_MS`.
+    """
+    return 86_400_000 + lateness_ms + CANDLE_RETENTION_SNAPSHOT_ALLOWANCE_MS
+
+
 def _env_symbols() -> frozenset[str] | None:
     raw = os.environ.get("CRYPTOPIPE_SYMBOLS", "").strip()
     if not raw:
@@ -87,6 +105,8 @@ class Settings:
             the arrival clock, whichever is later) is rejected as ``bad_timestamp``.
         known_symbols: when set, other symbols are rejected as ``unknown_symbol``.
         lake_uri: where the Parquet lake is (default ``<home>/lake``).
+        candle_retention_ms: closed candles older than this behind the newest one of
+            their key are trimmed from Redis (``CRYPTOPIPE_CANDLE_RETENTION_MS``).
         binance_data_url: the root of Binance's public dumps, in the data.binance.vision
             layout, that ``lake fetch`` downloads from.
 
@@ -100,6 +120,7 @@ class Settings:
     max_ahead_ms: int = DEFAULT_MAX_AHEAD_MS
     known_symbols: frozenset[str] | None = None
     lake_uri: str | None = None
+    candle_retention_ms: int = DEFAULT_CANDLE_RETENTION_MS
     binance_data_url: str = DEFAULT_BINANCE_DATA_URL
 
     @classmethod
@@ -121,6 +142,17 @@ class Settings:
                 msg = f"{var}={value}: must not be negative"
                 raise ValueError(msg)
             times[name] = value
+        retention = env_int(
+            "CRYPTOPIPE_CANDLE_RETENTION_MS", DEFAULT_CANDLE_RETENTION_MS, unit="milliseconds"
+        )
+        floor = min_candle_retention_ms(times["LATENESS"])
+        if retention < floor:
+            msg = (
+                f"CRYPTOPIPE_CANDLE_RETENTION_MS={retention}: must be at least {floor} "
+                "(a day, plus the seal's lateness and a day for the batch to copy the "
+                "day's stream candles to the lake before Redis drops them)"
+            )
+            raise ValueError(msg)
         return cls(
             redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
             home=Path(home or os.environ.get("CRYPTOPIPE_HOME") or DEFAULT_HOME).absolute(),
@@ -130,6 +162,7 @@ class Settings:
             max_ahead_ms=times["MAX_AHEAD"],
             known_symbols=_env_symbols(),
             lake_uri=os.environ.get("CRYPTOPIPE_LAKE_URI") or None,
+            candle_retention_ms=retention,
             binance_data_url=os.environ.get("CRYPTOPIPE_BINANCE_DATA_URL", "").strip()
             or DEFAULT_BINANCE_DATA_URL,
         )
@@ -144,6 +177,8 @@ class Settings:
             "CRYPTOPIPE_HOLD_MS": str(self.hold_ms),
             "CRYPTOPIPE_MAX_AHEAD_MS": str(self.max_ahead_ms),
         }
+        if self.candle_retention_ms != DEFAULT_CANDLE_RETENTION_MS:
+            out["CRYPTOPIPE_CANDLE_RETENTION_MS"] = str(self.candle_retention_ms)
         if self.known_symbols is not None:
             out["CRYPTOPIPE_SYMBOLS"] = ",".join(sorted(self.known_symbols))
         if self.lake_uri:

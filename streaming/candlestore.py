@@ -28,6 +28,7 @@ serving package's (:mod:`serving.stream`).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ import redis
 from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.records import candle_json
+from marketdata.settings import DEFAULT_CANDLE_RETENTION_MS
 from marketdata.timeutil import now_ms
 from redisstore.keys import (
     CLOSED_EVENTS_STREAM,
@@ -59,6 +61,22 @@ CLOSED_EVENTS_MAXLEN = 1_000_000
 #: How long stream appends remember what they appended (replays come much sooner).
 DEDUPE_RETENTION_MS = 2 * 86_400_000
 LIVE_TTL_S = 86_400
+#: A series key is trimmed at most once per this many seconds (per store)...
+TRIM_EVERY_S = 60.0
+#: ... by at most this many candles (one that hit it is trimmed again next write).
+TRIM_LIMIT = 100
+
+#: KEYS: a series hash, its index. ARGV: cutoff (exclusive), limit. Removes the closed
+#: candles whose open_time is below the cutoff, oldest first, at most ``limit``, from
+#: both; returns how many.
+TRIM_SCRIPT = """
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+return #old
+"""
 
 
 # ---- writes -----------------------------------------------------------------------
@@ -117,6 +135,10 @@ class CandleStore:
         rejection_log: where new rejections and late trades are summed up (at most
             every 10 s); the flow passes the one its workers share and its
             heartbeat ticks. Default: a log of this store's own.
+        retention_ms: closed candles whose open_time is more than this before the
+            newest one this store wrote to their key are trimmed (hash and index),
+            at most :data:`TRIM_LIMIT` per key every ``trim_every_s``; ``0`` never trims.
+        trim_every_s: the least time between two trims of one key.
 
     """
 
@@ -125,10 +147,22 @@ class CandleStore:
         client: redis.Redis,
         flow: str = "candles",
         rejection_log: RejectionLog | None = None,
+        retention_ms: int = DEFAULT_CANDLE_RETENTION_MS,
+        trim_every_s: float = TRIM_EVERY_S,
     ) -> None:
+        if retention_ms < 0:
+            msg = f"retention_ms={retention_ms}: must not be negative"
+            raise ValueError(msg)
         self.client = client
         self.flow = flow
+        self.retention_ms = retention_ms
+        self.trim_every_s = trim_every_s
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
+        self._trim = client.register_script(TRIM_SCRIPT)
+        #: series key -> newest open_time written (this store's lifetime)
+        self._newest: dict[str, int] = {}
+        #: series key -> when it was last trimmed (monotonic seconds)
+        self._trimmed_at: dict[str, float] = {}
         self._known_series: set[tuple[str, str]] = set()
         self.rejection_log = rejection_log or RejectionLog(flow)
 
@@ -191,9 +225,20 @@ class CandleStore:
                 pipe.hset(counts_key(self.flow, b.source_stream), mapping=counters)
 
             n += len(b)
+        trims: list[tuple[int, str]] = []  # (position in the pipeline, series key)
+        mono = time.monotonic()
         for (ex, sym, iv), values in series.items():
-            pipe.hset(series_key(ex, sym, iv), mapping=values)
-            pipe.zadd(index_key(ex, sym, iv), {t: int(t) for t in values})
+            key, idx = series_key(ex, sym, iv), index_key(ex, sym, iv)
+            pipe.hset(key, mapping=values)
+            pipe.zadd(idx, {t: int(t) for t in values})
+            newest = max(self._newest.get(key, 0), *map(int, values))
+            self._newest[key] = newest
+            if self.retention_ms and mono - self._trimmed_at.get(key, -1e18) >= self.trim_every_s:
+                self._trimmed_at[key] = mono
+                trims.append((len(pipe), key))
+                self._trim(
+                    keys=[key, idx], args=[newest - self.retention_ms, TRIM_LIMIT], client=pipe
+                )
             if (ex, sym) not in self._known_series:
                 pipe.sadd(exchanges_key(sym), ex)
                 pipe.sadd(SYMBOLS_KEY, f"{ex}:{sym}")
@@ -205,7 +250,10 @@ class CandleStore:
         self._append_once(pipe, LATE_STREAM, late, now)
         self._append_once(pipe, DLQ_STREAM, rejects, now)
         if len(pipe):
-            pipe.execute()
+            results = pipe.execute()
+            for pos, key in trims:
+                if results[pos] >= TRIM_LIMIT:  # more left: trim again at the next write
+                    self._trimmed_at.pop(key, None)
         return n
 
 

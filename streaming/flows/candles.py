@@ -42,7 +42,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from marketdata.settings import Settings
+from marketdata.settings import DEFAULT_CANDLE_RETENTION_MS, Settings
 from redisstore.conn import connect
 from redisstore.keys import raw_stream_names
 from streaming.candleagg import ShardAggregator, WindowConfig
@@ -70,6 +70,8 @@ class CandlesFlowConfig:
         exit_when_idle: end the input after this many idle seconds, closing every
             open window first (replays, tests, benchmarks); ``None`` runs forever.
         name: the flow's name (heartbeat and counter keys).
+        candle_retention_ms: closed candles kept in Redis behind the newest of their
+            key (:class:`streaming.candlestore.CandleStore`; ``0`` keeps all).
 
     """
 
@@ -82,6 +84,7 @@ class CandlesFlowConfig:
     live_interval_s: float = 1.0
     exit_when_idle: float | None = None
     name: str = FLOW_NAME
+    candle_retention_ms: int = DEFAULT_CANDLE_RETENTION_MS
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CandlesFlowConfig:
@@ -95,6 +98,7 @@ class CandlesFlowConfig:
             streams=tuple(raw_stream_names(settings.raw_shards)),
             window=window,
             known_symbols=settings.known_symbols,
+            candle_retention_ms=settings.candle_retention_ms,
         )
         return replace(cfg, **overrides)
 
@@ -207,7 +211,9 @@ def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = 
     rejections = heartbeat.watch(RejectionLog(cfg.name))
     sink = FlowSink(
         "candle sink",
-        lambda: CandleStore(connect(cfg.redis_url), cfg.name, rejections),
+        lambda: CandleStore(
+            connect(cfg.redis_url), cfg.name, rejections, retention_ms=cfg.candle_retention_ms
+        ),
         on_written=heartbeat.on_written,
     )
     op.output("redis", candles, sink)
