@@ -1,6 +1,7 @@
 """Reconciliation of a day: stream candles (Redis) against batch candles (lake).
 
-Reads the streamed candles as stored in Redis, the batch candles from
+Reads the streamed candles as stored in Redis (or, for a day Redis may have trimmed
+some of, by the candle retention, the lake's earlier snapshot of them), the batch candles from
 ``candles/source=batch``, and the day's late trades from ``md:trades:late``; compares
 them exactly with :func:`marketdata.reconcile.reconcile`; writes
 
@@ -47,12 +48,41 @@ from marketdata.settings import Settings
 from marketdata.timeutil import DAY_MS, day_start_ms
 from marketdata.trade import Trade
 from redisstore.conn import text
-from redisstore.keys import LATE_STREAM, RECONCILE_DAYS_KEY, RECONCILE_LAST_KEY, SYMBOLS_KEY
+from redisstore.keys import (
+    LATE_STREAM,
+    RECONCILE_DAYS_KEY,
+    RECONCILE_LAST_KEY,
+    SYMBOLS_KEY,
+    index_key,
+)
 from serving.stream import StreamCandleReader
 
 
 class BatchNotRunError(RuntimeError):
     """The day has no batch candles yet."""
+
+
+class StreamCandlesTrimmedError(RuntimeError):
+    """Redis may have trimmed some of the day's stream candles, and the lake has no snapshot."""
+
+
+def stream_day_trimmed(client: redis.Redis, day: date, retention_ms: int) -> bool:
+    """Whether the candles store may have trimmed some of ``day``'s candles from Redis.
+
+    It trims, per series, what opened more than ``retention_ms`` before the newest
+    candle of the series (:class:`streaming.candlestore.CandleStore`): the day is whole
+    in Redis only while no series' newest candle is that far past the day's start.
+    """
+    if retention_ms <= 0:
+        return False
+    start = day_start_ms(day)
+    for member in sorted(text(m) for m in client.smembers(SYMBOLS_KEY)):
+        exchange, _, symbol = member.partition(":")
+        for iv in ALL_INTERVALS:
+            newest = client.zrange(index_key(exchange, symbol, iv), -1, -1, withscores=True)
+            if newest and int(newest[0][1]) - retention_ms > start:
+                return True
+    return False
 
 
 def stream_day_candles(client: redis.Redis, day: date) -> dict[tuple[str, str, str, int], Candle]:
@@ -94,7 +124,26 @@ def late_trades_for_day(client: redis.Redis, day: date, count: int = 10_000) -> 
 def snapshot_stream_day(
     settings: Settings, day: date, client: redis.Redis
 ) -> dict[tuple[str, str, str, int], Candle]:
-    """Copy the stream's candles of ``day`` from Redis to ``candles/source=stream``; return them."""
+    """Copy the stream's candles of ``day`` from Redis to ``candles/source=stream``; return them.
+
+    A day Redis may have trimmed some of (:func:`stream_day_trimmed`) is not copied
+    again: the lake's snapshot, taken when the day was whole, is kept and returned.
+
+    Raises:
+        StreamCandlesTrimmedError: such a day has no snapshot in the lake.
+
+    """
+    if stream_day_trimmed(client, day, settings.candle_retention_ms):
+        kept = read_day_candles(Lake(settings.lake), SOURCE_STREAM, day)
+        if kept is None:
+            msg = (
+                f"the stream candles of {day} are older than the candle retention "
+                f"({settings.candle_retention_ms} ms, CRYPTOPIPE_CANDLE_RETENTION_MS) and Redis "
+                "may have trimmed some, and the lake has no snapshot of them "
+                "(candles/source=stream): this day cannot be reconciled"
+            )
+            raise StreamCandlesTrimmedError(msg)
+        return kept
     stream = stream_day_candles(client, day)
     write_day_candles(Lake(settings.lake), SOURCE_STREAM, day, stream.values())
     return stream

@@ -9,7 +9,8 @@ a symbol's candles live in one Redis Cluster slot (the key names are
 
 * ``md:candles:{SYM}:<exchange>:<interval>``: hash, field = open_time (ms), value =
   the closed candle as JSON; ``...:<interval>:idx``: sorted set of the open times
-  (score = member = open_time) for range queries;
+  (score = member = open_time) for range queries; both trimmed of the candles that
+  opened more than the retention before the newest one written to the key;
 * ``md:candles:{SYM}:<exchange>:live``: hash, field = interval, value = the newest
   open window's candle as JSON (``closed: false``), expiring a day after its last
   update;

@@ -6,7 +6,13 @@ import argparse
 import json
 from datetime import date
 
-from batch.reconcile import BatchNotRunError, NoKlinesError, reconcile_day, reconcile_klines_day
+from batch.reconcile import (
+    BatchNotRunError,
+    NoKlinesError,
+    StreamCandlesTrimmedError,
+    reconcile_day,
+    reconcile_klines_day,
+)
 from cryptopipe.errors import CommandError
 from marketdata.binance_klines import OUTCOMES as KLINE_OUTCOMES
 from marketdata.parsing import normalize_exchange
@@ -57,7 +63,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(msg)
     try:
         result, summary = reconcile_day(settings, day, connect_settings(settings), worst=args.worst)
-    except BatchNotRunError as exc:
+    except (BatchNotRunError, StreamCandlesTrimmedError) as exc:
         raise CommandError(str(exc)) from None
     if args.format == "json":
         print(json.dumps(summary))

@@ -24,9 +24,9 @@ M = 60_000
 DAY = 86_400_000
 
 
-def candles(minutes: range, sym: str = "BTCUSDT") -> list[Candle]:
+def candles(minutes: range, sym: str = "BTCUSDT", t0: int = T0) -> list[Candle]:
     trades = [
-        Trade("binance", sym, m, (100 + m) * 10**8 + 1, 10**7, T0 + m * M + 5, False)
+        Trade("binance", sym, m, (100 + m) * 10**8 + 1, 10**7, t0 + m * M + 5, False)
         for m in minutes
     ]
     ones = fold_trades(trades, Interval.M1)
@@ -113,3 +113,36 @@ def test_retention_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CRYPTOPIPE_CANDLE_RETENTION_MS", "7d")
     with pytest.raises(ValueError, match="CRYPTOPIPE_CANDLE_RETENTION_MS='7d'"):
         Settings.from_env()
+
+
+def test_a_trimmed_day_is_reconciled_from_its_lake_snapshot_never_overwritten(
+    redis_client: redis.Redis, tmp_path
+) -> None:
+    from datetime import date, timedelta
+
+    from batch.reconcile import StreamCandlesTrimmedError, snapshot_stream_day
+    from lake.candles import read_day_candles
+    from marketdata.records import SOURCE_STREAM
+    from marketdata.timeutil import day_start_ms
+
+    day = date(2025, 3, 14)
+    settings = Settings(home=tmp_path, candle_retention_ms=7 * DAY)
+    store = CandleStore(redis_client, retention_ms=7 * DAY, trim_every_s=0)
+
+    def at(d: date, minutes: range) -> list[Candle]:
+        return candles(minutes, t0=day_start_ms(d))
+
+    store.write([CandleWrites("s", closed=at(day, range(3)))])
+    store.write([CandleWrites("s", closed=at(day - timedelta(days=1), range(2)))])
+    # Within the retention: read from Redis and copied to the lake, as before.
+    first = snapshot_stream_day(settings, day, redis_client)
+    assert sorted(k[3] for k in first) == [day_start_ms(day) + m * M for m in range(3)]
+    # Eight days on, the store trims the day from Redis...
+    store.write([CandleWrites("s", closed=at(day + timedelta(days=8), range(1)))])
+    assert stored(redis_client)[0] == [(day_start_ms(day + timedelta(days=8)) - T0) // M]
+    # ... and reconciling it uses the lake's snapshot, left as it was.
+    assert snapshot_stream_day(settings, day, redis_client) == first
+    assert read_day_candles(tmp_path / "lake", SOURCE_STREAM, day) == first
+    # A trimmed day never snapshotted cannot be reconciled, and says why.
+    with pytest.raises(StreamCandlesTrimmedError, match="older than the candle retention"):
+        snapshot_stream_day(settings, day - timedelta(days=1), redis_client)
