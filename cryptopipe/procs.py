@@ -26,7 +26,6 @@ class Child:
     log_path: Path
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    started_at: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
         """Whether the process is still running."""

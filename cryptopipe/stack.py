@@ -19,7 +19,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -115,14 +114,15 @@ class StackLease:
     ) -> None:
         self.client = client
         self.ttl_ms = ttl_ms
+        token = owner_token()
         self.value = json.dumps(
             {
-                "pid": int(owner_token().split(":")[0]),
+                "pid": int(token.split(":")[0]),
                 "host": socket.gethostname(),
                 "home": home,
                 "ui": ui,
                 "started_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
-                "token": owner_token(),
+                "token": token,
             },
             sort_keys=True,
         )
@@ -195,13 +195,3 @@ class StackLease:
             except redis.RedisError as exc:
                 log.warning("could not release the stack lease (it expires by itself): %s", exc)
             self.held = False
-
-
-def wait_free(client: redis.Redis, timeout: float) -> bool:
-    """Wait until no stack holds this Redis (for tests and scripts)."""
-    deadline = time.monotonic() + timeout
-    while client.exists(STACK_KEY):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True

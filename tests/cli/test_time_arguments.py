@@ -14,6 +14,9 @@ import redis
 
 from tests.processes import run_cryptopipe
 
+#: ``lake fetch`` with every required option but the days.
+FETCH = ["lake", "fetch", "BTCUSDT", "--market", "spot", "--kind", "trades"]
+
 
 @pytest.mark.parametrize(
     ("argv", "says"),
@@ -23,33 +26,11 @@ from tests.processes import run_cryptopipe
         (["reconcile", "--date", "14/03/2025"], "bad --date '14/03/2025': use YYYY-MM-DD"),
         (["reconcile", "--date", "1969-12-31"], "--date '1969-12-31' is out of range"),
         (
-            [
-                "lake",
-                "fetch",
-                "BTCUSDT",
-                "--market",
-                "spot",
-                "--kind",
-                "trades",
-                "--from",
-                "0001-01-01",
-            ],
+            [*FETCH, "--from", "0001-01-01"],
             "--from '0001-01-01' is out of range",
         ),
         (
-            [
-                "lake",
-                "fetch",
-                "BTCUSDT",
-                "--market",
-                "spot",
-                "--kind",
-                "trades",
-                "--from",
-                "2025-03-14",
-                "--to",
-                "x",
-            ],
+            [*FETCH, "--from", "2025-03-14", "--to", "x"],
             "bad --to 'x'",
         ),
         (["feed", "simulate", "--start", "soon"], "bad --start 'soon': use ISO 8601"),
