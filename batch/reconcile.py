@@ -1,8 +1,9 @@
 """Reconciliation of a day: stream candles (Redis) against batch candles (lake).
 
-Reads the streamed candles as stored in Redis (or, for a day Redis may have trimmed
-some of, by the candle retention, the lake's earlier snapshot of them), the batch candles from
-``candles/source=batch``, and the day's late trades from ``md:trades:late``; compares
+Reads the streamed candles as stored in Redis (or, for a day the candle retention
+trimmed some of, the lake's earlier snapshot of them), the batch candles from
+``candles/source=batch``, and the day's late trades from ``md:trades:late`` and its
+lake copies (``late/``); compares
 them exactly with :func:`marketdata.reconcile.reconcile`; writes
 
 * ``candles/source=stream/...`` for the day (the stream's candles, kept beside the
@@ -32,7 +33,8 @@ import redis
 
 from lake.candles import read_day_candles, write_day_candles
 from lake.klines import read_day_klines
-from lake.layout import RECONCILIATION_DIR, Lake, partition
+from lake.layout import LATE_DIR, RECONCILIATION_DIR, Lake, partition
+from lake.sidestreams import read_side_entries
 from marketdata.binance_klines import (
     EXACT_FIELDS,
     QUOTE_VOLUME_RULE,
@@ -53,7 +55,7 @@ from redisstore.keys import (
     RECONCILE_DAYS_KEY,
     RECONCILE_LAST_KEY,
     SYMBOLS_KEY,
-    index_key,
+    trimmed_key,
 )
 from serving.stream import StreamCandleReader
 
@@ -66,23 +68,27 @@ class StreamCandlesTrimmedError(RuntimeError):
     """Redis may have trimmed some of the day's stream candles, and the lake has no snapshot."""
 
 
-def stream_day_trimmed(client: redis.Redis, day: date, retention_ms: int) -> bool:
-    """Whether the candles store may have trimmed some of ``day``'s candles from Redis.
+def stream_day_trimmed(client: redis.Redis, day: date) -> bool:
+    """Whether the candles store trimmed some of ``day``'s candles from Redis.
 
-    It trims, per series, what opened more than ``retention_ms`` before the newest
-    candle of the series (:class:`streaming.candlestore.CandleStore`): the day is whole
-    in Redis only while no series' newest candle is that far past the day's start.
+    Its retention (:class:`streaming.candlestore.CandleStore`) records, per series,
+    each UTC day it trimmed candles of (``...:trimmed``): the day is whole in Redis
+    while no series has it there. A series that trades at other times only (a live
+    venue next to a replayed day) does not count.
     """
-    if retention_ms <= 0:
-        return False
     start = day_start_ms(day)
-    for member in sorted(text(m) for m in client.smembers(SYMBOLS_KEY)):
-        exchange, _, symbol = member.partition(":")
-        for iv in ALL_INTERVALS:
-            newest = client.zrange(index_key(exchange, symbol, iv), -1, -1, withscores=True)
-            if newest and int(newest[0][1]) - retention_ms > start:
-                return True
-    return False
+    marks = [
+        trimmed_key(exchange, symbol, iv)
+        for exchange, _, symbol in (
+            text(m).partition(":") for m in sorted(client.smembers(SYMBOLS_KEY))
+        )
+        for iv in ALL_INTERVALS
+    ]
+    # one command per key (keys of several symbols are in different Cluster slots)
+    pipe = client.pipeline(transaction=False)
+    for key in marks:
+        pipe.zscore(key, str(start))
+    return any(score is not None for score in pipe.execute())
 
 
 def stream_day_candles(client: redis.Redis, day: date) -> dict[tuple[str, str, str, int], Candle]:
@@ -103,10 +109,30 @@ def _late_trade(f: dict[bytes, bytes]) -> LateTrade:
     return LateTrade(trade=Trade.from_fields(f), windows=orjson.loads(f[b"windows"]))
 
 
-def late_trades_for_day(client: redis.Redis, day: date, count: int = 10_000) -> list[LateTrade]:
-    """Late trades whose windows lie in ``day`` (read from the late stream in chunks)."""
+def late_trades_for_day(
+    client: redis.Redis, day: date, count: int = 10_000, *, lake: Lake | None = None
+) -> list[LateTrade]:
+    """Late trades whose windows lie in ``day``, each once.
+
+    From the late stream in Redis and (with ``lake``) from its copies in the lake,
+    taken before Redis trimmed them (:mod:`streaming.spill`). A late trade arrives
+    after its day starts, so only the lake's days from ``day`` on are read.
+    """
     start = day_start_ms(day)
     out: list[LateTrade] = []
+    seen: set[bytes] = set()
+
+    def take(entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        if entry_id in seen:
+            return
+        seen.add(entry_id)
+        lt = _late_trade(fields)
+        if lt.windows.get("1d") == start:
+            out.append(lt)
+
+    if lake is not None:
+        for entry_id, fields in read_side_entries(lake, LATE_DIR, since=day):
+            take(entry_id, fields)
     last = "-"
     while True:
         entries: list[Any] = list(client.xrange(LATE_STREAM, min=last, max="+", count=count) or [])
@@ -114,10 +140,8 @@ def late_trades_for_day(client: redis.Redis, day: date, count: int = 10_000) -> 
             entries = entries[1:]  # the first is the previous chunk's last
         if not entries:
             return out
-        for _, fields in entries:
-            lt = _late_trade(fields)
-            if lt.windows.get("1d") == start:
-                out.append(lt)
+        for entry_id, fields in entries:
+            take(entry_id, fields)
         last = text(entries[-1][0])
 
 
@@ -133,14 +157,14 @@ def snapshot_stream_day(
         StreamCandlesTrimmedError: such a day has no snapshot in the lake.
 
     """
-    if stream_day_trimmed(client, day, settings.candle_retention_ms):
+    if stream_day_trimmed(client, day):
         kept = read_day_candles(Lake(settings.lake), SOURCE_STREAM, day)
         if kept is None:
             msg = (
-                f"the stream candles of {day} are older than the candle retention "
-                f"({settings.candle_retention_ms} ms, CRYPTOPIPE_CANDLE_RETENTION_MS) and Redis "
-                "may have trimmed some, and the lake has no snapshot of them "
-                "(candles/source=stream): this day cannot be reconciled"
+                f"Redis no longer holds all stream candles of {day} (the candle retention, "
+                f"{settings.candle_retention_ms} ms of CRYPTOPIPE_CANDLE_RETENTION_MS, trimmed "
+                "some) and the lake has no snapshot of them (candles/source=stream, taken by "
+                "the stream_candles asset): this day cannot be reconciled"
             )
             raise StreamCandlesTrimmedError(msg)
         return kept
@@ -166,7 +190,7 @@ def reconcile_day(
         )
         raise BatchNotRunError(msg)
     stream = snapshot_stream_day(settings, day, client)
-    late = late_trades_for_day(client, day)
+    late = late_trades_for_day(client, day, lake=lake)
     result = reconcile(stream, batch, late)
     summary: dict[str, Any] = {
         "date": day.isoformat(),

@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # -v is for our own debug lines; these libraries' are noise (redis-py logs every
+    # failed connection at DEBUG before raising what we explain in one line).
+    for noisy in ("redis", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
     try:
         settings = settings_from_args(args)
         return int(args.func(args, settings) or 0)

@@ -33,6 +33,16 @@ def raw_stream_of(symbol: str | None, shards: int) -> str:
     return raw_stream_names(shards)[shard_of(symbol, shards)]
 
 
+def spilled_key(stream: str) -> str:
+    """String: the last entry id of ``stream`` copied to the lake (same slot as the stream)."""
+    return f"{{{stream}}}:spilled"
+
+
+def spill_lock_key(stream: str) -> str:
+    """String: held (SET NX PX) by the one process copying ``stream`` to the lake."""
+    return f"{{{stream}}}:spill-lock"
+
+
 def written_key(stream: str) -> str:
     """Sorted set of what was appended to ``stream`` (same Cluster slot as the stream)."""
     return f"{{{stream}}}:written"
@@ -57,6 +67,11 @@ def series_key(exchange: str, symbol: str, interval: Interval | str) -> str:
 def index_key(exchange: str, symbol: str, interval: Interval | str) -> str:
     """Sorted set of the open times of the closed candles of one series."""
     return series_key(exchange, symbol, interval) + ":idx"
+
+
+def trimmed_key(exchange: str, symbol: str, interval: Interval | str) -> str:
+    """Sorted set of the UTC days (start, ms) the candle retention trimmed from one series."""
+    return series_key(exchange, symbol, interval) + ":trimmed"
 
 
 def live_key(exchange: str, symbol: str) -> str:

@@ -11,6 +11,7 @@ a symbol's candles live in one Redis Cluster slot (the key names are
   the closed candle as JSON; ``...:<interval>:idx``: sorted set of the open times
   (score = member = open_time) for range queries; both trimmed of the candles that
   opened more than the retention before the newest one written to the key;
+  ``...:<interval>:trimmed``: sorted set of the UTC days (start ms) it trimmed candles of;
 * ``md:candles:{SYM}:<exchange>:live``: hash, field = interval, value = the newest
   open window's candle as JSON (``closed: false``), expiring a day after its last
   update;
@@ -52,6 +53,7 @@ from redisstore.keys import (
     index_key,
     live_key,
     series_key,
+    trimmed_key,
     written_key,
 )
 from streaming.candleagg import LateTrade, RejectedEntry
@@ -67,14 +69,24 @@ TRIM_EVERY_S = 60.0
 #: ... by at most this many candles (one that hit it is trimmed again next write).
 TRIM_LIMIT = 100
 
-#: KEYS: a series hash, its index. ARGV: cutoff (exclusive), limit. Removes the closed
-#: candles whose open_time is below the cutoff, oldest first, at most ``limit``, from
-#: both; returns how many.
+#: KEYS: a series hash, its index, its trimmed days. ARGV: cutoff (exclusive), limit.
+#: Removes the closed candles whose open_time is below the cutoff, oldest first, at
+#: most ``limit``, from both, and adds the UTC day (its start, ms) of each to the
+#: trimmed days (so reconciliation knows exactly which days Redis no longer holds
+#: whole); returns how many.
 TRIM_SCRIPT = """
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 if #old > 0 then
   redis.call('HDEL', KEYS[1], unpack(old))
   redis.call('ZREM', KEYS[2], unpack(old))
+  local seen = {}
+  for _, t in ipairs(old) do
+    local day = tonumber(t) - tonumber(t) % 86400000
+    if not seen[day] then
+      seen[day] = true
+      redis.call('ZADD', KEYS[3], day, string.format('%d', day))
+    end
+  end
 end
 return #old
 """
@@ -238,7 +250,9 @@ class CandleStore:
                 self._trimmed_at[key] = mono
                 trims.append((len(pipe), key))
                 self._trim(
-                    keys=[key, idx], args=[newest - self.retention_ms, TRIM_LIMIT], client=pipe
+                    keys=[key, idx, trimmed_key(ex, sym, iv)],
+                    args=[newest - self.retention_ms, TRIM_LIMIT],
+                    client=pipe,
                 )
             if (ex, sym) not in self._known_series:
                 pipe.sadd(exchanges_key(sym), ex)

@@ -14,7 +14,7 @@ from marketdata.settings import (
     min_candle_retention_ms,
 )
 from marketdata.trade import Trade
-from redisstore.keys import index_key, series_key
+from redisstore.keys import index_key, series_key, trimmed_key
 from serving.stream import StreamCandleReader
 from streaming.candlestore import TRIM_LIMIT, CandleStore, CandleWrites
 from streaming.flows.candles import CandlesFlowConfig
@@ -137,6 +137,25 @@ def test_a_trimmed_day_is_reconciled_from_its_lake_snapshot_never_overwritten(
     # Within the retention: read from Redis and copied to the lake, as before.
     first = snapshot_stream_day(settings, day, redis_client)
     assert sorted(k[3] for k in first) == [day_start_ms(day) + m * M for m in range(3)]
+    # Another series far ahead (a live venue next to a replayed day) trims only its own
+    # candles: the day is still read from Redis (a candle added since is in the copy).
+    far = day + timedelta(days=400)
+    store.write([CandleWrites("s", closed=candles(range(2), "ETHUSDT", t0=day_start_ms(far)))])
+    store.write(
+        [
+            CandleWrites(
+                "s", closed=candles(range(1), "ETHUSDT", t0=day_start_ms(far + timedelta(days=9)))
+            )
+        ]
+    )
+    store.write([CandleWrites("s", closed=at(day, range(3, 4)))])
+    first = snapshot_stream_day(settings, day, redis_client)
+    assert sorted(k[3] for k in first if k[1] == "BTCUSDT") == [
+        day_start_ms(day) + m * M for m in range(4)
+    ]
+    # it records the day it trimmed (every interval its own)
+    days = redis_client.zrange(trimmed_key("binance", "ETHUSDT", Interval.M1), 0, -1)
+    assert days == [str(day_start_ms(far)).encode()]
     # Eight days on, the store trims the day from Redis...
     store.write([CandleWrites("s", closed=at(day + timedelta(days=8), range(1)))])
     assert stored(redis_client)[0] == [(day_start_ms(day + timedelta(days=8)) - T0) // M]
@@ -144,5 +163,7 @@ def test_a_trimmed_day_is_reconciled_from_its_lake_snapshot_never_overwritten(
     assert snapshot_stream_day(settings, day, redis_client) == first
     assert read_day_candles(tmp_path / "lake", SOURCE_STREAM, day) == first
     # A trimmed day never snapshotted cannot be reconciled, and says why.
-    with pytest.raises(StreamCandlesTrimmedError, match="older than the candle retention"):
+    with pytest.raises(
+        StreamCandlesTrimmedError, match="Redis no longer holds all stream candles of 2025-03-13"
+    ):
         snapshot_stream_day(settings, day - timedelta(days=1), redis_client)
