@@ -10,6 +10,8 @@ read, e.g. ``s3://bucket/lake``)::
     candles/source=batch|stream/interval=1m|...|1d/date=YYYY-MM-DD/part-*.parquet
     aggregates/date=YYYY-MM-DD/part-*.parquet
     reconciliation/date=YYYY-MM-DD/report.json
+    dlq/date=YYYY-MM-DD/<first entry id>.parquet   (copies of md:trades:dlq before trimming)
+    late/date=YYYY-MM-DD/<first entry id>.parquet  (copies of md:trades:late before trimming)
 
 ``date`` is the UTC day of the trade's ``event_time`` (of the candle's
 ``open_time``). A trade file's name is derived from the source ids it holds: the
@@ -39,6 +41,9 @@ REJECTS_DIR = "rejects"
 CANDLES_DIR = "candles"
 AGGREGATES_DIR = "aggregates"
 RECONCILIATION_DIR = "reconciliation"
+#: Copies of the dead-letter and late streams, taken before Redis trims them.
+DLQ_DIR = "dlq"
+LATE_DIR = "late"
 #: The exchange's own candles (Binance 1m klines), imported as a witness, apart from trades.
 KLINES_DIR = "klines"
 #: Prefix of the marker lake import writes beside a day's trades once a dump that
@@ -184,6 +189,10 @@ class Lake:
     def aggregates_dir(self, day: date) -> str:
         """``aggregates/date=D``."""
         return self.path(AGGREGATES_DIR, partition(day))
+
+    def side_dir(self, kind: str, day: date) -> str:
+        """``dlq/date=D`` or ``late/date=D`` (``kind`` is :data:`DLQ_DIR` or :data:`LATE_DIR`)."""
+        return self.path(kind, partition(day))
 
     def spark_uri(self, *parts: str) -> str:
         """The URI Spark (Hadoop) should use for a path under the root."""

@@ -20,7 +20,6 @@ DEFAULT_LATENESS_MS = 5_000
 DEFAULT_HOLD_MS = 120_000
 #: How far ahead of its venue's clock an event time may be, ms (section 4).
 DEFAULT_MAX_AHEAD_MS = 60_000
-#: Where ``lake fetch`` downloads Binance's public dumps from.
 #: How long closed candles stay in Redis, behind the newest one written to their key.
 DEFAULT_CANDLE_RETENTION_MS = 7 * 86_400_000
 #: A day's stream candles are copied to the lake (the ``stream_candles`` asset) once
@@ -28,7 +27,10 @@ DEFAULT_CANDLE_RETENTION_MS = 7 * 86_400_000
 #: first candle must outlive that: the day itself, plus this allowance for the seal,
 #: the batch and the snapshot (lateness is added to it).
 CANDLE_RETENTION_SNAPSHOT_ALLOWANCE_MS = 86_400_000
+#: Entries the dead-letter and late streams each keep in Redis once copied to the lake.
+DEFAULT_SIDE_STREAM_MAXLEN = 100_000
 
+#: Where ``lake fetch`` downloads Binance's public dumps from.
 DEFAULT_BINANCE_DATA_URL = "https://data.binance.vision"
 
 
@@ -109,6 +111,9 @@ class Settings:
             their key are trimmed from Redis (``CRYPTOPIPE_CANDLE_RETENTION_MS``).
         binance_data_url: the root of Binance's public dumps, in the data.binance.vision
             layout, that ``lake fetch`` downloads from.
+        side_stream_maxlen: entries the DLQ and the late stream each keep in Redis;
+            older ones are trimmed once the archive flow has copied them to the lake
+            (``CRYPTOPIPE_SIDE_STREAM_MAXLEN``).
 
     """
 
@@ -122,6 +127,7 @@ class Settings:
     lake_uri: str | None = None
     candle_retention_ms: int = DEFAULT_CANDLE_RETENTION_MS
     binance_data_url: str = DEFAULT_BINANCE_DATA_URL
+    side_stream_maxlen: int = DEFAULT_SIDE_STREAM_MAXLEN
 
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -153,6 +159,12 @@ class Settings:
                 "day's stream candles to the lake before Redis drops them)"
             )
             raise ValueError(msg)
+        side_maxlen = env_int(
+            "CRYPTOPIPE_SIDE_STREAM_MAXLEN", DEFAULT_SIDE_STREAM_MAXLEN, unit="entries"
+        )
+        if side_maxlen < 0:
+            msg = f"CRYPTOPIPE_SIDE_STREAM_MAXLEN={side_maxlen}: must not be negative"
+            raise ValueError(msg)
         return cls(
             redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
             home=Path(home or os.environ.get("CRYPTOPIPE_HOME") or DEFAULT_HOME).absolute(),
@@ -165,6 +177,7 @@ class Settings:
             candle_retention_ms=retention,
             binance_data_url=os.environ.get("CRYPTOPIPE_BINANCE_DATA_URL", "").strip()
             or DEFAULT_BINANCE_DATA_URL,
+            side_stream_maxlen=side_maxlen,
         )
 
     def env(self) -> dict[str, str]:
@@ -179,6 +192,8 @@ class Settings:
         }
         if self.candle_retention_ms != DEFAULT_CANDLE_RETENTION_MS:
             out["CRYPTOPIPE_CANDLE_RETENTION_MS"] = str(self.candle_retention_ms)
+        if self.side_stream_maxlen != DEFAULT_SIDE_STREAM_MAXLEN:
+            out["CRYPTOPIPE_SIDE_STREAM_MAXLEN"] = str(self.side_stream_maxlen)
         if self.known_symbols is not None:
             out["CRYPTOPIPE_SYMBOLS"] = ",".join(sorted(self.known_symbols))
         if self.lake_uri:

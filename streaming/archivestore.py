@@ -43,6 +43,7 @@ from redisstore.streamids import parse_id
 from streaming.archive import ArchiveWork
 from streaming.memory import release_free_memory
 from streaming.rejectlog import RejectionLog
+from streaming.spill import SideStreamSpiller
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class ArchiveStore:
         rejection_log: where the rejections of the files written are summed up (at
             most every 10 s); the flow passes the one its workers share. Default: a
             log of this store's own.
+        spiller: copies the DLQ and late streams to the lake and trims them, at
+            each write (at most as often as it allows); ``None``: left alone.
 
     """
 
@@ -100,6 +103,7 @@ class ArchiveStore:
         *,
         durable: bool = True,
         rejection_log: RejectionLog | None = None,
+        spiller: SideStreamSpiller | None = None,
     ) -> None:
         self.writer = LakeWriter(lake, durable=durable)
         self.lake = self.writer.lake
@@ -108,6 +112,7 @@ class ArchiveStore:
         self.streams = list(streams)
         self._publish_field = client.register_script(_PUBLISH_FIELD)
         self._last_range: dict[str, str] = {}
+        self.spiller = spiller
 
     def write_files(self, work: ArchiveWork) -> WriteResult | None:
         """Write one range's files (replacing the same range's), drop partial versions.
@@ -157,6 +162,8 @@ class ArchiveStore:
     def write(self, works: Sequence[ArchiveWork]) -> int:
         """:meth:`publish` now (retried by the sink); no records of its own."""
         self.publish(list(works), int(time.time() * 1000))
+        if self.spiller is not None:
+            self.spiller.maybe_run()
         return 0
 
     def publish(self, works: list[ArchiveWork], now_ms: int) -> int | None:

@@ -17,7 +17,8 @@ Shape::
       -> stateful_batch keyed by partition: PartitionArchiver (stream-id buckets,
          parse, watermark over what is written, trim point)
       -> FlowSink of an ArchiveStore (lake files, then watermark and progress, then
-         XTRIM MINID ~)
+         XTRIM MINID ~; every 10 s the DLQ and late streams copied to the lake and
+         trimmed, streaming.spill)
 
 Files are cut by stream-id buckets, so a replay after a crash writes the same files
 (same names, same rows) whatever bytewax's batches were; see docs/archive.md.
@@ -56,6 +57,7 @@ from streaming.candleagg import WindowConfig
 from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested
 from streaming.sinks import FlowSink
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
+from streaming.spill import SideStreamSpiller
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,10 @@ class ArchiveFlowConfig:
             open bucket first (replays, tests); ``None`` runs forever.
         durable: fsync lake files before they count as written.
         name: the flow's name (heartbeat).
+        side_stream_maxlen: entries the DLQ and the late stream each keep in Redis
+            once copied to the lake (:mod:`streaming.spill`); ``None``: not copied,
+            not trimmed.
+        side_stream_every_s: how often they are copied and trimmed.
 
     """
 
@@ -96,6 +102,8 @@ class ArchiveFlowConfig:
     exit_when_idle: float | None = None
     durable: bool = True
     name: str = FLOW_NAME
+    side_stream_maxlen: int | None = None
+    side_stream_every_s: float = 10.0
 
     @classmethod
     def from_settings(
@@ -132,6 +140,7 @@ class ArchiveFlowConfig:
             lake=settings.lake,
             streams=tuple(raw_stream_names(settings.raw_shards)),
             archive=archive,
+            side_stream_maxlen=settings.side_stream_maxlen,
         )
         return replace(cfg, **overrides)
 
@@ -194,15 +203,30 @@ def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = 
     )
     # One summary of the rejections written, for all the process's workers.
     rejections = heartbeat.watch(archive_rejection_log(cfg.lake, cfg.name))
-    sink: FlowSink[ArchiveWork] = FlowSink(
-        "archive sink",
-        lambda: ArchiveStore(
+
+    def store() -> ArchiveStore:
+        client = connect(cfg.redis_url)
+        spiller = None
+        if cfg.side_stream_maxlen is not None:
+            spiller = SideStreamSpiller(
+                client,
+                cfg.lake,
+                maxlen=cfg.side_stream_maxlen,
+                every_s=cfg.side_stream_every_s,
+                durable=cfg.durable,
+            )
+        return ArchiveStore(
             cfg.lake,
-            connect(cfg.redis_url),
+            client,
             list(cfg.streams),
             durable=cfg.durable,
             rejection_log=rejections,
-        ),
+            spiller=spiller,
+        )
+
+    sink: FlowSink[ArchiveWork] = FlowSink(
+        "archive sink",
+        store,
         on_written=heartbeat.on_written,
     )
     op.output("lake", works, sink)

@@ -12,7 +12,10 @@ raw log as a feed would, then ``cryptopipe stream run candles --exit-when-idle``
   byte, keyed by its raw-log id;
 * the candles equal the candles of the valid trades, folded independently;
 * the flow's counters add up: entries = trades + duplicates + late + rejected, and
-  the per-reason counters equal the DLQ's.
+  the per-reason counters equal the DLQ's;
+* then the archive flow, with ``CRYPTOPIPE_SIDE_STREAM_MAXLEN=1000``, copies the whole
+  DLQ to the lake (``dlq/``) and trims Redis to its newest 1,000 entries; the
+  counters keep the totals.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from lake.layout import DLQ_DIR
+from lake.sidestreams import read_side_entries
 from marketdata.candle import fold_trades
 from marketdata.hostile import GENERATORS, hostile_messages
 from marketdata.interval import Interval
@@ -142,3 +147,20 @@ def test_hundred_thousand_hostile_payloads_through_the_candles_flow(
     assert int(counts["entries"]) == sum(
         int(counts.get(k, 0)) for k in ("trades", "duplicates", "late", "rejected")
     )
+
+    # Bounded: the archive flow copies the DLQ to the lake, then Redis keeps 1,000.
+    whole = dict(redis_client.xrange(DLQ_STREAM))
+    env["CRYPTOPIPE_SIDE_STREAM_MAXLEN"] = "1000"
+    done = subprocess.run(
+        [sys.executable, "-m", "cryptopipe", "stream", "run", "archive", "--exit-when-idle", "2"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert dict(read_side_entries(tmp_path / "home" / "lake", DLQ_DIR)) == whole
+    assert list(dict(redis_client.xrange(DLQ_STREAM))) == list(whole)[-1000:]
+    assert int(redis_client.hget(counts_key("candles", RAW_STREAM), "rejected")) == len(whole)
