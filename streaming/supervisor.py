@@ -37,6 +37,7 @@ import redis
 from marketdata.settings import Settings
 from redisstore.conn import text
 from redisstore.keys import control_key, restarts_key
+from redisstore.streamids import parse_id
 from streaming import proctable
 from streaming.feeds import DEFAULT_FEED, feed_named
 from streaming.heartbeat import read_heartbeat
@@ -66,9 +67,10 @@ class FlowStatus:
     Attributes:
         name: the flow.
         state: ``running``, ``starting`` (no heartbeat yet), ``stalled`` (process up,
-            heartbeat stale), ``dead`` (should run, process gone), ``pending`` (wanted,
-            not started yet), ``overdue`` (wanted more than ``PENDING_GRACE_S`` ago and
-            still not started: unhealthy), ``stopped`` (not wanted), or ``failed`` (crash loop:
+            heartbeat stale, or input pending and no read back for 15 s), ``dead``
+            (should run, process gone), ``pending`` (wanted, not started yet),
+            ``overdue`` (wanted more than ``PENDING_GRACE_S`` ago and still not
+            started: unhealthy), ``stopped`` (not wanted), or ``failed`` (crash loop:
             restarts stopped until cleared).
         pid: the process id when running.
         desired: ``running`` or ``stopped``.
@@ -397,6 +399,35 @@ class Supervisor:
         fresh = age is not None and age <= self.stale_after_s
         return fresh and pid > 0 and proctable.state(pid) not in (None, "Z")
 
+    def _no_progress(self, hb: dict[str, str]) -> str | None:
+        """Why a flow whose heartbeat is fresh makes no progress, or ``None``.
+
+        Liveness from progress, not from the heartbeat thread: a worker stuck (on a
+        half-open socket, say) while its heartbeat thread beats on. Stalled when a
+        stream it reads has entries after the flow's position there and no read of
+        that stream has come back for ``stale_after_s`` (docs/architecture.md 7).
+        """
+        try:
+            streams = json.loads(hb.get("streams") or "{}")
+        except ValueError:
+            return None
+        now_ms = time.time() * 1000
+        for stream, st in sorted(streams.items()):
+            read_at = st.get("read_at")
+            if not isinstance(read_at, int) or now_ms - read_at <= self.stale_after_s * 1000:
+                continue
+            try:
+                info = self.client.xinfo_stream(stream)
+            except redis.ResponseError:  # the stream is gone: nothing pending
+                continue
+            tip = text(info.get("last-generated-id") or b"0-0")
+            if parse_id(tip) > parse_id(st.get("last_id") or "0-0"):
+                return (
+                    f"no progress: {stream} has entries after {st.get('last_id')} and no "
+                    f"read came back for {(now_ms - read_at) / 1000:.0f}s"
+                )
+        return None
+
     def status(self, name: str) -> FlowStatus:
         """Current state of one flow."""
         control = {text(k): text(v) for k, v in self.client.hgetall(control_key(name)).items()}
@@ -430,6 +461,8 @@ class Supervisor:
                 state, reason = "stalled", "no heartbeat from this process"
         elif age is not None and age > self.stale_after_s:
             state, reason = "stalled", f"heartbeat {age:.0f}s old"
+        elif stuck := self._no_progress(hb):
+            state, reason = "stalled", stuck
         else:
             state, reason = "running", "ok"
         return FlowStatus(

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -121,6 +122,8 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
                 "lag": lag,
                 "lag_ms": lag_ms,
                 "lost": pos.lost,
+                # when a read last came back: the supervisor's proof of progress
+                "read_at": int(time.time() * 1000),
             }
             if n:
                 self._last_stream = stream
