@@ -29,6 +29,11 @@ DEFAULT_CANDLE_RETENTION_MS = 7 * 86_400_000
 CANDLE_RETENTION_SNAPSHOT_ALLOWANCE_MS = 86_400_000
 #: Entries the dead-letter and late streams each keep in Redis once copied to the lake.
 DEFAULT_SIDE_STREAM_MAXLEN = 100_000
+#: Closed-candle events kept (approximately) in their stream for the metrics flow.
+DEFAULT_CLOSED_EVENTS_MAXLEN = 1_000_000
+#: How long the candles flow's appends remember what they appended: a flow down for
+#: longer than this and then replaying from its snapshot could append twice.
+DEFAULT_APPEND_DEDUPE_MS = 2 * 86_400_000
 
 #: Where ``lake fetch`` downloads Binance's public dumps from.
 DEFAULT_BINANCE_DATA_URL = "https://data.binance.vision"
@@ -114,6 +119,10 @@ class Settings:
         side_stream_maxlen: entries the DLQ and the late stream each keep in Redis;
             older ones are trimmed once the archive flow has copied them to the lake
             (``CRYPTOPIPE_SIDE_STREAM_MAXLEN``).
+        closed_events_maxlen: closed-candle events kept for the metrics flow
+            (``CRYPTOPIPE_CLOSED_EVENTS_MAXLEN``).
+        append_dedupe_ms: how long the candles flow's stream appends remember their
+            identities (``CRYPTOPIPE_APPEND_DEDUPE_MS``).
 
     """
 
@@ -128,6 +137,8 @@ class Settings:
     candle_retention_ms: int = DEFAULT_CANDLE_RETENTION_MS
     binance_data_url: str = DEFAULT_BINANCE_DATA_URL
     side_stream_maxlen: int = DEFAULT_SIDE_STREAM_MAXLEN
+    closed_events_maxlen: int = DEFAULT_CLOSED_EVENTS_MAXLEN
+    append_dedupe_ms: int = DEFAULT_APPEND_DEDUPE_MS
 
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -159,12 +170,17 @@ class Settings:
                 "day's stream candles to the lake before Redis drops them)"
             )
             raise ValueError(msg)
-        side_maxlen = env_int(
-            "CRYPTOPIPE_SIDE_STREAM_MAXLEN", DEFAULT_SIDE_STREAM_MAXLEN, unit="entries"
-        )
-        if side_maxlen < 0:
-            msg = f"CRYPTOPIPE_SIDE_STREAM_MAXLEN={side_maxlen}: must not be negative"
-            raise ValueError(msg)
+        bounds = {}
+        for var, default, least, unit in (
+            ("CRYPTOPIPE_SIDE_STREAM_MAXLEN", DEFAULT_SIDE_STREAM_MAXLEN, 0, "entries"),
+            ("CRYPTOPIPE_CLOSED_EVENTS_MAXLEN", DEFAULT_CLOSED_EVENTS_MAXLEN, 1_000, "entries"),
+            ("CRYPTOPIPE_APPEND_DEDUPE_MS", DEFAULT_APPEND_DEDUPE_MS, 600_000, "milliseconds"),
+        ):
+            value = env_int(var, default, unit=unit)
+            if value < least:
+                msg = f"{var}={value}: must be at least {least}"
+                raise ValueError(msg)
+            bounds[var] = value
         return cls(
             redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
             home=Path(home or os.environ.get("CRYPTOPIPE_HOME") or DEFAULT_HOME).absolute(),
@@ -177,7 +193,9 @@ class Settings:
             candle_retention_ms=retention,
             binance_data_url=os.environ.get("CRYPTOPIPE_BINANCE_DATA_URL", "").strip()
             or DEFAULT_BINANCE_DATA_URL,
-            side_stream_maxlen=side_maxlen,
+            side_stream_maxlen=bounds["CRYPTOPIPE_SIDE_STREAM_MAXLEN"],
+            closed_events_maxlen=bounds["CRYPTOPIPE_CLOSED_EVENTS_MAXLEN"],
+            append_dedupe_ms=bounds["CRYPTOPIPE_APPEND_DEDUPE_MS"],
         )
 
     def env(self) -> dict[str, str]:
@@ -192,8 +210,17 @@ class Settings:
         }
         if self.candle_retention_ms != DEFAULT_CANDLE_RETENTION_MS:
             out["CRYPTOPIPE_CANDLE_RETENTION_MS"] = str(self.candle_retention_ms)
-        if self.side_stream_maxlen != DEFAULT_SIDE_STREAM_MAXLEN:
-            out["CRYPTOPIPE_SIDE_STREAM_MAXLEN"] = str(self.side_stream_maxlen)
+        for var, value, default in (
+            ("CRYPTOPIPE_SIDE_STREAM_MAXLEN", self.side_stream_maxlen, DEFAULT_SIDE_STREAM_MAXLEN),
+            (
+                "CRYPTOPIPE_CLOSED_EVENTS_MAXLEN",
+                self.closed_events_maxlen,
+                DEFAULT_CLOSED_EVENTS_MAXLEN,
+            ),
+            ("CRYPTOPIPE_APPEND_DEDUPE_MS", self.append_dedupe_ms, DEFAULT_APPEND_DEDUPE_MS),
+        ):
+            if value != default:
+                out[var] = str(value)
         if self.known_symbols is not None:
             out["CRYPTOPIPE_SYMBOLS"] = ",".join(sorted(self.known_symbols))
         if self.lake_uri:

@@ -22,9 +22,9 @@ a symbol's candles live in one Redis Cluster slot (the key names are
 
 Writes are idempotent: candles are upserts; stream appends go through a script that
 appends only when the entry's identity (trade key, source entry id, candle key and
-content) has not been appended in the last two days, so a replay after recovery
-never adds a second copy. Decimals are exact strings, never floats. Reading is the
-serving package's (:mod:`serving.stream`).
+content) has not been appended in the last two days (``CRYPTOPIPE_APPEND_DEDUPE_MS``),
+so a replay after recovery never adds a second copy. Decimals are exact strings,
+never floats. Reading is the serving package's (:mod:`serving.stream`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ import redis
 from marketdata.candle import Candle
 from marketdata.interval import Interval
 from marketdata.records import candle_json
-from marketdata.settings import DEFAULT_CANDLE_RETENTION_MS
+from marketdata.settings import (
+    DEFAULT_APPEND_DEDUPE_MS,
+    DEFAULT_CANDLE_RETENTION_MS,
+    DEFAULT_CLOSED_EVENTS_MAXLEN,
+)
 from marketdata.timeutil import now_ms
 from redisstore.keys import (
     CLOSED_EVENTS_STREAM,
@@ -59,10 +63,6 @@ from redisstore.keys import (
 from streaming.candleagg import LateTrade, RejectedEntry
 from streaming.rejectlog import RejectionLog
 
-#: Closed-candle events kept (approximately) in their stream.
-CLOSED_EVENTS_MAXLEN = 1_000_000
-#: How long stream appends remember what they appended (replays come much sooner).
-DEDUPE_RETENTION_MS = 2 * 86_400_000
 LIVE_TTL_S = 86_400
 #: A series key is trimmed at most once per this many seconds (per store)...
 TRIM_EVERY_S = 60.0
@@ -152,6 +152,8 @@ class CandleStore:
             newest one this store wrote to their key are trimmed (hash and index),
             at most :data:`TRIM_LIMIT` per key every ``trim_every_s``; ``0`` never trims.
         trim_every_s: the least time between two trims of one key.
+        closed_events_maxlen: closed-candle events kept (``MAXLEN ~``).
+        dedupe_ms: how long appends remember their identities.
 
     """
 
@@ -162,6 +164,8 @@ class CandleStore:
         rejection_log: RejectionLog | None = None,
         retention_ms: int = DEFAULT_CANDLE_RETENTION_MS,
         trim_every_s: float = TRIM_EVERY_S,
+        closed_events_maxlen: int = DEFAULT_CLOSED_EVENTS_MAXLEN,
+        dedupe_ms: int = DEFAULT_APPEND_DEDUPE_MS,
     ) -> None:
         if retention_ms < 0:
             msg = f"retention_ms={retention_ms}: must not be negative"
@@ -170,6 +174,8 @@ class CandleStore:
         self.flow = flow
         self.retention_ms = retention_ms
         self.trim_every_s = trim_every_s
+        self.closed_events_maxlen = closed_events_maxlen
+        self.dedupe_ms = dedupe_ms
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
         self._trim = client.register_script(TRIM_SCRIPT)
         #: series key -> newest open_time written (this store's lifetime)
@@ -191,7 +197,7 @@ class CandleStore:
         if not entries:
             return
         nf = len(entries[0][1])
-        args: list[Any] = [now, DEDUPE_RETENTION_MS, maxlen, nf]
+        args: list[Any] = [now, self.dedupe_ms, maxlen, nf]
         for identity, fields in entries:
             args.append(identity)
             for k, v in fields.items():
@@ -261,7 +267,7 @@ class CandleStore:
         for key, values in live.items():
             pipe.hset(key, mapping=values)
             pipe.expire(key, LIVE_TTL_S)
-        self._append_once(pipe, CLOSED_EVENTS_STREAM, events, now, CLOSED_EVENTS_MAXLEN)
+        self._append_once(pipe, CLOSED_EVENTS_STREAM, events, now, self.closed_events_maxlen)
         self._append_once(pipe, LATE_STREAM, late, now)
         self._append_once(pipe, DLQ_STREAM, rejects, now)
         if len(pipe):

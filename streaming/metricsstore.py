@@ -25,8 +25,9 @@ from typing import Any
 import orjson
 import redis
 
+from marketdata.settings import DEFAULT_APPEND_DEDUPE_MS
 from redisstore.keys import ANOMALIES_STREAM, history_key, metrics_key, spread_key, written_key
-from streaming.candlestore import DEDUPE_RETENTION_MS, XADD_ONCE_SCRIPT
+from streaming.candlestore import XADD_ONCE_SCRIPT
 from streaming.rejectlog import RejectionLog
 
 ANOMALIES_MAXLEN = 100_000
@@ -109,7 +110,7 @@ class MetricsStore:
                 # fields per entry, then per entry its identity and field/value pairs.
                 args: list[Any] = [
                     now_ms,
-                    DEDUPE_RETENTION_MS,
+                    DEFAULT_APPEND_DEDUPE_MS,  # anomalies are rare: the default
                     ANOMALIES_MAXLEN,
                     len(b.anomalies[0]),
                 ]

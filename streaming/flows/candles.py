@@ -42,7 +42,12 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
-from marketdata.settings import DEFAULT_CANDLE_RETENTION_MS, Settings
+from marketdata.settings import (
+    DEFAULT_APPEND_DEDUPE_MS,
+    DEFAULT_CANDLE_RETENTION_MS,
+    DEFAULT_CLOSED_EVENTS_MAXLEN,
+    Settings,
+)
 from redisstore.conn import connect
 from redisstore.keys import raw_stream_names
 from streaming.candleagg import ShardAggregator, WindowConfig
@@ -72,6 +77,8 @@ class CandlesFlowConfig:
         name: the flow's name (heartbeat and counter keys).
         candle_retention_ms: closed candles kept in Redis behind the newest of their
             key (:class:`streaming.candlestore.CandleStore`; ``0`` keeps all).
+        closed_events_maxlen: closed-candle events kept for the metrics flow.
+        append_dedupe_ms: how long stream appends remember their identities.
 
     """
 
@@ -85,6 +92,8 @@ class CandlesFlowConfig:
     exit_when_idle: float | None = None
     name: str = FLOW_NAME
     candle_retention_ms: int = DEFAULT_CANDLE_RETENTION_MS
+    closed_events_maxlen: int = DEFAULT_CLOSED_EVENTS_MAXLEN
+    append_dedupe_ms: int = DEFAULT_APPEND_DEDUPE_MS
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> CandlesFlowConfig:
@@ -99,6 +108,8 @@ class CandlesFlowConfig:
             window=window,
             known_symbols=settings.known_symbols,
             candle_retention_ms=settings.candle_retention_ms,
+            closed_events_maxlen=settings.closed_events_maxlen,
+            append_dedupe_ms=settings.append_dedupe_ms,
         )
         return replace(cfg, **overrides)
 
@@ -212,7 +223,12 @@ def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = 
     sink = FlowSink(
         "candle sink",
         lambda: CandleStore(
-            connect(cfg.redis_url), cfg.name, rejections, retention_ms=cfg.candle_retention_ms
+            connect(cfg.redis_url),
+            cfg.name,
+            rejections,
+            retention_ms=cfg.candle_retention_ms,
+            closed_events_maxlen=cfg.closed_events_maxlen,
+            dedupe_ms=cfg.append_dedupe_ms,
         ),
         on_written=heartbeat.on_written,
     )

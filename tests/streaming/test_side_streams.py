@@ -154,3 +154,45 @@ def test_two_spillers_copy_once(redis_client: redis.Redis, tmp_path: Path) -> No
     assert first.run()[0].copied == 10
     assert second.run()[0].copied == 0
     assert len(list(read_side_entries(tmp_path, DLQ_DIR))) == 10
+
+
+def test_redis_bounds_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    from marketdata.settings import Settings
+    from redisstore.keys import written_key
+    from streaming.flows.archive import ArchiveFlowConfig
+    from streaming.flows.candles import CandlesFlowConfig
+
+    monkeypatch.setenv("CRYPTOPIPE_SIDE_STREAM_MAXLEN", "5000")
+    monkeypatch.setenv("CRYPTOPIPE_CLOSED_EVENTS_MAXLEN", "20000")
+    monkeypatch.setenv("CRYPTOPIPE_APPEND_DEDUPE_MS", "3600000")
+    settings = Settings.from_env()
+    assert (
+        settings.side_stream_maxlen,
+        settings.closed_events_maxlen,
+        settings.append_dedupe_ms,
+    ) == (5000, 20000, 3_600_000)
+    env = settings.env()
+    assert env["CRYPTOPIPE_SIDE_STREAM_MAXLEN"] == "5000"
+    assert env["CRYPTOPIPE_APPEND_DEDUPE_MS"] == "3600000"
+    candles = CandlesFlowConfig.from_settings(settings)
+    assert (candles.closed_events_maxlen, candles.append_dedupe_ms) == (20000, 3_600_000)
+    assert ArchiveFlowConfig.from_settings(settings).side_stream_maxlen == 5000
+    for var, value, least in (
+        ("CRYPTOPIPE_SIDE_STREAM_MAXLEN", "-1", 0),
+        ("CRYPTOPIPE_CLOSED_EVENTS_MAXLEN", "10", 1000),
+        ("CRYPTOPIPE_APPEND_DEDUPE_MS", "1000", 600000),
+    ):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(ValueError, match=f"{var}={value}: must be at least {least}"):
+            Settings.from_env()
+        monkeypatch.delenv(var)
+    # The store forgets identities older than its dedupe time, and only those.
+    store = CandleStore(redis_client, dedupe_ms=3_600_000)
+    written = written_key(DLQ_STREAM)
+    now = int(redis_client.time()[0]) * 1000
+    redis_client.zadd(written, {"old": now - 3_700_000, "recent": now - 3_500_000})
+    store.write([CandleWrites("md:trades:raw", rejects=rejects(1))])
+    assert redis_client.zscore(written, "old") is None
+    assert redis_client.zscore(written, "recent") is not None
