@@ -40,6 +40,17 @@ the flows and Redis, and prints:
 4. counts: what the feed wrote by kind, what the candles flow counted, DLQ, late,
    candles, metrics, archived entries, lag and CPU per process, so the run was real.
 
+**Bounded Redis** (``--bounded``): market time runs 24 times the wall clock (``--speed``;
+the simulated market starts that far before now, so it ends at about now, and the
+rate stays ``--rate`` trades per wall second), with the shortest candle retention
+allowed (two days and the lateness of market time: filled after two wall hours), the
+DLQ and late streams capped at 10,000, closed-candle events at 100,000 and the
+append-once sets at 30 minutes. Every bound then fills within a 4-hour run, and the
+third table says, per kind of key, whether Redis stayed flat over the last third,
+and what a closed candle costs (bytes, and MB per symbol and day of retention)::
+
+    .venv/bin/python bench/soak.py --bounded --minutes 240 --warmup 5
+
 The archive flow trims the raw log to ``--raw-retention-minutes`` (default 10) behind
 what it archived (``CRYPTOPIPE_ARCHIVE_RETENTION_MS``; the production default is
 60 min, longer than a 30-minute soak, under which the raw log would only grow), so
@@ -279,6 +290,9 @@ class Run:
                 row[f"{name}_state_bytes"] = row[f"{name}_snap_rows"] = math.nan
                 row[f"{name}_held_bytes"] = math.nan
         row["lake_bytes"] = dir_bytes(self.home / "lake")
+        row["candles_1m"] = sum(
+            self.client.hlen(k) for k in self.client.scan_iter(series_key("*", "*", "1m"))
+        )
         row.update(redis_sample(self.client))
         for name in FLOWS:
             hb = self.client.hgetall(heartbeat_key(name))
@@ -295,6 +309,20 @@ class Run:
         return True
 
 
+def bounds_env(a: argparse.Namespace) -> dict[str, str]:
+    """The Redis bounds the flows run with (only those given)."""
+    out = {}
+    for var, value in (
+        ("CRYPTOPIPE_CANDLE_RETENTION_MS", a.candle_retention_ms),
+        ("CRYPTOPIPE_SIDE_STREAM_MAXLEN", a.side_maxlen),
+        ("CRYPTOPIPE_CLOSED_EVENTS_MAXLEN", a.closed_maxlen),
+        ("CRYPTOPIPE_APPEND_DEDUPE_MS", a.dedupe_ms),
+    ):
+        if value is not None:
+            out[var] = str(value)
+    return out
+
+
 def start(run: Run, syms: Sequence[str]) -> None:
     a = run.args
     py = sys.executable
@@ -302,6 +330,7 @@ def start(run: Run, syms: Sequence[str]) -> None:
     env = {"CRYPTOPIPE_ARCHIVE_RETENTION_MS": str(int(a.raw_retention_minutes * 60_000))}
     if a.archive_bucket_ms is not None:
         env["CRYPTOPIPE_ARCHIVE_BUCKET_MS"] = str(a.archive_bucket_ms)
+    env |= bounds_env(a)
     for name in ("archive", "metrics", "candles"):
         run.procs.start(name, [py, "-m", "cryptopipe", *common, "stream", "run", name], env)
     # The flows are ready when each has beaten once (bytewax and pyarrow imports).
@@ -321,9 +350,11 @@ def start(run: Run, syms: Sequence[str]) -> None:
         "--symbols",
         ",".join(syms),
         "--rate",
-        str(a.rate),
+        str(a.rate / a.speed),  # trades per second of market time
         "--speed",
-        "1",
+        str(a.speed),
+        "--start",
+        str(int((time.time() - a.minutes * 60 * a.speed) * 1000)),
         "--seed",
         str(a.seed),
         "--out-of-order",
@@ -501,24 +532,59 @@ def report_state(p: Points) -> list[str]:
     return out
 
 
-def report_redis(p: Points, retention: float) -> list[str]:
+def report_redis(p: Points, args: argparse.Namespace, samples: list[dict[str, float]]) -> list[str]:
+    """Redis by kind of key; flat or not over the last third of the run."""
+    last = samples[-1]
+    third = at(samples, last["t_s"] * 2 / 3)
+    tail_rows = [r for r in samples if r["t_s"] >= third["t_s"]]
     out = [
-        "\n3. Redis used_memory by kind of key (MEMORY USAGE, sampled), MB",
-        f"{'kind':14s} {'baseline':>9s} {'middle':>9s} {'end':>9s} {'slope MB/h':>10s}",
+        "\n3. Redis used_memory by kind of key (MEMORY USAGE, sampled), MB. Baseline = after "
+        "the warm-up, same run.",
+        "   flat = over the last third (every bound has filled by then in a --bounded run): "
+        "end within max(5%, 2 MB) of the value at 2/3, and a slope under 5% of the end per "
+        "hour (or 1 MB/h)",
+        f"{'kind':14s} {'baseline':>9s} {'middle':>9s} {'at 2/3':>9s} {'end':>9s} "
+        f"{'slope MB/h':>10s} {'last 1/3':>9s}  flat",
     ]
     ts = [r["t_s"] for r in p.post]
+    t3 = [r["t_s"] for r in tail_rows]
     for kind in (*REDIS_KINDS, "used"):
         k = f"redis_{kind}_mb"
-        s = slope_per_hour(ts, [r[k] for r in p.post])
-        out.append(f"{kind:14s} {p.base[k]:9.1f} {p.mid[k]:9.1f} {p.last[k]:9.1f} {s:+10.1f}")
+        s_all = slope_per_hour(ts, [r[k] for r in p.post])
+        s_tail = slope_per_hour(t3, [r[k] for r in tail_rows])
+        end, ref = last[k], third[k]
+        flat = abs(end - ref) <= max(0.05 * ref, 2.0) and s_tail < max(0.05 * end, 1.0)
+        out.append(
+            f"{kind:14s} {p.base[k]:9.1f} {p.mid[k]:9.1f} {ref:9.1f} {end:9.1f} "
+            f"{s_all:+10.1f} {s_tail:+9.1f}  {'yes' if flat else 'NO'}"
+        )
     out.append(
         f"raw log length {int(p.base['raw_len']):,} -> {int(p.mid['raw_len']):,} -> "
         f"{int(p.last['raw_len']):,} (entries added {int(p.last['raw_added']):,}), "
         f"holding {p.base['raw_span_min']:.1f} -> {p.mid['raw_span_min']:.1f} -> "
         f"{p.last['raw_span_min']:.1f} min of stream ids (retention "
-        f"{retention:g} min behind the archive, plus the open bucket); "
+        f"{args.raw_retention_minutes:g} min behind the archive, plus the open bucket); "
         f"lake {p.last['lake_bytes'] / MB:.1f} MB"
     )
+    out.append(
+        f"streams at the end: DLQ {int(last['dlq_len']):,}, late {int(last['late_len']):,} "
+        f"(cap {args.side_maxlen if args.side_maxlen is not None else 'default'}), "
+        f"closed-candle events {int(last['closed_len']):,} "
+        f"(cap {args.closed_maxlen if args.closed_maxlen is not None else 'default'}); "
+        f"closed 1m candles held {int(last['candles_1m']):,}"
+    )
+    market_h = last["t_s"] * args.speed / 3600
+    bounds = ", ".join(f"{k}={v}" for k, v in bounds_env(args).items()) or "defaults"
+    out.append(f"market time covered {market_h:.1f} h (speed {args.speed:g}); bounds: {bounds}")
+    if last["candles_1m"] > 0:
+        # Candles per symbol and day over the six intervals: 1440+288+96+24+6+1.
+        per_candle = last["redis_candles_mb"] * MB / (last["candles_1m"] * 1855 / 1440)
+        per_day = per_candle * 1855 / MB
+        out.append(
+            f"closed candles cost {per_candle:,.0f} bytes each in Redis (hash field + index), "
+            f"{per_day:.2f} MB per symbol and day of retention (1,855 candles over the six "
+            "intervals)"
+        )
     return out
 
 
@@ -622,6 +688,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CRYPTOPIPE_ARCHIVE_BUCKET_MS of the archive flow (default: the flow's, 60000)",
     )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="market time runs this many times the wall clock (default 1); the run starts "
+        "that much before now, so it ends at about now",
+    )
+    p.add_argument(
+        "--candle-retention-ms",
+        type=int,
+        default=None,
+        help="CRYPTOPIPE_CANDLE_RETENTION_MS (default: the production default, 7 days)",
+    )
+    p.add_argument("--side-maxlen", type=int, default=None, help="CRYPTOPIPE_SIDE_STREAM_MAXLEN")
+    p.add_argument(
+        "--closed-maxlen", type=int, default=None, help="CRYPTOPIPE_CLOSED_EVENTS_MAXLEN"
+    )
+    p.add_argument("--dedupe-ms", type=int, default=None, help="CRYPTOPIPE_APPEND_DEDUPE_MS")
+    p.add_argument(
+        "--bounded",
+        action="store_true",
+        help="every Redis bound short enough to fill within the run: --speed 24, the "
+        "shortest candle retention allowed, side streams 10,000, closed-candle events "
+        "100,000, append dedupe 30 min (each unless given)",
+    )
     p.add_argument("--out-of-order", type=float, default=0.02)
     p.add_argument("--duplicates", type=float, default=0.01)
     p.add_argument("--late", type=float, default=0.001)
@@ -631,6 +722,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dir", type=Path, default=None, help="work directory (default: a new temp)")
     p.add_argument("--keep", action="store_true", help="keep Redis data, lake and recovery")
     a = p.parse_args(argv)
+    if a.bounded:
+        from marketdata.settings import DEFAULT_LATENESS_MS, min_candle_retention_ms
+
+        if a.speed == 1.0:
+            a.speed = 24.0
+        if a.candle_retention_ms is None:
+            a.candle_retention_ms = min_candle_retention_ms(DEFAULT_LATENESS_MS)
+        a.side_maxlen = 10_000 if a.side_maxlen is None else a.side_maxlen
+        a.closed_maxlen = 100_000 if a.closed_maxlen is None else a.closed_maxlen
+        a.dedupe_ms = 1_800_000 if a.dedupe_ms is None else a.dedupe_ms
+    if a.speed <= 0:
+        p.error("--speed must be positive")
     if a.minutes <= a.warmup:
         p.error(f"--minutes must be longer than the warm-up ({a.warmup} min)")
     if not 1 <= a.symbols <= 100:
@@ -674,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     bucket = f", archive bucket {args.archive_bucket_ms} ms" if args.archive_bucket_ms else ""
     print(
         f"soak: {args.minutes:g} min at {args.rate:,.0f} trades/s over {len(syms)} symbols, "
+        f"market time at {args.speed:g}x, bounds {bounds_env(args) or 'default'}, "
         f"samples every {args.interval:g} s, warm-up {args.warmup:g} min, raw-log retention "
         f"{args.raw_retention_minutes:g} min{bucket}; work dir {work}",
         flush=True,
@@ -723,9 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     if run is not None and len(run.samples) >= 3:
         p = points(run.samples, args.warmup * 60)
-        lines = (
-            report_rss(p, args.rate) + report_state(p) + report_redis(p, args.raw_retention_minutes)
-        )
+        lines = report_rss(p, args.rate) + report_state(p) + report_redis(p, args, run.samples)
         if final is not None:
             final["lake"] = lake_rows(home / "lake")
             lines += report_counts(run, elapsed, final)

@@ -77,3 +77,29 @@ def test_the_sensor_is_the_only_trigger() -> None:
     assert repo.schedule_defs == []
     assert repo.get_sensor_def("sealed_day_sensor").job_name == "daily_batch_job"
     assert repo.get_job("daily_batch_job").tags == BATCH_TAGS
+
+
+def test_a_day_past_the_look_back_without_its_stream_snapshot_gets_one(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    from lake.candles import candle_days
+    from marketdata.interval import Interval
+    from marketdata.records import SOURCE_STREAM
+    from orchestration.batch_layer.assets import stream_candles
+
+    today = datetime.now(tz=UTC).date()
+    day = today - timedelta(days=5)  # its batch run failed, say: no snapshot
+    archive_a_day(tmp_path, day)
+    redis_client.set(ARCHIVE_WATERMARK_KEY, int(time.time() * 1000))
+    result = tick(redis_url, tmp_path)
+    (req,) = result.run_requests
+    assert (req.partition_key, req.run_key) == (day.isoformat(), f"snapshot:{day}")
+    assert req.asset_selection == [dg.AssetKey("stream_candles")]
+    # The run it asks for, through Dagster: the snapshot is taken, and not asked again.
+    pipeline = PipelineResource(redis_url=redis_url, home=str(tmp_path))
+    done = dg.materialize(
+        [stream_candles], partition_key=day.isoformat(), resources={"pipeline": pipeline}
+    )
+    assert done.success
+    assert day in candle_days(tmp_path / "lake", SOURCE_STREAM, Interval.M1)
+    assert tick(redis_url, tmp_path).run_requests == []
