@@ -54,9 +54,9 @@ and what a closed candle costs (bytes, and MB per symbol and day of retention)::
 The archive flow trims the raw log to ``--raw-retention-minutes`` (default 10) behind
 what it archived (``CRYPTOPIPE_ARCHIVE_RETENTION_MS``; the production default is
 60 min, longer than a 30-minute soak, under which the raw log would only grow), so
-the raw log reaches its steady size inside the run. Candles, closed-candle events and
-the ``:written`` sets grow by design (candles are kept, events up to 1,000,000, the
-append-once identities for 2 days).
+the raw log reaches its steady size inside the run. Without ``--bounded``, candles,
+closed-candle events and the ``:written`` sets grow for longer than a run by design
+(candles kept 7 days, events up to 100,000, the append-once identities for 2 days).
 
 Samples go to a CSV (``--out``, else ``soak.csv`` in the temporary directory, which is
 kept with the processes' logs; Redis data, lake and recovery are removed at the end
@@ -627,8 +627,8 @@ def report_counts(run: Run, elapsed: float, final: dict[str, Any]) -> list[str]:
             for k, v in sorted(c.items())
             if not k.startswith(("rejected:", "last_id"))
         ),
-        f"  entries = trades + duplicates + late + rejected: "
-        f"{int(c.get('entries', 0)):,} = {parts:,}",
+        f"  entries = trades + duplicates + late + rejected + marks: "
+        f"{int(c.get('entries', 0)):,} = {parts + int(c.get('marks', 0)):,}",
         f"streams: DLQ {final['dlq_len']:,}, late {final['late_len']:,}, closed-candle "
         f"events {final['closed_len']:,} ({final['closed_1m']:,} closed 1m candles stored)",
         f"metrics flow: {final['metrics_in']:,} events read, {final['metrics_out']:,} records "

@@ -30,7 +30,7 @@ CANDLE_RETENTION_SNAPSHOT_ALLOWANCE_MS = 86_400_000
 #: Entries the dead-letter and late streams each keep in Redis once copied to the lake.
 DEFAULT_SIDE_STREAM_MAXLEN = 100_000
 #: Closed-candle events kept (approximately) in their stream for the metrics flow.
-DEFAULT_CLOSED_EVENTS_MAXLEN = 1_000_000
+DEFAULT_CLOSED_EVENTS_MAXLEN = 100_000
 #: How long the candles flow's appends remember what they appended: a flow down for
 #: longer than this and then replaying from its snapshot could append twice.
 DEFAULT_APPEND_DEDUPE_MS = 2 * 86_400_000
