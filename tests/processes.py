@@ -55,3 +55,12 @@ def leftovers(pattern: str, grace_s: float = 15.0) -> str:
         if not ps or time.monotonic() >= deadline:
             return ps
         time.sleep(0.5)
+
+
+def log_tails(home: Path, lines: int = 25) -> str:
+    """The end of every log ``up`` and the flows wrote (what a timeout shows)."""
+    out = []
+    for path in sorted((home / "run" / "logs").glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(tail))
+    return "\n".join(out)

@@ -16,18 +16,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
 from cryptopipe.localredis import free_port
-from redisstore.keys import STACK_KEY
-from tests.orchestration.test_up_e2e import log_tails
-from tests.processes import ROOT, leftovers, run_cryptopipe
+from marketdata.candle import fold_trades
+from marketdata.interval import Interval
+from marketdata.parsing import parse_message
+from marketdata.rawmessage import F_MARK, RawMessage
+from marketdata.trade import Trade
+from redisstore.keys import DLQ_STREAM, LATE_STREAM, RAW_STREAM, STACK_KEY, series_key
+from serving.stream import StreamCandleReader
+from tests.processes import ROOT, leftovers, log_tails, run_cryptopipe
 
-#: Fresh-home starts in a row (the issue asks for ten; CRYPTOPIPE_FRESH_STARTS=10).
-FRESH_STARTS = int(os.environ.get("CRYPTOPIPE_FRESH_STARTS", "3"))
+#: Fresh-home starts in a row (the issue asks for ten: CRYPTOPIPE_FRESH_STARTS=10, verified
+#: by hand; CI runs two, the test's other stack being a third).
+FRESH_STARTS = int(os.environ.get("CRYPTOPIPE_FRESH_STARTS", "2"))
 
 
 class Up:
@@ -187,12 +194,61 @@ def test_a_dead_feed_and_a_dead_local_redis_are_restarted(tmp_path: Path) -> Non
     assert leftovers(str(tmp_path)) == ""
 
 
+def closed_1m_exact(client: redis.Redis) -> int:
+    """Every closed 1m candle in Redis equals the fold of the raw log's trades of its
+    window (the simulator's market has no faults: nothing late, nothing rejected);
+    returns how many there are."""
+    trades = []
+    for _, fields in client.xrange(RAW_STREAM):
+        if F_MARK in fields:  # a venue's progress mark, not a trade
+            continue
+        t = parse_message(RawMessage.from_fields(fields).payload)
+        assert isinstance(t, Trade), t
+        trades.append(t)
+    folded = fold_trades(trades, Interval.M1)
+    reader = StreamCandleReader(client)
+    stored = [
+        rec.candle
+        for sym in sorted({t.symbol for t in trades})
+        for rec in reader.read(sym, Interval.M1)
+        if rec.closed
+    ]
+    wrong = [c.key for c in stored if folded.get(c.key) != c]
+    assert wrong == [], wrong[:5]
+    assert client.xlen(LATE_STREAM) == 0 and client.xlen(DLQ_STREAM) == 0
+    return len(stored)
+
+
+def dagster_runs(home: Path) -> list[tuple[str, str]]:
+    """(job name, status) of every run in the stack's Dagster instance."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        return [(r.job_name, r.status.value) for r in instance.get_runs()]
+
+
 @pytest.mark.slow
-def test_dagster_children_restarted_flows_undisturbed_and_sigkill_leaves_nothing(
-    tmp_path: Path,
-) -> None:
+def test_a_supervised_stack_heals_and_sigkill_leaves_nothing(tmp_path: Path) -> None:
+    """One stack under Dagster (market time at 10x, a 1m candle every 6 s):
+
+    the sensor starts the flows and the feed; webserver and daemon killed: restarted,
+    flows undisturbed; the local Redis killed: restarted, flows and feed ride it out;
+    the candles flow and the feed killed: restarted by the sensor; a flow killed during
+    a 4-day backfill: restarted within 30 s, batch runs still waiting; the candles stay
+    exact throughout; no run failed but the backfill's; ``up`` SIGKILLed: nothing left.
+    """
     url = f"redis://127.0.0.1:{free_port()}/0"
-    up = Up(tmp_path, url, "--rate", "40", "--dagster-port", str(free_port()), "--for", "600")
+    up = Up(
+        tmp_path,
+        url,
+        "--rate",
+        "4",
+        "--feed-option=--speed=10",
+        "--dagster-port",
+        str(free_port()),
+        "--for",
+        "900",
+    )
     try:
         up.wait_line(r"code location loaded", 180)
         web = int(up.wait_line(r"started dagster-webserver \(pid (\d+)\)", 5)[1])
@@ -200,15 +256,39 @@ def test_dagster_children_restarted_flows_undisturbed_and_sigkill_leaves_nothing
         names = ("candles", "metrics", "archive", "feed")
         pids = wait_for(lambda: flow_pids(up, names), 180, "the sensor to start the flows")
         assert isinstance(pids, dict)
+        client = redis.Redis.from_url(url, socket_timeout=10)
+        closed = series_key("binance", "BTCUSDT", Interval.M1)
 
+        # Dagster's children: restarted by up, the flows ride it out.
         os.kill(web, signal.SIGKILL)
         os.kill(daemon, signal.SIGKILL)
         up.wait_line(r"restarted dagster-webserver \(pid \d+\)", 30)
         up.wait_line(r"restarted dagster-daemon \(pid \d+\)", 30)
-        client = redis.Redis.from_url(url)
-        closed = "md:candles:{BTCUSDT}:binance:1m"
-        wait_for(lambda: client.hlen(closed) >= 1, 120, "a closed 1m candle")
+        wait_for(lambda: client.hlen(closed) >= 2, 120, "closed 1m candles")
         assert flow_pids(up, names) == pids, "the flows rode out Dagster's restart"
+
+        # The local Redis: restarted by up; flows and feed carry on, candles exact.
+        redis_pid = int(client.info("server")["process_id"])
+        os.kill(redis_pid, signal.SIGKILL)
+        up.wait_line(r"restarted the local redis-server", 30)
+
+        n0 = int(wait_for(lambda: hlen(client, closed) + 1, 30, "Redis to answer again")) - 1
+        wait_for(lambda: hlen(client, closed) >= n0 + 2, 120, "candles after Redis's restart")
+        assert flow_pids(up, names) == pids, "the flows and the feed rode out Redis's restart"
+        assert closed_1m_exact(client) >= 4
+
+        # The candles flow killed: the sensor restarts it; what it wrote stays.
+        before = client.hgetall(closed)
+        os.kill(pids["candles"], signal.SIGKILL)
+        back = wait_for(
+            lambda: (p := flow_pids(up, ("candles",))) and p["candles"] != pids["candles"] and p,
+            90,
+            "the sensor to restart the candles flow",
+        )
+        assert back
+        after = client.hgetall(closed)
+        assert all(after[k] == v for k, v in before.items())
+        wait_for(lambda: hlen(client, closed) >= len(before) + 2, 90, "candles after the restart")
 
         # The feed, supervised like a flow: killed, the health sensor starts it again.
         os.kill(pids["feed"], signal.SIGKILL)
@@ -218,6 +298,52 @@ def test_dagster_children_restarted_flows_undisturbed_and_sigkill_leaves_nothing
             "the sensor to restart the feed",
         )
         assert feed_back
+        assert not [r for r in dagster_runs(tmp_path) if r[1] == "FAILURE"]
+
+        # A 4-day backfill through the daemon's queue, and a flow killed meanwhile:
+        # restarted within 30 s, while batch runs still wait (one at a time).
+        today = datetime.now(tz=UTC).date()
+        days = ",".join(str(today - timedelta(days=d)) for d in range(4, 0, -1))
+        backfill = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "job",
+                "backfill",
+                "-j",
+                "daily_batch_job",
+                "--partitions",
+                days,
+                "-w",
+                str(ROOT / "workspace.yaml"),
+                "--noprompt",
+            ],
+            env={**up.env, "DAGSTER_HOME": str(tmp_path / "dagster")},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert backfill.returncode == 0, backfill.stdout + backfill.stderr
+        running = wait_for(lambda: flow_pids(up, ("metrics",)), 30, "the metrics flow")
+        assert isinstance(running, dict)
+        metrics_pid = running["metrics"]
+        killed_at = time.monotonic()
+        os.kill(metrics_pid, signal.SIGKILL)
+        wait_for(
+            lambda: (p := flow_pids(up, ("metrics",))) and p["metrics"] != metrics_pid,
+            30,
+            "the metrics flow to be restarted within 30 s during the backfill",
+        )
+        took = time.monotonic() - killed_at
+        batch = [st for job, st in dagster_runs(tmp_path) if job == "daily_batch_job"]
+        assert len(batch) == 4
+        assert [st for st in batch if st in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")], (
+            f"the backfill was over before the restart ({took:.0f} s): nothing was shown"
+        )
+        others = [r for r in dagster_runs(tmp_path) if r[0] != "daily_batch_job"]
+        assert not [r for r in others if r[1] == "FAILURE"], others
+        assert closed_1m_exact(client) >= 8
 
         up.proc.send_signal(signal.SIGKILL)
         up.proc.wait(10)
@@ -228,6 +354,14 @@ def test_dagster_children_restarted_flows_undisturbed_and_sigkill_leaves_nothing
     # Dagster and the local Redis get SIGTERM from the kernel.
     left = leftovers(str(tmp_path), grace_s=60)
     assert left == "", f"{left}\n{log_tails(tmp_path)}"
+
+
+def hlen(client: redis.Redis, key: str) -> int:
+    """HLEN, or -1 while Redis does not answer."""
+    try:
+        return int(client.hlen(key))
+    except redis.RedisError:
+        return -1
 
 
 def _two_heads(db: Path) -> None:
