@@ -17,15 +17,12 @@ from typing import Any
 import orjson
 
 from cryptopipe.errors import CommandError
-from marketdata.interval import INTERVAL_LABELS, Interval
-from marketdata.parsing import normalize_exchange, normalize_symbol
+from marketdata.interval import INTERVAL_LABELS
 from marketdata.records import SOURCES, CandleRecord
 from marketdata.settings import Settings
-from marketdata.timeutil import format_ms, parse_time
+from marketdata.timeutil import format_ms
 from redisstore.conn import connect_settings
-from serving.gaps import fill_gaps
-from serving.merged import reader_for
-from serving.stream import closed_until
+from serving.query import CandleQuery, QueryError, candles, records_json
 
 _FIELDS = (
     "exchange",
@@ -99,7 +96,7 @@ def _cell(value: Any) -> str:
 
 
 def _print(records: list[CandleRecord], fmt: str, filled: bool) -> None:
-    rows = [r.to_json_dict(with_filled=filled) for r in records]
+    rows = records_json(records, filled=filled)
     out = sys.stdout
     if fmt == "json":
         for row in rows:
@@ -126,39 +123,19 @@ def _print(records: list[CandleRecord], fmt: str, filled: bool) -> None:
 
 def cmd_candles(args: argparse.Namespace, settings: Settings) -> int:
     """Print the candles of one symbol and interval."""
-    symbol = normalize_symbol(args.symbol)
-    if symbol is None:
-        msg = f"bad symbol {args.symbol!r}: use letters and digits, e.g. BTCUSDT"
-        raise CommandError(msg)
-    exchange = None
-    if args.exchange is not None:
-        exchange = normalize_exchange(args.exchange)
-        if exchange is None:
-            msg = f"bad exchange {args.exchange!r}: use a lower-case name, e.g. binance"
-            raise CommandError(msg)
-    interval = Interval.parse(args.interval)
-    start = parse_time(args.start, "--start") if args.start else None
-    end = parse_time(args.end, "--end") if args.end else None
-    if start is not None and end is not None and end <= start:
-        msg = "--end must be after --start (--start is inclusive, --end exclusive)"
-        raise CommandError(msg)
-    client = connect_settings(settings)
-    reader = reader_for(args.source, settings, client)
-    records = reader.read(symbol, interval, exchange=exchange, start=start, end=end)
-    if args.fill:
-        exchanges = sorted(
-            {r.candle.exchange for r in records} | ({exchange} if exchange else set())
+    try:
+        q = CandleQuery.parse(
+            args.symbol,
+            args.interval,
+            exchange=args.exchange,
+            start=args.start,
+            end=args.end,
+            source=args.source,
+            fill=args.fill,
+            prefix="--",
         )
-        previous: dict[str, CandleRecord | None] = {}
-        if start is not None:
-            previous = {ex: reader.previous(symbol, interval, ex, start) for ex in exchanges}
-        records = fill_gaps(
-            records,
-            interval,
-            start=start,
-            end=end,
-            previous=previous,
-            closed_until_ms=closed_until(client, settings, symbol),
-        )
+        records = candles(q, settings, connect_settings(settings), strict=True)
+    except QueryError as exc:
+        raise CommandError(str(exc)) from exc
     _print(records, args.format, args.fill)
     return 0
