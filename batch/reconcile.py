@@ -218,6 +218,16 @@ def _write_report(lake: Lake, day: date, name: str, content: dict[str, Any]) -> 
     lake.write_bytes(f"{directory}/{name}", json.dumps(content, indent=1).encode())
 
 
+def read_summary(settings: Settings, day: date) -> dict[str, Any] | None:
+    """The reconciliation summary of ``day`` from the lake, or ``None`` if never reconciled."""
+    lake = Lake(settings.lake)
+    path = f"{lake.path(RECONCILIATION_DIR, partition(day))}/summary.json"
+    if not lake.exists(path):
+        return None
+    loaded: dict[str, Any] = json.loads(lake.read_bytes(path))
+    return loaded
+
+
 def reconciled_days(client: redis.Redis) -> set[str]:
     """Days (``YYYY-MM-DD``) that have been reconciled: readers serve the batch view there."""
     return {text(d) for d in client.hkeys(RECONCILE_DAYS_KEY)}

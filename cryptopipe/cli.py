@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "cryptopipe.commands.batch",
     "cryptopipe.commands.metrics",
     "cryptopipe.commands.reconcile",
+    "cryptopipe.commands.serve",
 )
 
 

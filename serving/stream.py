@@ -68,6 +68,17 @@ class StreamCandleReader:
                 out.append(CandleRecord(c, False, SOURCE_STREAM))
         return out
 
+    def latest(
+        self, symbol: str, interval: Interval, *, exchange: str | None = None, closed: int = 2
+    ) -> list[CandleRecord]:
+        """The newest ``closed`` closed candles of each exchange, then its live one."""
+        out: list[CandleRecord] = []
+        for ex in [exchange] if exchange else self.exchanges(symbol):
+            newest: list[Any] = self.client.zrange(index_key(ex, symbol, interval), -closed, -1)
+            start = int(newest[0]) if newest else None
+            out += self._series(ex, symbol, interval, start, None)
+        return out
+
     def _is_closed(self, ex: str, symbol: str, interval: Interval, open_time: int) -> bool:
         return self.client.zscore(index_key(ex, symbol, interval), str(open_time)) is not None
 

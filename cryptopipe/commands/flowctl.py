@@ -128,26 +128,25 @@ def rejection_totals(client: redis.Redis, flow: str = "candles") -> dict[str, An
     return {"rejected": sum(ordered.values()), "by_reason": ordered, "late": late}
 
 
+def status_report(settings: Settings, client: redis.Redis) -> dict[str, Any]:
+    """What ``status --format json`` prints (and the HTTP API's ``/api/status`` returns)."""
+    sup = Supervisor(settings, client)
+    raw = client.get(RECONCILE_LAST_KEY)
+    return {
+        "flows": [_row(sup.status(n)) for n in (*FLOWS, "feed")],
+        "rejections": rejection_totals(client),
+        "last_reconciliation": json.loads(raw) if raw else None,
+        "at_ms": int(time.time() * 1000),
+    }
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Every flow's state, lag, throughput and restarts; rejections; the last reconciliation."""
-    client = connect_settings(settings)
-    sup = Supervisor(settings, client)
-    rows = [_row(sup.status(n)) for n in (*FLOWS, "feed")]
-    raw = client.get(RECONCILE_LAST_KEY)
-    last = json.loads(raw) if raw else None
-    rejections = rejection_totals(client)
+    report = status_report(settings, connect_settings(settings))
     if args.format == "json":
-        print(
-            json.dumps(
-                {
-                    "flows": rows,
-                    "rejections": rejections,
-                    "last_reconciliation": last,
-                    "at_ms": int(time.time() * 1000),
-                }
-            )
-        )
+        print(json.dumps(report))
         return 0
+    rows, rejections, last = report["flows"], report["rejections"], report["last_reconciliation"]
     print(_table(rows))
     reasons = ", ".join(f"{r} {n:,}" for r, n in rejections["by_reason"].items())
     print(

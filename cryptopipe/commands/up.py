@@ -13,7 +13,8 @@ In order (docs/operations.md, *What runs when*):
 5. the flows and the feed are asked for (``want``): the daemon's health sensor
    starts them and restarts them when they die or stall.
 
-Every child (local Redis, webserver, daemon; the feed with ``--no-dagster``) that
+Every child (local Redis, webserver, daemon, the HTTP API of ``cryptopipe serve``;
+the feed with ``--no-dagster``) that
 exits is restarted with back-off and a log line; the flows keep running meanwhile.
 Everything started here carries this process's owner token
 (:data:`streaming.owner.OWNER_ENV`) and dies with it: ``up`` killed even by SIGKILL
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptopipe.commands.serve import DEFAULT_HOST, DEFAULT_PORT
 from cryptopipe.dagster_home import prepare
 from cryptopipe.errors import CommandError
 from cryptopipe.localredis import LocalRedis, ensure_redis
@@ -99,6 +101,18 @@ def register(
         help="webserver address (default 127.0.0.1: this machine only)",
     )
     up.add_argument("--dagster-port", type=int, default=3000, help="webserver port (default 3000)")
+    up.add_argument(
+        "--api-host",
+        default=DEFAULT_HOST,
+        help=f"address of the HTTP API and chart (default {DEFAULT_HOST})",
+    )
+    up.add_argument(
+        "--api-port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port of the HTTP API and chart (default {DEFAULT_PORT})",
+    )
+    up.add_argument("--no-api", action="store_true", help="do not start cryptopipe serve")
     up.add_argument(
         "--for",
         dest="run_for",
@@ -240,6 +254,15 @@ class Stack:
         print(f"dagster: code location loaded ({', '.join(names)})", flush=True)
         return True
 
+    def start_own(self, feed: list[str] | None) -> None:
+        """The children up runs itself: the HTTP API, and the feed under ``--no-dagster``."""
+        if not self.args.no_api:
+            host, port = self.args.api_host, str(self.args.api_port)
+            self.group.start("api", _cli("serve", "--host", host, "--port", port), self.env)
+            print(f"api: http://{host}:{port}/api/candles", flush=True)
+        if feed and self.args.no_dagster:
+            self.group.start(f"feed-{feed[0]}", _cli("feed", *feed), self.env)
+
     def heal(self, now: float) -> None:
         """Restart children that exited, with back-off; one log line each time."""
         if self.local is not None and not self.local.alive():
@@ -294,9 +317,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     try:
         where = f"started here, data in {settings.redis_dir}" if stack.local else "existing"
         print(f"redis: {redact(settings.redis_url)} ({where})", flush=True)
-        if feed and args.no_dagster:
-            stack.group.start(f"feed-{feed[0]}", _cli("feed", *feed), stack.env)
-        elif feed:
+        stack.start_own(feed)
+        if feed and not args.no_dagster:
             sup.set_feed(feed)
         for name in supervised:
             sup.want(name)  # the health sensor starts them

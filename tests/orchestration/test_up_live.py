@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from cryptopipe.localredis import free_port
 from marketdata.candle import fold_trades
@@ -51,7 +52,7 @@ class Up:
         self.home = home
         self.env = {**os.environ, "REDIS_URL": url, "CRYPTOPIPE_HOME": str(home)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cryptopipe", "up", *args],
+            [sys.executable, "-m", "cryptopipe", "up", "--api-port", str(free_port()), *args],
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -105,6 +106,13 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str) -> object:
             return value
         time.sleep(0.5)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def alive(pid: int) -> bool:
@@ -179,6 +187,14 @@ def test_a_dead_feed_and_a_dead_local_redis_are_restarted(tmp_path: Path) -> Non
         assert new_pid != feed_pid and alive(new_pid)
         before = raw_len(client)
         wait_for(lambda: raw_len(client) > before, 30, "the restarted feed to write")
+
+        # The HTTP API, a child of up like the feed: killed, restarted, answering.
+        api_pid = int(up.wait_line(r"started api \(pid (\d+)\)", 5)[1])
+        api = up.wait_line(r"api: (http://\S+)/api/candles", 5)[1]
+        os.kill(api_pid, signal.SIGKILL)
+        up.wait_line(r"api exited with status -9; restarting it in 1 s", 15)
+        up.wait_line(r"restarted api \(pid \d+\)", 15)
+        wait_for(lambda: _answers(api + "/api/symbols"), 30, "the restarted API to answer")
 
         redis_pid = int(client.info("server")["process_id"])
         os.kill(redis_pid, signal.SIGKILL)
@@ -369,6 +385,26 @@ def test_a_supervised_stack_heals_and_sigkill_leaves_nothing(tmp_path: Path) -> 
         others = [r for r in dagster_runs(tmp_path) if r[0] != "daily_batch_job"]
         assert not [r for r in others if r[1] == "FAILURE"], others
         assert closed_1m_exact(client) >= 8
+        # What the API serves is what the command line prints.
+        api = up.wait_line(r"api: (http://\S+)/api/candles", 5)[1]
+        params = {"symbol": "BTCUSDT", "interval": "1m", "source": "stream", "end": "2100-01-01"}
+        served = requests.get(api + "/api/candles", params=params, timeout=10).json()
+        printed = run_cryptopipe(
+            up.env,
+            "candles",
+            "BTCUSDT",
+            "-i",
+            "1m",
+            "--source",
+            "stream",
+            "--end",
+            "2100-01-01",
+            "--format",
+            "json",
+        )
+        closed_served = [c for c in served if c["closed"]]
+        closed_printed = [c for c in map(json.loads, printed.stdout.splitlines()) if c["closed"]]
+        assert len(closed_served) >= 8 and closed_served[:8] == closed_printed[:8]
 
         up.proc.send_signal(signal.SIGKILL)
         up.proc.wait(10)
@@ -432,7 +468,11 @@ def test_fresh_starts_load_the_code_location_and_a_broken_instance_is_repaired_o
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO alembic_version (version_num) VALUES ('0000deadbeef')")
     out = run_cryptopipe(
-        {**os.environ, "REDIS_URL": url, "CRYPTOPIPE_HOME": str(home)}, "up", "--for", "60"
+        {**os.environ, "REDIS_URL": url, "CRYPTOPIPE_HOME": str(home)},
+        "up",
+        "--no-api",
+        "--for",
+        "60",
     )
     assert out.returncode == 1, out.stdout + out.stderr
     said = out.stderr.strip().splitlines()[-1]

@@ -294,6 +294,8 @@ def test_up_starts_redis_and_feed_and_leaves_nothing(tmp_path: Path) -> None:
             "-m",
             "cryptopipe",
             "up",
+            "--api-port",
+            str(free_port()),
             "--redis-url",
             url,
             "--home",

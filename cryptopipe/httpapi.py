@@ -1,0 +1,176 @@
+"""``cryptopipe serve``: the HTTP API (and, next, the live chart) over what the stack holds.
+
+A small Starlette application, run by uvicorn (both maintained, and Starlette's
+streaming responses give server-sent events without another library). Everything it
+answers comes from the functions the command line uses, so the two never disagree:
+
+* ``GET /api/candles?symbol=&interval=&start=&end=&source=&exchange=&fill=``: a JSON
+  array of exactly the objects ``cryptopipe candles --format json`` prints
+  (:mod:`serving.query`), same parameters and defaults;
+* ``GET /api/symbols``: every (exchange, symbol) with stream candles;
+* ``GET /api/metrics?symbol=[&exchange=]``: the latest metrics of each exchange;
+* ``GET /api/status``: what ``cryptopipe status --format json`` prints;
+* ``GET /api/reconciliation?date=D``: the reconciliation summary of a day;
+* ``GET /api/live?symbol=&interval=[&exchange=]``: server-sent events, one ``candle``
+  event (the JSON object above) whenever the live candle or a newly closed candle of
+  the series changes, checked every 250 ms.
+
+A bad parameter is a 400 with ``{"error": "..."}`` saying what to give instead; an
+unknown symbol names the symbols there are (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Any
+
+import orjson
+import redis
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from batch.reconcile import read_summary
+from cryptopipe.commands.flowctl import status_report
+from marketdata.settings import Settings
+from redisstore.conn import connect_settings
+from serving.metrics import metrics_exchanges, read_metrics
+from serving.query import (
+    CandleQuery,
+    QueryError,
+    candles,
+    known_series,
+    records_json,
+    unknown_symbol_message,
+)
+from serving.stream import StreamCandleReader
+
+#: How often the live endpoint looks for a changed candle.
+LIVE_POLL_S = 0.25
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+
+
+def _error(message: str, status: int = 400) -> Response:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _query(request: Request, *, interval_required: bool = True) -> CandleQuery:
+    p = request.query_params
+    return CandleQuery.parse(
+        p.get("symbol"),
+        p.get("interval") if interval_required or p.get("interval") else "1m",
+        exchange=p.get("exchange"),
+        start=p.get("start"),
+        end=p.get("end"),
+        source=p.get("source"),
+        fill=p.get("fill", "").lower() in ("1", "true", "yes"),
+    )
+
+
+def build_app(settings: Settings, client: redis.Redis | None = None) -> Starlette:
+    """The application over ``settings``' Redis and lake."""
+    rc = client or connect_settings(settings)
+
+    async def api_candles(request: Request) -> Response:
+        try:
+            q = _query(request)
+            records = await run_in_threadpool(candles, q, settings, rc, strict=True)
+        except QueryError as exc:
+            status = 404 if str(exc).startswith("no candles of") else 400
+            return _error(str(exc), status)
+        return _json(records_json(records, filled=q.fill))
+
+    async def api_symbols(_: Request) -> Response:
+        series = await run_in_threadpool(known_series, rc)
+        return _json([{"exchange": ex, "symbol": sym} for ex, sym in series])
+
+    async def api_metrics(request: Request) -> Response:
+        try:
+            q = _query(request, interval_required=False)
+        except QueryError as exc:
+            return _error(str(exc))
+
+        def read() -> dict[str, Any]:
+            exchanges = [q.exchange] if q.exchange else metrics_exchanges(rc, q.symbol)
+            return {ex: read_metrics(rc, q.symbol, ex) for ex in exchanges}
+
+        found = await run_in_threadpool(read)
+        if not any(found.values()):
+            message = await run_in_threadpool(unknown_symbol_message, q.symbol, rc)
+            return _error(message.replace("no candles", "no metrics"), 404)
+        return _json(found)
+
+    async def api_status(_: Request) -> Response:
+        return _json(await run_in_threadpool(status_report, settings, rc))
+
+    async def api_reconciliation(request: Request) -> Response:
+        raw = request.query_params.get("date", "")
+        try:
+            day = date.fromisoformat(raw)
+        except ValueError:
+            return _error(f"bad date {raw!r}: give a UTC day as YYYY-MM-DD")
+        summary = await run_in_threadpool(read_summary, settings, day)
+        if summary is None:
+            return _error(f"{day} has not been reconciled (cryptopipe reconcile --date {day})", 404)
+        return _json(summary)
+
+    async def api_live(request: Request) -> Response:
+        try:
+            q = _query(request)
+            await run_in_threadpool(candles, q, settings, rc, strict=True)
+        except QueryError as exc:
+            status = 404 if str(exc).startswith("no candles of") else 400
+            return _error(str(exc), status)
+        return StreamingResponse(
+            _live_events(q, rc, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    routes = [
+        Route("/api/candles", api_candles),
+        Route("/api/symbols", api_symbols),
+        Route("/api/metrics", api_metrics),
+        Route("/api/status", api_status),
+        Route("/api/reconciliation", api_reconciliation),
+        Route("/api/live", api_live),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _live_events(
+    q: CandleQuery, client: redis.Redis, request: Request
+) -> AsyncIterator[bytes]:
+    """``candle`` events for each new or changed candle of the series.
+
+    The stream's view (its newest closed candles and the live one), checked every
+    :data:`LIVE_POLL_S`.
+    """
+    reader = StreamCandleReader(client)
+    seen: dict[tuple[str, int], bytes] = {}
+    yield b": connected\n\n"
+    while not await request.is_disconnected():
+        records = await run_in_threadpool(reader.latest, q.symbol, q.interval, exchange=q.exchange)
+        for obj in records_json(records, filled=False):
+            key = (obj["exchange"], obj["open_time"])
+            body = orjson.dumps(obj)
+            if seen.get(key) != body:
+                seen[key] = body
+                yield b"event: candle\ndata: " + body + b"\n\n"
+        for k in sorted(seen)[:-16]:  # keep what can still change
+            del seen[k]
+        await asyncio.sleep(LIVE_POLL_S)
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Run the server until interrupted (uvicorn's own signal handling)."""
+    import uvicorn
+
+    uvicorn.run(build_app(settings), host=host, port=port, log_level="info", access_log=False)
