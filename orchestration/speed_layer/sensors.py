@@ -22,18 +22,33 @@ OBSERVE_EVERY_S = 30.0
 _JOBS = {"start": (start_flows, "start_flow"), "restart": (restart_flows, "restart_flow")}
 
 
+#: Heartbeat fields observed as numbers (the UI plots numeric metadata over time).
+_INT_FIELDS = ("items_in", "items_out", "lag", "lag_ms", "lost_entries", "restarts")
+
+
 def _observation(st: FlowStatus) -> dg.AssetObservation:
+    """The flow's state as text, and its figures as numbers Dagster's UI can plot."""
     hb = st.heartbeat
     meta: dict[str, dg.RawMetadataValue] = {
         "state": st.state,
         "reason": st.reason,
-        "pid": st.pid if st.pid is not None else "-",
-        "restarts_in_window": st.restarts_in_window,
-        "heartbeat_age_s": round(st.heartbeat_age_s, 1) if st.heartbeat_age_s is not None else "-",
+        "restarts_in_window": dg.MetadataValue.int(st.restarts_in_window),
     }
-    for field in ("items_in", "items_out", "lag", "last_source_id", "throughput", "lost_entries"):
-        if field in hb:
-            meta[field] = hb[field]
+    if st.pid is not None:
+        meta["pid"] = dg.MetadataValue.int(st.pid)
+    if st.heartbeat_age_s is not None:
+        meta["heartbeat_age_s"] = dg.MetadataValue.float(round(st.heartbeat_age_s, 1))
+    for name in _INT_FIELDS:
+        try:
+            meta[name] = dg.MetadataValue.int(int(hb[name]))
+        except (KeyError, ValueError):
+            continue
+    try:
+        meta["throughput"] = dg.MetadataValue.float(float(hb["throughput"]))
+    except (KeyError, ValueError):
+        pass
+    if hb.get("last_source_id"):
+        meta["last_source_id"] = hb["last_source_id"]
     return dg.AssetObservation(asset_key=flow_asset_key(st.name), metadata=meta)
 
 
