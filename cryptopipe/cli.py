@@ -61,6 +61,17 @@ def common_parser(*, top: bool = False) -> argparse.ArgumentParser:
     return common
 
 
+def version() -> str:
+    """The installed package's version (``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("realtime-crypto-pipeline")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: ./dev setup)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     common = common_parser()
@@ -69,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Realtime crypto market data: feeds, speed layer, batch layer, reconciliation.",
         parents=[common_parser(top=True)],
     )
+    parser.add_argument("--version", action="version", version=f"cryptopipe {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

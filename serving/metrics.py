@@ -8,7 +8,7 @@ import orjson
 import redis
 
 from redisstore.conn import text
-from redisstore.keys import metrics_key
+from redisstore.keys import history_key, metrics_key
 
 
 def read_metrics(client: redis.Redis, symbol: str, exchange: str) -> dict[str, Any] | None:
@@ -28,3 +28,22 @@ def metrics_exchanges(client: redis.Redis, symbol: str) -> list[str]:
         if rest and ":" not in rest:
             out.append(rest)
     return sorted(out)
+
+
+#: Closed 1m candles each indicator needs before it has a value (TA-Lib's warm-up):
+#: EMA n needs n; RSI 14 needs 14 changes, so 15 closes; the MACD signal is an EMA 9
+#: of the MACD, which starts with EMA 26: 26 + 9 - 1.
+WARM_UP_CANDLES = {"ema_12": 12, "ema_26": 26, "macd": 26, "rsi_14": 15, "macd_signal": 34}
+
+
+def candles_seen(client: redis.Redis, symbol: str, exchange: str) -> int:
+    """How many closed candles the metrics of (exchange, symbol) have seen.
+
+    Counted in the history, which keeps far more than any warm-up needs.
+    """
+    return int(client.zcard(history_key(exchange, symbol)))
+
+
+def warming_up(metrics: dict[str, Any], seen: int) -> dict[str, int]:
+    """Indicators still without a value: name -> closed candles it needs in all."""
+    return {k: n for k, n in WARM_UP_CANDLES.items() if metrics.get(k) is None and seen < n}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ import redis
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings, text
 from redisstore.keys import DLQ_STREAM, LATE_STREAM, RECONCILE_LAST_KEY, counts_key
-from streaming.supervisor import ALL, FLOWS, FlowStatus, Supervisor
+from streaming.supervisor import ALL, FLOWS, HEALTHY_STATES, FlowStatus, Supervisor
 
 
 def add_control_commands(
@@ -48,7 +49,10 @@ def register(
 ) -> None:
     """Add the top-level ``status`` command."""
     p = sub.add_parser(
-        "status", parents=[common], help="every flow's state; the last reconciliation"
+        "status",
+        parents=[common],
+        help="every flow's state; the last reconciliation (exit 1 when a flow or the feed "
+        "is failed, stalled, dead or overdue)",
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_status)
@@ -143,9 +147,10 @@ def status_report(settings: Settings, client: redis.Redis) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Every flow's state, lag, throughput and restarts; rejections; the last reconciliation."""
     report = status_report(settings, connect_settings(settings))
+    unhealthy = [r["flow"] for r in report["flows"] if r["state"] not in HEALTHY_STATES]
     if args.format == "json":
         print(json.dumps(report))
-        return 0
+        return 1 if unhealthy else 0
     rows, rejections, last = report["flows"], report["rejections"], report["last_reconciliation"]
     print(_table(rows))
     reasons = ", ".join(f"{r} {n:,}" for r, n in rejections["by_reason"].items())
@@ -159,4 +164,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     else:
         counts = " ".join(f"{k}={v}" for k, v in last.get("counts", {}).items())
         print(f"\nreconciliation: {last.get('date')} {counts}")
+    if unhealthy:
+        print(f"\nnot healthy: {', '.join(unhealthy)}", file=sys.stderr)
+        return 1
     return 0

@@ -11,7 +11,7 @@ from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms
 from redisstore.conn import connect_settings
-from serving.metrics import metrics_exchanges, read_metrics
+from serving.metrics import candles_seen, metrics_exchanges, read_metrics, warming_up
 
 
 def register(
@@ -55,4 +55,8 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
         v = record[k]
         shown = "-" if v is None else (format_ms(v) if k == "open_time" else v)
         print(f"{k:16} {shown}")
+    seen = candles_seen(client, symbol, exchange)
+    if waiting := warming_up(m, seen):
+        needs = ", ".join(f"{k} needs {n}" for k, n in waiting.items())
+        print(f"\nwarming up after {seen} closed 1m candles: {needs}")
     return 0
