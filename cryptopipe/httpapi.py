@@ -13,7 +13,11 @@ answers comes from the functions the command line uses, so the two never disagre
 * ``GET /api/reconciliation?date=D``: the reconciliation summary of a day;
 * ``GET /api/live?symbol=&interval=[&exchange=]``: server-sent events, one ``candle``
   event (the JSON object above) whenever the live candle or a newly closed candle of
-  the series changes, checked every 250 ms.
+  the series changes, checked every 250 ms;
+* ``GET /api/metrics/history?symbol=&exchange=[&start=&end=]``: the metrics of each
+  closed 1m candle (EMA 12/26, anomalies, ...) the metrics flow keeps for charts;
+* ``GET /``: the live chart (``cryptopipe/web/``), drawn by plotly.js, which ships in
+  plotly's Python package and is served from it at ``/vendor/plotly.min.js``.
 
 A bad parameter is a 400 with ``{"error": "..."}`` saying what to give instead; an
 unknown symbol names the symbols there are (404).
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -31,14 +36,15 @@ import redis
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from batch.reconcile import read_summary
 from cryptopipe.commands.flowctl import status_report
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
-from serving.metrics import metrics_exchanges, read_metrics
+from serving.metrics import metrics_exchanges, read_history, read_metrics
 from serving.query import (
     CandleQuery,
     QueryError,
@@ -51,6 +57,15 @@ from serving.stream import StreamCandleReader
 
 #: How often the live endpoint looks for a changed candle.
 LIVE_POLL_S = 0.25
+#: The chart page and its script.
+WEB = Path(__file__).parent / "web"
+
+
+def plotly_bundle() -> Path:
+    """plotly.js as shipped inside plotly's Python package (installed with ours)."""
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 def _json(content: Any, status: int = 200) -> Response:
@@ -77,6 +92,12 @@ def _query(request: Request, *, interval_required: bool = True) -> CandleQuery:
 def build_app(settings: Settings, client: redis.Redis | None = None) -> Starlette:
     """The application over ``settings``' Redis and lake."""
     rc = client or connect_settings(settings)
+    routes = _candle_routes(settings, rc) + _data_routes(settings, rc) + _page_routes(rc)
+    return Starlette(routes=routes)
+
+
+def _candle_routes(settings: Settings, rc: redis.Redis) -> list[Route | Mount]:
+    """Candles, symbols, the latest metrics."""
 
     async def api_candles(request: Request) -> Response:
         try:
@@ -107,6 +128,44 @@ def build_app(settings: Settings, client: redis.Redis | None = None) -> Starlett
             return _error(message.replace("no candles", "no metrics"), 404)
         return _json(found)
 
+    return [
+        Route("/api/candles", api_candles),
+        Route("/api/symbols", api_symbols),
+        Route("/api/metrics", api_metrics),
+    ]
+
+
+def _page_routes(rc: redis.Redis) -> list[Route | Mount]:
+    """The chart page, its script, plotly.js; the metrics history it overlays."""
+
+    async def api_metrics_history(request: Request) -> Response:
+        try:
+            q = _query(request, interval_required=False)
+        except QueryError as exc:
+            return _error(str(exc))
+        exchange = q.exchange or "binance"
+        rows = await run_in_threadpool(
+            read_history, rc, q.symbol, exchange, start=q.start, end=q.end
+        )
+        return _json(rows)
+
+    async def page(_: Request) -> Response:
+        return FileResponse(WEB / "index.html", media_type="text/html")
+
+    async def plotly_js(_: Request) -> Response:
+        return FileResponse(plotly_bundle(), media_type="text/javascript")
+
+    return [
+        Route("/api/metrics/history", api_metrics_history),
+        Route("/", page),
+        Route("/vendor/plotly.min.js", plotly_js),
+        Mount("/static", StaticFiles(directory=WEB), name="static"),
+    ]
+
+
+def _data_routes(settings: Settings, rc: redis.Redis) -> list[Route | Mount]:
+    """The JSON and event-stream endpoints."""
+
     async def api_status(_: Request) -> Response:
         return _json(await run_in_threadpool(status_report, settings, rc))
 
@@ -134,15 +193,11 @@ def build_app(settings: Settings, client: redis.Redis | None = None) -> Starlett
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    routes = [
-        Route("/api/candles", api_candles),
-        Route("/api/symbols", api_symbols),
-        Route("/api/metrics", api_metrics),
+    return [
         Route("/api/status", api_status),
         Route("/api/reconciliation", api_reconciliation),
         Route("/api/live", api_live),
     ]
-    return Starlette(routes=routes)
 
 
 async def _live_events(

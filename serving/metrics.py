@@ -19,6 +19,24 @@ def read_metrics(client: redis.Redis, symbol: str, exchange: str) -> dict[str, A
     return {text(k): orjson.loads(v) for k, v in raw.items()}
 
 
+def read_history(
+    client: redis.Redis,
+    symbol: str,
+    exchange: str,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+) -> list[dict[str, Any]]:
+    """The metrics of each closed 1m candle of (exchange, symbol) kept in the history.
+
+    In open-time order; ``start`` inclusive, ``end`` exclusive.
+    """
+    lo = "-inf" if start is None else start
+    hi = "+inf" if end is None else f"({end}"
+    rows: list[Any] = client.zrangebyscore(history_key(exchange, symbol), lo, hi)
+    return [orjson.loads(r) for r in rows]
+
+
 def metrics_exchanges(client: redis.Redis, symbol: str) -> list[str]:
     """Exchanges with latest metrics for ``symbol``."""
     prefix = metrics_key("", symbol)

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import redis
 import requests
 
-from cryptopipe.localredis import free_port
 from marketdata.candle import fold_trades
 from marketdata.interval import Interval
 from marketdata.trade import Trade
 from streaming.candlestore import CandleStore, CandleWrites
-from tests.processes import ROOT, run_cryptopipe
+from tests.processes import run_cryptopipe
 
 T0 = 1_741_910_400_000
 M = 60_000
@@ -45,33 +39,6 @@ def write(client: redis.Redis, closed: list[Trade], live: list[Trade]) -> None:
     closed_candles = [c for iv in Interval for c in fold_trades(closed, iv).values()]
     live_candles = list(fold_trades(live, Interval.M1).values())
     store.write([CandleWrites("md:trades:raw", closed=closed_candles, live=live_candles)])
-
-
-@pytest.fixture
-def server(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    env = {**os.environ, "REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(tmp_path)}
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cryptopipe", "serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(base + "/api/symbols", timeout=2)
-            break
-        except requests.ConnectionError:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "the server did not answer within 30 s"
-            time.sleep(0.2)
-    yield base, env
-    proc.terminate()
-    proc.wait(10)
 
 
 def test_candles_are_what_the_command_line_prints(
