@@ -7,7 +7,8 @@ behind the batch (docs/operations.md, "Dagster runs"):
   time, and so do backfill runs (``dagster/backfill``, any value);
 * there is no overall cap (``max_concurrent_runs: -1``), so a flow start or restart
   is dequeued at once however many batch runs wait; flow-control runs also carry
-  ``dagster/priority: 10``, so they are dequeued first.
+  ``dagster/priority: 10``, so they are dequeued first;
+* the queue is looked at every second (``dequeue_interval_seconds: 1``).
 
 The file is ours while its first line is :data:`HEADER`: it is rewritten on every
 ``cryptopipe up`` (so a new release's settings apply). A file without that line is
@@ -35,6 +36,9 @@ run_coordinator:
   config:
     # No overall cap: starting or restarting a flow never waits for a slot.
     max_concurrent_runs: -1
+    # Look at the queue every second (default 5): a flow restart is asked for by the
+    # health sensor every 5 s at most; its run should not wait 5 s more.
+    dequeue_interval_seconds: 1
     tag_concurrency_limits:
       # Spark: one batch run at a time (the daily batch job's runs carry this tag).
       - key: {KIND_TAG}

@@ -97,8 +97,8 @@ class AofSizes(threading.Thread):
 
     A SIGKILL of ``redis-server`` loses nothing: what it wrote is in the kernel's
     page cache. What ``appendfsync everysec`` gives up is the last second when the
-    machine itself fails. :meth:`lose_last` recreates that after the kill, cutting
-    the file back to its size a second earlier (Redis loads a truncated AOF:
+    machine itself fails. :meth:`lose_since` recreates that after the kill, cutting
+    the file back to its size a moment earlier (Redis loads a truncated AOF:
     ``aof-load-truncated yes``, its default).
     """
 
@@ -115,13 +115,20 @@ class AofSizes(threading.Thread):
             self.samples.append((time.monotonic(), self.path.stat().st_size))
             time.sleep(0.02)
 
-    def lose_last(self, seconds: float) -> int:
-        """Cut the file to its size ``seconds`` before the last sample; bytes cut."""
-        end = self.samples[-1][0] - seconds
-        size = max(sz for t, sz in self.samples if t <= end)
+    def lose_since(self, when: float) -> int:
+        """Cut the file to its size at ``when`` (monotonic); bytes cut."""
+        size = max(sz for t, sz in self.samples if t <= when)
         cut = self.path.stat().st_size - size
         os.truncate(self.path, size)
         return cut
+
+
+def caught_up(client: redis.Redis, flow: str, stream: str, tip: bytes | None = None) -> bool:
+    """Whether ``flow``'s heartbeat says it has read ``stream`` up to ``tip`` (its end)."""
+    tip = tip or client.xinfo_stream(stream)["last-generated-id"]
+    raw = client.hget(f"md:flow:{flow}:heartbeat", "streams")
+    streams = json.loads(raw) if raw else {}
+    return streams.get(stream, {}).get("last_id") == tip.decode()
 
 
 def run_with_outage(tmp_path: Path, kill: bool) -> tuple[LocalRedis, dict[str, str], dict]:
@@ -200,23 +207,36 @@ def run_with_outage(tmp_path: Path, kill: bool) -> tuple[LocalRedis, dict[str, s
         assert before > 500
         # Market time at the crash: the arrival time of the last entry written.
         crash_ms = int(client.xrevrange("md:trades:raw", count=1)[0][1][F_RECV])
-        client.close()
         if kill:
             # The feed is held while Redis is away and a second after it is back, so
             # that the flows read the shortened streams before anything new lands in
             # them (a feed that writes first hides the loss from the flows' check;
             # reconciliation finds it either way).
             procs["feed"].send_signal(signal.SIGSTOP)
+            stopped_at = time.monotonic()
+            # The flows read everything first (a loaded machine may lag them), so
+            # that what the crash takes is something they had read.
+            raw_tip = client.xinfo_stream("md:trades:raw")["last-generated-id"]
+            deadline = time.monotonic() + 30
+            while not (
+                caught_up(client, "candles", "md:trades:raw", raw_tip)
+                and caught_up(client, "archive", "md:trades:raw", raw_tip)
+                and caught_up(client, "metrics", "md:candles:closed")
+            ):
+                assert time.monotonic() < deadline, "the flows did not catch up in 30 s"
+                time.sleep(0.1)
             assert server.proc is not None
             server.proc.send_signal(signal.SIGKILL)
             server.proc.wait()
             server.proc = None
             sizes.stop.set()
             sizes.join()
-            # everysec loses up to about a second (up to two when a fsync is slow).
-            assert sizes.lose_last(1.5) > 0
+            # everysec loses up to about a second (up to two when a fsync is slow):
+            # here the last 1.5 s of the feed's writes, and all after.
+            assert sizes.lose_since(stopped_at - 1.5) > 0
         else:
             server.stop()
+        client.close()
         time.sleep(3.0)  # longer than the 1 s heartbeat and the source's retry interval
         for name in FLOWS:
             assert procs[name].poll() is None, f"{name} died while Redis was away"
