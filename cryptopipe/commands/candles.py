@@ -84,6 +84,11 @@ def register(
         help="fill empty windows (previous close, zero volume, marked filled)",
     )
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="then print each candle as it closes, until Ctrl-C (the stream's candles)",
+    )
     p.set_defaults(func=cmd_candles)
 
 
@@ -95,7 +100,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _print(records: list[CandleRecord], fmt: str, filled: bool) -> None:
+def _print(records: list[CandleRecord], fmt: str, filled: bool, *, header: bool = True) -> None:
     rows = records_json(records, filled=filled)
     out = sys.stdout
     if fmt == "json":
@@ -105,19 +110,20 @@ def _print(records: list[CandleRecord], fmt: str, filled: bool) -> None:
     if fmt == "csv":
         fields = [*_FIELDS, "filled"] if filled else list(_FIELDS)
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(fields)
+        if header:
+            w.writerow(fields)
         for row in rows:
             w.writerow([_cell(row.get(f)) for f in fields])
         return
     cols = [*_TABLE, "filled"] if filled else list(_TABLE)
-    cells = [cols]
+    cells = [cols] if header else []
     for row in rows:
         shown = dict(row, open_time=format_ms(row["open_time"]))
         cells.append([_cell(shown.get(c)) or "-" for c in cols])
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cols))]
+    widths = [max(len(r[i]) for r in [cols, *cells]) for i in range(len(cols))]
     for r in cells:
         out.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() + "\n")
-    if len(cells) == 1:
+    if header and len(cells) == 1:
         out.write("(no candles)\n")
 
 
@@ -134,8 +140,32 @@ def cmd_candles(args: argparse.Namespace, settings: Settings) -> int:
             fill=args.fill,
             prefix="--",
         )
-        records = candles(q, settings, connect_settings(settings), strict=True)
+        records = candles(q, settings, connect_settings(settings), strict=not args.follow)
     except QueryError as exc:
         raise CommandError(str(exc)) from exc
     _print(records, args.format, args.fill)
+    if args.follow:
+        follow(q, records, args.format, connect_settings(settings))
     return 0
+
+
+def follow(q: CandleQuery, shown: list[CandleRecord], fmt: str, client: Any) -> None:
+    """Print each candle of the series as it closes (polled every 0.5 s) until a signal."""
+    from cryptopipe.signals import stop_event_on_signals
+    from serving.stream import StreamCandleReader
+
+    stop = stop_event_on_signals()
+    reader = StreamCandleReader(client)
+    done = {r.candle.key for r in shown if r.closed}
+    sys.stdout.flush()
+    while not stop.is_set():
+        fresh = [
+            r
+            for r in reader.latest(q.symbol, q.interval, exchange=q.exchange, closed=5)
+            if r.closed and r.candle.key not in done
+        ]
+        if fresh:
+            done.update(r.candle.key for r in fresh)
+            _print(fresh, fmt, False, header=False)
+            sys.stdout.flush()
+        stop.wait(0.5)

@@ -76,3 +76,66 @@ def test_an_unknown_symbol_names_the_symbols_there_are(
     assert empty.returncode == 0 and "(no candles)" in empty.stdout
     bad = run_cryptopipe(env, "candles", "BTCUSDT", "-i", "1m", "--start", "2025", "--end", "2024")
     assert bad.returncode == 2 and "--end must be after --start" in bad.stderr
+
+
+def test_follow_prints_each_candle_as_it_closes(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.processes import ROOT
+
+    def closed(minutes: range) -> list:
+        ts = [
+            Trade("binance", "BTCUSDT", m, (100 + m) * 10**8, 10**8, T0 + m * 60_000, False)
+            for m in minutes
+        ]
+        return list(fold_trades(ts, Interval.M1).values())
+
+    store = CandleStore(redis_client)
+    store.write([CandleWrites("md:trades:raw", closed=closed(range(2)))])
+    env = {**os.environ, "REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(tmp_path)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cryptopipe",
+            "candles",
+            "BTCUSDT",
+            "-i",
+            "1m",
+            "--follow",
+            "--format",
+            "json",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    )
+    reader.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(lines) < 2:
+            assert time.monotonic() < deadline, proc.stderr.read() if proc.poll() else lines
+            time.sleep(0.1)
+        store.write([CandleWrites("md:trades:raw", closed=closed(range(2, 4)))])
+        written = time.monotonic()
+        while len(lines) < 4:
+            assert time.monotonic() - written < 2.0, lines
+            time.sleep(0.05)
+        opens = [json.loads(line)["open_time"] for line in lines]
+        assert opens == [T0 + m * 60_000 for m in range(4)]  # each once, in order
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
