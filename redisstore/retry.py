@@ -90,8 +90,11 @@ def call_with_retry(
     backoff: Backoff | None = None,
     sleep: Callable[[float], None] = time.sleep,
     give_up_s: float | None = None,
+    on_retry: Callable[[], object] | None = None,
 ) -> T:
     """Call ``fn`` until it succeeds, sleeping with backoff on transient Redis errors.
+
+    ``on_retry`` is called before each retry (a metrics counter).
 
     Raises:
         InterruptedError: when ``should_stop`` turns true while Redis is still away.
@@ -112,6 +115,8 @@ def call_with_retry(
                 raise InterruptedError(msg) from exc
             if give_up_s is not None and time.monotonic() - failing_since > give_up_s:
                 raise
+            if on_retry is not None:
+                on_retry()
             sleep(backoff.next_delay())
             continue
         if failing_since is not None:

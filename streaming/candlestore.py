@@ -45,6 +45,7 @@ from marketdata.settings import (
     DEFAULT_APPEND_DEDUPE_MS,
     DEFAULT_CANDLE_RETENTION_MS,
     DEFAULT_CLOSED_EVENTS_MAXLEN,
+    DEFAULT_LATENESS_MS,
 )
 from marketdata.timeutil import now_ms
 from redisstore.keys import (
@@ -61,6 +62,7 @@ from redisstore.keys import (
     written_key,
 )
 from streaming.candleagg import LateTrade, RejectedEntry
+from streaming.prom import CLOSE_DELAY, add_source, candle_counter_families
 from streaming.rejectlog import RejectionLog
 
 LIVE_TTL_S = 86_400
@@ -93,6 +95,18 @@ return #old
 
 
 # ---- writes -----------------------------------------------------------------------
+
+#: The latest exactly-once counters of each partition this process writes (for
+#: ``/metrics``: the same values as ``md:flow:candles:counts:<stream>``).
+_COUNTERS: dict[str, dict[str, Any]] = {}
+_EXPORTED: list[bool] = []
+
+
+def _export_counters() -> None:
+    if not _EXPORTED:
+        _EXPORTED.append(True)
+        add_source(lambda: candle_counter_families(dict(_COUNTERS)))
+
 
 #: KEYS: a stream, its "written" set. ARGV: now ms, retention ms, maxlen (0 = none),
 #: fields per entry (n), then per entry: identity, n field/value pairs. Appends each
@@ -154,6 +168,7 @@ class CandleStore:
         trim_every_s: the least time between two trims of one key.
         closed_events_maxlen: closed-candle events kept (``MAXLEN ~``).
         dedupe_ms: how long appends remember their identities.
+        lateness_ms: the flow's allowed lateness (the close delay's origin).
 
     """
 
@@ -166,6 +181,7 @@ class CandleStore:
         trim_every_s: float = TRIM_EVERY_S,
         closed_events_maxlen: int = DEFAULT_CLOSED_EVENTS_MAXLEN,
         dedupe_ms: int = DEFAULT_APPEND_DEDUPE_MS,
+        lateness_ms: int = DEFAULT_LATENESS_MS,
     ) -> None:
         if retention_ms < 0:
             msg = f"retention_ms={retention_ms}: must not be negative"
@@ -176,6 +192,8 @@ class CandleStore:
         self.trim_every_s = trim_every_s
         self.closed_events_maxlen = closed_events_maxlen
         self.dedupe_ms = dedupe_ms
+        self.lateness_ms = lateness_ms
+        _export_counters()
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
         self._trim = client.register_script(TRIM_SCRIPT)
         #: series key -> newest open_time written (this store's lifetime)
@@ -242,6 +260,7 @@ class CandleStore:
             if b.counters:
                 counters: dict[Any, Any] = b.counters
                 pipe.hset(counts_key(self.flow, b.source_stream), mapping=counters)
+                _COUNTERS[b.source_stream] = dict(counters)
 
             n += len(b)
         trims: list[tuple[int, str]] = []  # (position in the pipeline, series key)
@@ -275,6 +294,11 @@ class CandleStore:
             for pos, key in trims:
                 if results[pos] >= TRIM_LIMIT:  # more left: trim again at the next write
                     self._trimmed_at.pop(key, None)
+        written = now_ms()
+        for b in batches:
+            for c in b.closed:
+                due = c.open_time + c.interval.ms + self.lateness_ms
+                CLOSE_DELAY.observe(max(0, written - due) / 1000)
         return n
 
 

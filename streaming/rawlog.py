@@ -10,6 +10,7 @@ from marketdata.rawmessage import ProgressMark, RawMessage, shard_of
 from redisstore.keys import raw_stream_names
 from redisstore.retry import call_with_retry
 from streaming.heartbeat import HeartbeatWriter
+from streaming.prom import FEED_WRITTEN, count_feed
 
 
 class RawLogWriter:
@@ -85,6 +86,7 @@ class RawLogWriter:
         ids = call_with_retry(send, what="raw log write", should_stop=self._should_stop)
         self.written += n
         self.marks_written += len(marks)
+        count_feed(FEED_WRITTEN, n)
         if self.heartbeat is not None:
             self.heartbeat.update(
                 items_in=self.written, items_out=self.written, last_source_id=ids[-1].decode()

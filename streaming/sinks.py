@@ -26,6 +26,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from redisstore.retry import call_with_retry, sink_backoff
+from streaming.prom import SINK_RETRIES
 
 W = TypeVar("W")
 W_contra = TypeVar("W_contra", contravariant=True)
@@ -58,6 +59,7 @@ class _FlowSinkPartition(StatelessSinkPartition[tuple[str, W]], Generic[W]):
             what=self.sink.what,
             backoff=sink_backoff(),
             give_up_s=self.sink.give_up_s,
+            on_retry=SINK_RETRIES.labels(self.sink.what).inc,
         )
         if self.sink.on_written is not None and n:
             self.sink.on_written(n)

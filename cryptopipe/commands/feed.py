@@ -25,9 +25,21 @@ def register(
     for name, one in FEEDS.items():
         parser = fsub.add_parser(name, parents=[common], help=one.help)
         one.add_arguments(parser)
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            metavar="PORT",
+            help="serve Prometheus /metrics on 127.0.0.1:PORT",
+        )
         parser.set_defaults(func=functools.partial(cmd_feed, one))
 
 
 def cmd_feed(feed: Feed, args: argparse.Namespace, settings: Settings) -> int:
     """Run ``feed`` until it is done or a signal stops it."""
+    if args.metrics_port is not None:
+        from streaming import prom
+
+        prom.FEED_NAME[:] = [feed.name]
+        prom.start_http_server(args.metrics_port, addr="127.0.0.1", registry=prom.REGISTRY)
     return feed.run(args, settings, stop_event_on_signals())

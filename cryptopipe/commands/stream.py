@@ -26,6 +26,7 @@ from cryptopipe.commands.flowctl import add_control_commands
 from cryptopipe.errors import CommandError
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
+from streaming.prom import ENV_METRICS_PORT
 from streaming.supervisor import FLOWS
 
 #: Seconds between snapshots (bytewax's epoch length): what a crash replays at most.
@@ -69,6 +70,13 @@ def register(
     run.add_argument("--batch-size", type=int, default=None, help="entries per read of the raw log")
     run.add_argument(
         "--no-recovery", action="store_true", help="run without recovery (benchmarks only)"
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics on 127.0.0.1:PORT (process i of --processes: PORT+i)",
     )
     run.set_defaults(func=cmd_run)
     add_control_commands(ssub, common)
@@ -171,6 +179,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     }
     if getattr(args, "verbose", False):
         env["CRYPTOPIPE_LOG_LEVEL"] = "DEBUG"
+    if args.metrics_port is not None:
+        env[ENV_METRICS_PORT] = str(args.metrics_port)
     if args.processes == 1:
         env.pop("CRYPTOPIPE_FLOW_PID", None)
         env.pop("CRYPTOPIPE_PROCESS_ID", None)

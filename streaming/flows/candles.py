@@ -229,6 +229,7 @@ def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = 
             retention_ms=cfg.candle_retention_ms,
             closed_events_maxlen=cfg.closed_events_maxlen,
             dedupe_ms=cfg.append_dedupe_ms,
+            lateness_ms=cfg.window.lateness_ms,
         ),
         on_written=heartbeat.on_written,
     )

@@ -39,6 +39,7 @@ from redisstore.conn import connect, text
 from redisstore.keys import heartbeat_key
 from streaming.heartbeat import HeartbeatWriter
 from streaming.memory import fix_mmap_threshold
+from streaming.prom import add_source, heartbeat_families, serve_from_env
 from streaming.rejectlog import RejectionLog
 from streaming.signals import stop_on_signals
 from streaming.sources import PartitionObserver, RawBatch, RedisStreamSource, StreamPosition
@@ -224,6 +225,8 @@ def flow_heartbeat(name: str, redis_url: str) -> FlowHeartbeat:
         if hb is None:
             hb = FlowHeartbeat.from_env(connect(redis_url, check=False), name)
             _HEARTBEATS[(name, redis_url)] = hb
+            beat: FlowHeartbeat = hb
+            add_source(lambda: heartbeat_families(beat.name, beat._own_fields()))
         return hb
 
 
@@ -272,6 +275,7 @@ def setup_flow_process(flow: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     install_stop_handlers(flow)
+    serve_from_env(env_int(ENV_PROCESS_ID, 0))  # /metrics, with --metrics-port
 
 
 def install_stop_handlers(flow: str) -> None:

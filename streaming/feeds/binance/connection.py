@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from redisstore.retry import Backoff
 from streaming.feeds.binance.config import USER_AGENT, BinanceFeedConfig, FeedStats, Stop, wall_ms
 from streaming.feeds.binance.rest import retry_after
+from streaming.prom import FEED_RECONNECTS, count_feed
 
 log = logging.getLogger("streaming.feeds.binance")
 
@@ -111,6 +112,7 @@ class Connections:
                     self.current = None
                     self.on_lost()
                     self.stats.reconnects += 1
+                    count_feed(FEED_RECONNECTS)
                     delay = self._backoff.next_delay()
                     log.info(
                         "binance feed: reconnecting in %.2fs (reconnect %d)",

@@ -19,6 +19,7 @@ import redis
 
 from redisstore.keys import BINANCE_RESUME_KEY
 from streaming.feeds.binance.config import TRADES, FeedStats, FeedTuning, TradeStream
+from streaming.prom import FEED_GAPS, count_feed
 
 log = logging.getLogger("streaming.feeds.binance")
 
@@ -267,6 +268,7 @@ class TradeIds:
             return False
         self.stats.trades += 1
         self.stats.filled += 1
+        count_feed(FEED_GAPS)
         return True
 
     def give_up(self, symbol: str, lo: int, hi: int, why: str) -> None:

@@ -38,6 +38,7 @@ from streaming.feeds.binance.config import (
     wall_ms,
 )
 from streaming.feeds.binance.ids import TradeIds
+from streaming.prom import FEED_GAPS, count_feed
 
 log = logging.getLogger("streaming.feeds.binance")
 T = TypeVar("T")
@@ -211,6 +212,7 @@ class GapFiller:
                 self.gap.set()  # lost the connection meanwhile: probe again
             if new and row is not None:
                 self.stats.filled += 1
+                count_feed(FEED_GAPS)
                 payload = self.config.stream.rest_payload(symbol, row)
                 ex = self.config.exchange
                 await self.emit_live(RawMessage(payload, ex, self.now_ms(), symbol=symbol))
