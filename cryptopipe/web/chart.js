@@ -68,7 +68,7 @@ function traces(candles, history) {
 
 const layout = () => ({
   paper_bgcolor: "#0f1419", plot_bgcolor: "#0f1419", font: { color: "#d6dde4" },
-  margin: { l: 60, r: 20, t: 10, b: 30 }, showlegend: true,
+  margin: { l: 84, r: 20, t: 10, b: 30 }, showlegend: true,
   legend: { orientation: "h", x: 0, y: 1.04 },
   xaxis: { rangeslider: { visible: false }, gridcolor: "#1e2832", type: "date" },
   yaxis: { domain: [0.25, 1], gridcolor: "#1e2832", tickformat: ",.2f" },
