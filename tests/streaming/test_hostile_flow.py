@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,9 +39,9 @@ from marketdata.trade import Trade
 from redisstore.keys import DLQ_STREAM, LATE_STREAM, RAW_STREAM, counts_key
 from serving.stream import StreamCandleReader
 from streaming.rawlog import RawLogWriter
+from tests.processes import cryptopipe_ok
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 N = 100_000
 
 
@@ -85,16 +83,7 @@ def test_hundred_thousand_hostile_payloads_through_the_candles_flow(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOPIPE_")}
     env |= {"REDIS_URL": redis_url, "CRYPTOPIPE_HOME": str(tmp_path / "home")}
-    done = subprocess.run(
-        [sys.executable, "-m", "cryptopipe", "stream", "run", "candles", "--exit-when-idle", "2"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    cryptopipe_ok(env, "stream", "run", "candles", "--exit-when-idle", "2", timeout=600)
 
     # The DLQ: one entry per rejected payload, by raw-log id, reason and bytes.
     dlq = {
@@ -151,16 +140,7 @@ def test_hundred_thousand_hostile_payloads_through_the_candles_flow(
     # Bounded: the archive flow copies the DLQ to the lake, then Redis keeps 1,000.
     whole = dict(redis_client.xrange(DLQ_STREAM))
     env["CRYPTOPIPE_SIDE_STREAM_MAXLEN"] = "1000"
-    done = subprocess.run(
-        [sys.executable, "-m", "cryptopipe", "stream", "run", "archive", "--exit-when-idle", "2"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    cryptopipe_ok(env, "stream", "run", "archive", "--exit-when-idle", "2", timeout=600)
     assert dict(read_side_entries(tmp_path / "home" / "lake", DLQ_DIR)) == whole
     assert list(dict(redis_client.xrange(DLQ_STREAM))) == list(whole)[-1000:]
     assert int(redis_client.hget(counts_key("candles", RAW_STREAM), "rejected")) == len(whole)
