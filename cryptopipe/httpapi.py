@@ -48,6 +48,7 @@ from serving.metrics import metrics_exchanges, read_history, read_metrics
 from serving.query import (
     CandleQuery,
     QueryError,
+    UnknownSymbolError,
     candles,
     known_series,
     records_json,
@@ -74,6 +75,11 @@ def _json(content: Any, status: int = 200) -> Response:
 
 def _error(message: str, status: int = 400) -> Response:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _query_error(exc: QueryError) -> Response:
+    """404 for a symbol nothing has candles of, 400 for any other bad parameter."""
+    return _error(str(exc), 404 if isinstance(exc, UnknownSymbolError) else 400)
 
 
 def _query(request: Request, *, interval_required: bool = True) -> CandleQuery:
@@ -104,8 +110,7 @@ def _candle_routes(settings: Settings, rc: redis.Redis) -> list[Route | Mount]:
             q = _query(request)
             records = await run_in_threadpool(candles, q, settings, rc, strict=True)
         except QueryError as exc:
-            status = 404 if str(exc).startswith("no candles of") else 400
-            return _error(str(exc), status)
+            return _query_error(exc)
         return _json(records_json(records, filled=q.fill))
 
     async def api_symbols(_: Request) -> Response:
@@ -185,8 +190,7 @@ def _data_routes(settings: Settings, rc: redis.Redis) -> list[Route | Mount]:
             q = _query(request)
             await run_in_threadpool(candles, q, settings, rc, strict=True)
         except QueryError as exc:
-            status = 404 if str(exc).startswith("no candles of") else 400
-            return _error(str(exc), status)
+            return _query_error(exc)
         return StreamingResponse(
             _live_events(q, rc, request),
             media_type="text/event-stream",

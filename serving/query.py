@@ -28,6 +28,10 @@ class QueryError(ValueError):
     """A parameter of a query is wrong; the message says what to give instead."""
 
 
+class UnknownSymbolError(QueryError):
+    """Nothing has candles of the symbol; the message names the symbols there are."""
+
+
 @dataclass(frozen=True)
 class CandleQuery:
     """A checked candle query."""
@@ -116,12 +120,12 @@ def candles(
     """The records of ``q``, in open-time order (every exchange's, unless one is asked).
 
     With ``strict``, a symbol nothing knows (no candles in Redis, none in this range)
-    is a :class:`QueryError` naming the symbols there are.
+    is an :class:`UnknownSymbolError` naming the symbols there are.
     """
     reader = reader_for(q.source, settings, client)
     records = reader.read(q.symbol, q.interval, exchange=q.exchange, start=q.start, end=q.end)
     if strict and not records and q.symbol not in {s for _, s in known_series(client)}:
-        raise QueryError(unknown_symbol_message(q.symbol, client))
+        raise UnknownSymbolError(unknown_symbol_message(q.symbol, client))
     if q.fill:
         exchanges = sorted(
             {r.candle.exchange for r in records} | ({q.exchange} if q.exchange else set())

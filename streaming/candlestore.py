@@ -29,6 +29,7 @@ never floats. Reading is the serving package's (:mod:`serving.stream`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Sequence
@@ -99,13 +100,11 @@ return #old
 #: The latest exactly-once counters of each partition this process writes (for
 #: ``/metrics``: the same values as ``md:flow:candles:counts:<stream>``).
 _COUNTERS: dict[str, dict[str, Any]] = {}
-_EXPORTED: list[bool] = []
 
 
+@functools.cache  # once per process, by the first store
 def _export_counters() -> None:
-    if not _EXPORTED:
-        _EXPORTED.append(True)
-        add_source(lambda: candle_counter_families(dict(_COUNTERS)))
+    add_source(lambda: candle_counter_families(dict(_COUNTERS)))
 
 
 #: KEYS: a stream, its "written" set. ARGV: now ms, retention ms, maxlen (0 = none),
