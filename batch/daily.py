@@ -9,6 +9,8 @@ For a UTC day D (docs/architecture.md sections 3 and 6)::
       -> 5m 15m 1h 4h 1d rolled up from 1m
       -> candles/source=batch/interval=I/date=D/     (one directory per interval)
       -> aggregates/date=D/
+      -> serving/batch/date=D.json   (the run's id; the day is withdrawn from readers
+                                      until reconciled again: lake.published)
 
 Each output directory is written whole under a hidden staging name, then swapped
 in place of the old one: a re-run replaces exactly the day's partitions and
@@ -53,6 +55,7 @@ from lake.layout import (
     partition,
     trade_files,
 )
+from lake.published import begin_batch_run, end_batch_run
 from lake.tradekeys import proves_distinct
 from marketdata.interval import INTERVAL_LABELS, Interval
 from marketdata.timeutil import day_bounds
@@ -80,6 +83,7 @@ class BatchResult:
     path: str = "fast"
     seconds: float = 0.0
     written: list[str] = field(default_factory=list)
+    run: str = ""  # the run's id in the lake (lake.published)
 
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -249,9 +253,13 @@ def run_batch_day(
     )
     try:
         largest = _largest(trades, m.minute)
+        # Readers go back to the stream's candles for the day until the new candles
+        # are reconciled (lake.published): withdrawn before the first write.
+        result.run = begin_batch_run(lake, day)
         _write_candles(lake, day, m.minute, result)
         _write_aggregates(lake, day, daily_aggregates(m.minute, largest), result)
         result.symbols = result.aggregates  # one aggregate row per (exchange, symbol)
+        end_batch_run(lake, day, result.run)
     finally:
         m.persisted.unpersist()
     result.seconds = time.monotonic() - started

@@ -11,7 +11,12 @@ them exactly with :func:`marketdata.reconcile.reconcile`; writes
 * ``reconciliation/date=D/report.json`` (every non-matching key, worst first) and
   ``summary.json``,
 * in Redis, ``md:reconcile:last`` (the latest summary) and ``md:reconcile:days``
-  (hash: day -> counts): from then on readers get the batch candles for that day.
+  (hash: day -> counts).
+
+It does not decide what readers get: a passing reconciliation is published by
+:func:`lake.published.publish` (the command ``reconcile``, or the Dagster asset
+``served_candles`` behind the blocking check), and from then on readers get the
+batch candles for that day.
 
 :func:`reconcile_klines_day` compares the batch's 1m candles with the exchange's own
 klines (imported into ``klines/``) by :func:`marketdata.binance_klines.compare_klines`
@@ -34,6 +39,7 @@ import redis
 from lake.candles import read_day_candles, write_day_candles
 from lake.klines import read_day_klines
 from lake.layout import LATE_DIR, RECONCILIATION_DIR, Lake, partition
+from lake.published import batch_run
 from lake.sidestreams import read_side_entries
 from marketdata.binance_klines import (
     EXACT_FIELDS,
@@ -182,6 +188,7 @@ def reconcile_day(
         BatchNotRunError: when the batch has not produced candles for ``day``.
     """
     lake = Lake(settings.lake)
+    run = batch_run(lake, day)  # read first: a re-run from here on is not publishable
     batch = read_day_candles(lake, SOURCE_BATCH, day)
     if batch is None:
         msg = (
@@ -199,6 +206,7 @@ def reconcile_day(
         "stream_candles": len(stream),
         "batch_candles": len(batch),
         "late_trades": len(late),
+        "batch_run": run,
         "at_ms": int(time.time() * 1000),
     }
     full = {**summary, "differences": [d.to_json_dict() for d in result.differences]}
@@ -226,11 +234,6 @@ def read_summary(settings: Settings, day: date) -> dict[str, Any] | None:
         return None
     loaded: dict[str, Any] = json.loads(lake.read_bytes(path))
     return loaded
-
-
-def reconciled_days(client: redis.Redis) -> set[str]:
-    """Days (``YYYY-MM-DD``) that have been reconciled: readers serve the batch view there."""
-    return {text(d) for d in client.hkeys(RECONCILE_DAYS_KEY)}
 
 
 def reconcile_klines_day(

@@ -30,6 +30,9 @@ _INSTANCE = f"""\
 # Remove this first line to keep your own changes: the file is rewritten while it is there.
 telemetry:
   enabled: false
+# The daemon evaluates the daily assets' freshness policies (served by 02:00 UTC).
+freshness:
+  enabled: true
 run_coordinator:
   module: dagster.core.run_coordinator
   class: QueuedRunCoordinator

@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 
 from batch.reconcile import read_summary
 from cryptopipe.commands.flowctl import status_report
+from lake.published import is_published
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
 from serving.metrics import metrics_exchanges, read_history, read_metrics
@@ -183,7 +184,8 @@ def _data_routes(settings: Settings, rc: redis.Redis) -> list[Route | Mount]:
         summary = await run_in_threadpool(read_summary, settings, day)
         if summary is None:
             return _error(f"{day} has not been reconciled (cryptopipe reconcile --date {day})", 404)
-        return _json(summary)
+        published = await run_in_threadpool(is_published, settings, day)
+        return _json({**summary, "served_from": "batch" if published else "stream"})
 
     async def api_live(request: Request) -> Response:
         try:

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from lake.candles import candle_days, read_batch_candles
 from lake.layout import Lake
+from lake.published import published_days
 from marketdata.interval import Interval
 from marketdata.records import SOURCE_BATCH, CandleRecord
 from marketdata.settings import Settings
@@ -22,6 +23,10 @@ class BatchCandleReader:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def published_days(self) -> set[date]:
+        """Days served from the batch in the merged view (:mod:`lake.published`)."""
+        return published_days(self.settings)
 
     def covered_days(self, interval: Interval) -> set[date]:
         """Days the batch layer has candles of ``interval`` for."""

@@ -1,8 +1,13 @@
 """The merged view, and the reader for each ``--source``.
 
-In the merged view, a day for which the batch layer has candles is served from the
-batch layer alone: its candles supersede the stream's for the whole day, including
-stream candles the batch does not have (docs/architecture.md sections 1 and 5).
+In the merged view, a day is served from the batch layer alone once it is published
+(:mod:`lake.published`: its batch candles were reconciled against the stream with
+nothing unexplained): the batch's candles supersede the stream's for the whole day,
+including stream candles the batch does not have (docs/architecture.md sections 1
+and 5). A day the batch computed but that is not published (not reconciled yet, or
+its reconciliation failed) is served from the stream, as long as the stream has
+candles of that day in the series read; where it has none (history imported into
+the lake, a day Redis no longer holds), the batch is all there is and is served.
 """
 
 from __future__ import annotations
@@ -48,12 +53,19 @@ class MergedCandleReader:
         if self.batch is None:
             return got
         batch = self.batch.read(symbol, interval, exchange=exchange, start=start, end=end)
-        # A day the batch layer has computed is served from it alone
-        # (docs/architecture.md sections 1 and 5).
-        covered = getattr(self.batch, "covered_days", None)
-        days = {day_start_ms(d) // DAY_MS for d in covered(interval)} if covered else set()
+        published = getattr(self.batch, "published_days", None)
+        days = {day_start_ms(d) // DAY_MS for d in published()} if published else set()
+        # A day published is the batch's alone; any other day is the stream's where it
+        # has candles of that day, the batch's where it has none.
+        stream_days = {r.candle.open_time // DAY_MS for r in got}
         by_key = {r.candle.key: r for r in got if r.candle.open_time // DAY_MS not in days}
-        by_key.update({r.candle.key: r for r in batch})
+        by_key.update(
+            {
+                r.candle.key: r
+                for r in batch
+                if (d := r.candle.open_time // DAY_MS) in days or d not in stream_days
+            }
+        )
         return [by_key[k] for k in sorted(by_key)]
 
     def previous(

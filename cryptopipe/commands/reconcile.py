@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import date
+from typing import Any
 
 from batch.reconcile import (
     BatchNotRunError,
@@ -14,6 +15,7 @@ from batch.reconcile import (
     reconcile_klines_day,
 )
 from cryptopipe.errors import CommandError
+from lake.published import NotPublishableError, publish
 from marketdata.binance_klines import OUTCOMES as KLINE_OUTCOMES
 from marketdata.parsing import normalize_exchange
 from marketdata.reconcile import OUTCOMES
@@ -50,12 +52,21 @@ def register(
         action="store_true",
         help="exit 1 when any difference is unexplained (for scripts)",
     )
+    p.add_argument(
+        "--accept-batch",
+        action="store_true",
+        help="serve the day from the batch even with unexplained differences (you read the "
+        "report and hold the batch right, e.g. the stream lost data); recorded in the lake",
+    )
     p.set_defaults(func=cmd_reconcile)
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     """Reconcile one day and print the outcome."""
     day = parse_day(args.date, "--date")
+    if args.accept_batch and args.against == "klines":
+        msg = "--accept-batch goes with --against stream (klines decide nothing readers get)"
+        raise CommandError(msg)
     if args.against == "klines":
         return _against_klines(args, settings, day)
     if args.exchange is not None:
@@ -65,6 +76,9 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         result, summary = reconcile_day(settings, day, connect_settings(settings), worst=args.worst)
     except (BatchNotRunError, StreamCandlesTrimmedError) as exc:
         raise CommandError(str(exc)) from None
+    # Readers get the batch candles of the day only once they reconcile (lake.published).
+    refused = _publish(settings, day, summary, accept=args.accept_batch)
+    summary["served_from"] = "stream" if refused else "batch"
     if args.format == "json":
         print(json.dumps(summary))
     else:
@@ -87,7 +101,20 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
             if result.ok
             else f"UNEXPLAINED: {result.unexplained} (report in the lake)"
         )
+        if refused:
+            print(f"readers keep the stream's candles of {day}: {refused}")
+        else:
+            print(f"readers now get the batch candles of {day}")
     return 1 if args.fail_on_unexplained and not result.ok else 0
+
+
+def _publish(settings: Settings, day: date, summary: dict[str, Any], *, accept: bool) -> str | None:
+    """Serve ``day`` from the batch if the reconciliation allows it; else say why not."""
+    try:
+        publish(settings, day, summary, accept=accept)
+    except NotPublishableError as exc:
+        return str(exc)
+    return None
 
 
 def _against_klines(args: argparse.Namespace, settings: Settings, day: date) -> int:

@@ -84,6 +84,9 @@ function draw() {
   $("price").textContent = last ? `${last.close} (${last.closed ? "closed" : "live"})` : "-";
 }
 
+// Each day: where its candles come from (stream or batch) and its reconciliation.
+// A day is served from the batch only once a reconciliation passed (reconciled); a
+// failed one leaves the stream's candles on show (unexplained N).
 async function days() {
   const byDay = new Map();
   for (const c of state.candles) byDay.set(iso(c.open_time).slice(0, 10), c.source);
@@ -95,14 +98,21 @@ async function days() {
     el.dataset.day = day;
     el.textContent = `${day} ${src}`;
     strip.appendChild(el);
-    if (src !== "batch") continue;
+    let r = null;
     try {
-      const r = await getJSON(`/api/reconciliation?date=${day}`);
-      const bad = r.unexplained > 0;
-      el.className = `day ${bad ? "unexplained" : "reconciled"}`;
-      el.textContent = `${day} ${bad ? `unexplained ${r.unexplained}` : "reconciled"}`;
+      r = await getJSON(`/api/reconciliation?date=${day}`);
     } catch (e) {
-      el.textContent = `${day} batch, not reconciled`;
+      if (src === "batch") el.textContent = `${day} batch, not reconciled`;
+      continue;
+    }
+    if (r.unexplained > 0) {
+      el.className = "day unexplained";
+      el.textContent = `${day} ${src}, unexplained ${r.unexplained}`;
+    } else if (src === "batch") {
+      el.className = "day reconciled";
+      el.textContent = `${day} batch, reconciled`;
+    } else {
+      el.textContent = `${day} stream, reconciled, batch not yet served`;
     }
   }
 }

@@ -1,26 +1,42 @@
 """The batch layer's daily assets.
 
 A day's archived trades, batch candles and aggregates, the stream's candles of the
-day, and their reconciliation.
+day, their reconciliation, and the day as readers get it (``served_candles``,
+behind the reconciliation's blocking check).
 
 Each asset is thin: it calls one function of :mod:`batch` for the partition's day and
 turns its result into Dagster metadata (or a ``Failure`` saying what to do).
 """
 
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 
 from batch.daily import NoTradesError, run_batch_day
-from batch.reconcile import NoKlinesError, reconcile_day, reconcile_klines_day, snapshot_stream_day
+from batch.reconcile import (
+    NoKlinesError,
+    read_summary,
+    reconcile_day,
+    reconcile_klines_day,
+    snapshot_stream_day,
+)
 from batch.sealing import DayNotSealedError, day_seal, require_sealed
 from lake.layout import Lake
+from lake.published import NotPublishableError, publish
 from marketdata.binance_klines import OUTCOMES as KLINE_OUTCOMES
 from marketdata.reconcile import OUTCOMES
 from marketdata.settings import Settings
 from orchestration.batch_layer.partitions import daily
 from orchestration.resources import PipelineResource, SparkResource
+
+#: A UTC day is sealed shortly after midnight and its batch, reconciliation and
+#: publication follow within minutes (the sealed-day sensor): the previous day's
+#: partition should be done by 02:00 UTC. Evaluated by the daemon (``freshness:
+#: enabled`` in dagster.yaml); a stack with no trades for a day shows the policy failed.
+DAILY_FRESHNESS = dg.FreshnessPolicy.cron(
+    deadline_cron="0 2 * * *", lower_bound_delta=timedelta(hours=2), timezone="UTC"
+)
 
 
 def _day(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> date:
@@ -71,6 +87,7 @@ class BatchConfig(dg.Config):
             "batch_candles",
             deps=[archived_trades],
             kinds={"spark", "parquet"},
+            freshness_policy=DAILY_FRESHNESS,
             description="Candles of every interval recomputed from the day's trades.",
         ),
         dg.AssetSpec(
@@ -188,6 +205,7 @@ def stream_candles(
     group_name="batch_layer",
     kinds={"python", "parquet"},
     deps=["batch_candles", stream_candles],
+    freshness_policy=DAILY_FRESHNESS,
     check_specs=[
         dg.AssetCheckSpec(
             "reconciliation_is_exact",
@@ -222,4 +240,53 @@ def reconciliation(
     )
 
 
-batch_assets = [archived_trades, daily_batch, stream_candles, reconciliation]
+class ServeConfig(dg.Config):
+    """Options of serving a day from the batch.
+
+    Attributes:
+        accept_unexplained: serve it even though its reconciliation left unexplained
+            differences (you read the report and hold the batch right; recorded in the
+            lake, as ``cryptopipe reconcile --accept-batch`` does). Materialize this
+            asset alone with it: in the day's full run the blocking check stops it first.
+    """
+
+    accept_unexplained: bool = False
+
+
+@dg.asset(
+    partitions_def=daily,
+    group_name="batch_layer",
+    kinds={"parquet"},
+    deps=[reconciliation],
+    freshness_policy=DAILY_FRESHNESS,
+    description="The day as readers get it: once its reconciliation passed, the merged view "
+    "(cryptopipe candles, the HTTP API, the chart) serves the day's batch candles; until "
+    "then, the stream's. The blocking reconciliation check stops this asset in the day's "
+    "run when anything is unexplained.",
+)
+def served_candles(
+    context: dg.AssetExecutionContext, config: ServeConfig, pipeline: PipelineResource
+) -> dg.MaterializeResult:
+    """Publish the day to readers, if its latest reconciliation passed for its batch run."""
+    day = _day(context)
+    settings = pipeline.settings()
+    summary = read_summary(settings, day)
+    if summary is None:
+        raise dg.Failure(f"{day} has not been reconciled: materialize reconciliation first")
+    # Checked again here, not only by the blocking check: a run of this asset alone
+    # does not go through the check.
+    try:
+        publish(settings, day, summary, accept=config.accept_unexplained)
+    except NotPublishableError as exc:
+        raise dg.Failure(str(exc)) from None
+    return dg.MaterializeResult(
+        metadata={
+            "served_from": "batch",
+            "batch_run": str(summary.get("batch_run")),
+            "batch_candles": dg.MetadataValue.int(int(summary.get("batch_candles", 0))),
+            "accepted_unexplained": dg.MetadataValue.int(int(summary.get("unexplained", 0))),
+        }
+    )
+
+
+batch_assets = [archived_trades, daily_batch, stream_candles, reconciliation, served_candles]

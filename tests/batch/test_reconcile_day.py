@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -105,6 +105,14 @@ def run_stream(env: dict[str, str], drop_every: int = 0, client: redis.Redis | N
     assert out.returncode == 0, out.stderr[-2000:]
 
 
+def merged_sources(env: dict[str, str]) -> set[str]:
+    """Where ``cryptopipe candles`` (merged) takes DAY's 1m BTCUSDT candles from."""
+    day = ["--start", str(DAY), "--end", str(DAY + timedelta(days=1))]
+    out = cli(env, "candles", "BTCUSDT", "-i", "1m", *day, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    return {json.loads(line)["source"] for line in out.stdout.splitlines()}
+
+
 def reconcile_json(env: dict[str, str]) -> dict:
     out = cli(env, "reconcile", "--date", str(DAY), "--format", "json")
     assert out.returncode == 0, out.stderr
@@ -131,6 +139,8 @@ def test_late_trades_are_all_explained(env: dict[str, str], redis_client: redis.
     assert summary["match"] == summary["counts"]["match"]
     assert summary["match"] + summary["explained_by_late"] == len(expected)
     assert summary["late_trades"] == redis_client.xlen("md:trades:late") > 0
+    # Passed: readers get the batch candles of the day from now on.
+    assert summary["served_from"] == "batch" and merged_sources(env) == {"batch"}
     # The stream's candles are kept in the lake beside the batch's, as stored in Redis.
     stored = read_day_candles(lake, SOURCE_STREAM, DAY)
     assert stored is not None and len(stored) == summary["stream_candles"]
@@ -175,8 +185,18 @@ def test_stream_that_lost_trades_is_unexplained(
     worst = summary["worst"][0]
     assert worst["outcome"] in ("mismatch", "missing_in_stream")
     assert worst["interval"] == "1d"  # the biggest gap: every lost trade is in it
+    # Readers keep the stream's candles of a day whose reconciliation failed...
+    assert summary["served_from"] == "stream" and merged_sources(env) == {"stream"}
     out = cli(env, "reconcile", "--date", str(DAY), "--fail-on-unexplained")
     assert out.returncode == 1 and "UNEXPLAINED" in out.stdout
+    assert "readers keep the stream's candles" in out.stdout and "--accept-batch" in out.stdout
+    assert merged_sources(env) == {"stream"}
+    # ...until someone who read the report accepts the batch.
+    out = cli(env, "reconcile", "--date", str(DAY), "--accept-batch")
+    assert out.returncode == 0 and "readers now get the batch candles" in out.stdout
+    assert merged_sources(env) == {"batch"}
+    mark = Path(env["CRYPTOPIPE_HOME"]) / "lake" / "serving" / "published" / f"date={DAY}.json"
+    assert json.loads(mark.read_text())["accepted_unexplained"] == summary["unexplained"]
 
 
 def test_archive_that_lost_a_window_is_extra_in_stream(env: dict[str, str]) -> None:

@@ -62,5 +62,20 @@ def test_the_daily_job_runs_every_batch_layer_asset_and_nothing_else() -> None:
             "daily_aggregates",
             "stream_candles",
             "reconciliation",
+            "served_candles",
         }
     )
+
+
+def test_the_days_readers_get_are_fresh_by_two_and_gated_by_the_check() -> None:
+    from orchestration.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    served = dg.AssetKey("served_candles")
+    # Downstream of the reconciliation, whose check is blocking: a failing check stops it.
+    assert graph.get(served).parent_keys == {dg.AssetKey("reconciliation")}
+    (check,) = graph.get(dg.AssetKey("reconciliation")).check_keys
+    assert graph.get_check_spec(check).blocking
+    for key in ("batch_candles", "reconciliation", "served_candles"):
+        policy = graph.get(dg.AssetKey(key)).freshness_policy
+        assert policy is not None and policy.deadline_cron == "0 2 * * *", key

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 import redis
 
@@ -9,6 +11,7 @@ from marketdata.candle import Candle, fold_trades
 from marketdata.interval import Interval
 from marketdata.records import CandleRecord, candle_from_record, candle_record
 from marketdata.settings import Settings
+from marketdata.timeutil import day_of_ms
 from marketdata.trade import Trade
 from redisstore.keys import index_key, live_key, series_key
 from serving.batch import BatchCandleReader
@@ -116,10 +119,13 @@ def test_sources(redis_client: redis.Redis) -> None:
         reader_for("lake", settings, redis_client)
 
 
-def test_merged_reader_prefers_the_batch_layer(redis_client: redis.Redis) -> None:
+def test_merged_reader_serves_a_day_from_the_batch_once_published(
+    redis_client: redis.Redis,
+) -> None:
     ones = fold_trades(trades([0, 1]), Interval.M1)
     a, b = (ones[k] for k in sorted(ones))
     CandleStore(redis_client).write([CandleWrites("s", closed=[a, b])])
+    published: set[date] = set()
 
     class Batch:
         def read(self, symbol, interval, *, exchange=None, start=None, end=None):
@@ -128,5 +134,19 @@ def test_merged_reader_prefers_the_batch_layer(redis_client: redis.Redis) -> Non
         def previous(self, symbol, interval, exchange, before):
             return None
 
-    got = MergedCandleReader(StreamCandleReader(redis_client), Batch()).read("BTCUSDT", Interval.M1)
-    assert [(r.candle.open_time, r.source) for r in got] == [(T0, "batch"), (T0 + M, "stream")]
+        def published_days(self):
+            return published
+
+    merged = MergedCandleReader(StreamCandleReader(redis_client), Batch())
+    # Not published: the stream has candles of the day, so the day is the stream's.
+    got = merged.read("BTCUSDT", Interval.M1)
+    assert [(r.candle.open_time, r.source) for r in got] == [(T0, "stream"), (T0 + M, "stream")]
+    # Published: the whole day is the batch's, even the minute only the stream has.
+    published.add(day_of_ms(T0))
+    got = merged.read("BTCUSDT", Interval.M1)
+    assert [(r.candle.open_time, r.source) for r in got] == [(T0, "batch")]
+    # A day the stream has nothing of is the batch's, published or not.
+    published.clear()
+    redis_client.flushall()
+    got = merged.read("BTCUSDT", Interval.M1)
+    assert [(r.candle.open_time, r.source) for r in got] == [(T0, "batch")]
