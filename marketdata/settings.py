@@ -123,6 +123,9 @@ class Settings:
             (``CRYPTOPIPE_CLOSED_EVENTS_MAXLEN``).
         append_dedupe_ms: how long the candles flow's stream appends remember their
             identities (``CRYPTOPIPE_APPEND_DEDUPE_MS``).
+        metrics_port_base: when set, the supervised flows and feed serve Prometheus
+            ``/metrics`` on ports from this one (``CRYPTOPIPE_METRICS_PORT_BASE``; the
+            supervisor gives each its offset).
 
     """
 
@@ -139,6 +142,7 @@ class Settings:
     side_stream_maxlen: int = DEFAULT_SIDE_STREAM_MAXLEN
     closed_events_maxlen: int = DEFAULT_CLOSED_EVENTS_MAXLEN
     append_dedupe_ms: int = DEFAULT_APPEND_DEDUPE_MS
+    metrics_port_base: int | None = None
 
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -181,6 +185,10 @@ class Settings:
                 msg = f"{var}={value}: must be at least {least}"
                 raise ValueError(msg)
             bounds[var] = value
+        port_base = env_int("CRYPTOPIPE_METRICS_PORT_BASE", 0, unit="port") or None
+        if port_base is not None and not 1024 <= port_base <= 65_000:
+            msg = f"CRYPTOPIPE_METRICS_PORT_BASE={port_base}: give a port from 1024 to 65000"
+            raise ValueError(msg)
         return cls(
             redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
             home=Path(home or os.environ.get("CRYPTOPIPE_HOME") or DEFAULT_HOME).absolute(),
@@ -196,6 +204,7 @@ class Settings:
             side_stream_maxlen=bounds["CRYPTOPIPE_SIDE_STREAM_MAXLEN"],
             closed_events_maxlen=bounds["CRYPTOPIPE_CLOSED_EVENTS_MAXLEN"],
             append_dedupe_ms=bounds["CRYPTOPIPE_APPEND_DEDUPE_MS"],
+            metrics_port_base=port_base,
         )
 
     def env(self) -> dict[str, str]:
@@ -227,6 +236,8 @@ class Settings:
             out["CRYPTOPIPE_LAKE_URI"] = self.lake_uri
         if self.binance_data_url != DEFAULT_BINANCE_DATA_URL:
             out["CRYPTOPIPE_BINANCE_DATA_URL"] = self.binance_data_url
+        if self.metrics_port_base is not None:
+            out["CRYPTOPIPE_METRICS_PORT_BASE"] = str(self.metrics_port_base)
         return out
 
     @property

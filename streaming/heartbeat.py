@@ -3,8 +3,8 @@
 Key ``md:flow:<name>:heartbeat``; fields ``pid``, ``started_at`` and
 ``heartbeat_at`` (ms since the epoch), ``items_in``, ``items_out``,
 ``last_source_id``, ``lag`` (entries behind the stream tip), ``throughput``
-(items in per second over the last interval) and ``restarts`` (as counted by the
-supervisor).
+(items in per second over the last interval), ``restarts`` (as counted by the
+supervisor) and, when the process serves Prometheus metrics, ``metrics_port``.
 
 The thread also watches the process's owner (:mod:`streaming.owner`): when the
 ``cryptopipe up`` that started the stack is gone (killed by SIGKILL, say), it sends
@@ -27,6 +27,7 @@ from redisstore.conn import text
 from redisstore.keys import control_key, heartbeat_key
 from redisstore.retry import OutageLog
 from streaming.owner import OWNER_ENV, owner_gone
+from streaming.prom import served_port
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ class HeartbeatWriter:
             restarts=int(text(restarts)) if restarts else 0,
             **self.extra(),
         )
+        if (port := served_port()) is not None:
+            fields["metrics_port"] = port
         self.client.hset(heartbeat_key(self.name), mapping={k: str(v) for k, v in fields.items()})
 
     def tick(self) -> None:

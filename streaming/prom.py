@@ -14,6 +14,9 @@ them), so they agree with the heartbeat and the flow's exactly-once counters:
   ``cryptopipe_candles_closed_total``; and ``cryptopipe_candle_close_delay_seconds``, a
   histogram of window end + lateness -> written;
 * every sink: ``cryptopipe_sink_retries_total``;
+* every flow's stateful step: ``cryptopipe_snapshot_seconds`` (a histogram of the time
+  its state takes to serialise for a bytewax snapshot) and ``cryptopipe_snapshot_bytes``
+  (label ``flow``);
 * a feed: ``cryptopipe_feed_messages_written_total``, ``cryptopipe_feed_reconnects_total``,
   ``cryptopipe_feed_gaps_filled_total`` (label ``feed``).
 """
@@ -23,10 +26,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -45,6 +49,19 @@ CLOSE_DELAY = Histogram(
     "cryptopipe_candle_close_delay_seconds",
     "From a window's end plus the allowed lateness to its closed candle written",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, float("inf")),
+    registry=REGISTRY,
+)
+SNAPSHOT_SECONDS = Histogram(
+    "cryptopipe_snapshot_seconds",
+    "Time a flow's stateful step took to serialise its state for a bytewax snapshot",
+    ["flow"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, float("inf")),
+    registry=REGISTRY,
+)
+SNAPSHOT_BYTES = Gauge(
+    "cryptopipe_snapshot_bytes",
+    "Size of a flow's stateful step's last snapshot",
+    ["flow"],
     registry=REGISTRY,
 )
 FEED_WRITTEN = Counter(
@@ -67,6 +84,13 @@ FEED_GAPS = Counter(
 FEED_NAME: list[str] = []
 
 Source = Callable[[], Iterable[Metric]]
+
+
+def observe_snapshot(flow: str, started: float, data: bytes) -> bytes:
+    """Record a snapshot of ``flow`` begun at ``started`` (``time.perf_counter()``)."""
+    SNAPSHOT_SECONDS.labels(flow).observe(time.perf_counter() - started)
+    SNAPSHOT_BYTES.labels(flow).set(len(data))
+    return data
 
 
 def count_feed(counter: Counter, n: int = 1) -> None:
@@ -105,15 +129,37 @@ def add_source(source: Source) -> None:
     _SOURCES.add(source)
 
 
+#: The port this process serves ``/metrics`` on, once it does (its heartbeat says it).
+_SERVED: list[int] = []
+
+
+def served_port() -> int | None:
+    """The port of this process's ``/metrics``, or ``None`` when it serves none."""
+    return _SERVED[0] if _SERVED else None
+
+
+def serve(port: int) -> int | None:
+    """Serve ``/metrics`` on ``127.0.0.1:port``; ``None`` (and one error line) if taken.
+
+    A taken port costs the metrics, never the process: a flow that exited for it
+    would be restarted into the same port until its crash-loop cap.
+    """
+    try:
+        start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+    except OSError as exc:
+        log.error("metrics: cannot serve on 127.0.0.1:%d (%s): no /metrics here", port, exc)
+        return None
+    _SERVED[:] = [port]
+    log.info("metrics: http://127.0.0.1:%d/metrics", port)
+    return port
+
+
 def serve_from_env(process_id: int = 0) -> int | None:
     """Serve ``/metrics`` on loopback at ``CRYPTOPIPE_METRICS_PORT`` + ``process_id``."""
     raw = os.environ.get(ENV_METRICS_PORT, "").strip()
     if not raw:
         return None
-    port = int(raw) + process_id
-    start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
-    log.info("metrics: http://127.0.0.1:%d/metrics", port)
-    return port
+    return serve(int(raw) + process_id)
 
 
 def heartbeat_families(flow: str, fields: dict[str, Any]) -> list[Metric]:

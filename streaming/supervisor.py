@@ -130,6 +130,18 @@ class Decision:
     status: FlowStatus
 
 
+#: Each supervised process's port above ``CRYPTOPIPE_METRICS_PORT_BASE``; ten apart, so a
+#: flow of several processes (process *i* serves on its port + *i*) has room.
+METRICS_PORT_OFFSETS = {"candles": 0, "metrics": 10, "archive": 20, FEED: 30}
+
+
+def metrics_port(settings: Settings, name: str) -> int | None:
+    """The Prometheus port of supervised process ``name`` (``None``: metrics are off)."""
+    if settings.metrics_port_base is None:
+        return None
+    return settings.metrics_port_base + METRICS_PORT_OFFSETS[name]
+
+
 class Supervisor:
     """Starts, stops and inspects flows of one ``--home`` and Redis."""
 
@@ -162,10 +174,12 @@ class Supervisor:
         if name not in ALL:
             msg = f"unknown flow {name!r}: use one of {', '.join(ALL)}"
             raise ValueError(msg)
-        extra = self.flow_args.get(name, [])
+        port = metrics_port(self.settings, name)
+        prom = [] if port is None else ["--metrics-port", str(port)]
         if name == FEED:
-            return [sys.executable, "-m", "cryptopipe", "feed", *self.feed_args()]
-        return [sys.executable, "-m", "cryptopipe", "stream", "run", name, *extra]
+            return [sys.executable, "-m", "cryptopipe", "feed", *self.feed_args(), *prom]
+        extra = self.flow_args.get(name, [])
+        return [sys.executable, "-m", "cryptopipe", "stream", "run", name, *extra, *prom]
 
     def set_feed(self, args: list[str]) -> None:
         """What the ``feed`` process runs: ``cryptopipe feed <args>``.

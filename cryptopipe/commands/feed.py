@@ -41,5 +41,5 @@ def cmd_feed(feed: Feed, args: argparse.Namespace, settings: Settings) -> int:
         from streaming import prom
 
         prom.FEED_NAME[:] = [feed.name]
-        prom.start_http_server(args.metrics_port, addr="127.0.0.1", registry=prom.REGISTRY)
+        prom.serve(args.metrics_port)
     return feed.run(args, settings, stop_event_on_signals())

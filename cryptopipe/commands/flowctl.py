@@ -72,6 +72,9 @@ def _row(st: FlowStatus) -> dict[str, object]:
         "restarts": hb.get("restarts", "0"),
         "restarts_10m": st.restarts_in_window,
         "lost_entries": int(hb.get("lost_entries", "0") or 0),
+        "metrics_url": (
+            f"http://127.0.0.1:{hb['metrics_port']}/metrics" if hb.get("metrics_port") else None
+        ),
         "reason": st.reason,
     }
 

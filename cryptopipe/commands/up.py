@@ -25,7 +25,9 @@ restarts the flows), and only that.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -44,7 +46,7 @@ from marketdata.settings import Settings
 from redisstore.conn import connect_settings, redact
 from streaming.feeds import DEFAULT_FEED, FEEDS
 from streaming.owner import OWNER_ENV, owner_token
-from streaming.supervisor import FEED, FLOWS, Supervisor
+from streaming.supervisor import FEED, FLOWS, Supervisor, metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ STABLE_AFTER_S = 60.0
 CODE_LOCATION_TIMEOUT_S = 180.0
 #: The feeds ``up`` can supervise (the replay feed needs files: run it by hand).
 UP_FEEDS = tuple(f for f in FEEDS if f != "replay")
+
+
+#: Where ``up`` puts the supervised processes' Prometheus ports (docs/operations.md).
+DEFAULT_METRICS_PORT_BASE = 9400
 
 
 def register(
@@ -113,6 +119,16 @@ def register(
         help=f"port of the HTTP API and chart (default {DEFAULT_PORT})",
     )
     up.add_argument("--no-api", action="store_true", help="do not start cryptopipe serve")
+    up.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=DEFAULT_METRICS_PORT_BASE,
+        metavar="PORT",
+        help="Prometheus /metrics of the flows and the feed on 127.0.0.1 from this port: "
+        f"candles +0, metrics +10, archive +20, feed +30 (default {DEFAULT_METRICS_PORT_BASE}; "
+        "'cryptopipe status --format json' lists them)",
+    )
+    up.add_argument("--no-metrics", action="store_true", help="serve no Prometheus metrics")
     up.add_argument(
         "--for",
         dest="run_for",
@@ -202,6 +218,26 @@ def initialise_instance(dagster_home: Path, env: dict[str, str]) -> None:
         raise CommandError(msg, status=1)
 
 
+def metrics_line(settings: Settings, names: list[str]) -> str:
+    """Where each process's ``/metrics`` will be, and which of those ports are taken now."""
+    ports = {n: metrics_port(settings, n) for n in names}
+    where = ", ".join(f"{n} {p}" for n, p in ports.items())
+    line = f"metrics: http://127.0.0.1:PORT/metrics: {where}"
+    taken = [str(p) for p in ports.values() if p is not None and not port_free(p)]
+    if taken:
+        line += (
+            f" (in use now: {', '.join(taken)}; those processes serve no metrics: give "
+            "--metrics-port-base another port, or --no-metrics)"
+        )
+    return line
+
+
+def port_free(port: int) -> bool:
+    """Whether nothing listens on ``127.0.0.1:port`` (the flows bind it after this)."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
 class Stack:
     """What one ``cryptopipe up`` started, kept alive until it stops."""
 
@@ -261,7 +297,20 @@ class Stack:
             self.group.start("api", _cli("serve", "--host", host, "--port", port), self.env)
             print(f"api: http://{host}:{port}/api/candles", flush=True)
         if feed and self.args.no_dagster:
-            self.group.start(f"feed-{feed[0]}", _cli("feed", *feed), self.env)
+            prom_port = metrics_port(self.settings, FEED)
+            prom = [] if prom_port is None else ["--metrics-port", str(prom_port)]
+            self.group.start(f"feed-{feed[0]}", _cli("feed", *feed, *prom), self.env)
+
+    def announce(self, feed: list[str] | None) -> None:
+        """The feed, the metrics ports, where things are, and how to stop."""
+        if feed:
+            print(f"feed: cryptopipe feed {' '.join(feed)}")
+        if self.settings.metrics_port_base is not None:
+            print(metrics_line(self.settings, [*FLOWS, *([FEED] if feed else [])]))
+        print(
+            f"home: {self.settings.home}\nlogs: {self.group.log_dir}\nCtrl-C stops everything.",
+            flush=True,
+        )
 
     def heal(self, now: float) -> None:
         """Restart children that exited, with back-off; one log line each time."""
@@ -300,6 +349,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Start the local stack and keep it running until Ctrl-C (or ``--for``)."""
     stop = stop_event_on_signals()
     feed = None if args.no_feed else feed_args(args)
+    if not args.no_metrics:
+        settings = dataclasses.replace(settings, metrics_port_base=args.metrics_port_base)
     settings.home.mkdir(parents=True, exist_ok=True)
     stack = Stack(args, settings)
     stack.local = ensure_redis(settings.redis_url, settings.redis_dir, die_with_parent=True)
@@ -326,12 +377,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             if not stack.start_dagster(stop.is_set):
                 return 0
             print(f"flows: {', '.join(FLOWS)} (started by Dagster's flow health sensor)")
-        if feed:
-            print(f"feed: cryptopipe feed {' '.join(feed)}")
-        print(
-            f"home: {settings.home}\nlogs: {stack.group.log_dir}\nCtrl-C stops everything.",
-            flush=True,
-        )
+        stack.announce(feed)
         deadline = None if args.run_for is None else time.monotonic() + args.run_for
         while not stop.is_set():
             now = time.monotonic()

@@ -43,6 +43,7 @@ from bytewax.operators import StatefulBatchLogic
 from marketdata.settings import Settings, env_int
 from redisstore.conn import connect
 from redisstore.keys import raw_stream_names
+from streaming import prom
 from streaming.archive import (
     DEFAULT_BUCKET_MS,
     DEFAULT_CLOSE_MARGIN_MS,
@@ -182,8 +183,9 @@ class _ArchiveLogic(StatefulBatchLogic[RawBatch, ArchiveWork, bytes]):
     def snapshot(self) -> bytes:
         if self.arch is None:
             return b""
+        started = time.perf_counter()
         self.arch.note_snapshot()
-        return self.arch.dumps()
+        return prom.observe_snapshot("archive", started, self.arch.dumps())
 
 
 def build_flow(cfg: ArchiveFlowConfig, should_stop: Callable[[], bool] | None = None) -> Dataflow:

@@ -50,6 +50,7 @@ from marketdata.settings import (
 )
 from redisstore.conn import connect
 from redisstore.keys import raw_stream_names
+from streaming import prom
 from streaming.candleagg import ShardAggregator, WindowConfig
 from streaming.candlestore import CandleStore, CandleWrites
 from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested
@@ -199,8 +200,10 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
     def snapshot(self) -> bytes:
         if self.agg is None:
             return b""
+        started = time.perf_counter()
         # No compaction here: a set pickles faster than it compacts (process() does it).
-        return pickle.dumps(self.agg, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(self.agg, protocol=pickle.HIGHEST_PROTOCOL)
+        return prom.observe_snapshot("candles", started, data)
 
 
 def build_flow(cfg: CandlesFlowConfig, should_stop: Callable[[], bool] | None = None) -> Dataflow:

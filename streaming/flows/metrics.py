@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -43,6 +44,7 @@ from marketdata.indicators import AnomalyConfig, ClosedBar
 from marketdata.settings import Settings
 from redisstore.conn import connect
 from redisstore.keys import CLOSED_EVENTS_STREAM
+from streaming import prom
 from streaming.flows.runtime import flow_input, setup_flow_process
 from streaming.metricsagg import SymbolState as _SymbolState
 from streaming.metricsagg import apply_bars, closed_bars
@@ -111,7 +113,9 @@ class _MetricsLogic(StatefulBatchLogic[ClosedBar, MetricsWrites, bytes]):
         return ([out] if len(out) else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        started = time.perf_counter()
+        data = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        return prom.observe_snapshot("metrics", started, data)
 
 
 def build_flow(cfg: MetricsFlowConfig) -> Dataflow:

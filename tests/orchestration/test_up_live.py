@@ -52,7 +52,12 @@ class Up:
         self.home = home
         self.env = {**os.environ, "REDIS_URL": url, "CRYPTOPIPE_HOME": str(home)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cryptopipe", "up", "--api-port", str(free_port()), *args],
+            [
+                *(sys.executable, "-m", "cryptopipe", "up", "--api-port", str(free_port())),
+                # Ports of its own (30 up from a free one), beside other tests' stacks.
+                *("--metrics-port-base", str(free_port())),
+                *args,
+            ],
             env=self.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -135,6 +140,15 @@ def flow_pids(up: Up, names: tuple[str, ...]) -> dict[str, int]:
     if all(states.get(n, {}).get("state") == "running" for n in names):
         return {n: int(states[n]["pid"]) for n in names}
     return {}
+
+
+def metrics_urls(up: Up, names: tuple[str, ...]) -> dict[str, str]:
+    """Each process's ``metrics_url`` by ``status --format json`` (empty until all have one)."""
+    out = run_cryptopipe(up.env, "status", "--format", "json")
+    if out.returncode not in (0, 1) or not out.stdout:
+        return {}
+    urls = {s["flow"]: s.get("metrics_url") for s in json.loads(out.stdout)["flows"]}
+    return {n: urls[n] for n in names} if all(urls.get(n) for n in names) else {}
 
 
 def flow_pid(up: Up, name: str) -> int | None:
@@ -310,6 +324,24 @@ def test_a_supervised_stack_heals_and_sigkill_leaves_nothing(tmp_path: Path) -> 
         assert isinstance(pids, dict)
         client = redis.Redis.from_url(url, socket_timeout=10)
         closed = series_key("binance", "BTCUSDT", Interval.M1)
+
+        # Each supervised process serves Prometheus metrics on the port up gave it, and
+        # status lists them.
+        base = int(up.wait_line(r"metrics: .*: candles (\d+),", 5)[1])
+        urls = wait_for(lambda: metrics_urls(up, names), 30, "every process's metrics port")
+        assert isinstance(urls, dict)
+        assert urls == {
+            n: f"http://127.0.0.1:{base + off}/metrics"
+            for n, off in zip(names, (0, 10, 20, 30), strict=True)
+        }
+        wanted = {
+            "candles": "cryptopipe_trades_accepted_total",
+            "metrics": "cryptopipe_flow_entries_read_total",
+            "archive": "cryptopipe_flow_entries_read_total",
+            "feed": "cryptopipe_feed_messages_written_total",
+        }
+        for n, u in urls.items():
+            assert wanted[n] in requests.get(u, timeout=5).text, n
 
         # Dagster's children: restarted by up, the flows ride it out.
         os.kill(web, signal.SIGKILL)

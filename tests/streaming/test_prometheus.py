@@ -106,6 +106,16 @@ def test_a_flow_fed_hostile_lines_counts_its_rejections_as_the_dlq_holds_them(
         ]
         assert read == len(messages)
         assert [lb for lb, _ in m["cryptopipe_flow_lag_entries"]] == [{"flow": "candles"}]
+        # Snapshots (every 5 s): how long the state took to serialise, and its size.
+        snap = wait_for(
+            lambda: (g := scrape(port)) and g.get("cryptopipe_snapshot_seconds_count") and g,
+            30,
+            "a snapshot",
+        )
+        assert [lb for lb, _ in snap["cryptopipe_snapshot_seconds_count"]] == [{"flow": "candles"}]
+        assert snap["cryptopipe_snapshot_seconds_count"][0][1] >= 1
+        (size,) = [v for lb, v in snap["cryptopipe_snapshot_bytes"] if lb["flow"] == "candles"]
+        assert size > 1_000  # the aggregator: the windows of several symbols and venues
     finally:
         flow.terminate()
         assert flow.wait(30) == 0
