@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -63,6 +64,16 @@ from marketdata.timeutil import day_bounds
 log = logging.getLogger(__name__)
 
 BATCH_SOURCE = "batch"
+
+
+#: The stages of :func:`run_batch_day`, in order (its ``on_stage`` progress).
+STAGES = (
+    "Spark session and the day's trade files",
+    "1m candles and the day's counts",
+    "largest trades",
+    "candles of every interval (write)",
+    "daily aggregates (write)",
+)
 
 
 class NoTradesError(ValueError):
@@ -222,6 +233,7 @@ def run_batch_day(
     *,
     exact_only: bool = False,
     use_index: bool = True,
+    on_stage: Callable[[str], None] | None = None,
 ) -> BatchResult:
     """Compute and write the day's batch candles (every interval) and aggregates.
 
@@ -234,6 +246,7 @@ def run_batch_day(
         exact_only: skip the fast path (tests use it to compare the two).
         use_index: skip deduplication when the trade files' indexes prove there
             are no duplicates (:func:`lake.tradekeys.proves_distinct`).
+        on_stage: called with each of :data:`STAGES` as it begins (progress).
 
     Returns:
         Counts and what was written.
@@ -242,21 +255,27 @@ def run_batch_day(
         NoTradesError: the lake has no trades for the day.
 
     """
+    stage = on_stage or (lambda _: None)
     started = time.monotonic()
     files = day_files(lake, day)
+    stage(STAGES[0])
     check_exact_decimals(spark)
     distinct = use_index and proves_distinct(lake, files)
     trades = read_day_trades(spark, lake, day, files)
+    stage(STAGES[1])
     m = minute_candles(trades, exact_only=exact_only, distinct=distinct)
     result = BatchResult(
         day, trades=m.trades, duplicates=m.duplicates, conflicts=m.conflicts, path=m.path
     )
     try:
+        stage(STAGES[2])
         largest = _largest(trades, m.minute)
         # Readers go back to the stream's candles for the day until the new candles
         # are reconciled (lake.published): withdrawn before the first write.
         result.run = begin_batch_run(lake, day)
+        stage(STAGES[3])
         _write_candles(lake, day, m.minute, result)
+        stage(STAGES[4])
         _write_aggregates(lake, day, daily_aggregates(m.minute, largest), result)
         result.symbols = result.aggregates  # one aggregate row per (exchange, symbol)
         end_batch_run(lake, day, result.run)

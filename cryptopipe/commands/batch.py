@@ -6,6 +6,8 @@ import argparse
 import json
 import logging
 
+from tqdm import tqdm
+
 from batch.sealing import DayNotSealedError, require_sealed
 from cryptopipe.errors import CommandError
 from lake.layout import Lake
@@ -65,15 +67,28 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise CommandError(msg, status=EXIT_UNSEALED) from None
     lake = Lake(settings.lake)
 
-    from batch.daily import NoTradesError, run_batch_day
+    from batch.daily import STAGES, NoTradesError, run_batch_day
     from batch.spark import LazySpark
 
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are noise here
     spark = LazySpark()
-    try:
-        result = run_batch_day(spark.session, lake, day, use_index=args.dedup == "auto")
-    except NoTradesError as exc:
-        raise CommandError(str(exc)) from None
+    # Progress through the stages on a terminal (tqdm leaves pipes and logs alone).
+    with tqdm(
+        total=len(STAGES), desc=f"batch {day}", unit="stage", disable=None, leave=False
+    ) as bar:
+
+        def on_stage(name: str) -> None:
+            bar.set_postfix_str(name, refresh=False)
+            bar.update(STAGES.index(name) - bar.n)
+
+        on_stage(STAGES[0])  # the JVM starts when the session is first asked for
+        try:
+            result = run_batch_day(
+                spark.session, lake, day, use_index=args.dedup == "auto", on_stage=on_stage
+            )
+        except NoTradesError as exc:
+            raise CommandError(str(exc)) from None
+        bar.update(len(STAGES) - bar.n)
     if args.format == "json":
         out = result.to_json_dict()
         out["sealed"] = status.sealed

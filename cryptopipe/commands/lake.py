@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import zipfile
 from datetime import date
 from pathlib import Path
+
+from tqdm import tqdm
 
 from batch.dump_fetch import (
     DEFAULT_BASE_URL,
@@ -95,28 +96,19 @@ def register(
 
 
 class _Progress:
-    """A one-line progress report on stderr, only when stderr is a terminal."""
+    """A file's import progress on stderr, only when it is a terminal (tqdm)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.enabled = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.last = 0.0
+        self.bar = tqdm(desc=name, unit="B", unit_scale=True, disable=None, leave=False)
 
     def __call__(self, done: int, total: int, lines: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < 0.2 and done < total):
-            return
-        self.last = now
-        pct = 100.0 * done / total if total else 100.0
-        rate = lines / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\r{self.name}: {pct:5.1f}%  {lines:,} lines  {rate:,.0f} lines/s ")
-        sys.stderr.flush()
+        if self.bar.total != total:
+            self.bar.total = total
+        self.bar.set_postfix_str(f"{lines:,} lines", refresh=False)
+        self.bar.update(done - self.bar.n)
 
     def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
+        self.bar.close()
 
 
 def _share(text: str) -> float:

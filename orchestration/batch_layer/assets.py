@@ -13,7 +13,7 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from batch.daily import NoTradesError, run_batch_day
+from batch.daily import STAGES, NoTradesError, run_batch_day
 from batch.reconcile import (
     NoKlinesError,
     read_summary,
@@ -120,7 +120,13 @@ def daily_batch(
     settings = pipeline.settings()
     try:
         seal = require_sealed(settings, day, force=config.force)
-        result = run_batch_day(spark.session(), Lake(settings.lake), day)
+        context.log.info(f"batch {day}: {STAGES[0]}")
+        result = run_batch_day(
+            spark.session(),
+            Lake(settings.lake),
+            day,
+            on_stage=lambda stage: context.log.info(f"batch {day}: {stage}"),
+        )
     except DayNotSealedError as exc:
         raise dg.Failure(f"{exc}. Wait, or run with config force: true.") from None
     except NoTradesError as exc:
