@@ -136,25 +136,46 @@ class ArchiveClock:
     The partition's watermark is its slowest venue's.
     """
 
-    __slots__ = ("clocks",)
+    __slots__ = ("clocks", "idle")
 
     def __init__(self) -> None:
         self.clocks = VenueClocks()
+        #: While the partition has carried no trade or mark: Redis ``TIME`` of the last
+        #: idle tick minus lateness and hold, so that an empty shard does not hold back
+        #: sealing. Never a venue's starting point: a venue that appears later starts
+        #: from its own trades (a replay of old history into a stack that sat idle must
+        #: not find its days sealed before they are archived).
+        self.idle = NEVER
 
     def __getstate__(self) -> tuple[Any, ...]:
-        return (self.clocks.__getstate__(),)
+        return (self.clocks.__getstate__(), None, self.idle)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.idle = NEVER
         if len(state) == 5:  # one watermark per partition: every venue goes on from it
             self.clocks = VenueClocks(template=Watermark(*state[:4]))
-        else:  # (clocks,), or (clocks, capped) from when far-ahead times were capped
-            self.clocks = VenueClocks()
-            self.clocks.__setstate__(state[0])
+            return
+        # (clocks,), (clocks, capped) from when far-ahead times were capped, or
+        # (clocks, None, idle).
+        self.clocks = VenueClocks()
+        self.clocks.__setstate__(state[0])
+        if len(state) == 3:
+            self.idle = state[2]
+        elif (t := self.clocks.template) is not None:
+            # Before ``idle``, idle ticks raised the template, which a venue appearing
+            # later copied: keep its value as the idle floor, start venues afresh.
+            self.idle = t.value
+            self.clocks.template = None
+
+    @property
+    def idle_only(self) -> bool:
+        """No trade or mark yet: the watermark is the idle ticks' (:attr:`idle`)."""
+        return not self.clocks.clocks and self.clocks.template is None
 
     @property
     def watermark(self) -> int:
-        """The slowest venue's watermark, ms (``NEVER`` before any trade or tick)."""
-        return self.clocks.low()
+        """The slowest venue's watermark, ms (before any trade: the idle ticks', or ``NEVER``)."""
+        return self.idle if self.idle_only else self.clocks.low()
 
     def advance(self, clock: int, cfg: WindowConfig) -> None:
         """The arrival clock reads ``clock`` (an entry id's ms)."""
@@ -164,14 +185,12 @@ class ArchiveClock:
         """Redis ``TIME`` while everything read is archived (the partition is idle).
 
         A partition that never carried a trade or mark has no event time to start
-        from; it follows the tick as if one had arrived just now and the hold
-        passed, so that an empty shard does not hold back sealing forever.
+        from; its watermark follows the tick as if one had arrived just now and the
+        hold passed (:attr:`idle`), so that an empty shard does not hold back sealing
+        forever.
         """
-        t = self.clocks.template
-        if not self.clocks.clocks and (t is None or t.e_max == NEVER):
-            if t is None:
-                t = self.clocks.template = Watermark()
-            t.raise_to(now_ms - cfg.lateness_ms - cfg.hold_ms)
+        if self.idle_only:
+            self.idle = max(self.idle, now_ms - cfg.lateness_ms - cfg.hold_ms)
             return
         self.advance(now_ms, cfg)
 
@@ -409,16 +428,19 @@ class PartitionArchiver:
         self.emitted_wm = NEVER
         self.counters: dict[str, int] = {}
         self._last_progress = float("-inf")
+        #: The bucket written early after an idle spell (once per bucket).
+        self._idle_written: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("cfg", "parser", "_last_progress"):
-            del state[name]
+        for name in ("cfg", "parser", "_last_progress", "_idle_written"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._last_progress = float("-inf")
+        self._idle_written = None
 
     def configure(self, cfg: ArchiveConfig) -> PartitionArchiver:
         """Attach the configuration (after unpickling); returns self."""
@@ -463,6 +485,15 @@ class PartitionArchiver:
         out: list[ArchiveWork] = []
         if ids:
             self._take(ids, fields, out)
+            p = self.pending
+            idle = self.clock.idle_only and self.clock.idle > NEVER
+            if p is not None and idle and self._idle_written != p.start:
+                # The first entries after an idle spell: the published watermark still
+                # follows Redis TIME, so every day before now reads as sealed. Written
+                # at once (as at an end of input; the complete bucket supersedes it),
+                # so the venues' own clocks are published now, not a bucket later.
+                self._idle_written = p.start
+                out.append(self._flush(complete=False))
         if tick_ms is not None:
             p = self.pending
             if p is not None and tick_ms >= p.end + self.cfg.close_margin_ms:

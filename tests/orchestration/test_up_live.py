@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -296,9 +295,10 @@ def test_a_supervised_stack_heals_and_sigkill_leaves_nothing(tmp_path: Path) -> 
 
     The sensor starts the flows and the feed; webserver and daemon killed: restarted,
     flows undisturbed; the local Redis killed: restarted, flows and feed ride it out;
-    the candles flow and the feed killed: restarted by the sensor; a flow killed during
-    a 4-day backfill: restarted within 30 s, batch runs still waiting; the candles stay
-    exact throughout; no run failed but the backfill's; ``up`` SIGKILLed: nothing left.
+    the candles flow and the feed killed: restarted by the sensor; each process serves
+    Prometheus metrics on its port; the candles stay exact throughout; no run failed;
+    ``up`` SIGKILLed: nothing left. (A flow killed during a backfill:
+    ``test_ui_backfill.py``.)
     """
     url = f"redis://127.0.0.1:{free_port()}/0"
     up = Up(
@@ -384,51 +384,8 @@ def test_a_supervised_stack_heals_and_sigkill_leaves_nothing(tmp_path: Path) -> 
         assert feed_back
         assert not [r for r in dagster_runs(tmp_path) if r[1] == "FAILURE"]
 
-        # A 4-day backfill through the daemon's queue, and a flow killed meanwhile:
-        # restarted within 30 s, while batch runs still wait (one at a time).
-        today = datetime.now(tz=UTC).date()
-        days = ",".join(str(today - timedelta(days=d)) for d in range(4, 0, -1))
-        backfill = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "dagster"),
-                "job",
-                "backfill",
-                "-j",
-                "daily_batch_job",
-                "--partitions",
-                days,
-                "-w",
-                str(ROOT / "workspace.yaml"),
-                "--noprompt",
-            ],
-            env={**up.env, "DAGSTER_HOME": str(tmp_path / "dagster")},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert backfill.returncode == 0, backfill.stdout + backfill.stderr
-        running = wait_for(lambda: flow_pids(up, ("metrics",)), 30, "the metrics flow")
-        assert isinstance(running, dict)
-        metrics_pid = running["metrics"]
-        killed_at = time.monotonic()
-        os.kill(metrics_pid, signal.SIGKILL)
-        # Restarted = a new process of the flow runs (its own start-up, bytewax and
-        # imports, then follows; that is the flow's time, not the supervisor's).
-        wait_for(
-            lambda: flow_pid(up, "metrics") not in (None, metrics_pid),
-            30,
-            "the metrics flow to be restarted within 30 s during the backfill",
-        )
-        took = time.monotonic() - killed_at
-        batch = [st for job, st in dagster_runs(tmp_path) if job == "daily_batch_job"]
-        assert len(batch) == 4
-        assert [st for st in batch if st in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")], (
-            f"the backfill was over before the restart ({took:.0f} s): nothing was shown"
-        )
-        others = [r for r in dagster_runs(tmp_path) if r[0] != "daily_batch_job"]
-        assert not [r for r in others if r[1] == "FAILURE"], others
+        # (A flow killed during a backfill: tests/orchestration/test_ui_backfill.py.)
+        assert not [r for r in dagster_runs(tmp_path) if r[1] == "FAILURE"]
         assert closed_1m_exact(client) >= 8
         # What the API serves is what the command line prints.
         api = up.wait_line(r"api: (http://\S+)/api/candles", 5)[1]

@@ -21,7 +21,7 @@ from marketdata.parsing import FORMAT_WS
 from marketdata.rawmessage import ProgressMark, RawMessage
 from marketdata.simulator import KIND_MALFORMED, SimConfig, simulate
 from marketdata.trade import Trade
-from marketdata.watermark import NEVER
+from marketdata.watermark import NEVER, Watermark
 from redisstore.streamids import id_ms, join_id, parse_id
 from streaming import archive as archive_module
 from streaming.archive import (
@@ -463,3 +463,42 @@ def test_a_venue_appearing_with_older_trades_holds_its_partition_back() -> None:
     marks = [w.watermark for w in works if w.watermark is not None]
     assert marks and min(marks) < k_start + 60_000 and max(marks) < high
     assert arch.watermark == arch.clock.clocks.of("kraken").value
+
+
+def test_history_written_into_an_idle_partition_is_not_sealed_before_it_is_archived() -> None:
+    """An archive flow idle for a while (its watermark following Redis TIME), then old
+    history written at full speed: the first file out must not carry a watermark past
+    what is written (it used to: the first venue started from the idle ticks' clock,
+    which sealed every day of the history before the rest of it was archived)."""
+    cfg = ArchiveConfig(bucket_ms=60_000, trim_guard_snapshots=0, max_file_entries=500)
+    arch = PartitionArchiver(STREAM, cfg)
+    now = T0 + 400 * 86_400_000  # the history is 400 days old
+    (idle,) = arch.process([], [], now, 0.0)
+    assert idle.watermark == now - cfg.window.lateness_ms - cfg.window.hold_ms
+    # Two hours of history, written in half a second (ids at "now").
+    ids, fields = entries_of(market(seed=4, rate=2.0, duration=7_200), id_offset_ms=now - T0)
+    ids = [join_id(now + i // 4_000, i % 4_000) for i in range(len(ids))]
+    works = arch.process(ids, fields)
+    written = [w for w in works if w.source is not None]
+    assert written and arch.open_entries > 0  # files out, the rest of the bucket open
+    for w in written:
+        newest = max(trades_from_table(w.trades), key=lambda t: t.event_time).event_time
+        assert w.watermark is not None and w.watermark <= newest, "sealed past the files"
+    # Once the bucket is written too, the clock is the history's, still not "now".
+    (last,) = arch.process([], [], now + 70_000, 1.0)[-1:]
+    assert last.watermark is not None and last.watermark < T0 + 7_200_000
+    # A bucket not cut at all: written at once all the same (partial, superseded by the
+    # complete bucket later), so the venues' clocks replace the idle one now.
+    whole = PartitionArchiver(STREAM, replace(cfg, max_file_entries=100_000))
+    whole.process([], [], now, 0.0)
+    (early,) = whole.process(ids, fields)
+    assert early.source is not None and not early.complete and early.entries == len(ids)
+    assert early.watermark is not None and early.watermark < T0 + 7_200_000
+    # A snapshot taken before this change (the idle ticks in the template) restores with
+    # them as the idle floor, and a venue appearing afterwards starts from its own trades.
+    old = ArchiveClock()
+    old.clocks.template = Watermark()
+    old.clocks.template.raise_to(now)
+    clock = ArchiveClock()
+    clock.__setstate__((old.clocks.__getstate__(),))
+    assert clock.idle == now and clock.clocks.template is None
