@@ -80,8 +80,20 @@ FEED_GAPS = Counter(
     registry=REGISTRY,
 )
 
-#: The feed this process runs (``cryptopipe feed NAME``), for the feed counters' label.
-FEED_NAME: list[str] = []
+class _ThisProcess:
+    """What this process is, as its metrics say it.
+
+    Attributes:
+        feed: the feed it runs (``cryptopipe feed NAME``), the feed counters' label;
+            ``None`` in a flow.
+        port: the port it serves ``/metrics`` on, once it does (its heartbeat says it).
+    """
+
+    feed: str | None = None
+    port: int | None = None
+
+
+_PROCESS = _ThisProcess()
 
 Source = Callable[[], Iterable[Metric]]
 
@@ -95,8 +107,8 @@ def observe_snapshot(flow: str, started: float, data: bytes) -> bytes:
 
 def count_feed(counter: Counter, n: int = 1) -> None:
     """Add ``n`` to a feed counter of this process's feed (none: not a feed process)."""
-    if FEED_NAME and n:
-        counter.labels(FEED_NAME[0]).inc(n)
+    if _PROCESS.feed is not None and n:
+        counter.labels(_PROCESS.feed).inc(n)
 
 
 class _Sources(Collector):
@@ -129,13 +141,15 @@ def add_source(source: Source) -> None:
     _SOURCES.add(source)
 
 
-#: The port this process serves ``/metrics`` on, once it does (its heartbeat says it).
-_SERVED: list[int] = []
-
-
 def served_port() -> int | None:
     """The port of this process's ``/metrics``, or ``None`` when it serves none."""
-    return _SERVED[0] if _SERVED else None
+    return _PROCESS.port
+
+
+def serve_feed(feed: str, port: int) -> int | None:
+    """A feed process: label its counters with ``feed`` and serve ``/metrics`` on ``port``."""
+    _PROCESS.feed = feed
+    return serve(port)
 
 
 def serve(port: int) -> int | None:
@@ -149,7 +163,7 @@ def serve(port: int) -> int | None:
     except OSError as exc:
         log.error("metrics: cannot serve on 127.0.0.1:%d (%s): no /metrics here", port, exc)
         return None
-    _SERVED[:] = [port]
+    _PROCESS.port = port
     log.info("metrics: http://127.0.0.1:%d/metrics", port)
     return port
 

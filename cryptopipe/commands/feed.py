@@ -40,6 +40,5 @@ def cmd_feed(feed: Feed, args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None:
         from streaming import prom
 
-        prom.FEED_NAME[:] = [feed.name]
-        prom.serve(args.metrics_port)
+        prom.serve_feed(feed.name, args.metrics_port)
     return feed.run(args, settings, stop_event_on_signals())
