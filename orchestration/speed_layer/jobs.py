@@ -78,13 +78,27 @@ def restart_flow(
     _act(context, config, flow_supervisor, "restart")
 
 
-@dg.job(tags=FLOW_CONTROL_TAGS, description="Start one flow or all of them (config: flow).")
+#: Flow control runs its one step in the run's own process: the default multiprocess
+#: executor would start a second Python process for it, which on a loaded 2-core
+#: machine (a Spark batch running) added about 10 s to a restart (docs/operations.md).
+_IN_PROCESS = dg.in_process_executor
+
+
+@dg.job(
+    tags=FLOW_CONTROL_TAGS,
+    executor_def=_IN_PROCESS,
+    description="Start one flow or all of them (config: flow).",
+)
 def start_flows() -> None:
     """Start flows."""
     start_flow()
 
 
-@dg.job(tags=FLOW_CONTROL_TAGS, description="Stop one flow or all of them (config: flow).")
+@dg.job(
+    tags=FLOW_CONTROL_TAGS,
+    executor_def=_IN_PROCESS,
+    description="Stop one flow or all of them (config: flow).",
+)
 def stop_flows() -> None:
     """Stop flows."""
     stop_flow()
@@ -92,6 +106,7 @@ def stop_flows() -> None:
 
 @dg.job(
     tags=FLOW_CONTROL_TAGS,
+    executor_def=_IN_PROCESS,
     description="Restart one flow or all of them (config: flow); the health sensor uses it.",
 )
 def restart_flows() -> None:

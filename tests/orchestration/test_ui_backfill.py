@@ -150,6 +150,7 @@ def test_a_backfill_launched_as_the_ui_does_runs_every_day_through_the_daemon(
             "the metrics flow to be restarted within 30 s during the backfill",
         )
         took = time.monotonic() - killed_at
+        print(f"metrics flow restarted {took:.1f} s after its SIGKILL, during the backfill")
         waiting = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
         assert len(batch_runs()) < len(DAYS) or [s for s in batch_runs() if s in waiting], (
             f"the backfill was over before the restart ({took:.0f} s): nothing was shown"

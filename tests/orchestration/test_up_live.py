@@ -27,6 +27,7 @@ from marketdata.candle import fold_trades
 from marketdata.interval import Interval
 from marketdata.parsing import parse_message
 from marketdata.rawmessage import F_MARK, RawMessage
+from marketdata.settings import Settings
 from marketdata.trade import Trade
 from redisstore.keys import (
     DLQ_STREAM,
@@ -37,6 +38,7 @@ from redisstore.keys import (
     series_key,
 )
 from serving.stream import StreamCandleReader
+from streaming.supervisor import Supervisor
 from tests.processes import ROOT, leftovers, log_tails, run_cryptopipe
 
 #: Fresh-home starts in a row (the issue asks for ten: CRYPTOPIPE_FRESH_STARTS=10, verified
@@ -151,14 +153,22 @@ def metrics_urls(up: Up, names: tuple[str, ...]) -> dict[str, str]:
 
 
 def flow_pid(up: Up, name: str) -> int | None:
-    """The pid of a flow's process, running or starting, by ``status``."""
-    out = run_cryptopipe(up.env, "status", "--format", "json")
-    if out.returncode not in (0, 1) or not out.stdout:
+    """The pid of a flow's process, running or starting, as ``status`` reports it.
+
+    Asked in this process (the supervisor's own status, which ``status`` prints), not
+    by running ``cryptopipe status``: polled twice a second while a restart is timed,
+    a new Python process each time would take a core of this 2-core machine from the
+    restart being timed.
+    """
+    settings = Settings(redis_url=up.env["REDIS_URL"], home=up.home)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        st = Supervisor(settings, client).status(name)
+    except redis.RedisError:
         return None
-    for s in json.loads(out.stdout)["flows"]:
-        if s["flow"] == name and s["state"] in ("running", "starting") and s["pid"]:
-            return int(s["pid"])
-    return None
+    finally:
+        client.close()
+    return st.pid if st.state in ("running", "starting") and st.pid else None
 
 
 def test_a_second_up_is_refused_at_once_and_the_first_is_untouched(tmp_path: Path) -> None:
