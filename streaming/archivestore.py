@@ -5,6 +5,8 @@ The logic is :mod:`streaming.archive`, the wiring :mod:`streaming.flows.archive`
 :class:`~streaming.archive.ArchiveWork` a worker receives (through
 :class:`streaming.sinks.FlowSink`), in order:
 
+0. a watermark lower than the published one goes out first (lowering only delays
+   sealing; raising waits for the files, as below);
 1. each range's files are written (:class:`lake.writer.LakeWriter`: hidden temporary
    name, fsync, atomic rename, fsync of the directory); then other files of the same
    stream starting at the same entry are removed: they hold the same bucket written
@@ -145,6 +147,9 @@ class ArchiveStore:
 
         The rejections of the files written go to the rejection log.
         """
+        lows = [w.watermark for w in works if w.source is not None and w.watermark is not None]
+        if lows:
+            self.lower_first(min(lows))
         entries = 0
         for w in works:
             if self.write_files(w) is not None:
@@ -154,6 +159,18 @@ class ArchiveStore:
         if entries:  # files were written: give their buffers back to the system
             release_free_memory()
         return entries
+
+    def lower_first(self, watermark: int) -> None:
+        """Lower the archive watermark to ``watermark`` now, before files are written.
+
+        Raising waits until the files are durable (:meth:`publish`); lowering never
+        needs to wait (it only delays sealing), and must not: files of older trades
+        (a venue that appears with older history) would otherwise be in the lake for a
+        moment under a watermark that still says their days are sealed.
+        """
+        current = self.client.get(ARCHIVE_WATERMARK_KEY)
+        if current is not None and int(current) > watermark:
+            self.client.set(ARCHIVE_WATERMARK_KEY, watermark)
 
     def finish(self) -> None:
         """The flow ends: log the rejections written since the last line."""

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from lake.arrow import trades_table
+from lake.layout import SourceRange
+from marketdata.trade import Trade
 from redisstore.keys import ARCHIVE_PARTITIONS_KEY, ARCHIVE_WATERMARK_KEY, RAW_STREAM
 from redisstore.streamids import join_id
 from streaming.archive import ArchiveWork
@@ -55,3 +60,28 @@ def test_a_partition_watermark_follows_the_archived_position(
     assert publish(RAW_STREAM, 6_000, b"11-0") == 5_000
     assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == 5_000
     assert redis_client.hget(ARCHIVE_PARTITIONS_KEY, f"@{RAW_STREAM}") == b"11-0"
+
+
+def test_a_lower_watermark_goes_out_before_its_files(redis_client: Any, tmp_path: Path) -> None:
+    """Files of older trades are never in the lake under a watermark that says their
+    day is sealed: the lowered value is published before the files are written."""
+    lake = tmp_path / "lake"
+    store = ArchiveStore(str(lake), redis_client, [RAW_STREAM], durable=False)
+    assert store.publish([ArchiveWork(RAW_STREAM, archived_id=b"10-0", watermark=9_000)], 0)
+    assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == 9_000
+    lake.mkdir(exist_ok=True)
+    (lake / "trades").write_text("not a directory")  # the files cannot be written
+    older = ArchiveWork(
+        RAW_STREAM,
+        source=SourceRange.stream(RAW_STREAM, b"11-0", b"11-0"),
+        trades=trades_table([Trade("binance", "BTCUSDT", 1, 10**8, 10**8, 5_000, False)]),
+        archived_id=b"11-0",
+        watermark=4_000,
+    )
+    with pytest.raises(OSError):
+        store.stage([older])
+    # What went out before the files stays: the lower value.
+    assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == 4_000
+    # A higher one waits for its files (publish, after stage).
+    assert store.stage([ArchiveWork(RAW_STREAM, archived_id=b"12-0", watermark=20_000)]) == 0
+    assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == 4_000
