@@ -80,6 +80,7 @@ FEED_GAPS = Counter(
     registry=REGISTRY,
 )
 
+
 class _ThisProcess:
     """What this process is, as its metrics say it.
 
