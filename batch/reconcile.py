@@ -229,11 +229,7 @@ def _write_report(lake: Lake, day: date, name: str, content: dict[str, Any]) -> 
 def read_summary(settings: Settings, day: date) -> dict[str, Any] | None:
     """The reconciliation summary of ``day`` from the lake, or ``None`` if never reconciled."""
     lake = Lake(settings.lake)
-    path = f"{lake.path(RECONCILIATION_DIR, partition(day))}/summary.json"
-    if not lake.exists(path):
-        return None
-    loaded: dict[str, Any] = json.loads(lake.read_bytes(path))
-    return loaded
+    return lake.read_json(f"{lake.path(RECONCILIATION_DIR, partition(day))}/summary.json")
 
 
 def reconcile_klines_day(

@@ -319,6 +319,13 @@ class Lake:
         with self.fs.open_input_stream(path) as f:
             return bytes(f.read())
 
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        """A small JSON object's content, or ``None`` when the file is absent."""
+        if not self.exists(path):
+            return None
+        loaded: dict[str, Any] = json.loads(self.read_bytes(path))
+        return loaded
+
 
 #: This host, as it appears in temporary file names (no ``-`` or ``.``: the name splits).
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", os.uname().nodename)[:40] or "host"

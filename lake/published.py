@@ -49,13 +49,6 @@ def _file(lake: Lake, top: str, day: date) -> str:
     return lake.path(top, f"{partition(day)}.json")
 
 
-def _read(lake: Lake, path: str) -> dict[str, Any] | None:
-    if not lake.exists(path):
-        return None
-    loaded: dict[str, Any] = json.loads(lake.read_bytes(path))
-    return loaded
-
-
 def withdraw(where: Settings | Lake | str, day: date) -> None:
     """Stop serving ``day`` from the batch (before its batch candles are replaced)."""
     lake = as_lake(where)
@@ -95,7 +88,7 @@ def batch_run(where: Settings | Lake | str, day: date) -> str | None:
     record (a lake from before these records, candles written by other tools).
     """
     lake = as_lake(where)
-    found = _read(lake, _file(lake, _BATCH, day))
+    found = lake.read_json(_file(lake, _BATCH, day))
     if found is None:
         return UNRECORDED
     if not found.get("complete"):

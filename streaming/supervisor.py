@@ -142,6 +142,12 @@ def metrics_port(settings: Settings, name: str) -> int | None:
     return settings.metrics_port_base + METRICS_PORT_OFFSETS[name]
 
 
+def metrics_args(settings: Settings, name: str) -> list[str]:
+    """``--metrics-port P`` for process ``name``'s command line (none: metrics are off)."""
+    port = metrics_port(settings, name)
+    return [] if port is None else ["--metrics-port", str(port)]
+
+
 class Supervisor:
     """Starts, stops and inspects flows of one ``--home`` and Redis."""
 
@@ -174,8 +180,7 @@ class Supervisor:
         if name not in ALL:
             msg = f"unknown flow {name!r}: use one of {', '.join(ALL)}"
             raise ValueError(msg)
-        port = metrics_port(self.settings, name)
-        prom = [] if port is None else ["--metrics-port", str(port)]
+        prom = metrics_args(self.settings, name)
         if name == FEED:
             return [sys.executable, "-m", "cryptopipe", "feed", *self.feed_args(), *prom]
         extra = self.flow_args.get(name, [])

@@ -46,7 +46,7 @@ from marketdata.settings import Settings
 from redisstore.conn import connect_settings, redact
 from streaming.feeds import DEFAULT_FEED, FEEDS
 from streaming.owner import OWNER_ENV, owner_token
-from streaming.supervisor import FEED, FLOWS, Supervisor, metrics_port
+from streaming.supervisor import FEED, FLOWS, Supervisor, metrics_args, metrics_port
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +297,7 @@ class Stack:
             self.group.start("api", _cli("serve", "--host", host, "--port", port), self.env)
             print(f"api: http://{host}:{port}/api/candles", flush=True)
         if feed and self.args.no_dagster:
-            prom_port = metrics_port(self.settings, FEED)
-            prom = [] if prom_port is None else ["--metrics-port", str(prom_port)]
+            prom = metrics_args(self.settings, FEED)
             self.group.start(f"feed-{feed[0]}", _cli("feed", *feed, *prom), self.env)
 
     def announce(self, feed: list[str] | None) -> None:

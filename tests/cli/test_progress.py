@@ -15,7 +15,7 @@ import pytest
 
 from batch.daily import STAGES
 from tests.batch.test_batch_job import csv_line, generate_trades
-from tests.processes import ROOT
+from tests.processes import ROOT, run_cryptopipe
 
 
 def run_on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -65,14 +65,6 @@ def test_import_and_batch_show_progress_on_a_terminal_only(tmp_path: Path) -> No
     assert f"/{len(STAGES)}" in term
 
     # Not a terminal: the same commands print no progress at all.
-    piped = subprocess.run(
-        [sys.executable, "-m", "cryptopipe", "batch", "run", "--date", "2025-03-14"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    piped = run_cryptopipe(env, "batch", "run", "--date", "2025-03-14", timeout=120)
     assert piped.returncode == 0, piped.stderr
     assert not any(stage in piped.stderr for stage in STAGES), piped.stderr

@@ -27,18 +27,17 @@ from lake.published import is_published
 from marketdata.interval import Interval
 from marketdata.settings import Settings
 from marketdata.timeutil import DAY_MS, day_start_ms
+from orchestration.definitions import defs
 from serving.merged import reader_for
 from tests.orchestration.test_up_live import Up, dagster_runs, flow_pid, flow_pids, wait_for
 from tests.processes import run_cryptopipe
 
 DAYS = [date(2025, 3, 14), date(2025, 3, 15)]
+#: What the UI selects: every asset of the batch layer's group (the daily job's).
 BATCH_ASSETS = [
-    "archived_trades",
-    "batch_candles",
-    "daily_aggregates",
-    "stream_candles",
-    "reconciliation",
-    "served_candles",
+    spec.key.to_user_string()
+    for spec in defs.resolve_all_asset_specs()
+    if spec.group_name == "batch_layer"
 ]
 
 LAUNCH = """
