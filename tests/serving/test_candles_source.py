@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from marketdata.interval import Interval
 from marketdata.records import SOURCE_BATCH
 from marketdata.trade import Trade
 from streaming.candlestore import CandleStore, CandleWrites
+from tests.processes import run_cryptopipe
 
 DAY = date(2025, 3, 14)
 T0 = 1_741_910_400_000
@@ -38,27 +37,8 @@ def c(minute: int, price: int, ex: str = "binance") -> Candle:
 
 
 def candles(env: dict[str, str], source: str, *extra: str) -> list[dict]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cryptopipe",
-            "candles",
-            "BTCUSDT",
-            "--interval",
-            "1m",
-            "--source",
-            source,
-            "--format",
-            "json",
-            *extra,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    argv = ["candles", "BTCUSDT", "--interval", "1m", "--source", source, "--format", "json"]
+    out = run_cryptopipe(env, *argv, *extra, timeout=120)
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines()]
 
