@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from marketdata.rawmessage import ProgressMark, RawMessage
-from streaming.rawlog import RawLogWriter
+from streaming.rawlog import PayloadChunk, RawLogWriter
 
 #: How often (wall seconds) a feed writes its progress marks while it is alive: twice
 #: a second, so that a quiet venue's windows close within lateness + 1 s with margin.
@@ -70,6 +70,81 @@ class Progress:
             self.stream.flush()
 
 
+class MarkClock:
+    """When a feed's progress marks are due, and their event time (see :class:`PacedWriter`).
+
+    Marks of every venue, at least every ``mark_every_s`` of wall time (or when
+    forced), at the largest timeline time reached so far; never lower than the last.
+    """
+
+    def __init__(
+        self,
+        venues: tuple[str, ...],
+        mark_every_s: float,
+        clock: Callable[[], float],
+        recv_ms: Callable[[], int],
+    ) -> None:
+        self.venues = venues
+        self.mark_every_s = mark_every_s
+        self.clock = clock
+        self.recv_ms = recv_ms
+        #: The event time of the last marks written (``None``: none yet).
+        self.marked: int | None = None
+        self.last = clock()
+
+    def due(
+        self, reached: int | None, *, force: bool = False, now: float | None = None
+    ) -> list[ProgressMark]:
+        """The marks to write now (after what reached ``reached``), or none."""
+        now = self.clock() if now is None else now
+        if (
+            not self.venues
+            or reached is None
+            or not (force or now - self.last >= self.mark_every_s)
+        ):
+            return []
+        self.marked = reached if self.marked is None else max(self.marked, reached)
+        stamp = self.recv_ms()
+        self.last = now
+        return [ProgressMark(v, self.marked, stamp) for v in self.venues]
+
+
+def write_chunks(
+    writer: RawLogWriter,
+    chunks: Iterable[tuple[PayloadChunk, int | None]],
+    *,
+    venues: tuple[str, ...] = (),
+    should_stop: Callable[[], bool] = lambda: False,
+    on_batch: Callable[[int], None] | None = None,
+    mark_every_s: float = MARK_EVERY_S,
+    clock: Callable[[], float] = time.monotonic,
+    recv_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+) -> int:
+    """Write ``(chunk, reached)`` pairs as fast as Redis takes them; how many messages.
+
+    ``reached`` is the largest timeline time among the chunk's messages (``None``:
+    none). Progress marks as :class:`PacedWriter` writes them at ``--speed max``: after
+    a chunk when due, and once at the end. Stops after a chunk when ``should_stop``.
+    """
+    marks = MarkClock(venues, mark_every_s, clock, recv_ms)
+    written = 0
+    top: int | None = None
+    for chunk, reached in chunks:
+        if reached is not None:
+            top = reached if top is None else max(top, reached)
+        writer.write_chunk(chunk, marks.due(top))
+        written += len(chunk.payloads)
+        if on_batch is not None:
+            on_batch(written)
+        if should_stop():
+            break
+    last = marks.due(top, force=True)
+    if last:
+        writer.write_chunk(PayloadChunk([], "", 0), last)
+    writer.flush()
+    return written
+
+
 class PacedWriter:
     """Writes timed messages to the raw log, keeping their spacing at ``speed``.
 
@@ -113,8 +188,12 @@ class PacedWriter:
         self.venues = venues
         self.mark_every_s = mark_every_s
         self.recv_ms = recv_ms
-        #: The event time of the last marks written (``None``: none yet).
-        self.marked: int | None = None
+        self._marks = MarkClock(venues, mark_every_s, clock, recv_ms)
+
+    @property
+    def marked(self) -> int | None:
+        """The event time of the last marks written (``None``: none yet)."""
+        return self._marks.marked
 
     def run(
         self,
@@ -124,7 +203,7 @@ class PacedWriter:
         """Write ``(timeline_ms, message)`` pairs in order; returns how many were written."""
         self._batch: list[RawMessage] = []
         self._on_batch = on_batch
-        self._w0 = self._last_flush = self._last_mark = self.clock()
+        self._w0 = self._last_flush = self._marks.last = self.clock()
         self._t0: int | None = None
         self._reached: int | None = None  # the largest timeline time written or waited to
         self._written = 0
@@ -152,17 +231,7 @@ class PacedWriter:
     def _flush(self, *, force_marks: bool = False) -> None:
         """Write the batch, then the marks when they are due (or ``force_marks``)."""
         now = self.clock()
-        marks: list[ProgressMark] = []
-        reached = self._reached
-        if (
-            self.venues
-            and reached is not None
-            and (force_marks or now - self._last_mark >= self.mark_every_s)
-        ):
-            self.marked = reached if self.marked is None else max(self.marked, reached)
-            stamp = self.recv_ms()
-            marks = [ProgressMark(v, self.marked, stamp) for v in self.venues]
-            self._last_mark = now
+        marks = self._marks.due(self._reached, force=force_marks, now=now)
         if self._batch or marks:
             self.writer.write(self._batch, marks)
             self._written += len(self._batch)
@@ -181,7 +250,7 @@ class PacedWriter:
             if wait <= 0:
                 return True
             if self.venues:
-                wait = min(wait, max(0.0, self._last_mark + self.mark_every_s - self.clock()))
+                wait = min(wait, max(0.0, self._marks.last + self.mark_every_s - self.clock()))
             self.sleep(wait)
             if self.venues and self._t0 is not None and self.speed is not None:
                 # Where the pacing is now on the timeline, short of the next message.
