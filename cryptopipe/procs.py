@@ -32,10 +32,15 @@ class Child:
         return self.proc.poll() is None
 
 
-def die_with_parent() -> None:
-    """In the child: SIGTERM when the parent dies, even by SIGKILL (Linux prctl)."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In the child: ``sig`` when the parent dies, even by SIGKILL (Linux prctl)."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
+def killed_with_parent() -> None:
+    """In the child: SIGKILL when the parent dies (it shares the parent's fate)."""
+    die_with_parent(signal.SIGKILL)
 
 
 @dataclass

@@ -38,6 +38,56 @@ DEFAULT_APPEND_DEDUPE_MS = 2 * 86_400_000
 #: Where ``lake fetch`` downloads Binance's public dumps from.
 DEFAULT_BINANCE_DATA_URL = "https://data.binance.vision"
 
+#: Flows whose processes and workers are settings (``CRYPTOPIPE_<FLOW>_PROCESSES`` and
+#: ``_WORKERS``). Their partitions are the raw log's shards; the metrics flow reads one
+#: stream (the closed-candle events), so more of it would only wait.
+SCALABLE_FLOWS = ("candles", "archive")
+#: Processes of one flow on one machine: each serves Prometheus on its flow's port + its
+#: index, and the flows' ports are ten apart (:data:`streaming.supervisor.METRICS_PORT_OFFSETS`).
+MAX_FLOW_PROCESSES = 10
+#: Workers (threads) of one flow process; past the cores the GIL makes more useless.
+MAX_FLOW_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class FlowScale:
+    """How many bytewax processes, and workers in each, run one flow.
+
+    Every worker of every process takes some of the flow's partitions (the raw log's
+    shards); more workers than shards leave some idle.
+    """
+
+    processes: int = 1
+    workers: int = 1
+
+    @property
+    def args(self) -> list[str]:
+        """``cryptopipe stream run`` options for this scale (none for one worker)."""
+        out = []
+        if self.processes != 1:
+            out += ["--processes", str(self.processes)]
+        if self.workers != 1:
+            out += ["--workers", str(self.workers)]
+        return out
+
+
+def _env_scales(environ: Mapping[str, str] | None = None) -> tuple[tuple[str, FlowScale], ...]:
+    """The scale of every flow of :data:`SCALABLE_FLOWS` that is not one worker."""
+    out = []
+    for flow in SCALABLE_FLOWS:
+        values = {}
+        for what, most in (("processes", MAX_FLOW_PROCESSES), ("workers", MAX_FLOW_WORKERS)):
+            var = f"CRYPTOPIPE_{flow.upper()}_{what.upper()}"
+            value = env_int(var, 1, environ, unit=what)
+            if not 1 <= value <= most:
+                msg = f"{var}={value}: give 1 to {most}"
+                raise ValueError(msg)
+            values[what] = value
+        scale = FlowScale(**values)
+        if scale != FlowScale():
+            out.append((flow, scale))
+    return tuple(out)
+
 
 @overload
 def env_int(
@@ -126,6 +176,9 @@ class Settings:
         metrics_port_base: when set, the supervised flows and feed serve Prometheus
             ``/metrics`` on ports from this one (``CRYPTOPIPE_METRICS_PORT_BASE``; the
             supervisor gives each its offset).
+        flow_scales: processes and workers of the supervised flows that are not
+            one of each (``CRYPTOPIPE_CANDLES_PROCESSES`` and the rest: see
+            :data:`SCALABLE_FLOWS`); read with :meth:`scale`.
 
     """
 
@@ -143,6 +196,11 @@ class Settings:
     closed_events_maxlen: int = DEFAULT_CLOSED_EVENTS_MAXLEN
     append_dedupe_ms: int = DEFAULT_APPEND_DEDUPE_MS
     metrics_port_base: int | None = None
+    flow_scales: tuple[tuple[str, FlowScale], ...] = ()
+
+    def scale(self, flow: str) -> FlowScale:
+        """How many processes and workers run ``flow`` (one of each unless set)."""
+        return dict(self.flow_scales).get(flow, FlowScale())
 
     @classmethod
     def from_env(cls, redis_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -205,6 +263,7 @@ class Settings:
             closed_events_maxlen=bounds["CRYPTOPIPE_CLOSED_EVENTS_MAXLEN"],
             append_dedupe_ms=bounds["CRYPTOPIPE_APPEND_DEDUPE_MS"],
             metrics_port_base=port_base,
+            flow_scales=_env_scales(),
         )
 
     def env(self) -> dict[str, str]:
@@ -238,6 +297,9 @@ class Settings:
             out["CRYPTOPIPE_BINANCE_DATA_URL"] = self.binance_data_url
         if self.metrics_port_base is not None:
             out["CRYPTOPIPE_METRICS_PORT_BASE"] = str(self.metrics_port_base)
+        for flow, scale in self.flow_scales:
+            out[f"CRYPTOPIPE_{flow.upper()}_PROCESSES"] = str(scale.processes)
+            out[f"CRYPTOPIPE_{flow.upper()}_WORKERS"] = str(scale.workers)
         return out
 
     @property

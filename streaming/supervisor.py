@@ -183,7 +183,7 @@ class Supervisor:
         prom = metrics_args(self.settings, name)
         if name == FEED:
             return [sys.executable, "-m", "cryptopipe", "feed", *self.feed_args(), *prom]
-        extra = self.flow_args.get(name, [])
+        extra = [*self.settings.scale(name).args, *self.flow_args.get(name, [])]
         return [sys.executable, "-m", "cryptopipe", "stream", "run", name, *extra, *prom]
 
     def set_feed(self, args: list[str]) -> None:

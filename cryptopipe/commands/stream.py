@@ -192,13 +192,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_processes(argv: list[str], env: dict[str, str], processes: int) -> int:
     from cryptopipe.localredis import free_port
+    from cryptopipe.procs import killed_with_parent
 
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     env = {**env, "CRYPTOPIPE_FLOW_PID": str(os.getpid())}
+    # The processes are one flow, known by this pid: a SIGKILL of it (a supervisor
+    # restarting a stalled flow) kills them too, as it would kill a one-process flow.
     children = [
         subprocess.Popen(
             [*argv, "-i", str(i), "-a", addresses],
             env={**env, "CRYPTOPIPE_PROCESS_ID": str(i)},
+            preexec_fn=killed_with_parent,
         )
         for i in range(processes)
     ]

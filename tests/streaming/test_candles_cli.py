@@ -288,6 +288,74 @@ def test_two_workers_and_two_processes_give_the_candles_of_one(
     assert one[1] == day.rejected
 
 
+def test_dagster_starts_the_candles_flow_at_its_configured_scale(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CRYPTOPIPE_CANDLES_PROCESSES/_WORKERS reach the flow Dagster's start job runs; the
+    two processes count what one counts; a SIGKILL of the flow's pid takes both."""
+
+    from orchestration.resources import FlowSupervisorResource, PipelineResource
+    from orchestration.speed_layer.jobs import start_flows
+    from streaming import proctable
+
+    day = gen_day(32, n=20_000, symbols=("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"))
+    ids = day.stream_ids()
+    base = redis_url.rsplit("/", 1)[0]
+    one_url, scaled_url = f"{base}/4", f"{base}/5"
+    one, scaled = redis.Redis.from_url(one_url), redis.Redis.from_url(scaled_url)
+    for client in (one, scaled):
+        _write_sharded(client, day.entries, ids, 2)
+    # The reference: one process, to the end of its input.
+    env = flow_env(one_url, tmp_path / "one", CRYPTOPIPE_RAW_SHARDS="2")
+    out = cli("stream", "run", "candles", "--exit-when-idle", "2", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def counts(client: redis.Redis) -> list[dict]:
+        return [
+            {k: v for k, v in client.hgetall(counts_key("candles", s)).items() if k != b"watermark"}
+            for s in raw_stream_names(2)
+        ]
+
+    for key in [k for k in os.environ if k.startswith("CRYPTOPIPE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CRYPTOPIPE_RAW_SHARDS", "2")
+    monkeypatch.setenv("CRYPTOPIPE_CANDLES_PROCESSES", "2")
+    monkeypatch.setenv("CRYPTOPIPE_CANDLES_WORKERS", "2")
+    resource = FlowSupervisorResource(
+        pipeline=PipelineResource(redis_url=scaled_url, home=str(tmp_path / "scaled")),
+        flows=["candles"],
+    )
+    sup = resource.supervisor()
+    try:
+        result = start_flows.execute_in_process(
+            run_config={"ops": {"start_flow": {"config": {"flow": "candles"}}}},
+            resources={"flow_supervisor": resource},
+        )
+        assert result.success
+        pid = sup.pid("candles")
+        assert pid is not None
+        deadline = time.monotonic() + 90
+        while counts(scaled) != counts(one):
+            assert time.monotonic() < deadline, (counts(scaled), counts(one))
+            time.sleep(0.5)
+        beat = read_heartbeat(scaled, "candles")
+        assert beat is not None
+        assert (beat["processes"], beat["workers"]) == ("2", "2")
+        members = proctable.group_members(pid)
+        assert len(members) == 3, members  # the flow's pid and its two processes
+        # Every candle the scaled flow closed is the reference's.
+        ref = ref_map(day)
+        got = stored(scaled, {t.symbol for t in day.trades})
+        assert got and all(ref[k] == v for k, v in got.items())
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while [m for m in members if proctable.state(m) not in (None, "Z")]:
+            assert time.monotonic() < deadline, "a process of the flow outlived it"
+            time.sleep(0.2)
+    finally:
+        sup.stop("candles", timeout=10)
+
+
 def test_candles_command_reads_back_in_every_format(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
