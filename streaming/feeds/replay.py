@@ -110,6 +110,42 @@ def _ws_time(line: bytes, last: int) -> tuple[int, str | None, str]:
     return last, sym if isinstance(sym, str) else None, _kind(obj)
 
 
+def _ws_times(
+    lines: list[bytes],
+    last: int,
+    times: list[int],
+    symbols: list[str | None],
+    not_trades: Counter[str],
+) -> int:
+    """:func:`_ws_time` of every line, appended to ``times`` and ``symbols``; the last time.
+
+    Event types other than trades are counted in ``not_trades``. A plain trade message
+    (a JSON object with no ``data`` key, a string ``s``, an integer time, ``e`` a trade
+    event) is read here without :func:`_ws_time`'s function calls; any other line
+    goes through it.
+    """
+    loads, decode_error, events = orjson.loads, orjson.JSONDecodeError, TRADE_EVENTS
+    for line in lines:
+        try:
+            obj = loads(line)
+        except decode_error:
+            obj = None
+        if type(obj) is dict and "data" not in obj:
+            t = obj.get("T", obj.get("E"))
+            sym = obj.get("s")
+            if type(t) is int and type(sym) is str and obj.get("e") in events:
+                last = t // 1000 if t >= MICROS_THRESHOLD else t
+                times.append(last)
+                symbols.append(sym)
+                continue
+        last, sym, kind = _ws_time(line, last)
+        times.append(last)
+        symbols.append(sym)
+        if kind not in events:
+            not_trades[kind] += 1
+    return last
+
+
 def _csv_time(line: bytes, last: int, column: int = 4) -> int:
     parts = line.split(b",", column + 1)
     if len(parts) > column and parts[column].strip().isdigit():
@@ -206,12 +242,7 @@ def _file_blocks(path: Path, fmt: str, tally: FileTally) -> Iterator[_Block]:
                 yield _Block(payloads, times, None, consumed)
                 continue
             symbols: list[str | None] = []
-            for line in payloads:
-                t, sym, kind = _ws_time(line, t)
-                times.append(t)
-                symbols.append(sym)
-                if kind not in TRADE_EVENTS:
-                    tally.not_trades[kind] += 1
+            t = _ws_times(payloads, t, times, symbols, tally.not_trades)
             tally.messages += len(payloads)
             yield _Block(payloads, times, symbols, consumed)
 

@@ -33,7 +33,7 @@ from marketdata.parsing import FORMAT_WS
 from marketdata.rawmessage import F_MARK, F_PAYLOAD, F_RECV, RawMessage
 from streaming.feeds import replay
 from streaming.feeds.pacing import PacedWriter, write_chunks
-from streaming.rawlog import PayloadChunk, RawLogWriter, pack_xadd
+from streaming.rawlog import PayloadChunk, RawLogWriter, pack_xadd, reply_error
 
 T0 = 1_741_910_400_000
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"]
@@ -290,3 +290,21 @@ def test_a_redis_restart_in_the_middle_of_a_replay_loses_nothing(tmp_path: Path)
     assert set(stored) == set(rows)
     assert list(dict.fromkeys(stored)) == rows
     assert len(stored) - len(rows) <= 2 * replay.BLOCK_BYTES // 40  # the chunks in flight
+
+
+def test_an_error_reply_is_raised_and_the_chunk_kept_until_written(
+    redis_client: redis.Redis,
+) -> None:
+    redis_client.set("md:trades:raw", "not a stream")
+    writer = RawLogWriter(redis_client)
+    writer.write_chunk(PayloadChunk([b"a", b"b"], "binance", 1))
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        writer.flush()
+    assert writer.written == 0
+    redis_client.delete("md:trades:raw")
+    writer.flush()  # not confirmed, so sent again
+    assert writer.written == 2
+    assert [f[b"payload"] for _, f in redis_client.xrange("md:trades:raw")] == [b"a", b"b"]
+    # Redis loading its data after a restart is waited out, like a lost connection.
+    assert isinstance(reply_error("LOADING Redis is loading the dataset"), redis.ConnectionError)
+    assert type(reply_error("OOM command not allowed")) is redis.ResponseError
