@@ -39,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,48 +64,43 @@ FORMATS = {"csv": "binance-csv", "ws": "binance-ws"}
 # ---- data ---------------------------------------------------------------------------
 
 
-def write_csv(path: Path, n: int, seed: int = 1) -> None:
+def csv_rows(n: int, seed: int = 1) -> Iterator[str]:
     """A spot trade dump: ``id,price,qty,quoteQty,time(µs),isBuyerMaker,isBestMatch``."""
     rng = random.Random(seed)
     price, t = 8_400_000, T0_US
-    with path.open("w") as f:
-        rows = []
-        for i in range(n):
-            t += rng.randrange(0, 160_000)
-            price += rng.randrange(-50, 51)
-            qty = rng.randrange(1, 10**8)
-            quote = price * qty // 100  # 1e-8 units
-            maker = "true" if rng.random() < 0.5 else "false"
-            rows.append(
-                f"{5_000_000_000 + i},{price // 100}.{price % 100:02d}000000,0.{qty:08d},"
-                f"{quote // 10**8}.{quote % 10**8:08d},{t},{maker},true\n"
-            )
-            if len(rows) == 100_000:
-                f.write("".join(rows))
-                rows.clear()
-        f.write("".join(rows))
+    for i in range(n):
+        t += rng.randrange(0, 160_000)
+        price += rng.randrange(-50, 51)
+        qty = rng.randrange(1, 10**8)
+        quote = price * qty // 100  # 1e-8 units
+        maker = "true" if rng.random() < 0.5 else "false"
+        yield (
+            f"{5_000_000_000 + i},{price // 100}.{price % 100:02d}000000,0.{qty:08d},"
+            f"{quote // 10**8}.{quote % 10**8:08d},{t},{maker},true\n"
+        )
 
 
-def write_ws(path: Path, n: int, seed: int = 2) -> None:
+def ws_rows(n: int, seed: int = 2) -> Iterator[str]:
     """A websocket capture: canonical ``@trade`` messages of four symbols, one a line."""
     rng = random.Random(seed)
     t = T0_US // 1000
+    for i in range(n):
+        t += rng.randrange(0, 160)
+        price = rng.randrange(10**12, 10**13)
+        qty = rng.randrange(1, 10**8)
+        maker = "true" if rng.random() < 0.5 else "false"
+        yield (
+            f'{{"e":"trade","E":{t + 2},"s":"{SYMBOLS[i % 4]}","t":{4_000_000_000 + i},'
+            f'"p":"{price // 10**8}.{price % 10**8:08d}","q":"0.{qty:08d}","T":{t},'
+            f'"m":{maker},"M":true}}\n'
+        )
+
+
+def write_lines(path: Path, rows: Iterator[str]) -> None:
+    """Write ``rows`` to ``path``, 100,000 at a time."""
     with path.open("w") as f:
-        rows = []
-        for i in range(n):
-            t += rng.randrange(0, 160)
-            price = rng.randrange(10**12, 10**13)
-            qty = rng.randrange(1, 10**8)
-            maker = "true" if rng.random() < 0.5 else "false"
-            rows.append(
-                f'{{"e":"trade","E":{t + 2},"s":"{SYMBOLS[i % 4]}","t":{4_000_000_000 + i},'
-                f'"p":"{price // 10**8}.{price % 10**8:08d}","q":"0.{qty:08d}","T":{t},'
-                f'"m":{maker},"M":true}}\n'
-            )
-            if len(rows) == 100_000:
-                f.write("".join(rows))
-                rows.clear()
-        f.write("".join(rows))
+        while batch := list(islice(rows, 100_000)):
+            f.write("".join(batch))
 
 
 # ---- runs ---------------------------------------------------------------------------
@@ -213,7 +210,7 @@ def main() -> int:
     t = time.monotonic()
     for kind in formats:
         if not files[kind].exists():
-            (write_csv if kind == "csv" else write_ws)(files[kind], args.trades)
+            write_lines(files[kind], (csv_rows if kind == "csv" else ws_rows)(args.trades))
     mb = sum(files[k].stat().st_size for k in formats) / 1e6
     made = time.monotonic() - t
     print(f"data: {args.trades:,} trades a file ({mb:,.0f} MB) in {work} [{made:.1f} s]")
