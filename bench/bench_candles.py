@@ -1,7 +1,7 @@
 """Benchmark of the candles flow. Not a test: run it by hand.
 
     .venv/bin/python bench/bench_candles.py                 # both parts, ~6 minutes
-    .venv/bin/python bench/bench_candles.py --skip-latency  # throughput only
+    .venv/bin/python bench/bench_candles.py --skip-latency  # throughput and scale-out
 
 1. Throughput: the same trades (default 500,000: 10 symbols, ~100 trades/s of
    market time, so ~83 minutes of candles) through
@@ -17,7 +17,13 @@
    Each runs in its own process, alternately, ``--rounds`` times; the table shows
    the best round of each and the ratio. Times exclude interpreter start-up and
    building the input; ours also excludes the idle second that ends its input.
-2. Latency at a steady rate (default 5,000 trades/s over 50 symbols, 250 s): the
+2. Scale-out: the same trades in a raw log of ``--shards`` shards (default 4), read by
+   ``cryptopipe stream run candles`` with 1 and with 2 processes (bytewax ``-i/-a``,
+   as the supervisor runs it with ``CRYPTOPIPE_CANDLES_PROCESSES=2``; workers per
+   process as few as spread the shards evenly over the two), each whole
+   command minus the same command's start-up on an empty raw log; candles checked
+   against the reference after every run.
+3. Latency at a steady rate (default 5,000 trades/s over 50 symbols, 250 s): the
    flow runs as ``cryptopipe stream run candles``; a writer appends trades stamped
    with the wall clock, and, as the feeds do, progress marks of its venues every
    ``MARK_EVERY_S``. Besides the busy venue (binance) a quiet one (kraken: 5 symbols,
@@ -300,23 +306,43 @@ def quiesce(client) -> None:
         time.sleep(0.2)
 
 
-def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
-    import redis
+def reset(client) -> None:
+    """Remove what a candles flow wrote (candles, side streams, its state keys)."""
+    for key in client.scan_iter(CANDLES_PATTERN):
+        client.delete(key)
+    for stream in (LATE_STREAM, DLQ_STREAM, CLOSED_EVENTS_STREAM):
+        client.delete(stream, written_key(stream))
+    for key in client.scan_iter(flow_pattern("candles")):
+        client.delete(key)
+    quiesce(client)
 
+
+def check_candles(client, objs: list) -> dict:
+    """The candles in Redis, checked equal to the reference fold of ``objs`` (every interval)."""
     from marketdata.candle import fold_trades
     from marketdata.interval import Interval
+    from serving.stream import StreamCandleReader
+
+    reader = StreamCandleReader(client)
+    got = {}
+    for iv in Interval:
+        for sym in sorted({t.symbol for t in objs}):
+            for rec in reader.read(sym, iv):
+                got[rec.candle.key] = rec.candle.fields()
+    ref = {}
+    for iv in Interval:
+        ref.update({k: c.fields() for k, c in fold_trades(objs, iv).items()})
+    assert got == ref, "candles differ from the reference"
+    return got
+
+
+def bench_trades(n: int, symbols: int) -> tuple[list[tuple], list, list]:
+    """The bench's trades as tuples, as :class:`Trade` and as the feeds' raw messages."""
     from marketdata.rawmessage import RawMessage
     from marketdata.simulator import trade_payload
     from marketdata.trade import Trade
-    from serving.stream import StreamCandleReader
-    from streaming.rawlog import RawLogWriter
 
     trades = make_trades(n, symbols, rate=100.0)
-    trades_file = work / "trades.pickle"
-    trades_file.write_bytes(pickle.dumps(trades))
-    client = redis.Redis.from_url(url)
-    client.flushall()
-    writer = RawLogWriter(client)
     objs = [
         Trade(
             exchange="binance",
@@ -332,6 +358,128 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
     msgs = [
         RawMessage(trade_payload(tr), "binance", tr.event_time, symbol=tr.symbol) for tr in objs
     ]
+    return trades, objs, msgs
+
+
+def even_workers(streams: list[str]) -> int:
+    """The fewest workers per process that spread ``streams`` evenly over two processes.
+
+    Which process folds which shard follows bytewax's key hash (streaming.placement).
+    """
+    from streaming.placement import placement
+
+    for w in range(1, 5):
+        spread = placement(streams, 2, w)
+        sizes = [len(v) for v in spread.values()]
+        if max(sizes) - min(sizes) <= 1 or w == 4:
+            print(
+                f"2 processes x {w} workers: "
+                + "; ".join(f"process {p}: {', '.join(v) or '-'}" for p, v in spread.items())
+            )
+            return w
+    raise AssertionError
+
+
+def scale_out(url: str, work: Path, n: int, symbols: int, rounds: int, shards: int) -> None:
+    """``cryptopipe stream run candles`` with 1 and 2 processes over a sharded raw log."""
+    import redis
+
+    from redisstore.keys import heartbeat_key, raw_stream_names
+    from streaming.rawlog import RawLogWriter
+
+    _, objs, msgs = bench_trades(n, symbols)
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    writer = RawLogWriter(client, shards=shards)
+    for i in range(0, n, 5000):
+        writer.write(msgs[i : i + 5000])
+    quiesce(client)
+    empty = url.rsplit("/", 1)[0] + "/1"  # nothing to read: start-up and idle exit only
+
+    streams = raw_stream_names(shards)
+    workers2 = even_workers(streams)
+    staged = [f"bench:staged:{x}" for x in streams]
+    for live, keep in zip(streams, staged, strict=True):
+        client.rename(live, keep)
+    idle_s = 4.0  # long enough for the flow to be up before its input appears
+
+    def run(processes: int, redis_url: str, home: Path, data: bool) -> tuple[float, float]:
+        """Wall seconds from the moment the raw log appears to the end of the work, and CPU."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRYPTOPIPE_")}
+        env.update(REDIS_URL=redis_url, CRYPTOPIPE_HOME=str(home))
+        env["CRYPTOPIPE_RAW_SHARDS"] = str(shards)
+        argv = [sys.executable, "-m", "cryptopipe", "stream", "run", "candles"]
+        argv += ["--processes", str(processes), "--exit-when-idle", str(idle_s)]
+        if processes == 2:
+            argv += ["--workers", str(workers2)]
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        beats = [heartbeat_key("candles")] + [
+            f"{heartbeat_key('candles')}:p{i}" for i in range(1, processes)
+        ]
+        flow_client = redis.Redis.from_url(redis_url)
+        while not all(flow_client.exists(b) for b in beats):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{processes} processes ended early:\n{proc.stderr.read()}")
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        if data:
+            for live, keep in zip(streams, staged, strict=True):
+                client.rename(keep, live)
+        _, err = proc.communicate()
+        seconds = time.perf_counter() - t0 - idle_s
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{processes} processes failed:\n{err[-3000:]}")
+        if data:
+            for live, keep in zip(streams, staged, strict=True):
+                client.rename(live, keep)
+        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+        return seconds, cpu
+
+    results: dict[int, list[tuple[float, float, float]]] = {1: [], 2: []}
+    for r in range(rounds):
+        for processes in (1, 2):
+            reset(client)
+            client.delete(*(heartbeat_key("candles") + f"{x}" for x in ["", ":p1"]))
+            _, base_cpu = run(processes, empty, work / f"empty{processes}-{r}", False)
+            client.delete(*(heartbeat_key("candles") + f"{x}" for x in ["", ":p1"]))
+            redis0 = redis_cpu(client)
+            seconds, cpu = run(processes, url, work / f"scale{processes}-{r}", True)
+            rcpu = redis_cpu(client) - redis0
+            check_candles(client, objs)
+            results[processes].append((seconds, cpu - base_cpu, rcpu))
+            print(f"round {r + 1}, {processes} process(es): {seconds:.2f} s")
+    print(f"\nscale-out: {n:,} trades, {symbols} symbols, raw log in {shards} shards")
+    print(
+        f"{'processes':>9s} {'seconds':>8s} {'trades/s':>10s} {'speed-up':>9s} "
+        f"{'flow cpu s':>10s} {'redis cpu s':>11s}"
+    )
+    one = min(results[1])[0]
+    for processes, runs in results.items():
+        best, cpu, rcpu = min(runs)
+        print(
+            f"{processes:9d} {best:8.2f} {n / best:10,.0f} {one / best:8.2f}x "
+            f"{cpu:10.2f} {rcpu:11.2f}"
+        )
+    print(
+        "(seconds: from the raw log's appearing, the flow already up, to the end of its work;"
+        " flow CPU: the whole command's minus the same command's on an empty raw log; this"
+        f" machine has {os.cpu_count()} cores, Redis included)"
+    )
+
+
+def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
+    import redis
+
+    from streaming.rawlog import RawLogWriter
+
+    trades, objs, msgs = bench_trades(n, symbols)
+    trades_file = work / "trades.pickle"
+    trades_file.write_bytes(pickle.dumps(trades))
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    writer = RawLogWriter(client)
     for i in range(0, n, 5000):
         writer.write(msgs[i : i + 5000])
     print(
@@ -343,13 +491,7 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
     seed_runs, ours_runs = [], []
     for r in range(rounds):
         seed_runs.append(run_child(["--child", "seed", str(trades_file)]))
-        for key in client.scan_iter(CANDLES_PATTERN):
-            client.delete(key)
-        for stream in (LATE_STREAM, DLQ_STREAM, CLOSED_EVENTS_STREAM):
-            client.delete(stream, written_key(stream))
-        for key in client.scan_iter(flow_pattern("candles")):
-            client.delete(key)
-        quiesce(client)
+        reset(client)
         home = work / f"home{r}"
         shutil.rmtree(home, ignore_errors=True)
         cpu0 = redis_cpu(client)
@@ -362,17 +504,7 @@ def throughput(url: str, work: Path, n: int, symbols: int, rounds: int) -> None:
         )
 
     # Ours must be right, not just fast: every interval equals the reference.
-    reader = StreamCandleReader(client)
-    got = {}
-    syms = sorted({t[0] for t in trades})
-    for iv in Interval:
-        for s in syms:
-            for rec in reader.read(s, iv):
-                got[rec.candle.key] = rec.candle.fields()
-    ref = {}
-    for iv in Interval:
-        ref.update({k: c.fields() for k, c in fold_trades(objs, iv).items()})
-    assert got == ref, "candles differ from the reference"
+    got = check_candles(client, objs)
     n1m = sum(1 for k in got if k[2] == "1m")
     assert seed_runs[-1]["candles_1m"] == n1m, (seed_runs[-1]["candles_1m"], n1m)
 
@@ -555,6 +687,8 @@ def main() -> int:
     p.add_argument("--latency-seconds", type=float, default=250.0)
     p.add_argument("--skip-latency", action="store_true")
     p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--skip-scale-out", action="store_true")
+    p.add_argument("--shards", type=int, default=4, help="raw-log shards of the scale-out part")
     args = p.parse_args()
     if args.child:
         kind, *rest = args.child
@@ -569,6 +703,8 @@ def main() -> int:
         try:
             if not args.skip_throughput:
                 throughput(server.url, work, args.trades, args.symbols, args.rounds)
+            if not args.skip_scale_out:
+                scale_out(server.url, work, args.trades, args.symbols, args.rounds, args.shards)
             if not args.skip_latency:
                 latency(server.url, work, args.rate, args.latency_symbols, args.latency_seconds)
         finally:

@@ -39,6 +39,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from redisstore.conn import connect
 from redisstore.retry import OutageLog
 from redisstore.streamids import parse_id
+from streaming.placement import local_streams
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class RawBatch:
         fields: each entry's fields as the flat ``[name, value, ...]`` list.
         tick_ms: set on an empty batch: Redis ``TIME`` (ms) taken when the stream
             had no entry after the partition's position.
+        process: the index of the flow process that read it.
 
     """
 
@@ -71,6 +73,8 @@ class RawBatch:
     ids: list[bytes]
     fields: list[list[bytes]]
     tick_ms: int | None = None
+    #: The flow process that read it (a batch folded elsewhere crossed processes).
+    process: int = 0
 
 
 @dataclass(frozen=True)
@@ -298,7 +302,7 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
                     self._send()
                 except redis.ConnectionError:
                     self._drop_connection()  # the next call reads again and reports
-            return [(self.stream, RawBatch(self.stream, ids, fields))]
+            return [(self.stream, RawBatch(self.stream, ids, fields, None, self.cfg.process))]
         # Idle.
         if self._idle_since is None:
             self._idle_since = mono
@@ -313,7 +317,7 @@ class _RedisStreamPartition(StatefulSourcePartition[tuple[str, RawBatch], Stream
             self._last_tick = mono
             self._report(info if has_info else None, 0)
             tick = int(now[0]) * 1000 + int(now[1]) // 1000
-            return [(self.stream, RawBatch(self.stream, [], [], tick))]
+            return [(self.stream, RawBatch(self.stream, [], [], tick, self.cfg.process))]
         return []
 
     def _report(self, info: Any, n: int) -> None:
@@ -355,6 +359,9 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, RawBatch], StreamPosit
         exit_when_idle: end the input after this many idle seconds (replays, tests).
         observer: receives progress and data-loss reports.
         connect_fn: opens a client (tests).
+        process: this process of the flow, the flow's processes and each one's
+            workers: a flow of several processes reads in each only the streams its
+            workers fold (:mod:`streaming.placement`).
 
     """
 
@@ -369,6 +376,7 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, RawBatch], StreamPosit
         exit_when_idle: float | None = None,
         observer: PartitionObserver | None = None,
         connect_fn: Callable[[str], redis.Redis] | None = None,
+        process: tuple[int, int, int] = (0, 1, 1),
     ) -> None:
         if batch_size < 1:
             msg = "batch_size must be at least 1"
@@ -381,10 +389,11 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, RawBatch], StreamPosit
         self.exit_when_idle = exit_when_idle
         self.observer = observer or PartitionObserver()
         self.connect_fn = connect_fn
+        self.process, self.processes, self.workers = process
 
     def list_parts(self) -> list[str]:
-        """Every stream: bytewax gives each to one worker."""
-        return list(self.streams)
+        """The streams this process folds (every one in a one-process flow)."""
+        return local_streams(self.streams, self.process, self.processes, self.workers)
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: StreamPosition | None

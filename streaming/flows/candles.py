@@ -53,7 +53,7 @@ from redisstore.keys import raw_stream_names
 from streaming import prom
 from streaming.candleagg import ShardAggregator, WindowConfig
 from streaming.candlestore import CandleStore, CandleWrites
-from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested
+from streaming.flows.runtime import flow_input, setup_flow_process, stop_requested, this_process
 from streaming.rejectlog import RejectionLog
 from streaming.sinks import FlowSink
 from streaming.sources import DEFAULT_BATCH_SIZE, DEFAULT_POLL_S, RawBatch
@@ -130,6 +130,7 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
         self._dirty: set[tuple[str, str]] = set()
         self._last_live = -1e18
         self._next_live: float | None = None
+        self.process = this_process()
 
     def _aggregator(self, stream: str) -> ShardAggregator:
         if self.agg is None:
@@ -140,6 +141,8 @@ class _CandlesLogic(StatefulBatchLogic[RawBatch, CandleWrites, bytes]):
         agg = self._aggregator(values[0].stream)
         writes = CandleWrites(agg.stream)
         for b in values:
+            if b.process != self.process:  # never, when placement holds: counted if it does
+                agg._count("batches_from_other_processes")
             out = agg.process(b.ids, b.fields, b.tick_ms)
             writes.closed += out.closed
             writes.late += out.late

@@ -97,7 +97,7 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
             client,
             name,
             pid=env_int(ENV_FLOW_PID, os.getpid()),
-            process_id=env_int(ENV_PROCESS_ID, 0),
+            process_id=this_process(),
             processes=env_int(ENV_PROCESSES, 1),
             workers=env_int(ENV_WORKERS, 1),
         )
@@ -216,6 +216,11 @@ class FlowHeartbeat(HeartbeatWriter, PartitionObserver):
 
 _HEARTBEATS: dict[tuple[str, str], FlowHeartbeat] = {}
 _LOCK = threading.Lock()
+
+
+def this_process() -> int:
+    """This process's index in its flow (0 in a one-process flow)."""
+    return env_int(ENV_PROCESS_ID, 0)
 
 
 def flow_heartbeat(name: str, redis_url: str) -> FlowHeartbeat:
@@ -391,5 +396,14 @@ def flow_input(
         exit_when_idle=cfg.exit_when_idle,
         observer=heartbeat,
         should_stop=should_stop,
+        process=(heartbeat.process_id, heartbeat.processes, heartbeat.workers),
     )
+    if heartbeat.processes > 1:
+        log.info(
+            "%s flow, process %d of %d: reads and folds %s",
+            cfg.name,
+            heartbeat.process_id,
+            heartbeat.processes,
+            ", ".join(source.list_parts()) or "no stream (the others' workers fold them all)",
+        )
     return flow, op.input("raw", flow, source), heartbeat
