@@ -41,15 +41,7 @@ DEFAULT_BINANCE_DATA_URL = "https://data.binance.vision"
 #: Flows whose processes and workers are settings (``CRYPTOPIPE_<FLOW>_PROCESSES`` and
 #: ``_WORKERS``). Their partitions are the raw log's shards; the metrics flow reads one
 #: stream (the closed-candle events), so more of it would only wait.
-SCALABLE_FLOWS = ("candles",)
-#: Flows that must stay one worker under supervision, and why (a setting asking for
-#: more is refused, not ignored).
-SINGLE_WORKER_FLOWS = {
-    "archive": (
-        "the archive flow stays one worker under supervision until its watermark is "
-        "published atomically across workers (docs/scaling.md)"
-    ),
-}
+SCALABLE_FLOWS = ("candles", "archive")
 #: Processes of one flow on one machine: each serves Prometheus on its flow's port + its
 #: index, and the flows' ports are ten apart (:data:`streaming.supervisor.METRICS_PORT_OFFSETS`).
 MAX_FLOW_PROCESSES = 10
@@ -94,12 +86,6 @@ def _env_scales(environ: Mapping[str, str] | None = None) -> tuple[tuple[str, Fl
         scale = FlowScale(**values)
         if scale != FlowScale():
             out.append((flow, scale))
-    for flow, why in SINGLE_WORKER_FLOWS.items():
-        for what in ("PROCESSES", "WORKERS"):
-            var = f"CRYPTOPIPE_{flow.upper()}_{what}"
-            if env_int(var, 1, environ, unit=what.lower()) != 1:
-                msg = f"{var}: {why}; unset it"
-                raise ValueError(msg)
     return tuple(out)
 
 

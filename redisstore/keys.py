@@ -144,7 +144,11 @@ def counts_key(flow: str, source_stream: str) -> str:
 #: minimum over the shards. A day D is sealed once it is at or past D+1 00:00 plus the
 #: allowed lateness.
 ARCHIVE_WATERMARK_KEY = "md:archive:watermark"
-#: Hash: raw-log stream -> that partition's archive watermark (ms).
+#: String: the generation of the partitions snapshot :data:`ARCHIVE_WATERMARK_KEY` was
+#: last set from (same Cluster slot as it): an older snapshot never overwrites it.
+ARCHIVE_WATERMARK_GEN_KEY = "{" + ARCHIVE_WATERMARK_KEY + "}:gen"
+#: Hash: raw-log stream -> that partition's archive watermark (ms); ``@<stream>`` its
+#: archived position; ``@@generation`` counts the updates.
 ARCHIVE_PARTITIONS_KEY = "md:archive:partitions"
 #: Hash: raw-log stream -> JSON progress (archived id, trim point, files, counts).
 ARCHIVE_PROGRESS_KEY = "md:archive:progress"

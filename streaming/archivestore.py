@@ -5,8 +5,9 @@ The logic is :mod:`streaming.archive`, the wiring :mod:`streaming.flows.archive`
 :class:`~streaming.archive.ArchiveWork` a worker receives (through
 :class:`streaming.sinks.FlowSink`), in order:
 
-0. a watermark lower than the published one goes out first (lowering only delays
-   sealing; raising waits for the files, as below);
+0. a partition watermark lower than the published one goes out first, into the
+   partition's field and then the archive watermark (lowering only delays sealing;
+   raising waits for the files, as below);
 1. each range's files are written (:class:`lake.writer.LakeWriter`: hidden temporary
    name, fsync, atomic rename, fsync of the directory); then other files of the same
    stream starting at the same entry are removed: they hold the same bucket written
@@ -23,10 +24,12 @@ The logic is :mod:`streaming.archive`, the wiring :mod:`streaming.flows.archive`
 3. the archive watermark (:data:`redisstore.keys.ARCHIVE_WATERMARK_KEY`) is set to the
    minimum over every partition of the flow, once each has published one.
 
-The keys are updated one at a time (no script spans two keys, so this works on
-Redis Cluster). With several workers, one may set the global key from a reading a
-moment older than another's; every worker publishes after each write and at least
-once a second while idle, so such a value lasts at most that long.
+Each partition update increments the partitions hash's ``@@generation`` in the same
+script that reads every partition's value, and the archive watermark is set from such a
+snapshot only if no later snapshot set it (:data:`~redisstore.keys.ARCHIVE_WATERMARK_GEN_KEY`,
+in the watermark's Cluster slot). With several workers a minimum taken before another
+worker's lowering therefore never overwrites it; no script spans two slots, so this
+works on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -40,7 +43,12 @@ import redis
 
 from lake.layout import REJECTS_DIR, Lake
 from lake.writer import LakeWriter, WriteResult
-from redisstore.keys import ARCHIVE_PARTITIONS_KEY, ARCHIVE_PROGRESS_KEY, ARCHIVE_WATERMARK_KEY
+from redisstore.keys import (
+    ARCHIVE_PARTITIONS_KEY,
+    ARCHIVE_PROGRESS_KEY,
+    ARCHIVE_WATERMARK_GEN_KEY,
+    ARCHIVE_WATERMARK_KEY,
+)
 from redisstore.streamids import parse_id
 from streaming.archive import ArchiveWork
 from streaming.memory import release_free_memory
@@ -51,7 +59,8 @@ log = logging.getLogger(__name__)
 
 # Partition ARGV[1]'s watermark ARGV[2] at archived position (ARGV[3] ms, ARGV[4] seq):
 # stored when the position is later than the stored one, or the same and the value
-# larger; returns HMGET of ARGV[5..] (every partition's watermark).
+# larger; returns the snapshot's generation and HMGET of ARGV[5..] (every partition's
+# watermark), read in the same step.
 _PUBLISH_FIELD = """
 local at = '@' .. ARGV[1]
 local pos = redis.call('HGET', KEYS[1], at)
@@ -70,8 +79,22 @@ end
 if store then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], at, ARGV[3] .. '-' .. ARGV[4])
 end
-if #ARGV < 5 then return {} end
-return redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
+local gen = redis.call('HINCRBY', KEYS[1], '@@generation', 1)
+if #ARGV < 5 then return {gen} end
+local out = redis.call('HMGET', KEYS[1], unpack(ARGV, 5))
+table.insert(out, 1, gen)
+return out
+"""
+
+# The archive watermark ARGV[1] from the partitions snapshot of generation ARGV[2]: set
+# only when no later snapshot set it (KEYS[1] the watermark, KEYS[2] its generation,
+# one slot). With several workers a stale minimum never overwrites a newer one.
+_SET_WATERMARK = """
+local gen = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[2]) <= gen then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
 """
 
 
@@ -113,6 +136,7 @@ class ArchiveStore:
         self.client = client
         self.streams = list(streams)
         self._publish_field = client.register_script(_PUBLISH_FIELD)
+        self._set_watermark = client.register_script(_SET_WATERMARK)
         self._last_range: dict[str, str] = {}
         self.spiller = spiller
 
@@ -147,9 +171,7 @@ class ArchiveStore:
 
         The rejections of the files written go to the rejection log.
         """
-        lows = [w.watermark for w in works if w.source is not None and w.watermark is not None]
-        if lows:
-            self.lower_first(min(lows))
+        self.lower_first(works)
         entries = 0
         for w in works:
             if self.write_files(w) is not None:
@@ -160,17 +182,49 @@ class ArchiveStore:
             release_free_memory()
         return entries
 
-    def lower_first(self, watermark: int) -> None:
-        """Lower the archive watermark to ``watermark`` now, before files are written.
+    def lower_first(self, works: Sequence[ArchiveWork]) -> None:
+        """Lower partition watermarks (and the archive's) now, before files are written.
 
         Raising waits until the files are durable (:meth:`publish`); lowering never
         needs to wait (it only delays sealing), and must not: files of older trades
         (a venue that appears with older history) would otherwise be in the lake for a
-        moment under a watermark that still says their days are sealed.
+        moment under a watermark that still says their days are sealed. The lower value
+        goes into the partition's field (at the range's position), so that every
+        minimum taken afterwards, by any worker, includes it.
         """
-        current = self.client.get(ARCHIVE_WATERMARK_KEY)
-        if current is not None and int(current) > watermark:
-            self.client.set(ARCHIVE_WATERMARK_KEY, watermark)
+        lows: dict[str, int] = {}  # stream -> the lowest watermark of its ranges
+        last: dict[str, bytes] = {}  # stream -> the position of its last range
+        for w in works:
+            if w.source is None or w.watermark is None or w.archived_id is None:
+                continue
+            lows[w.stream] = min(lows.get(w.stream, w.watermark), w.watermark)
+            if w.stream not in last or parse_id(w.archived_id) > parse_id(last[w.stream]):
+                last[w.stream] = w.archived_id
+        if not lows:
+            return
+        current = self.client.hmget(ARCHIVE_PARTITIONS_KEY, list(lows))
+        for (stream, low), cur in zip(lows.items(), current, strict=True):
+            if cur is None or int(cur) <= low:
+                continue
+            ms, seq = parse_id(last[stream])
+            reply = self._publish_field(
+                keys=[ARCHIVE_PARTITIONS_KEY], args=[stream, low, ms, seq, *self.streams]
+            )
+            self._set_global(reply)
+
+    def _set_global(self, snapshot: list) -> int | None:
+        """Set the archive watermark to the minimum of a partitions snapshot ``[gen, ...]``.
+
+        Returns the minimum, ``None`` while some partition has no watermark yet.
+        """
+        gen, values = snapshot[0], snapshot[1:]
+        if not values or any(v is None for v in values):
+            return None
+        low = min(int(v) for v in values)
+        self._set_watermark(
+            keys=[ARCHIVE_WATERMARK_KEY, ARCHIVE_WATERMARK_GEN_KEY], args=[low, gen]
+        )
+        return low
 
     def finish(self) -> None:
         """The flow ends: log the rejections written since the last line."""
@@ -220,12 +274,8 @@ class ArchiveStore:
             }
             pipe.hset(ARCHIVE_PROGRESS_KEY, stream, orjson.dumps(progress))
         replies = pipe.execute()
-        values = None
+        snapshot = None
         for r in replies:
             if isinstance(r, list):
-                values = r  # the latest HMGET of every partition's watermark
-        if values is None or any(v is None for v in values) or not values:
-            return None
-        low = min(int(v) for v in values)
-        self.client.set(ARCHIVE_WATERMARK_KEY, low)
-        return low
+                snapshot = r  # the latest snapshot of every partition's watermark
+        return None if snapshot is None else self._set_global(snapshot)

@@ -31,9 +31,10 @@ def test_flow_scales_from_the_environment_reach_the_supervisors_command_and_chil
 
     monkeypatch.setenv("CRYPTOPIPE_CANDLES_PROCESSES", "2")
     monkeypatch.setenv("CRYPTOPIPE_CANDLES_WORKERS", "3")
+    monkeypatch.setenv("CRYPTOPIPE_ARCHIVE_WORKERS", "2")
     settings = Settings.from_env()
     assert settings.scale("candles") == FlowScale(2, 3)
-    assert settings.scale("archive") == FlowScale()
+    assert settings.scale("archive") == FlowScale(1, 2)
     assert settings.scale("metrics") == FlowScale()
     # A child process (a Dagster run, a supervised flow) gets the same settings.
     monkeypatch.delenv("CRYPTOPIPE_CANDLES_PROCESSES")
@@ -43,7 +44,7 @@ def test_flow_scales_from_the_environment_reach_the_supervisors_command_and_chil
     sup = Supervisor.__new__(Supervisor)  # argv needs only the settings
     sup.settings, sup.flow_args, sup.feed = settings, {}, "simulate"
     assert " run candles --processes 2 --workers 3" in " ".join(sup.argv("candles"))
-    assert "--workers" not in sup.argv("archive")
+    assert " run archive --workers 2" in " ".join(sup.argv("archive"))
     assert "--workers" not in sup.argv("metrics")
 
 
@@ -52,8 +53,8 @@ def test_flow_scales_from_the_environment_reach_the_supervisors_command_and_chil
     [
         ("CRYPTOPIPE_CANDLES_PROCESSES", "0"),
         ("CRYPTOPIPE_CANDLES_PROCESSES", "11"),
-        ("CRYPTOPIPE_CANDLES_WORKERS", "two"),
-        ("CRYPTOPIPE_ARCHIVE_WORKERS", "2"),
+        ("CRYPTOPIPE_ARCHIVE_WORKERS", "two"),
+        ("CRYPTOPIPE_ARCHIVE_PROCESSES", "0"),
     ],
 )
 def test_a_bad_flow_scale_names_the_variable(

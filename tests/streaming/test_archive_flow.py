@@ -204,6 +204,30 @@ def test_every_message_is_archived_once_per_raw_entry(
     assert redis_client.hget(ARCHIVE_PROGRESS_KEY, RAW_STREAM)
 
 
+@pytest.mark.slow
+def test_two_archive_processes_over_four_shards_archive_every_message_once(
+    env: dict[str, str], redis_client: Any, home: Path
+) -> None:
+    """Scale-out: two processes of two workers (each reading the shards it folds);
+    the lake is the one process's, and the watermark the minimum of the partitions."""
+    env = {**env, "CRYPTOPIPE_RAW_SHARDS": "4"}
+    args, cfg = sim_args(
+        "2025-03-14T10:00:00Z", 3600, 3, 12, "BTCUSDT,ETHUSDT,SOLUSDT,BNBUSDT", malformed=0.02
+    )
+    cryptopipe_ok(env, *args, "--speed", "max")
+    cryptopipe_ok(
+        env, "stream", "run", "archive", "--exit-when-idle", "1", "--processes", "2", "-w", "2"
+    )
+    lake = Lake(home / "lake")
+    trades, bad = truth(cfg)
+    assert Counter(read_trades(lake, date(2025, 3, 14))) == trades
+    assert Counter(r["payload"] for r in lake_rejects(lake)) == bad and len(bad) > 50
+    assert_disjoint(file_ranges(lake))
+    parts = partition_watermarks(redis_client)
+    assert len(parts) == 4
+    assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == min(parts.values())
+
+
 # --------------------------------------------------------------------------- (3)
 
 

@@ -85,3 +85,37 @@ def test_a_lower_watermark_goes_out_before_its_files(redis_client: Any, tmp_path
     # A higher one waits for its files (publish, after stage).
     assert store.stage([ArchiveWork(RAW_STREAM, archived_id=b"12-0", watermark=20_000)]) == 0
     assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == 4_000
+
+
+def test_two_workers_never_raise_the_watermark_over_a_lowering(
+    redis_client: Any, tmp_path: Path
+) -> None:
+    """Worker A takes the partitions' minimum; worker B then lowers its partition (older
+    history arrived) before writing its files; A's minimum, now stale, must not raise
+    the archive watermark over B's lowering (it did, for about a second, before)."""
+    other = f"{RAW_STREAM}:other"
+    streams = [RAW_STREAM, other]
+    a = ArchiveStore(str(tmp_path / "lake"), redis_client, streams, durable=False)
+    b = ArchiveStore(str(tmp_path / "lake"), redis_client, streams, durable=False)
+    a.publish([ArchiveWork(RAW_STREAM, archived_id=b"10-0", watermark=9_000)], 0)
+    assert b.publish([ArchiveWork(other, archived_id=b"10-0", watermark=8_000)], 0) == 8_000
+    # A's next publication, its snapshot taken now (9,500 and 8,000: minimum 8,000) ...
+    stale = a._publish_field(
+        keys=[ARCHIVE_PARTITIONS_KEY], args=[RAW_STREAM, 9_500, 11, 0, *streams]
+    )
+    # ... then B lowers its partition to 3,000 before writing older trades' files ...
+    older = ArchiveWork(
+        other,
+        source=SourceRange.stream(other, b"12-0", b"12-0"),
+        archived_id=b"12-0",
+        watermark=3_000,
+    )
+    b.lower_first([older])
+    assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == 3_000
+    # ... and only then does A set the watermark from its snapshot: refused.
+    assert a._set_global(stale) == 8_000
+    assert int(redis_client.get(ARCHIVE_WATERMARK_KEY)) == 3_000
+    # Every later minimum, by either worker, includes B's lowering until its files are in.
+    assert a.publish([ArchiveWork(RAW_STREAM, archived_id=b"13-0", watermark=9_900)], 0) == 3_000
+    assert b.publish([older], 0) == 3_000
+    assert b.publish([ArchiveWork(other, archived_id=b"14-0", watermark=9_000)], 0) == 9_000
