@@ -203,18 +203,26 @@ class _Block(NamedTuple):
 def _lines(f: IO[bytes]) -> Iterator[tuple[list[bytes], int]]:
     r"""A file's lines, :data:`BLOCK_BYTES` at a time, with the bytes read for them.
 
-    The lines are those iterating the file gives, ``rstrip(b"\r\n")``-ed.
+    The lines are those iterating the file gives, ``rstrip(b"\r\n")``-ed. A line
+    longer than a block is gathered block by block, each read once.
     """
-    rest = b""
+    parts: list[bytes] = []  # the line begun and not ended yet
+    size = 0
     while block := f.read(BLOCK_BYTES):
-        data = rest + block
+        size += len(block)
+        parts.append(block)
+        if b"\n" not in block:
+            continue
+        data = b"".join(parts)
         lines = data.split(b"\n")
-        rest = lines.pop()
+        parts = [lines.pop()]
         if b"\r" in data:
             lines = [line.rstrip(b"\r") for line in lines]
-        yield lines, len(block)
-    if rest:
-        yield [rest.rstrip(b"\r")], 0
+        yield lines, size
+        size = 0
+    rest = b"".join(parts)
+    if rest or size:
+        yield ([rest.rstrip(b"\r")] if rest else []), size
 
 
 def _file_blocks(path: Path, fmt: str, tally: FileTally) -> Iterator[_Block]:

@@ -14,8 +14,10 @@ pipeline with the same result.
 from __future__ import annotations
 
 import heapq
+import io
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -308,3 +310,18 @@ def test_an_error_reply_is_raised_and_the_chunk_kept_until_written(
     # Redis loading its data after a restart is waited out, like a lost connection.
     assert isinstance(reply_error("LOADING Redis is loading the dataset"), redis.ConnectionError)
     assert type(reply_error("OOM command not allowed")) is redis.ResponseError
+
+
+def test_lines_are_those_iterating_the_file_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read a block at a time: the lines (and bytes) of ``for raw in f``, stripped of
+    ``\\r\\n``, whatever the block size, lines longer than a block included."""
+    rng = random.Random(5)
+    pieces = [b"\n", b"\r\n", b"\r", b"ab", b" ", b"x" * 50]
+    for _ in range(2_000):
+        data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 14)))
+        monkeypatch.setattr(replay, "BLOCK_BYTES", rng.randrange(1, 20))
+        blocks = list(replay._lines(io.BytesIO(data)))
+        assert [line for lines, _ in blocks for line in lines] == [
+            raw.rstrip(b"\r\n") for raw in io.BytesIO(data)
+        ]
+        assert sum(size for _, size in blocks) == len(data)
