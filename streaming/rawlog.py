@@ -241,7 +241,7 @@ class RawLogWriter:
         # A cluster client (no pool of its own) writes chunks through write() instead.
         self._chunked = isinstance(client, redis.Redis)
         self._conn: Any = None
-        self._replies = _Replies()
+        self._replies: _Replies | None = None
         self._inflight: deque[_Sent] = deque()
 
     def __enter__(self) -> RawLogWriter:
@@ -354,8 +354,9 @@ class RawLogWriter:
         try:
             if self._conn is None:
                 self._conn = self._client.connection_pool.get_connection()
+            if self._replies is None:
                 self._replies = _Replies()
-            conn = self._conn
+            conn, replies = self._conn, self._replies
             for sent in self._inflight:
                 if not sent.sent:
                     # No health check: its PING's reply would queue behind our replies.
@@ -363,7 +364,7 @@ class RawLogWriter:
                     sent.sent = True
             while len(self._inflight) > keep:
                 sent = self._inflight[0]
-                last = self._replies.read(conn, sent.replies)
+                last = replies.read(conn, sent.replies)
                 self._inflight.popleft()
                 self._count(sent.messages, sent.marks, last)
         except BaseException:
@@ -374,7 +375,7 @@ class RawLogWriter:
         """Disconnect (unread replies go with it): every chunk in flight is to be sent again."""
         for sent in self._inflight:
             sent.sent = False
-        self._replies = _Replies()  # whatever it held belonged to the old connection
+        self._replies = None  # whatever it held belonged to the old connection
         if self._conn is not None:
             self._conn.disconnect()
 
