@@ -38,7 +38,7 @@ from marketdata.settings import env_int
 from redisstore.conn import connect, text
 from redisstore.keys import heartbeat_key
 from streaming.heartbeat import HeartbeatWriter
-from streaming.memory import fix_mmap_threshold
+from streaming.memory import fix_mmap_threshold, tune_gc
 from streaming.prom import add_source, heartbeat_families, serve_from_env
 from streaming.rejectlog import RejectionLog
 from streaming.signals import stop_on_signals
@@ -269,11 +269,12 @@ def setup_flow_process(flow: str) -> None:
     Logging to stderr with time, level and logger, as the ``cryptopipe`` command logs
     (``python -m bytewax.run`` configures none, so warnings alone would show, bare),
     at ``CRYPTOPIPE_LOG_LEVEL`` (default INFO; ``stream run -v`` sets DEBUG); the
-    stop handlers of :func:`install_stop_handlers`; and a fixed ``mmap`` threshold,
-    so that large transient buffers do not make the C heap creep
-    (:mod:`streaming.memory`).
+    stop handlers of :func:`install_stop_handlers`; a fixed ``mmap`` threshold, so
+    that large transient buffers do not make the C heap creep, and the garbage
+    collector set for large batches (:mod:`streaming.memory`).
     """
     fix_mmap_threshold()
+    tune_gc()
     level = os.environ.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
     logging.basicConfig(
         level=getattr(logging, level, logging.INFO),
