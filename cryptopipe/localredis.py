@@ -232,7 +232,7 @@ class LocalRedis:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                connect(self.url, socket_connect_timeout=0.5).close()
+                connect(self.url, socket_connect_timeout=0.5, cluster=False).close()
                 return self
             except RedisUnavailableError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:

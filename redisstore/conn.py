@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from marketdata.settings import Settings
+from redisstore.cluster import ClusterClient, primaries
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,17 @@ def redact(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
-def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
+def connect(
+    url: str, *, check: bool = True, cluster: bool | None = None, **kwargs: Any
+) -> redis.Redis:
     """A Redis client for ``url`` (``redis://`` or ``rediss://``), pinged when ``check``.
+
+    A node of a Redis Cluster is detected (``INFO cluster``: ``cluster_enabled:1``)
+    and gives a :class:`redisstore.cluster.ClusterClient` (a ``redis.cluster.RedisCluster``
+    that serves the same commands), which finds the other nodes itself; any other
+    Redis a plain ``redis.Redis``. ``cluster`` forces either (``False``: talk to that
+    one node, e.g. while a cluster is being created). Without ``check``, a Redis that
+    does not answer yet gives a plain client.
 
     Socket timeouts, TCP keep-alive and a health check on reuse are on unless
     ``kwargs`` say otherwise (:data:`SOCKET_TIMEOUT_S` and the rest).
@@ -54,19 +65,49 @@ def connect(url: str, *, check: bool = True, **kwargs: Any) -> redis.Redis:
     except ValueError as exc:
         msg = f"bad Redis URL {redact(url)!r}: {exc}; use redis://[user:pass@]host:port/db"
         raise RedisUnavailableError(msg) from None
-    if check:
+    if check or cluster is None:
         try:
             client.ping()
+            if cluster is None:
+                cluster = _cluster_enabled(client)
         except redis.AuthenticationError as exc:
             msg = f"Redis at {redact(url)} refused the credentials ({exc}); check user and password"
             raise RedisUnavailableError(msg) from None
         except redis.RedisError as exc:
-            msg = (
-                f"no Redis answers at {redact(url)} ({exc}); start one, or run "
-                "'cryptopipe up' to start a local one, or pass --redis-url / REDIS_URL"
-            )
-            raise RedisUnavailableError(msg) from None
-    return client
+            if check:
+                msg = (
+                    f"no Redis answers at {redact(url)} ({exc}); start one, or run "
+                    "'cryptopipe up' to start a local one, or pass --redis-url / REDIS_URL"
+                )
+                raise RedisUnavailableError(msg) from None
+    if not cluster:
+        return client
+    client.close()
+    return _connect_cluster(url, kwargs)
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    """Whether the server is a node of a Redis Cluster (``INFO cluster``)."""
+    try:
+        info = client.info("cluster")
+    except redis.ResponseError:  # INFO not allowed (a managed Redis): not a cluster node
+        return False
+    return bool(int(info.get("cluster_enabled", 0) or 0))
+
+
+def _connect_cluster(url: str, kwargs: dict[str, Any]) -> redis.Redis:
+    """A :class:`~redisstore.cluster.ClusterClient` from one node's URL."""
+    try:
+        client = ClusterClient.from_url(url, **kwargs)
+    except (redis.RedisError, RedisClusterException, ValueError) as exc:
+        msg = (
+            f"Redis at {redact(url)} is a node of a Redis Cluster that is not ready ({exc}); "
+            "check 'redis-cli -u URL cluster info' says cluster_state:ok (every slot "
+            "served), or point --redis-url / REDIS_URL at another node"
+        )
+        raise RedisUnavailableError(msg) from None
+    # The same commands as redis.Redis serves (redisstore.cluster says what differs).
+    return cast(redis.Redis, client)
 
 
 def connect_settings(settings: Settings, *, writer: bool = False, **kwargs: Any) -> redis.Redis:
@@ -93,20 +134,28 @@ def require_noeviction(client: redis.Redis, url: str) -> None:
         RedisUnavailableError: one line naming the policy and what to set.
 
     """
+    for name, node in primaries(client).items():
+        where = f"{redact(url)}, cluster node {name}," if name else redact(url)
+        _require_noeviction_on(node, where)
+
+
+def _require_noeviction_on(node: redis.Redis, where: str) -> None:
+    """:func:`require_noeviction` for one server (each primary of a cluster)."""
     try:
-        raw = client.config_get("maxmemory-policy")
+        raw = node.config_get("maxmemory-policy")
     except redis.ResponseError as exc:
         log.warning(
-            "cannot read maxmemory-policy of %s (%s); make sure it is noeviction", redact(url), exc
+            "cannot read maxmemory-policy of %s (%s); make sure it is noeviction", where, exc
         )
         return
     values = [text(v) for v in dict(raw or {}).values() if v is not None]
     policy = values[0] if values else SAFE_POLICY
     if policy != SAFE_POLICY:
         msg = (
-            f"Redis at {redact(url)} has maxmemory-policy {policy}, which can evict the raw "
+            f"Redis at {where} has maxmemory-policy {policy}, which can evict the raw "
             "log, dedupe sets and candles without a word: set it to noeviction "
-            "(CONFIG SET maxmemory-policy noeviction, and in redis.conf)"
+            "(CONFIG SET maxmemory-policy noeviction, and in redis.conf; on every "
+            "primary of a cluster)"
         )
         raise RedisUnavailableError(msg)
 

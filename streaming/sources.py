@@ -36,6 +36,7 @@ from typing import Any
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from redisstore.cluster import node_connection
 from redisstore.conn import connect
 from redisstore.retry import OutageLog
 from redisstore.streamids import parse_id
@@ -400,6 +401,8 @@ class RedisStreamSource(FixedPartitionedSource[tuple[str, RawBatch], StreamPosit
     ) -> _RedisStreamPartition:
         """Open this worker's connection and resume after ``resume_state``'s entry."""
         client = self.connect_fn(self.redis_url) if self.connect_fn else connect(self.redis_url)
+        # On a Redis Cluster, a client of the node serving the stream (it follows the slot).
+        client = node_connection(client, for_part)
         # Raw replies: the partition decodes the few fields it needs itself.
         for cmd in ("XREAD", "XINFO STREAM", "TIME"):
             client.response_callbacks[cmd] = lambda r, **_: r
