@@ -212,7 +212,8 @@ def reconcile_day(
     full = {**summary, "differences": [d.to_json_dict() for d in result.differences]}
     _write_report(lake, day, "report.json", full)
     _write_report(lake, day, "summary.json", summary)
-    pipe = client.pipeline()
+    # Two independent writes (the keys are in different Redis Cluster slots).
+    pipe = client.pipeline(transaction=False)
     pipe.set(RECONCILE_LAST_KEY, json.dumps(summary))
     pipe.hset(RECONCILE_DAYS_KEY, day.isoformat(), json.dumps(summary["counts"]))
     pipe.execute()

@@ -8,6 +8,10 @@ Add a new key here, document it in docs/storage.md, and import it from here: no
 
 from __future__ import annotations
 
+import functools
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 from marketdata.interval import Interval
 from marketdata.rawmessage import shard_of
 
@@ -22,10 +26,48 @@ LATE_STREAM = "md:trades:late"
 
 
 def raw_stream_names(shards: int) -> list[str]:
-    """Names of the raw-log streams: one, or ``md:trades:raw:<n>`` per shard."""
+    """Names of the raw-log streams: one, or ``md:trades:raw:<n>{<tag>}`` per shard.
+
+    Shard ``n``'s hash tag is the smallest number whose Cluster slot lies in the
+    ``n``-th of ``shards`` equal slot ranges, so on a Redis Cluster (whose primaries
+    serve contiguous ranges, equal by default) the shards spread over the primaries
+    as evenly as their count allows; on a plain Redis the tag is just part of the name.
+    """
     if shards <= 1:
         return [RAW_STREAM]
-    return [f"{RAW_STREAM}:{n}" for n in range(shards)]
+    return [f"{RAW_STREAM}:{n}{{{_spread_tag(n, shards)}}}" for n in range(shards)]
+
+
+@functools.cache
+def _spread_tag(n: int, shards: int) -> int:
+    """The smallest ``k`` whose slot is in the ``n``-th of ``shards`` equal slot ranges."""
+    low = n * REDIS_CLUSTER_HASH_SLOTS // shards
+    high = (n + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+    k = 0
+    while not low <= key_slot(str(k).encode()) < high:
+        k += 1
+    return k
+
+
+def legacy_raw_shard(name: str) -> bool:
+    """Whether ``name`` is a raw-log shard as named before the hash tags: ``md:trades:raw:<n>``."""
+    return name.startswith(f"{RAW_STREAM}:") and name[len(RAW_STREAM) + 1 :].isdigit()
+
+
+def is_raw_shard(name: str) -> bool:
+    """Whether ``name`` is a shard of the raw log: ``md:trades:raw:<n>{<tag>}``."""
+    index, brace, tag = name.removeprefix(f"{RAW_STREAM}:").partition("{")
+    return (
+        name.startswith(f"{RAW_STREAM}:")
+        and index.isdigit()
+        and bool(brace)
+        and tag.endswith("}")
+        and tag[:-1].isdigit()
+    )
+
+
+#: SCAN pattern of every raw-log shard (and the old names, see :func:`legacy_raw_shard`).
+RAW_SHARD_PATTERN = f"{RAW_STREAM}:*"
 
 
 def raw_stream_of(symbol: str | None, shards: int) -> str:
@@ -33,19 +75,31 @@ def raw_stream_of(symbol: str | None, shards: int) -> str:
     return raw_stream_names(shards)[shard_of(symbol, shards)]
 
 
+def _beside(stream: str, suffix: str) -> str:
+    """A key in ``stream``'s Cluster slot: ``{<stream>}:<suffix>``.
+
+    ``<stream>:<suffix>`` when the stream's name has a hash tag of its own (the key
+    then shares it).
+    """
+    opening = stream.find("{")
+    if opening >= 0 and stream.find("}", opening + 2) > 0:
+        return f"{stream}:{suffix}"
+    return f"{{{stream}}}:{suffix}"
+
+
 def spilled_key(stream: str) -> str:
     """String: the last entry id of ``stream`` copied to the lake (same slot as the stream)."""
-    return f"{{{stream}}}:spilled"
+    return _beside(stream, "spilled")
 
 
 def spill_lock_key(stream: str) -> str:
     """String: held (SET NX PX) by the one process copying ``stream`` to the lake."""
-    return f"{{{stream}}}:spill-lock"
+    return _beside(stream, "spill-lock")
 
 
 def written_key(stream: str) -> str:
     """Sorted set of what was appended to ``stream`` (same Cluster slot as the stream)."""
-    return f"{{{stream}}}:written"
+    return _beside(stream, "written")
 
 
 # ---- candles --------------------------------------------------------------------------

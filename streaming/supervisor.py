@@ -345,10 +345,10 @@ class Supervisor:
     def record_restart(self, name: str, reason: str) -> int:
         """Note a restart now; returns the restarts inside the window."""
         now = int(time.time() * 1000)
-        pipe = self.client.pipeline()
+        self.client.hincrby(control_key(name), "restarts_total", 1)
+        pipe = self.client.pipeline()  # one key: one Redis Cluster slot
         pipe.zadd(restarts_key(name), {f"{now}:{os.urandom(4).hex()}:{reason}": now})
         pipe.zremrangebyscore(restarts_key(name), 0, now - int(self.window_s * 1000))
-        pipe.hincrby(control_key(name), "restarts_total", 1)
         pipe.zcard(restarts_key(name))
         return int(pipe.execute()[-1])
 
