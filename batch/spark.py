@@ -5,6 +5,11 @@ lake's location from :attr:`marketdata.settings.Settings.lake`. Extra Spark sett
 can be given as ``CRYPTOPIPE_SPARK_CONF="key=value,key=value"``. Nothing starts a JVM
 until :attr:`LazySpark.session` is first used.
 
+A master of the form ``sc://host:port`` is a Spark Connect server (one of
+:mod:`batch.connect_server`, or any other): the session is then a thin gRPC client
+and this process starts no JVM at all. Only session-level settings (``spark.sql.*``)
+can be given to a Connect session; the server's own (memory, cores) are the server's.
+
 Two settings are not tuning but correctness, and are always set:
 ``spark.sql.decimalOperations.allowPrecisionLoss=false`` (otherwise Spark silently
 drops fractional digits of wide decimal products, e.g. price x quantity) and ANSI
@@ -14,6 +19,7 @@ mode (overflow raises instead of producing NULL).
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +33,8 @@ SPARK_MASTER_ENV = "CRYPTOPIPE_SPARK_MASTER"
 SPARK_CONF_ENV = "CRYPTOPIPE_SPARK_CONF"
 DEFAULT_SPARK_MASTER = "local[2]"
 APP_NAME = "cryptopipe-batch"
+#: A master URL of this scheme is a Spark Connect server.
+CONNECT_SCHEME = "sc://"
 
 #: Settings the batch job's exactness depends on.
 REQUIRED_CONF: dict[str, str] = {
@@ -56,6 +64,15 @@ def _local_cores(master: str) -> int | None:
         inner = master[6:-1].split(",")[0]
         return (os.cpu_count() or 1) if inner == "*" else int(inner)
     return None
+
+
+def is_connect(master: str) -> bool:
+    """Whether ``master`` names a Spark Connect server (``sc://host:port``)."""
+    return master.startswith(CONNECT_SCHEME)
+
+
+class ConnectUnavailableError(RuntimeError):
+    """No Spark Connect server answers at the configured ``sc://`` URL."""
 
 
 def parse_conf(text: str) -> dict[str, str]:
@@ -139,7 +156,8 @@ class SparkConfig:
         return conf
 
 
-def _log4j_file() -> str:
+def log4j_file() -> str:
+    """A log4j2 configuration file that keeps Spark at ERROR (written once per user)."""
     path = Path(tempfile.gettempdir()) / f"cryptopipe-spark-log4j2-{os.getuid()}.properties"
     if not path.exists() or path.read_text() != _LOG4J2:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -153,16 +171,19 @@ def build_session(config: SparkConfig | None = None) -> SparkSession:
 
     If a session already runs in this process (tests, Dagster), it is reused and
     the required settings are applied to it; settings that need a new JVM (master,
-    memory) then stay as they were.
+    memory) then stay as they were. An ``sc://`` master gives a Spark Connect
+    session (:func:`connect_session`).
     """
+    cfg = config or SparkConfig.from_env()
+    if is_connect(cfg.master):
+        return connect_session(cfg)
     from pyspark.sql import SparkSession
 
-    cfg = config or SparkConfig.from_env()
     conf = cfg.resolved()
     if _local_cores(cfg.master) is not None:
         opts = conf.get("spark.driver.extraJavaOptions", "")
         conf["spark.driver.extraJavaOptions"] = (
-            f"{opts} -Dlog4j.configurationFile=file:{_log4j_file()}".strip()
+            f"{opts} -Dlog4j.configurationFile=file:{log4j_file()}".strip()
         )
     builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
     for key, value in conf.items():
@@ -171,6 +192,62 @@ def build_session(config: SparkConfig | None = None) -> SparkSession:
     for key, value in REQUIRED_CONF.items():
         session.conf.set(key, value)
     return session
+
+
+def connect_session(config: SparkConfig) -> SparkSession:
+    """A Spark Connect session on ``config.master`` (``sc://host:port``), settings applied.
+
+    The session's own settings are the ``spark.sql.*`` ones of :meth:`SparkConfig.resolved`
+    (the server owns the rest); :data:`REQUIRED_CONF` is set on the session and read back.
+
+    Raises:
+        ConnectUnavailableError: nothing answers at the URL (the message says what to do).
+
+    """
+    from pyspark.errors import PySparkException
+    from pyspark.sql import SparkSession
+
+    msg = (
+        f"no Spark Connect server answers at {config.master} ({SPARK_MASTER_ENV}): start "
+        "one ('cryptopipe up --spark-connect' keeps one running, or pyspark's "
+        "sbin/start-connect-server.sh), or unset the variable to run Spark in this "
+        f"process ({DEFAULT_SPARK_MASTER})"
+    )
+    if not _answers(config.master):  # the client would retry for minutes
+        raise ConnectUnavailableError(msg)
+    builder = SparkSession.builder.remote(config.master).appName(config.app_name)
+    for key, value in config.resolved().items():
+        if key.startswith("spark.sql."):  # set in one request; static ones are skipped
+            builder = builder.config(key, value)
+    try:
+        session = builder.getOrCreate()
+        for key, value in REQUIRED_CONF.items():
+            session.conf.set(key, value)
+    except PySparkException as exc:
+        if not _unavailable(exc):
+            raise
+        raise ConnectUnavailableError(msg) from None
+    return session
+
+
+def connect_address(master: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``sc://host[:port][/;params]`` URL (port 15002 by default)."""
+    rest = master.removeprefix(CONNECT_SCHEME).split("/", 1)[0].split(";", 1)[0]
+    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    return host or "localhost", int(port) if port else 15002
+
+
+def _answers(master: str, timeout: float = 5.0) -> bool:
+    try:
+        with socket.create_connection(connect_address(master), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return any(s in text for s in ("UNAVAILABLE", "Connection refused", "failed to connect"))
 
 
 class LazySpark:

@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     lake = Lake(settings.lake)
 
     from batch.daily import STAGES, NoTradesError, run_batch_day
-    from batch.spark import LazySpark
+    from batch.spark import ConnectUnavailableError, LazySpark
 
     logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines are noise here
     spark = LazySpark()
@@ -86,7 +86,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             result = run_batch_day(
                 spark.session, lake, day, use_index=args.dedup == "auto", on_stage=on_stage
             )
-        except NoTradesError as exc:
+        except (NoTradesError, ConnectUnavailableError) as exc:
             raise CommandError(str(exc)) from None
         bar.update(len(STAGES) - bar.n)
     if args.format == "json":

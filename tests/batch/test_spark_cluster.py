@@ -6,29 +6,20 @@ in local mode, with only ``CRYPTOPIPE_SPARK_MASTER`` pointing at the cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 
 import pyspark
 import pytest
 
 from cryptopipe.localredis import free_port
-from lake.candles import read_day_candles
-from lake.layout import SourceRange
-from lake.writer import LakeWriter
-from marketdata.candle import fold_trades
-from marketdata.interval import ALL_INTERVALS
-from marketdata.records import SOURCE_BATCH
-from marketdata.simulator import SimConfig, simulate
+from tests.batch.remote_batch import run_batch_on
 
-DAY = date(2025, 3, 14)
 SPARK_HOME = Path(pyspark.__file__).parent
 
 
@@ -114,52 +105,6 @@ def test_daily_batch_runs_on_a_standalone_cluster(
     cluster: tuple[str, Path], tmp_path: Path
 ) -> None:
     url, work = cluster
-    cfg = SimConfig(
-        symbols=("BTCUSDT", "ETHUSDT"),
-        rate=20,
-        duration_s=7200,
-        seed=8,
-        start_ms=1_741_910_400_000,
-        duplicates=0.02,
-        out_of_order=0.05,
-    )
-    trades = [m.trade for m in simulate(cfg) if m.trade is not None]
-    lake = tmp_path / "lake"
-    LakeWriter(lake).write_trades(trades, source=SourceRange.rows("cluster-test", 1, len(trades)))
-    env = {
-        **os.environ,
-        "CRYPTOPIPE_HOME": str(tmp_path),
-        "CRYPTOPIPE_SPARK_MASTER": url,
-        "PYSPARK_PYTHON": sys.executable,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-    }
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cryptopipe",
-            "batch",
-            "run",
-            "--date",
-            str(DAY),
-            "--force",
-            "--format",
-            "json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["date"] == str(DAY)
-    expected = {}
-    for iv in ALL_INTERVALS:
-        expected.update(fold_trades(trades, iv))
-    got = read_day_candles(lake, SOURCE_BATCH, DAY)
-    assert got is not None
-    assert {k: c.fields() for k, c in got.items()} == {k: c.fields() for k, c in expected.items()}
+    run_batch_on(url, tmp_path)
     # It really ran on the cluster: the worker ran executors of an application.
     assert list(work.glob("app-*")), "the worker ran no application"

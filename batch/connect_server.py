@@ -1,0 +1,203 @@
+"""A local Spark Connect server, as a process we own: start, wait until it answers, stop.
+
+The pyspark wheel ships the server (``jars/spark-connect_*.jar``) and
+``bin/spark-submit``; :class:`ConnectServer` runs
+``spark-submit --class org.apache.spark.sql.connect.service.SparkConnectServer``
+in the foreground, in its own session, with the batch layer's local settings
+(:func:`batch.spark.default_conf`: shuffle partitions, memory, no UI) and the gRPC
+port on 127.0.0.1, its output in a log file. A ``batch run`` given
+``CRYPTOPIPE_SPARK_MASTER=sc://127.0.0.1:PORT`` (:attr:`ConnectServer.url`) then
+starts no JVM and finds one that is already warm.
+
+``cryptopipe up --spark-connect`` keeps one running for Dagster's batch runs; the
+tests start their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from batch.spark import APP_NAME, SparkConfig, log4j_file
+
+SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+#: Spark Connect's own default port.
+DEFAULT_PORT = 15002
+#: How long :meth:`ConnectServer.start` waits for the port to answer.
+START_TIMEOUT_S = 120.0
+
+
+class ConnectServerError(RuntimeError):
+    """The server could not be started (the message says why and what to do)."""
+
+
+def spark_home() -> Path:
+    """The pyspark distribution (its ``bin/`` and ``jars/``)."""
+    import pyspark
+
+    return Path(pyspark.__file__).parent
+
+
+def java_missing() -> str | None:
+    """Why no Java can run the server, or None when one can."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return None
+    if shutil.which("java"):
+        return None
+    return (
+        "no Java runtime: Spark needs Java 17 or 21 ('./dev setup' installs it; or "
+        "apt-get install openjdk-17-jre-headless, or set JAVA_HOME)"
+    )
+
+
+def server_argv(
+    port: int, master: str = "local[2]", conf: Mapping[str, str] | None = None
+) -> list[str]:
+    """The command that runs the server in the foreground on ``127.0.0.1:port``."""
+    settings = {
+        **SparkConfig(master=master, conf=dict(conf or {})).resolved(),
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+        "spark.connect.grpc.port.maxRetries": "0",  # our port or nothing
+    }
+    opts = settings.get("spark.driver.extraJavaOptions", "")
+    settings["spark.driver.extraJavaOptions"] = (
+        f"{opts} -Dlog4j.configurationFile=file:{log4j_file()}".strip()
+    )
+    memory = settings.pop("spark.driver.memory", None)
+    argv = [str(spark_home() / "bin" / "spark-submit"), "--class", SERVER_CLASS]
+    argv += ["--name", f"{APP_NAME}-connect", "--master", master]
+    if memory:
+        argv += ["--driver-memory", memory]  # the driver JVM's own heap: before it starts
+    for key, value in settings.items():
+        argv += ["--conf", f"{key}={value}"]
+    return argv
+
+
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``host:port``."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+class ConnectServer:
+    """One local Spark Connect server process.
+
+    Attributes:
+        port: its gRPC port on 127.0.0.1.
+        log_path: where its output goes.
+        master: the server's own ``spark.master`` (default ``local[2]``).
+
+    """
+
+    def __init__(
+        self,
+        port: int,
+        log_path: Path,
+        *,
+        master: str = "local[2]",
+        conf: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.port = port
+        self.log_path = log_path
+        self.master = master
+        self.conf = dict(conf or {})
+        self.preexec_fn = preexec_fn
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``sc://127.0.0.1:PORT``: what ``CRYPTOPIPE_SPARK_MASTER`` takes."""
+        return f"sc://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid (it leads its own process group), if started."""
+        return None if self.proc is None else self.proc.pid
+
+    def alive(self) -> bool:
+        """Whether the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start it and wait until its port answers.
+
+        Raises:
+            ConnectServerError: no Java, the port is taken, or the server exited or did
+                not answer within ``timeout`` (the log's end is in the message).
+
+        """
+        why = java_missing()
+        if why:
+            raise ConnectServerError(f"cannot start a Spark Connect server: {why}")
+        if port_answers(self.port):
+            msg = f"port {self.port} is taken: give the Spark Connect server another one"
+            raise ConnectServerError(msg)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "SPARK_HOME": str(spark_home()),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "SPARK_LOG_DIR": str(self.log_path.parent),
+        }
+        env.pop("SPARK_CONNECT_MODE_ENABLED", None)
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                server_argv(self.port, self.master, self.conf),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.log_path.parent,
+                start_new_session=True,
+                preexec_fn=self.preexec_fn,
+            )
+        deadline = time.monotonic() + timeout
+        while not port_answers(self.port):
+            if not self.alive() or time.monotonic() >= deadline:
+                code = None if self.proc is None else self.proc.poll()
+                self.stop()
+                what = f"exited with status {code}" if code is not None else "did not answer"
+                msg = (
+                    f"the Spark Connect server {what} (port {self.port}); its log "
+                    f"{self.log_path} ends:\n{self.log_tail()}"
+                )
+                raise ConnectServerError(msg)
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM its process group, SIGKILL after ``timeout``; idempotent."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines of its log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> ConnectServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
