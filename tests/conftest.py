@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from cryptopipe.localredis import LocalRedis, free_port
+from tests.rediscluster import LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +18,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedi
     server = LocalRedis(tmp_path_factory.mktemp("redis"), free_port()).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One real 3-master Redis Cluster for the test session (started on first use)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_server: LocalCluster) -> LocalCluster:
+    """The session's Redis Cluster, every node emptied before the test."""
+    redis_cluster_server.flush()
+    return redis_cluster_server
 
 
 @pytest.fixture
