@@ -129,31 +129,56 @@ class ConnectServer:
         """Whether the process runs."""
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Start it and wait until its port answers.
-
-        Raises:
-            ConnectServerError: no Java, the port is taken, or the server exited or did
-                not answer within ``timeout`` (the log's end is in the message).
-
-        """
+    def check_startable(self) -> None:
+        """Raise :class:`ConnectServerError` when it cannot start: no Java, port taken."""
         why = java_missing()
         if why:
             raise ConnectServerError(f"cannot start a Spark Connect server: {why}")
         if port_answers(self.port):
             msg = f"port {self.port} is taken: give the Spark Connect server another one"
             raise ConnectServerError(msg)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {
-            **os.environ,
+
+    def argv(self) -> list[str]:
+        """Its command line (:func:`server_argv`)."""
+        return server_argv(self.port, self.master, self.conf)
+
+    def env(self) -> dict[str, str]:
+        """The variables it needs on top of the caller's environment."""
+        return {
             "SPARK_HOME": str(spark_home()),
             "SPARK_LOCAL_IP": "127.0.0.1",
             "SPARK_LOG_DIR": str(self.log_path.parent),
         }
+
+    def wait_ready(
+        self,
+        alive: Callable[[], bool],
+        stopping: Callable[[], bool] = lambda: False,
+        timeout: float = START_TIMEOUT_S,
+    ) -> bool:
+        """Wait until its port answers; False when ``alive()`` turns false, on timeout or stop."""
+        deadline = time.monotonic() + timeout
+        while not port_answers(self.port):
+            if not alive() or stopping() or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start it as a child of this process and wait until its port answers.
+
+        Raises:
+            ConnectServerError: no Java, the port is taken, or the server exited or did
+                not answer within ``timeout`` (the log's end is in the message).
+
+        """
+        self.check_startable()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env()}
         env.pop("SPARK_CONNECT_MODE_ENABLED", None)
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                server_argv(self.port, self.master, self.conf),
+                self.argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -162,18 +187,15 @@ class ConnectServer:
                 start_new_session=True,
                 preexec_fn=self.preexec_fn,
             )
-        deadline = time.monotonic() + timeout
-        while not port_answers(self.port):
-            if not self.alive() or time.monotonic() >= deadline:
-                code = None if self.proc is None else self.proc.poll()
-                self.stop()
-                what = f"exited with status {code}" if code is not None else "did not answer"
-                msg = (
-                    f"the Spark Connect server {what} (port {self.port}); its log "
-                    f"{self.log_path} ends:\n{self.log_tail()}"
-                )
-                raise ConnectServerError(msg)
-            time.sleep(0.2)
+        if not self.wait_ready(self.alive, timeout=timeout):
+            code = self.proc.poll()
+            self.stop()
+            what = f"exited with status {code}" if code is not None else "did not answer"
+            msg = (
+                f"the Spark Connect server {what} (port {self.port}); its log "
+                f"{self.log_path} ends:\n{self.log_tail()}"
+            )
+            raise ConnectServerError(msg)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM its process group, SIGKILL after ``timeout``; idempotent."""

@@ -213,7 +213,7 @@ def connect_session(config: SparkConfig) -> SparkSession:
         "sbin/start-connect-server.sh), or unset the variable to run Spark in this "
         f"process ({DEFAULT_SPARK_MASTER})"
     )
-    if not _answers(config.master):  # the client would retry for minutes
+    if not connect_answers(config.master):  # the client would retry for minutes
         raise ConnectUnavailableError(msg)
     builder = SparkSession.builder.remote(config.master).appName(config.app_name)
     for key, value in config.resolved().items():
@@ -237,7 +237,8 @@ def connect_address(master: str) -> tuple[str, int]:
     return host or "localhost", int(port) if port else 15002
 
 
-def _answers(master: str, timeout: float = 5.0) -> bool:
+def connect_answers(master: str, timeout: float = 5.0) -> bool:
+    """Whether something accepts connections at an ``sc://`` URL's host and port."""
     try:
         with socket.create_connection(connect_address(master), timeout=timeout):
             return True

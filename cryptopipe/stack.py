@@ -75,6 +75,7 @@ class Holder:
     ui: str
     started_at: str
     token: str
+    spark: str = ""  # the warm Spark Connect server's sc:// URL, if up keeps one
 
     @classmethod
     def parse(cls, raw: bytes | str) -> Holder:
@@ -90,6 +91,7 @@ class Holder:
             ui=str(data.get("ui", "")),
             started_at=str(data.get("started_at", "?")),
             token=str(data.get("token", "")),
+            spark=str(data.get("spark", "")),
         )
 
     def describe(self) -> str:
@@ -110,7 +112,13 @@ class StackLease:
     """
 
     def __init__(
-        self, client: redis.Redis, *, home: str, ui: str = "", ttl_ms: int = LEASE_TTL_MS
+        self,
+        client: redis.Redis,
+        *,
+        home: str,
+        ui: str = "",
+        spark: str = "",
+        ttl_ms: int = LEASE_TTL_MS,
     ) -> None:
         self.client = client
         self.ttl_ms = ttl_ms
@@ -123,6 +131,7 @@ class StackLease:
                 "ui": ui,
                 "started_at": datetime.now(tz=UTC).isoformat(timespec="seconds"),
                 "token": token,
+                **({"spark": spark} if spark else {}),
             },
             sort_keys=True,
         )

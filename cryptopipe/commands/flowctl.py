@@ -15,9 +15,10 @@ from typing import Any
 
 import redis
 
+from cryptopipe.stack import Holder
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings, text
-from redisstore.keys import DLQ_STREAM, LATE_STREAM, RECONCILE_LAST_KEY, counts_key
+from redisstore.keys import DLQ_STREAM, LATE_STREAM, RECONCILE_LAST_KEY, STACK_KEY, counts_key
 from streaming.supervisor import ALL, FLOWS, HEALTHY_STATES, FlowStatus, Supervisor
 
 
@@ -135,12 +136,24 @@ def rejection_totals(client: redis.Redis, flow: str = "candles") -> dict[str, An
     return {"rejected": sum(ordered.values()), "by_reason": ordered, "late": late}
 
 
+def spark_status(client: redis.Redis) -> dict[str, Any]:
+    """Where Dagster's batch runs find Spark: the stack's warm Connect server, if any."""
+    raw = client.get(STACK_KEY)
+    url = Holder.parse(raw).spark if raw else ""
+    if not url:
+        return {"connect": None, "answering": None}
+    from batch.spark import connect_answers  # no pyspark: a socket check
+
+    return {"connect": url, "answering": connect_answers(url)}
+
+
 def status_report(settings: Settings, client: redis.Redis) -> dict[str, Any]:
     """What ``status --format json`` prints (and the HTTP API's ``/api/status`` returns)."""
     sup = Supervisor(settings, client)
     raw = client.get(RECONCILE_LAST_KEY)
     return {
         "flows": [_row(sup.status(n)) for n in (*FLOWS, "feed")],
+        "spark": spark_status(client),
         "rejections": rejection_totals(client),
         "last_reconciliation": json.loads(raw) if raw else None,
         "at_ms": int(time.time() * 1000),
@@ -167,6 +180,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     else:
         counts = " ".join(f"{k}={v}" for k, v in last.get("counts", {}).items())
         print(f"\nreconciliation: {last.get('date')} {counts}")
+    spark = report["spark"]
+    if spark["connect"]:
+        state = "answering" if spark["answering"] else "NOT answering"
+        print(f"\nspark: Spark Connect server {spark['connect']} ({state}), kept warm by up")
     if unhealthy:
         print(f"\nnot healthy: {', '.join(unhealthy)}", file=sys.stderr)
         return 1

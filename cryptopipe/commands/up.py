@@ -35,6 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch.connect_server import DEFAULT_PORT as CONNECT_PORT
+from batch.connect_server import ConnectServer, ConnectServerError
+from batch.spark import SPARK_MASTER_ENV
 from cryptopipe.commands.serve import DEFAULT_HOST, DEFAULT_PORT
 from cryptopipe.dagster_home import prepare
 from cryptopipe.errors import CommandError
@@ -129,6 +132,19 @@ def register(
         "'cryptopipe status --format json' lists them)",
     )
     up.add_argument("--no-metrics", action="store_true", help="serve no Prometheus metrics")
+    up.add_argument(
+        "--spark-connect",
+        action="store_true",
+        help="keep a local Spark Connect server warm for Dagster's batch runs (about 1.5 GB "
+        "of memory while up runs; each run then starts no JVM of its own)",
+    )
+    up.add_argument(
+        "--spark-connect-port",
+        type=int,
+        default=CONNECT_PORT,
+        metavar="PORT",
+        help=f"its gRPC port on 127.0.0.1 (default {CONNECT_PORT})",
+    )
     up.add_argument(
         "--for",
         dest="run_for",
@@ -250,6 +266,45 @@ class Stack:
         self.env = {**settings.env(), OWNER_ENV: self.owner}
         self.backoff: dict[str, Backoff] = {}
         self.ui = f"http://{args.dagster_host}:{args.dagster_port}"
+        self.spark: ConnectServer | None = None
+        if getattr(args, "spark_connect", False):
+            port = args.spark_connect_port
+            self.spark = ConnectServer(port, self.group.log_dir / "spark-connect.log")
+            self.env[SPARK_MASTER_ENV] = self.spark.url  # Dagster's runs use it
+
+    def start_spark(self) -> None:
+        """The warm Spark Connect server, a healed child like the others (not waited for).
+
+        Raises:
+            CommandError: no Java, or its port is taken.
+
+        """
+        if self.spark is None:
+            return
+        try:
+            self.spark.check_startable()
+        except ConnectServerError as exc:
+            raise CommandError(f"spark: {exc} (or leave out --spark-connect)", status=1) from None
+        self.group.start("spark-connect", self.spark.argv(), self.spark.env())
+
+    def wait_spark(self, stopping: Callable[[], bool]) -> None:
+        """Wait until the Connect server answers; say where it is."""
+        if self.spark is None:
+            return
+        child = self.group.child("spark-connect")
+        if not self.spark.wait_ready(child.alive, stopping):
+            if stopping():
+                return
+            msg = (
+                f"spark: the Spark Connect server did not start (status {child.proc.poll()}); "
+                f"its log {child.log_path} ends:\n{self.spark.log_tail()}"
+            )
+            raise CommandError(msg, status=1)
+        print(
+            f"spark: Spark Connect server {self.spark.url} (warm for Dagster's batch runs; "
+            f"{SPARK_MASTER_ENV} set for them)",
+            flush=True,
+        )
 
     # ---- children ---------------------------------------------------------------------
 
@@ -354,7 +409,12 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     stack = Stack(args, settings)
     stack.local = ensure_redis(settings.redis_url, settings.redis_dir, die_with_parent=True)
     client = connect_settings(settings, writer=True)
-    lease = StackLease(client, home=str(settings.home), ui="" if args.no_dagster else stack.ui)
+    lease = StackLease(
+        client,
+        home=str(settings.home),
+        ui="" if args.no_dagster else stack.ui,
+        spark=stack.spark.url if stack.spark else "",
+    )
     try:
         lease.acquire()  # refused: nothing of the running stack is touched
     except BaseException:
@@ -367,6 +427,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     try:
         where = f"started here, data in {settings.redis_dir}" if stack.local else "existing"
         print(f"redis: {redact(settings.redis_url)} ({where})", flush=True)
+        stack.start_spark()
         stack.start_own(feed)
         if feed and not args.no_dagster:
             sup.set_feed(feed)
@@ -376,6 +437,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             if not stack.start_dagster(stop.is_set):
                 return 0
             print(f"flows: {', '.join(FLOWS)} (started by Dagster's flow health sensor)")
+        stack.wait_spark(stop.is_set)
         stack.announce(feed)
         deadline = None if args.run_for is None else time.monotonic() + args.run_for
         while not stop.is_set():

@@ -141,6 +141,7 @@ def daily_batch(
             "candles": dg.MetadataValue.json(result.candles),
             "seconds": summary["seconds"],
             "forced": not seal.sealed,
+            "spark": spark.master,  # where it ran: local[N], a cluster, or sc:// (Connect)
         },
     )
     yield dg.MaterializeResult(

@@ -61,6 +61,16 @@ query Backfill($id: String!) {
 """
 
 
+def spark_masters(home: Path) -> list[str]:
+    """Where each of the instance's batch_candles materializations ran (its "spark" entry)."""
+    from dagster import AssetKey, DagsterInstance
+
+    with DagsterInstance.from_config(str(home / "dagster")) as instance:
+        records = instance.fetch_materializations(AssetKey("batch_candles"), limit=100).records
+        mats = [r.asset_materialization for r in records]
+        return [str(m.metadata["spark"].value) for m in mats if m is not None]
+
+
 def graphql(ui: str, query: str, variables: dict) -> dict:
     resp = requests.post(f"{ui}/graphql", json={"query": query, "variables": variables}, timeout=30)
     resp.raise_for_status()
@@ -76,9 +86,16 @@ def test_a_backfill_launched_as_the_ui_does_runs_every_day_through_the_daemon(
     url = f"redis://127.0.0.1:{free_port()}/0"
     port = free_port()
     ui = f"http://127.0.0.1:{port}"
-    up = Up(tmp_path, url, "--no-feed", "--no-api", "--dagster-port", str(port), "--for", "900")
+    spark_port = free_port()  # the batch runs go to the warm Spark Connect server
+    up = Up(
+        tmp_path,
+        url,
+        *("--no-feed", "--no-api", "--dagster-port", str(port), "--for", "900"),
+        *("--spark-connect", "--spark-connect-port", str(spark_port)),
+    )
     try:
         up.wait_line(r"code location loaded", 180)
+        up.wait_line(rf"spark: Spark Connect server sc://127.0.0.1:{spark_port} ", 120)
         names = ("candles", "metrics", "archive")
         wait_for(lambda: flow_pids(up, names), 180, "the sensor to start the flows")
         # Two days and two hours of market through the running flows.
@@ -159,6 +176,10 @@ def test_a_backfill_launched_as_the_ui_does_runs_every_day_through_the_daemon(
         runs = [r for r in dagster_runs(tmp_path) if r[0] == "__ASSET_JOB"]
         assert sorted(s for _, s in runs) == ["SUCCESS", "SUCCESS"], dagster_runs(tmp_path)
         print(f"backfill of {len(DAYS)} days: {time.monotonic() - t0:.0f} s")
+        # Both ran on up's warm Spark Connect server, which status shows.
+        assert spark_masters(tmp_path) == [f"sc://127.0.0.1:{spark_port}"] * len(DAYS)
+        report = json.loads(run_cryptopipe(up.env, "status", "--format", "json").stdout)
+        assert report["spark"] == {"connect": f"sc://127.0.0.1:{spark_port}", "answering": True}
 
         # Each day reconciled exactly and served from the batch.
         merged = reader_for("merged", settings, client)
