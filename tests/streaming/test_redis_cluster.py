@@ -25,8 +25,8 @@ from marketdata.interval import Interval
 from marketdata.settings import Settings
 from redisstore.cluster import is_cluster, node_connection, primaries
 from redisstore.conn import RedisUnavailableError, connect, connect_settings
-from redisstore.keys import metrics_key, raw_stream_names, written_key
-from tests.processes import cryptopipe_ok
+from redisstore.keys import RAW_STREAM, metrics_key, raw_stream_names, written_key
+from tests.processes import cryptopipe_ok, run_cryptopipe
 from tests.rediscluster import LocalCluster
 
 
@@ -97,6 +97,19 @@ def test_every_primary_must_never_evict(redis_cluster: LocalCluster) -> None:
             connect_settings(settings, writer=True)
     finally:
         plain.config_set("maxmemory-policy", "noeviction")
+
+
+def test_shards_left_under_their_old_names_are_refused(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    env = flow_env(redis_url, tmp_path / "home", CRYPTOPIPE_RAW_SHARDS="2")
+    old = f"{RAW_STREAM}:1"  # as shard 1 was named before the hash tags
+    redis_client.xadd(old, {"payload": "{}"})
+    out = run_cryptopipe(env, "stream", "run", "candles", "--exit-when-idle", "1", timeout=120)
+    assert out.returncode != 0
+    assert f"{old} (1 entries) still hold entries under the old names" in out.stderr
+    redis_client.delete(old)  # read to the end and deleted: the flow runs
+    cryptopipe_ok(env, "stream", "run", "candles", "--exit-when-idle", "1", timeout=120)
 
 
 @pytest.mark.slow
