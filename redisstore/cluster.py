@@ -100,11 +100,12 @@ class _FollowSlot:
         self._stale = False
         super().__init__(**kwargs)
 
-    def connect(self) -> None:
+    def _follow(self) -> None:
+        """Point this (unconnected) connection at the node that serves the key now."""
         if self._stale:
             try:
                 self._cluster.nodes_manager.initialize()
-            except redis.RedisError as exc:  # no node answers yet: try the old map
+            except (redis.RedisError, RedisClusterException) as exc:  # keep the old map
                 log.warning("%s: cannot refresh the cluster's slots (%s)", self._slot_key, exc)
             self._stale = False
         try:
@@ -114,8 +115,22 @@ class _FollowSlot:
             msg = f"no node serves {self._slot_key} right now ({exc})"
             raise redis.ConnectionError(msg) from exc
         self.host, self.port = node.host, node.port
+
+    def connect(self) -> None:
+        if getattr(self, "_sock", None) is None:
+            self._follow()
         try:
             super().connect()  # type: ignore[misc]
+        except redis.ConnectionError:
+            self._stale = True
+            raise
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # what redis-py calls before sending on a connection (redis-py >= 6)
+        if getattr(self, "_sock", None) is None:
+            self._follow()
+        try:
+            super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
         except redis.ConnectionError:
             self._stale = True
             raise

@@ -86,6 +86,23 @@ class LocalCluster:
             client.close()
         raise AssertionError(f"no node serves slot {slot} of {key}")
 
+    def move_slot(self, key: str, to: LocalRedis) -> None:
+        """Give ``key``'s slot (which must hold no key) to node ``to``, as a resharding would."""
+        clients = [connect(n.url, cluster=False) for n in self.nodes]
+        try:
+            slot = int(clients[0].cluster("KEYSLOT", key))
+            target = clients[self.nodes.index(to)]
+            target_id = target.execute_command("CLUSTER MYID")
+            for client in [target, *clients]:  # the new owner first, as redis-cli does
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        finally:
+            for client in clients:
+                client.close()
+        deadline = time.monotonic() + 10
+        while self.port_of(key) != to.port:
+            assert time.monotonic() < deadline, f"slot of {key} not moved within 10 s"
+            time.sleep(0.05)
+
     def flush(self) -> None:
         """Empty every node."""
         for node in self.nodes:

@@ -86,6 +86,26 @@ def test_a_cluster_node_is_detected_and_served_like_one_redis(
     node.close()
 
 
+def test_a_node_connection_follows_its_slot_to_another_node(redis_cluster: LocalCluster) -> None:
+    key = "{follow}:stream"
+    node = node_connection(connect(redis_cluster.url), key)
+    assert node.xlen(key) == 0
+    home = next(n for n in redis_cluster.nodes if n.port == redis_cluster.port_of(key))
+    away = next(n for n in redis_cluster.nodes if n is not home)
+    redis_cluster.move_slot(key, away)
+    try:
+        # MOVED: an outage to the caller (as the stream source takes it), the
+        # connection dropped; the next call finds the new node and the write lands there
+        with pytest.raises(redis.ConnectionError, match="served by another node"):
+            node.xadd(key, {"f": "v"})
+        node.xadd(key, {"f": "v"})
+        assert connect(away.url, cluster=False).xlen(key) == 1
+    finally:
+        node.delete(key)
+        redis_cluster.move_slot(key, home)
+    node.close()
+
+
 def test_every_primary_must_never_evict(redis_cluster: LocalCluster) -> None:
     settings = Settings(redis_url=redis_cluster.url)
     connect_settings(settings, writer=True).close()
