@@ -71,8 +71,12 @@ def connect(
             if cluster is None:
                 cluster = _cluster_enabled(client)
         except redis.AuthenticationError as exc:
-            msg = f"Redis at {redact(url)} refused the credentials ({exc}); check user and password"
-            raise RedisUnavailableError(msg) from None
+            if check:
+                msg = (
+                    f"Redis at {redact(url)} refused the credentials ({exc}); "
+                    "check user and password"
+                )
+                raise RedisUnavailableError(msg) from None
         except redis.RedisError as exc:
             if check:
                 msg = (
