@@ -49,7 +49,7 @@ def refuse_legacy_shards(client: redis.Redis) -> None:
     if left:
         listed = ", ".join(f"{k} ({v} entries)" for k, v in sorted(left.items()))
         msg = (
-            f"the raw log's shards are named md:trades:raw:<n>{{<tag>}} now, but {listed} "
+            f"the raw log's shards are named {RAW_STREAM}:<n>{{<tag>}} now, but {listed} "
             "still hold entries under the old names: run the previous version's candles "
             "and archive flows with --exit-when-idle until they have read them (the "
             "archive watermark past their last entry), then delete those streams"
