@@ -6,7 +6,8 @@ ours keeps its keys in one slot (the ``{...}`` hash tags of :mod:`redisstore.key
 Three things differ, and are handled here:
 
 * pipelines: ``pipeline()`` is transactional by default, as ``redis.Redis``'s is (a
-  ``MULTI`` must then touch one slot, or it fails loudly); a non-transactional one is
+  ``MULTI`` must then touch one slot, or it fails loudly; its replies come back
+  unparsed, ``b"OK"`` for ``True``); a non-transactional one is
   split per node by redis-py. A registered Lua script run in a pipeline is sent as
   ``EVAL`` with its text: a cluster pipeline has no ``SCRIPT LOAD`` step, and a node
   that never saw the script (or restarted) would answer ``NOSCRIPT``;
