@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from batch.connect_server import ConnectServer, ConnectServerError
+from batch.spark import connect_address, is_connect
 from cryptopipe.localredis import free_port
 from tests.batch.remote_batch import run_batch_on
 from tests.processes import run_cryptopipe
@@ -48,3 +49,10 @@ def test_no_server_at_the_url_fails_in_one_line(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert f"no Spark Connect server answers at {url}" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_connect_urls() -> None:
+    assert is_connect("sc://127.0.0.1:15010") and not is_connect("local[2]")
+    assert connect_address("sc://127.0.0.1:15010") == ("127.0.0.1", 15010)
+    assert connect_address("sc://spark.example/;token=x") == ("spark.example", 15002)
+    assert connect_address("sc://h:7/;use_ssl=true") == ("h", 7)
