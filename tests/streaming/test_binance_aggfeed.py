@@ -323,7 +323,10 @@ def test_a_restart_resumes_from_the_aggregate_ids(
 ) -> None:
     """Stopped while the market goes on: the next run fetches the downtime's aggregates
     from REST, before any live frame, and records aggregate ids in their own hash."""
-    fake = FakeBinance(SYMBOLS, n_trades=400, tick_s=0.01, spans=SPANS, market=market)
+    # 700 trades at 100/s: after the downtime the market runs on for about 5 s, time
+    # for the second run to start and connect under a loaded machine (with 400 the
+    # market could end before it, and no frame came live).
+    fake = FakeBinance(SYMBOLS, n_trades=700, tick_s=0.01, spans=SPANS, market=market)
     with fake:
         with agg_feed(redis_url, tmp_path, fake):
             wait_published(fake, 100)
@@ -340,7 +343,7 @@ def test_a_restart_resumes_from_the_aggregate_ids(
     live = [i for i, m in enumerate(run2) if not from_rest(m)]
     assert rest and live and max(rest) < min(live)  # backfill before live
     assert all(r.path.endswith("/aggTrades") for r in fake.rest)
-    assert points == dict.fromkeys(SYMBOLS, 400)  # aggregate ids, kept apart from trade ids
+    assert points == dict.fromkeys(SYMBOLS, 700)  # aggregate ids, kept apart from trade ids
     assert ResumePoints(redis_client, fake.ws_url).load(tuple(SYMBOLS)) == {}
     assert_candles_of_the_trades(redis_url, redis_client, fake)
 
