@@ -8,9 +8,7 @@ Add a new key here, document it in docs/storage.md, and import it from here: no
 
 from __future__ import annotations
 
-import functools
-
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.crc import key_slot
 
 from marketdata.interval import Interval
 from marketdata.rawmessage import shard_of
@@ -26,47 +24,28 @@ LATE_STREAM = "md:trades:late"
 
 
 def raw_stream_names(shards: int) -> list[str]:
-    """Names of the raw-log streams: one, or ``md:trades:raw:<n>{<tag>}`` per shard.
+    """Names of the raw-log streams: one, or ``md:trades:raw:<n>`` per shard.
 
-    Shard ``n``'s hash tag is the smallest number whose Cluster slot lies in the
-    ``n``-th of ``shards`` equal slot ranges, so on a Redis Cluster (whose primaries
-    serve contiguous ranges, equal by default) the shards spread over the primaries
-    as evenly as their count allows; on a plain Redis the tag is just part of the name.
+    The names are the contract's (docs/architecture.md section 6). On a Redis Cluster
+    each shard's slot is the CRC16 of its name: ``raw_shard_slots`` tells where they
+    fall (docs/storage.md, *Redis Cluster*, has the table for 2 to 8 shards).
     """
     if shards <= 1:
         return [RAW_STREAM]
-    return [f"{RAW_STREAM}:{n}{{{_spread_tag(n, shards)}}}" for n in range(shards)]
+    return [f"{RAW_STREAM}:{n}" for n in range(shards)]
 
 
-@functools.cache
-def _spread_tag(n: int, shards: int) -> int:
-    """The smallest ``k`` whose slot is in the ``n``-th of ``shards`` equal slot ranges."""
-    low = n * REDIS_CLUSTER_HASH_SLOTS // shards
-    high = (n + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
-    k = 0
-    while not low <= key_slot(str(k).encode()) < high:
-        k += 1
-    return k
-
-
-def legacy_raw_shard(name: str) -> bool:
-    """Whether ``name`` is a raw-log shard as named before the hash tags: ``md:trades:raw:<n>``."""
-    return name.startswith(f"{RAW_STREAM}:") and name[len(RAW_STREAM) + 1 :].isdigit()
+def raw_shard_slots(shards: int) -> list[int]:
+    """The Redis Cluster slot of each raw-log stream."""
+    return [key_slot(name.encode()) for name in raw_stream_names(shards)]
 
 
 def is_raw_shard(name: str) -> bool:
-    """Whether ``name`` is a shard of the raw log: ``md:trades:raw:<n>{<tag>}``."""
-    index, brace, tag = name.removeprefix(f"{RAW_STREAM}:").partition("{")
-    return (
-        name.startswith(f"{RAW_STREAM}:")
-        and index.isdigit()
-        and bool(brace)
-        and tag.endswith("}")
-        and tag[:-1].isdigit()
-    )
+    """Whether ``name`` is a shard of the raw log: ``md:trades:raw:<n>``."""
+    return name.startswith(f"{RAW_STREAM}:") and name[len(RAW_STREAM) + 1 :].isdigit()
 
 
-#: SCAN pattern of every raw-log shard (and the old names, see :func:`legacy_raw_shard`).
+#: SCAN pattern of every raw-log shard.
 RAW_SHARD_PATTERN = f"{RAW_STREAM}:*"
 
 

@@ -27,7 +27,6 @@ from cryptopipe.errors import CommandError
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
 from streaming.prom import ENV_METRICS_PORT
-from streaming.rawlog_stats import refuse_legacy_shards
 from streaming.supervisor import FLOWS
 
 #: Seconds between snapshots (bytewax's epoch length): what a crash replays at most.
@@ -170,9 +169,7 @@ def bytewax_argv(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Run one flow in the foreground."""
-    client = connect_settings(settings, writer=True)  # reachable, and never evicting
-    refuse_legacy_shards(client)  # nothing left behind in shards of old names
-    client.close()
+    connect_settings(settings, writer=True).close()  # reachable, and never evicting
     argv = bytewax_argv(args, settings)
     env = {
         **os.environ,
