@@ -175,7 +175,7 @@ def minute_candles(
         unique = narrow if distinct else dedupe_narrow(narrow)
         partials = minute_partials(unique).persist(StorageLevel.MEMORY_AND_DISK)
         invalid = F.sum((~fast_path_valid()).cast("long")).alias("invalid")
-        row = _totals(partials, invalid)
+        row = _totals_or_unpersist(partials, invalid)
         if not row["invalid"]:
             path = "fast, no duplicates by index" if distinct else "fast"
             minute = candles_from_partials(partials)
@@ -183,7 +183,16 @@ def minute_candles(
         log.info("fast path preconditions do not hold: recomputing with exact decimals")
         partials.unpersist()
     minute = minute_candles_exact(dedupe_trades(trades)).persist(StorageLevel.MEMORY_AND_DISK)
-    return _Minutes(minute, "exact", minute, *_totals(minute)[:3])
+    return _Minutes(minute, "exact", minute, *_totals_or_unpersist(minute)[:3])
+
+
+def _totals_or_unpersist(df: DataFrame, *extra: Column) -> Row:
+    # A failed job must not leave its cache behind: a Connect server outlives the run.
+    try:
+        return _totals(df, *extra)
+    except BaseException:
+        df.unpersist()
+        raise
 
 
 def _largest(trades: DataFrame, minute: DataFrame) -> DataFrame:
