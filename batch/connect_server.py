@@ -11,6 +11,13 @@ starts no JVM and finds one that is already warm.
 
 ``cryptopipe up --spark-connect`` keeps one running for Dagster's batch runs; the
 tests start their own.
+
+A fresh server's first job is about twice as slow as the next ones (its JIT, and
+Spark compiling the job's generated code, which it then keeps by the code's text):
+:func:`warm_up` runs the daily job once on a small generated day, in a throw-away
+lake, so that the first real run finds the server warm. It runs in a process of its
+own (``python -m batch.connect_server warm-up URL``: :func:`warm_up_argv`), since a
+process that once opened a Connect session stays in Connect mode.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from batch.spark import APP_NAME, SparkConfig, log4j_file
@@ -217,9 +227,74 @@ class ConnectServer:
         except OSError:
             return "(no log)"
 
+    def warm_up(self, timeout: float = 300.0) -> None:
+        """Run :func:`warm_up` against it in a child process and wait (errors are raised).
+
+        Raises:
+            ConnectServerError: the warm-up failed (its output is in the message).
+
+        """
+        out = subprocess.run(
+            warm_up_argv(self.url), capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if out.returncode != 0:
+            msg = f"the warm-up of the Spark Connect server failed:\n{out.stderr[-2000:]}"
+            raise ConnectServerError(msg)
+
     def __enter__(self) -> ConnectServer:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def warm_up_argv(url: str) -> list[str]:
+    """The command that warms the server at ``url`` up (:func:`warm_up`) and exits."""
+    return [sys.executable, "-m", "batch.connect_server", "warm-up", url]
+
+
+def warm_up(url: str, trades_per_symbol: int = 100_000) -> float:
+    """The daily job once through ``url`` on a generated day in a temporary lake; seconds.
+
+    The day is imported-like (every file with its trade-id index, no duplicates), as
+    the lake's days usually are, so the job takes the same path as the real ones.
+    """
+    from batch.daily import run_batch_day
+    from batch.spark import SparkConfig, build_session
+    from lake.layout import Lake, SourceRange
+    from lake.writer import LakeWriter
+    from marketdata.simulator import SimConfig, simulate
+
+    started = time.monotonic()
+    cfg = SimConfig(
+        symbols=("WARMUSDT", "UPUSDT"),
+        rate=2 * trades_per_symbol / 86_400,
+        duration_s=86_400.0,
+        seed=1,
+    )
+    trades = [m.trade for m in simulate(cfg) if m.trade is not None]
+    with tempfile.TemporaryDirectory(prefix="cryptopipe-warm-up-") as tmp:
+        lake = Lake(Path(tmp) / "lake")
+        source = SourceRange.rows("warm-up", 1, len(trades))
+        LakeWriter(lake, durable=False).write_trades(trades, [], source)
+        session = build_session(SparkConfig(master=url))
+        try:
+            run_batch_day(session, lake, datetime.fromtimestamp(cfg.start_ms / 1000, UTC).date())
+        finally:
+            session.stop()
+    return time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m batch.connect_server warm-up sc://HOST:PORT``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "warm-up":
+        print("usage: python -m batch.connect_server warm-up sc://HOST:PORT", file=sys.stderr)
+        return 2
+    print(f"warm-up of {args[1]}: {warm_up(args[1]):.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,9 +8,9 @@ then times in one run:
   Spark job, Parquet writes): candles of every interval and the daily aggregates;
 * the same with ``--dedup always`` (the deduplication shuffle even though the
   lake's trade-id index proves there is nothing to remove);
-* the same against a local Spark Connect server (:mod:`batch.connect_server`)
-  started before: its first run (the server's JVM still cold) and a second one
-  (warm: what ``cryptopipe up --spark-connect`` gives Dagster's batch runs);
+* the same, twice, against a local Spark Connect server (:mod:`batch.connect_server`)
+  started and warmed up before (what ``cryptopipe up --spark-connect`` gives
+  Dagster's batch runs);
 * DuckDB computing the same candles (dedupe, exact 1m candles with (event_time,
   trade_id) order, roll-ups to 5m .. 1d, half-even VWAP) straight from the CSV
   files, written to Parquet.
@@ -280,7 +280,7 @@ def main() -> int:
         batch_s, batch_out = timed_cli(["batch", "run", "--date", DAY], home)
         local_rows = batch_rows(home / "lake")
         dedup_s, _ = timed_cli(["batch", "run", "--date", DAY, "--dedup", "always"], home)
-        connect_cold_s, connect_s = connect_runs(home, work)
+        warm_up_s, connect_first_s, connect_s = connect_runs(home, work)
         duck_out = work / "duckdb-candles.parquet"
         t = time.monotonic()
         run_duckdb(files, duck_out, args.threads)
@@ -295,8 +295,9 @@ def main() -> int:
             ("cryptopipe lake import (3 files)", import_s, None),
             ("cryptopipe batch run (whole process)", batch_s, batch_s / duck_s),
             ("  same, --dedup always", dedup_s, dedup_s / duck_s),
-            ("batch run, Connect server: its first run", connect_cold_s, connect_cold_s / duck_s),
-            ("batch run, Connect server: warm", connect_s, connect_s / duck_s),
+            ("Connect server: its warm-up (once, at its start)", warm_up_s, None),
+            ("batch run, Connect server: first run", connect_first_s, connect_first_s / duck_s),
+            ("batch run, Connect server: second run", connect_s, connect_s / duck_s),
             (f"DuckDB {duckdb_version()} from the CSVs ({args.threads} threads)", duck_s, 1.0),
         ]
         print()
@@ -317,7 +318,7 @@ def main() -> int:
         )
         ok = (
             batch_s <= TARGET_RATIO * duck_s
-            and connect_s <= TARGET_CONNECT_RATIO * duck_s
+            and max(connect_first_s, connect_s) <= TARGET_CONNECT_RATIO * duck_s
             and batch_s < TARGET_SECONDS
             and same
         )
@@ -332,16 +333,22 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def connect_runs(home: Path, work: Path) -> tuple[float, float]:
-    """``batch run`` twice against a Connect server started here (not timed); both times."""
+def connect_runs(home: Path, work: Path) -> tuple[float, float, float]:
+    """A Connect server started here and warmed up (as ``up`` does); ``batch run`` twice.
+
+    Returns the warm-up's seconds and both runs'.
+    """
     from batch.connect_server import ConnectServer
     from cryptopipe.localredis import free_port
 
     with ConnectServer(free_port(), work / "connect-server.log") as server:
+        t = time.monotonic()
+        server.warm_up()
+        warm_up_s = time.monotonic() - t
         argv = ["batch", "run", "--date", DAY]
         first, _ = timed_cli(argv, home, CRYPTOPIPE_SPARK_MASTER=server.url)
-        warm, _ = timed_cli(argv, home, CRYPTOPIPE_SPARK_MASTER=server.url)
-    return first, warm
+        second, _ = timed_cli(argv, home, CRYPTOPIPE_SPARK_MASTER=server.url)
+    return warm_up_s, first, second
 
 
 def duckdb_version() -> str:

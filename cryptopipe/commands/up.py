@@ -25,8 +25,11 @@ restarts the flows), and only that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,13 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch.connect_server import DEFAULT_PORT as CONNECT_PORT
-from batch.connect_server import ConnectServer, ConnectServerError
+from batch.connect_server import ConnectServer, ConnectServerError, warm_up_argv
 from batch.spark import SPARK_MASTER_ENV
 from cryptopipe.commands.serve import DEFAULT_HOST, DEFAULT_PORT
 from cryptopipe.dagster_home import prepare
 from cryptopipe.errors import CommandError
 from cryptopipe.localredis import LocalRedis, ensure_redis
-from cryptopipe.procs import ProcessGroup
+from cryptopipe.procs import ProcessGroup, die_with_parent
 from cryptopipe.signals import stop_event_on_signals
 from cryptopipe.stack import StackLease
 from marketdata.settings import Settings
@@ -267,6 +270,7 @@ class Stack:
         self.backoff: dict[str, Backoff] = {}
         self.ui = f"http://{args.dagster_host}:{args.dagster_port}"
         self.spark: ConnectServer | None = None
+        self.warm_up: subprocess.Popen[bytes] | None = None
         if getattr(args, "spark_connect", False):
             port = args.spark_connect_port
             self.spark = ConnectServer(port, self.group.log_dir / "spark-connect.log")
@@ -305,6 +309,26 @@ class Stack:
             f"{SPARK_MASTER_ENV} set for them)",
             flush=True,
         )
+        # Its first job runs twice as long as the next ones: one on a small generated
+        # day now, in the background, so that Dagster's first batch run finds it warm.
+        log_path = self.group.log_dir / "spark-warm-up.log"
+        with log_path.open("ab") as out:
+            self.warm_up = subprocess.Popen(
+                warm_up_argv(self.spark.url),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+
+    def stop_warm_up(self) -> None:
+        """Stop the warm-up if it still runs."""
+        if self.warm_up is not None and self.warm_up.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.warm_up.pid, signal.SIGKILL)
+            self.warm_up.wait(5)
 
     # ---- children ---------------------------------------------------------------------
 
@@ -454,6 +478,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print("stopping ...", file=sys.stderr, flush=True)
         for name in supervised:
             sup.unwant(name)  # a run still in flight must not start it again
+        stack.stop_warm_up()
         stack.group.stop_all()  # Dagster first, so the sensor restarts nothing
         for name in supervised:
             sup.stop(name)

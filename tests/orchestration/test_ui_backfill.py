@@ -180,6 +180,8 @@ def test_a_backfill_launched_as_the_ui_does_runs_every_day_through_the_daemon(
         assert spark_masters(tmp_path) == [f"sc://127.0.0.1:{spark_port}"] * len(DAYS)
         report = json.loads(run_cryptopipe(up.env, "status", "--format", "json").stdout)
         assert report["spark"] == {"connect": f"sc://127.0.0.1:{spark_port}", "answering": True}
+        warm_up = (tmp_path / "run" / "logs" / "spark-warm-up.log").read_text()
+        assert f"warm-up of sc://127.0.0.1:{spark_port}: " in warm_up, warm_up[-2000:]
 
         # Each day reconciled exactly and served from the batch.
         merged = reader_for("merged", settings, client)
