@@ -385,6 +385,7 @@ def scale_out(url: str, work: Path, n: int, symbols: int, rounds: int, shards: i
     import redis
 
     from redisstore.keys import heartbeat_key, raw_stream_names
+    from streaming.flows.runtime import process_key
     from streaming.rawlog import RawLogWriter
 
     _, objs, msgs = bench_trades(n, symbols)
@@ -414,9 +415,8 @@ def scale_out(url: str, work: Path, n: int, symbols: int, rounds: int, shards: i
             argv += ["--workers", str(workers2)]
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-        beats = [heartbeat_key("candles")] + [
-            f"{heartbeat_key('candles')}:p{i}" for i in range(1, processes)
-        ]
+        beats = [heartbeat_key("candles")]
+        beats += [process_key("candles", i) for i in range(1, processes)]
         flow_client = redis.Redis.from_url(redis_url)
         while not all(flow_client.exists(b) for b in beats):
             if proc.poll() is not None:
@@ -441,9 +441,9 @@ def scale_out(url: str, work: Path, n: int, symbols: int, rounds: int, shards: i
     for r in range(rounds):
         for processes in (1, 2):
             reset(client)
-            client.delete(*(heartbeat_key("candles") + f"{x}" for x in ["", ":p1"]))
+            client.delete(heartbeat_key("candles"), process_key("candles", 1))
             _, base_cpu = run(processes, empty, work / f"empty{processes}-{r}", False)
-            client.delete(*(heartbeat_key("candles") + f"{x}" for x in ["", ":p1"]))
+            client.delete(heartbeat_key("candles"), process_key("candles", 1))
             redis0 = redis_cpu(client)
             seconds, cpu = run(processes, url, work / f"scale{processes}-{r}", True)
             rcpu = redis_cpu(client) - redis0

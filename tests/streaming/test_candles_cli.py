@@ -245,6 +245,14 @@ def _kills_and_restarts(
             flow.wait()
 
 
+def counts(client: redis.Redis, shards: int = 2) -> list[dict]:
+    """The candles flow's counters of each shard, but the watermark (a position, not a count)."""
+    return [
+        {k: v for k, v in client.hgetall(counts_key("candles", s)).items() if k != b"watermark"}
+        for s in raw_stream_names(shards)
+    ]
+
+
 def _write_sharded(client: redis.Redis, entries: list, ids: list[bytes], shards: int) -> None:
     streams = raw_stream_names(shards)
     pipe = client.pipeline(transaction=False)
@@ -275,13 +283,8 @@ def test_two_workers_and_two_processes_give_the_candles_of_one(
         env = flow_env(url, tmp_path / f"home{db}", CRYPTOPIPE_RAW_SHARDS="2")
         out = cli("stream", "run", "candles", "--exit-when-idle", "2", *extra, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
-        shard_counts = [
-            {k: v for k, v in client.hgetall(counts_key("candles", s)).items() if k != b"watermark"}
-            for s in raw_stream_names(2)
-        ]
-        results.append(
-            (stored(client, {t.symbol for t in day.trades}), client.xlen(DLQ_STREAM), shard_counts)
-        )
+        symbols = {t.symbol for t in day.trades}
+        results.append((stored(client, symbols), client.xlen(DLQ_STREAM), counts(client)))
     one, two_workers, two_processes = results
     assert one == two_workers == two_processes
     assert one[0] == ref_map(day)
@@ -309,12 +312,6 @@ def test_dagster_starts_the_candles_flow_at_its_configured_scale(
     env = flow_env(one_url, tmp_path / "one", CRYPTOPIPE_RAW_SHARDS="2")
     out = cli("stream", "run", "candles", "--exit-when-idle", "2", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-
-    def counts(client: redis.Redis) -> list[dict]:
-        return [
-            {k: v for k, v in client.hgetall(counts_key("candles", s)).items() if k != b"watermark"}
-            for s in raw_stream_names(2)
-        ]
 
     for key in [k for k in os.environ if k.startswith("CRYPTOPIPE_")]:
         monkeypatch.delenv(key)
