@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from batch.spark import APP_NAME, SparkConfig, log4j_file
+from batch.spark import APP_NAME, BATCH_NICENESS, SparkConfig, log4j_file
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 #: Spark Connect's own default port.
@@ -195,7 +195,7 @@ class ConnectServer:
                 env=env,
                 cwd=self.log_path.parent,
                 start_new_session=True,
-                preexec_fn=self.preexec_fn,
+                preexec_fn=self._in_child,
             )
         if not self.wait_ready(self.alive, timeout=timeout):
             code = self.proc.poll()
@@ -206,6 +206,12 @@ class ConnectServer:
                 f"{self.log_path} ends:\n{self.log_tail()}"
             )
             raise ConnectServerError(msg)
+
+    def _in_child(self) -> None:
+        """Before the server's ``exec``: batch priority (:data:`BATCH_NICENESS`), then ours."""
+        os.nice(BATCH_NICENESS)
+        if self.preexec_fn is not None:
+            self.preexec_fn()
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM its process group, SIGKILL after ``timeout``; idempotent."""

@@ -10,6 +10,10 @@ A master of the form ``sc://host:port`` is a Spark Connect server (one of
 and this process starts no JVM at all. Only session-level settings (``spark.sql.*``)
 can be given to a Connect session; the server's own (memory, cores) are the server's.
 
+Spark's JVM runs at a lower CPU priority than the live path (:func:`lower_priority`,
+niceness :data:`BATCH_NICENESS`): a batch run may take every core for minutes, and the
+flows, the feeds and the Dagster runs that restart them must not wait behind it.
+
 Two settings are not tuning but correctness, and are always set:
 ``spark.sql.decimalOperations.allowPrecisionLoss=false`` (otherwise Spark silently
 drops fractional digits of wide decimal products, e.g. price x quantity) and ANSI
@@ -35,6 +39,10 @@ DEFAULT_SPARK_MASTER = "local[2]"
 APP_NAME = "cryptopipe-batch"
 #: A master URL of this scheme is a Spark Connect server.
 CONNECT_SCHEME = "sc://"
+
+#: The niceness of Spark's JVMs (the local driver, ``up``'s Connect server): 0 is the
+#: default, 19 the lowest priority. The flows and feeds keep 0, so they come first.
+BATCH_NICENESS = 10
 
 #: Settings the batch job's exactness depends on.
 REQUIRED_CONF: dict[str, str] = {
@@ -64,6 +72,39 @@ def _local_cores(master: str) -> int | None:
         inner = master[6:-1].split(",")[0]
         return (os.cpu_count() or 1) if inner == "*" else int(inner)
     return None
+
+
+def lower_priority(pid: int, niceness: int = BATCH_NICENESS) -> int:
+    """Give every thread of process ``pid`` at least ``niceness``; how many were changed.
+
+    Linux keeps a niceness per thread and a new thread takes its creator's, so a
+    JVM already running is lowered thread by thread (``/proc/PID/task``); threads it
+    starts later inherit it. A thread already nicer, or one that ends meanwhile, is
+    left alone; nothing here raises.
+    """
+    changed = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return 0
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+                changed += 1
+        except OSError:  # ended meanwhile, or not ours to change
+            continue
+    return changed
+
+
+def _lower_jvm_priority() -> None:
+    """Lower the priority of this process's local Spark JVM (see :func:`lower_priority`)."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None) if gateway is not None else None
+    if proc is not None:
+        lower_priority(proc.pid)
 
 
 def is_connect(master: str) -> bool:
@@ -189,6 +230,7 @@ def build_session(config: SparkConfig | None = None) -> SparkSession:
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
+    _lower_jvm_priority()
     for key, value in REQUIRED_CONF.items():
         session.conf.set(key, value)
     return session

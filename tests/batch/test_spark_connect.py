@@ -6,13 +6,14 @@ and nothing else changes; its candles must equal the reference exactly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from batch.connect_server import ConnectServer, ConnectServerError
-from batch.spark import connect_address, is_connect
+from batch.spark import BATCH_NICENESS, connect_address, is_connect
 from cryptopipe.localredis import free_port
 from tests.batch.remote_batch import run_batch_on
 from tests.processes import run_cryptopipe
@@ -31,6 +32,23 @@ def test_daily_batch_runs_through_spark_connect(server: ConnectServer, tmp_path:
     summary = run_batch_on(server.url, tmp_path)
     assert summary["trades"] > 0 and summary["duplicates"] > 0
     assert server.alive()
+
+
+def niceness_of_threads(pid: int) -> set[int]:
+    """The niceness of every thread of ``pid`` (``/proc/PID/task/TID/stat``, field 19)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        out.add(int(stat[stat.rindex(")") + 2 :].split()[16]))
+    return out
+
+
+@pytest.mark.slow
+def test_the_server_runs_below_the_live_path(server: ConnectServer) -> None:
+    # Every thread of its JVM, also those started for the jobs run meanwhile.
+    assert server.pid is not None
+    assert niceness_of_threads(server.pid) == {BATCH_NICENESS}
+    assert niceness_of_threads(os.getpid()) == {0}  # the caller keeps its priority
 
 
 @pytest.mark.slow
