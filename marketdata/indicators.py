@@ -214,25 +214,62 @@ def _zscore(window: deque[float], x: float, min_samples: int) -> float | None:
     return (x - mean) / math.sqrt(var)
 
 
-def spread(prices_e8: dict[str, int]) -> list[dict[str, Any]]:
-    """Cross-exchange spreads of one symbol: for each pair (a < b by name), a - b.
+@dataclass(frozen=True, slots=True)
+class SpreadLeg:
+    """One side of a spread: a series' latest closed 1m candle.
+
+    Attributes:
+        series: ``exchange:SYMBOL``.
+        quote: the quote currency its close is in.
+        open_time: the candle's open time, ms.
+        close_e8: its close, exact (e8).
+    """
+
+    series: str
+    quote: str
+    open_time: int
+    close_e8: int
+
+
+#: The fields of a spread, in output order (docs/architecture.md, "Instruments and spreads").
+SPREAD_FIELDS = (
+    "a",
+    "b",
+    "base",
+    "a_quote",
+    "b_quote",
+    "spread",
+    "spread_share",
+    "a_close",
+    "b_close",
+    "a_open_time",
+    "b_open_time",
+    "open_time",
+)
+
+
+def spread(base: str, a: SpreadLeg, b: SpreadLeg) -> dict[str, Any]:
+    """The spread ``a - b`` between two series' latest closes of one base currency.
 
     Returns:
-        ``[{"a", "b", "spread", "spread_share"}]`` with the spread exact and its share
-        of the mid price as a float.
+        The fields of :data:`SPREAD_FIELDS`: the spread and both closes exact (decimal
+        strings), its share of the mid price as a float, both quotes (a spread between
+        different quotes, say USDT and USD, is one the configuration declared), both
+        candles' open times and the later of the two (``open_time``).
     """
-    names = sorted(prices_e8)
-    out = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            diff = prices_e8[a] - prices_e8[b]
-            mid = (prices_e8[a] + prices_e8[b]) / 2
-            out.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "spread": format_e8(diff),
-                    "spread_share": diff / mid if mid else None,
-                }
-            )
-    return out
+    diff = a.close_e8 - b.close_e8
+    mid = (a.close_e8 + b.close_e8) / 2
+    return {
+        "a": a.series,
+        "b": b.series,
+        "base": base,
+        "a_quote": a.quote,
+        "b_quote": b.quote,
+        "spread": format_e8(diff),
+        "spread_share": diff / mid if mid else None,
+        "a_close": format_e8(a.close_e8),
+        "b_close": format_e8(b.close_e8),
+        "a_open_time": a.open_time,
+        "b_open_time": b.open_time,
+        "open_time": max(a.open_time, b.open_time),
+    }

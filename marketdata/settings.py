@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
+from marketdata.instruments import (
+    INSTRUMENTS_VAR,
+    SPREADS_VAR,
+    Comparison,
+    Instruments,
+    SpreadRules,
+    parse_comparisons,
+)
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_HOME = "./.cryptopipe"
 #: Allowed lateness of the candles flow, ms (docs/architecture.md section 4).
@@ -179,6 +188,13 @@ class Settings:
         flow_scales: processes and workers of the supervised flows that are not
             one of each (``CRYPTOPIPE_CANDLES_PROCESSES`` and the rest: see
             :data:`SCALABLE_FLOWS`); read with :meth:`scale`.
+        instruments: explicit instruments of series or symbols
+            (``CRYPTOPIPE_INSTRUMENTS``, ``[exchange:]SYMBOL=BASE/QUOTE,...``); other
+            symbols are split by their spelling (:mod:`marketdata.instruments`).
+        spreads: the declared spreads (``CRYPTOPIPE_SPREADS``,
+            ``exchange:SYMBOL~exchange:SYMBOL,...``), checked against the instruments;
+            the same instrument on two exchanges is compared without one. Read both
+            with :attr:`spread_rules`.
 
     """
 
@@ -197,6 +213,13 @@ class Settings:
     append_dedupe_ms: int = DEFAULT_APPEND_DEDUPE_MS
     metrics_port_base: int | None = None
     flow_scales: tuple[tuple[str, FlowScale], ...] = ()
+    instruments: Instruments = field(default_factory=Instruments)
+    spreads: tuple[Comparison, ...] = ()
+
+    @property
+    def spread_rules(self) -> SpreadRules:
+        """Which series the metrics flow compares (docs/architecture.md, "Instruments...")."""
+        return SpreadRules.build(self.instruments, self.spreads)
 
     def scale(self, flow: str) -> FlowScale:
         """How many processes and workers run ``flow`` (one of each unless set)."""
@@ -247,6 +270,11 @@ class Settings:
         if port_base is not None and not 1024 <= port_base <= 65_000:
             msg = f"CRYPTOPIPE_METRICS_PORT_BASE={port_base}: give a port from 1024 to 65000"
             raise ValueError(msg)
+        # InstrumentError is a ValueError naming the variable and what to write.
+        instruments = Instruments.parse(os.environ.get(INSTRUMENTS_VAR, ""))
+        spreads = SpreadRules.build(
+            instruments, parse_comparisons(os.environ.get(SPREADS_VAR, ""))
+        ).declared
         return cls(
             redis_url=redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
             home=Path(home or os.environ.get("CRYPTOPIPE_HOME") or DEFAULT_HOME).absolute(),
@@ -264,6 +292,8 @@ class Settings:
             append_dedupe_ms=bounds["CRYPTOPIPE_APPEND_DEDUPE_MS"],
             metrics_port_base=port_base,
             flow_scales=_env_scales(),
+            instruments=instruments,
+            spreads=spreads,
         )
 
     def env(self) -> dict[str, str]:
@@ -300,6 +330,10 @@ class Settings:
         for flow, scale in self.flow_scales:
             out[f"CRYPTOPIPE_{flow.upper()}_PROCESSES"] = str(scale.processes)
             out[f"CRYPTOPIPE_{flow.upper()}_WORKERS"] = str(scale.workers)
+        if self.instruments.entries:
+            out[INSTRUMENTS_VAR] = self.instruments.text()
+        if self.spreads:
+            out[SPREADS_VAR] = ",".join(c.name for c in self.spreads)
         return out
 
     @property

@@ -133,9 +133,13 @@ def history_key(exchange: str, symbol: str) -> str:
     return f"{metrics_key(exchange, symbol)}:history"
 
 
-def spread_key(symbol: str) -> str:
-    """Hash of the latest cross-exchange spreads of one symbol."""
-    return f"md:spread:{{{symbol}}}"
+def spread_key(base: str) -> str:
+    """Hash of the latest spreads between series of one base currency (e.g. ``BTC``).
+
+    Field ``<a>|<b>`` (series names, ``binance:BTCUSDT|coinbase:BTC-USD``), value the
+    spread as JSON (docs/architecture.md, "Instruments and spreads").
+    """
+    return f"md:spread:{{{base}}}"
 
 
 # ---- flows and their supervision ------------------------------------------------------
@@ -198,3 +202,6 @@ RECONCILE_DAYS_KEY = "md:reconcile:days"
 #: Hash (suffixed ``:<websocket host:port>``): symbol -> the Binance trade id up to
 #: which every trade is in the raw log (the feed resumes from it after a restart).
 BINANCE_RESUME_KEY = "md:feed:binance:resume"
+#: Hash (suffixed ``:<websocket host:port>``): product -> the Coinbase Exchange trade id
+#: up to which every trade is in the raw log (the feed resumes from it after a restart).
+COINBASE_RESUME_KEY = "md:feed:coinbase:resume"

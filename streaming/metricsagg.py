@@ -1,10 +1,17 @@
-"""The metrics flow's logic: the metrics of one symbol, closed candle by closed candle.
+"""The metrics flow's logic: one symbol's metrics, one base currency's spreads.
 
 Pure Python, no bytewax, no Redis: the metrics flow (:mod:`streaming.flows.metrics`,
-the wiring) keeps one :class:`SymbolState` per symbol in a bytewax ``stateful_batch``
-step, and :mod:`streaming.metricsstore` writes what :func:`apply_bars` returns (every
-flow is laid out so: docs/architecture.md, "Inside the speed layer").
-The indicators themselves are the domain's (:mod:`marketdata.indicators`).
+the wiring) keeps one :class:`SymbolState` per symbol and one :class:`SpreadState`
+per base currency in two bytewax ``stateful_batch`` steps, and
+:mod:`streaming.metricsstore` writes what :func:`apply_bars` and
+:func:`apply_spread_bars` return (every flow is laid out so: docs/architecture.md,
+"Inside the speed layer"). The indicators themselves are the domain's
+(:mod:`marketdata.indicators`), which series are compared too
+(:mod:`marketdata.instruments`).
+
+Spreads are keyed by base currency: a declared spread never pairs two bases (the
+settings refuse it) and an undeclared one is within one instrument, so every pair a
+series is in lives under its base, and each closed candle goes to exactly one key.
 
 Idempotent against replays: a candle whose open_time is not after the last one
 applied for its (exchange, symbol) does not move the state, so a duplicate event, a
@@ -20,9 +27,10 @@ from typing import Any
 
 import orjson
 
-from marketdata.indicators import AnomalyConfig, ClosedBar, MetricsState, spread
+from marketdata.indicators import AnomalyConfig, ClosedBar, MetricsState, SpreadLeg, spread
+from marketdata.instruments import Series, SpreadRules
 from marketdata.records import candle_from_record
-from streaming.metricsstore import MetricsWrites
+from streaming.metricsstore import MetricsWrites, SpreadWrites
 
 
 def closed_bars(
@@ -76,10 +84,9 @@ def closed_bars(
 
 @dataclass
 class SymbolState:
-    """Metrics of one symbol: per exchange, plus each exchange's latest close."""
+    """Metrics of one symbol, per exchange."""
 
     per_exchange: dict[str, MetricsState] = field(default_factory=dict)
-    last_close: dict[str, tuple[int, int]] = field(default_factory=dict)  # open_time, close
 
 
 def apply_bars(
@@ -87,7 +94,6 @@ def apply_bars(
 ) -> MetricsWrites:
     """Fold closed candles of one symbol into ``state``; what to write for them."""
     out = MetricsWrites(bars[0].symbol)
-    moved = False
     for bar in bars:
         st = state.per_exchange.get(bar.exchange)
         if st is None:
@@ -95,17 +101,55 @@ def apply_bars(
         m = st.apply(bar)
         if m is None:
             continue  # a replayed or older candle
-        moved = True
         out.metrics.append(m)
-        state.last_close[bar.exchange] = (bar.open_time, bar.close_e8)
         for kind in ("price", "volume"):
             if m[f"{kind}_anomaly"]:
                 out.anomalies.append(_anomaly(kind, m))
-    if moved and len(state.last_close) > 1:
-        at = max(t for t, _ in state.last_close.values())
-        prices = {ex: c for ex, (_, c) in state.last_close.items()}
-        out.spreads = [{**s, "open_time": at} for s in spread(prices)]
     return out
+
+
+@dataclass
+class SpreadState:
+    """The spreads of one base currency: each series' latest closed 1m candle."""
+
+    last_close: dict[Series, tuple[int, int]] = field(default_factory=dict)  # open_time, close
+
+
+def spread_base(rules: SpreadRules, bar: ClosedBar) -> str | None:
+    """The key of ``bar``'s spreads: its base currency, ``None`` with no instrument."""
+    return rules.base_of(Series(bar.exchange, bar.symbol))
+
+
+def apply_spread_bars(
+    state: SpreadState, bars: Sequence[ClosedBar], rules: SpreadRules
+) -> SpreadWrites:
+    """Fold closed candles of one base (:func:`spread_base`) into ``state``; new spreads.
+
+    Each comparable pair (:meth:`SpreadRules.comparable`) with a series that moved
+    and both closes known gets its spread from the two latest closes, once per call.
+    """
+    base = spread_base(rules, bars[0]) or ""
+    moved: list[Series] = []
+    for bar in bars:
+        series = Series(bar.exchange, bar.symbol)
+        last = state.last_close.get(series)
+        if last is not None and bar.open_time <= last[0]:
+            continue  # a replayed or older candle
+        state.last_close[series] = (bar.open_time, bar.close_e8)
+        moved.append(series)
+    out = SpreadWrites(base)
+    for a, b in rules.pairs(dict.fromkeys(moved), state.last_close):
+        out.spreads.append(spread(base, _leg(state, rules, a), _leg(state, rules, b)))
+    return out
+
+
+def _leg(state: SpreadState, rules: SpreadRules, series: Series) -> SpreadLeg:
+    open_time, close = state.last_close[series]
+    inst = rules.instruments.of(series)
+    if inst is None:  # comparable() pairs only series with an instrument
+        msg = f"{series.name} has no instrument"
+        raise ValueError(msg)
+    return SpreadLeg(series.name, inst.quote, open_time, close)
 
 
 def _anomaly(kind: str, m: dict[str, Any]) -> dict[str, Any]:

@@ -1,16 +1,16 @@
 """The metrics flow's store: its keys and idempotent writes to Redis (docs/storage.md).
 
-What a batch of :class:`MetricsWrites` writes, through :class:`streaming.sinks.FlowSink`
-(the logic is :mod:`streaming.metricsagg`, the wiring :mod:`streaming.flows.metrics`;
-docs/architecture.md, "Inside the speed layer"). Reading is the serving package's
+What a batch of :class:`MetricsWrites` and :class:`SpreadWrites` writes, through
+:class:`streaming.sinks.FlowSink` (the logic is :mod:`streaming.metricsagg`, the wiring
+:mod:`streaming.flows.metrics`; docs/architecture.md, "Inside the speed layer"). Reading is the serving package's
 (:mod:`serving.metrics`).
 
 * ``md:metrics:{SYM}:<exchange>``: hash of the latest metrics (each value JSON),
   expiring ``ttl_s`` after the last update;
 * ``md:metrics:{SYM}:<exchange>:history``: sorted set, score = open_time, member = the
   metrics as JSON, bounded to the newest ``history_len``: for charts;
-* ``md:spread:{SYM}``: hash, field ``<a>|<b>`` = the latest spread between exchanges
-  a and b as JSON;
+* ``md:spread:{BASE}``: hash, field ``<a>|<b>`` = the latest spread between series a
+  and b (``exchange:SYMBOL``) of one base currency, as JSON (:class:`SpreadWrites`);
 * ``md:anomalies``: stream of anomaly events (one per candle and kind), appended once
   per identity, so a replay after recovery does not repeat them.
 """
@@ -42,14 +42,28 @@ class MetricsWrites:
     symbol: str
     metrics: list[dict[str, Any]] = field(default_factory=list)
     anomalies: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.metrics) + len(self.anomalies)
+
+
+@dataclass
+class SpreadWrites:
+    """What one step of the metrics flow's spreads writes for one base currency."""
+
+    base: str
     spreads: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.metrics) + len(self.anomalies) + len(self.spreads)
+        return len(self.spreads)
+
+
+#: What the metrics flow's sink receives.
+Writes = MetricsWrites | SpreadWrites
 
 
 class MetricsStore:
-    """Writes metrics, history, spreads and anomalies; one pipeline per call.
+    """Writes metrics, history, anomalies and spreads; one pipeline per call.
 
     Args:
         client: the Redis to write to.
@@ -73,7 +87,7 @@ class MetricsStore:
         self.rejection_log = rejection_log
         self._xadd_once = client.register_script(XADD_ONCE_SCRIPT)
 
-    def stage(self, batches: Sequence[MetricsWrites]) -> int:
+    def stage(self, batches: Sequence[Writes]) -> int:
         """Nothing to do before Redis (:class:`streaming.sinks.FlowSink`)."""
         return 0
 
@@ -82,12 +96,20 @@ class MetricsStore:
         if self.rejection_log is not None:
             self.rejection_log.flush()
 
-    def write(self, batches: Sequence[MetricsWrites], now_ms: int | None = None) -> int:
+    def write(self, batches: Sequence[Writes], now_ms: int | None = None) -> int:
         """Write the batches in one pipeline; returns the number of records."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         pipe = self.client.pipeline(transaction=False)
         n = 0
         for b in batches:
+            if isinstance(b, SpreadWrites):
+                key = spread_key(b.base)
+                for s in b.spreads:
+                    pipe.hset(key, f"{s['a']}|{s['b']}", orjson.dumps(s))
+                    n += 1
+                if b.spreads:
+                    pipe.expire(key, self.ttl_s)
+                continue
             latest: dict[str, dict[str, Any]] = {}
             for m in b.metrics:
                 hist = history_key(m["exchange"], b.symbol)
@@ -101,10 +123,6 @@ class MetricsStore:
                 pipe.hset(key, mapping={k: orjson.dumps(v) for k, v in m.items()})
                 pipe.expire(key, self.ttl_s)
                 pipe.zremrangebyrank(history_key(exchange, b.symbol), 0, -self.history_len - 1)
-            for s in b.spreads:
-                pipe.hset(spread_key(b.symbol), f"{s['a']}|{s['b']}", orjson.dumps(s))
-                pipe.expire(spread_key(b.symbol), self.ttl_s)
-                n += 1
             if b.anomalies:
                 # The candles store's append-once script: ARGV now, retention, maxlen,
                 # fields per entry, then per entry its identity and field/value pairs.

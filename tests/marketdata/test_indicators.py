@@ -11,11 +11,13 @@ import talib
 
 from marketdata.indicators import (
     METRIC_FIELDS,
+    SPREAD_FIELDS,
     AnomalyConfig,
     ClosedBar,
     Ema,
     MetricsState,
     Rsi,
+    SpreadLeg,
     spread,
 )
 
@@ -142,17 +144,25 @@ def test_anomalies_with_known_answers() -> None:
     assert not calm["volume_anomaly"]
 
 
-def test_spread_between_exchanges() -> None:
-    out = spread({"kraken": 100_100_000_000, "binance": 100_000_000_000})
-    assert out == [
-        {
-            "a": "binance",
-            "b": "kraken",
-            "spread": "-1.00000000",
-            "spread_share": pytest.approx(-1 / 1000.5),
-        }
-    ]
-    assert spread({"binance": 5}) == []
+def test_spread_between_two_series_is_exact_and_names_both_quotes() -> None:
+    a = SpreadLeg("binance:BTCUSDT", "USDT", T0 + 60_000, 100_000_00000001)
+    b = SpreadLeg("coinbase:BTC-USD", "USD", T0, 100_010_00000000)
+    out = spread("BTC", a, b)
+    assert list(out) == list(SPREAD_FIELDS)
+    assert out == {
+        "a": "binance:BTCUSDT",
+        "b": "coinbase:BTC-USD",
+        "base": "BTC",
+        "a_quote": "USDT",
+        "b_quote": "USD",
+        "spread": "-9.99999999",  # exact: 100000.00000001 - 100010
+        "spread_share": pytest.approx(-9.99999999 / 100005.000000005),
+        "a_close": "100000.00000001",
+        "b_close": "100010.00000000",
+        "a_open_time": T0 + 60_000,
+        "b_open_time": T0,
+        "open_time": T0 + 60_000,
+    }
 
 
 def test_ema_and_rsi_edge_cases() -> None:

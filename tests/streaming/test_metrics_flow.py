@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -224,10 +225,70 @@ def test_anomalies_and_spread_with_known_answers(
     ]
     price = next(a for a in anomalies if a["kind"] == "price")
     assert float(price["price_deviation"]) == pytest.approx(0.1)
-    spread = orjson.loads(redis_client.hget(spread_key("BTCUSDT"), "binance|kraken"))
+    # The same instrument on two exchanges: compared without a declaration.
+    spread = orjson.loads(redis_client.hget(spread_key("BTC"), "binance:BTCUSDT|kraken:BTCUSDT"))
     assert spread["spread"] == "9.00000000"  # 110 - 101
     assert spread["spread_share"] == pytest.approx(9 / 105.5)
+    assert (spread["a_quote"], spread["b_quote"]) == ("USDT", "USDT")
     assert redis_client.ttl(metrics_key("kraken", "BTCUSDT")) > 0
+
+
+def _close(ex: str, sym: str, minute: int, close: str) -> Candle:
+    c = _candle(ex, sym, minute, 1, 1)
+    e8 = int(Decimal(close) * 10**8)
+    return replace(c, open_e8=e8, high_e8=e8, low_e8=e8, close_e8=e8)
+
+
+def spreads(client: redis.Redis, base: str) -> dict[str, dict[str, object]]:
+    return {k.decode(): orjson.loads(v) for k, v in client.hgetall(spread_key(base)).items()}
+
+
+def test_declared_cross_venue_spread_is_exact_and_survives_a_restart(
+    env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    env = {**env, "CRYPTOPIPE_SPREADS": "binance:BTCUSDT~coinbase:BTC-USD"}
+    store = CandleStore(redis_client)
+    closed = [
+        _close("binance", "BTCUSDT", 0, "84000.00000001"),
+        _close("coinbase", "BTC-USD", 0, "84010.5"),
+        _close("coinbase", "BTC-USD", 1, "84020.12345678"),
+        _close("binance", "BTCUSDT", 1, "84003.1"),
+        # USDT against USD without a declaration: no spread.
+        _close("binance", "ETHUSDT", 0, "3000"),
+        _close("coinbase", "ETH-USD", 0, "3001"),
+    ]
+    store.write([CandleWrites("md:trades:raw", closed=closed)])
+    cryptopipe_ok(env, "stream", "run", "metrics", "--exit-when-idle", "1")
+    assert spreads(redis_client, "BTC") == {
+        "binance:BTCUSDT|coinbase:BTC-USD": {
+            "a": "binance:BTCUSDT",
+            "b": "coinbase:BTC-USD",
+            "base": "BTC",
+            "a_quote": "USDT",
+            "b_quote": "USD",
+            "spread": "-17.02345678",  # 84003.1 - 84020.12345678, exact
+            "spread_share": pytest.approx(-17.02345678 / 84011.61172839),
+            "a_close": "84003.10000000",
+            "b_close": "84020.12345678",
+            "a_open_time": T0 + 60_000,
+            "b_open_time": T0 + 60_000,
+            "open_time": T0 + 60_000,
+        }
+    }
+    assert spreads(redis_client, "ETH") == {}
+    assert json.loads(cryptopipe_ok(env, "metrics", "ETHUSDT", "--format", "json"))["close"]
+    # A restart resumes from the snapshot: Coinbase's latest close is remembered (its
+    # events are gone from the stream).
+    redis_client.delete(spread_key("BTC"))
+    redis_client.xtrim(CLOSED_EVENTS_STREAM, maxlen=0)
+    store.write([CandleWrites("md:trades:raw", closed=[_close("binance", "BTCUSDT", 2, "84030")])])
+    cryptopipe_ok(env, "stream", "run", "metrics", "--exit-when-idle", "1")
+    (again,) = spreads(redis_client, "BTC").values()
+    assert (again["spread"], again["a_open_time"], again["b_open_time"]) == (
+        "9.87654322",  # 84030 - 84020.12345678
+        T0 + 120_000,
+        T0 + 60_000,
+    )
 
 
 @pytest.mark.slow
