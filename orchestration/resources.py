@@ -9,14 +9,14 @@ from dataclasses import replace
 
 import dagster as dg
 import redis
-from pydantic import Field, PrivateAttr
+from pydantic import PrivateAttr
 from pyspark.sql import SparkSession
 
 from batch.spark import DEFAULT_SPARK_MASTER, LazySpark, SparkConfig
 from marketdata.settings import DEFAULT_HOME, DEFAULT_REDIS_URL, Settings
 from redisstore.conn import connect
 from streaming.supervisor import (
-    ALL,
+    FLOWS,
     MAX_RESTARTS,
     RESTART_WINDOW_S,
     STALE_AFTER_S,
@@ -75,17 +75,30 @@ class FlowSupervisorResource(dg.ConfigurableResource):
 
     Attributes:
         pipeline: the pipeline's Redis and home.
-        flows: the flows (and the feed) the health sensor watches.
+        flows: the flows and feed processes the health sensor watches; unset (the
+            default): the flows and the feed processes ``cryptopipe up --feed`` asked
+            for, read from Redis at each look (:meth:`watched`).
         stale_after_s: a heartbeat older than this is a stalled flow.
         max_restarts: more restarts than this inside ``window_s`` mark the flow failed.
         window_s: the crash-loop window.
     """
 
     pipeline: PipelineResource
-    flows: list[str] = Field(default_factory=lambda: list(ALL))
+    flows: list[str] | None = None
     stale_after_s: float = STALE_AFTER_S
     max_restarts: int = MAX_RESTARTS
     window_s: float = RESTART_WINDOW_S
+
+    def watched(self, sup: Supervisor | None = None) -> list[str]:
+        """What the health sensor watches (and ``all`` of the flow jobs means).
+
+        ``flows`` when set, else the flows and :meth:`Supervisor.feed_processes`: the
+        Dagster processes (webserver, daemon, run workers) learn which feeds run from
+        Redis, where ``cryptopipe up`` put them.
+        """
+        if self.flows is not None:
+            return list(self.flows)
+        return [*FLOWS, *(sup or self.supervisor()).feed_processes()]
 
     def supervisor(self) -> Supervisor:
         """The supervisor for these settings."""

@@ -1,10 +1,13 @@
 """Starting, stopping and watching the long-running flows as OS processes.
 
 Flows (``candles``, ``metrics``, ``archive``) run as ``python -m cryptopipe stream
-run NAME``, and the ``feed`` as ``python -m cryptopipe feed <feed>`` (any registered
+run NAME``, and the feeds as ``python -m cryptopipe feed <feed>`` (any registered
 feed, :data:`streaming.feeds.FEEDS`; the simulator unless told otherwise), in their
 own sessions, so they outlive
-whatever started them (a Dagster run, the command line). The supervisor keeps:
+whatever started them (a Dagster run, the command line). One feed runs as the process
+``feed``; several feeds side by side (``cryptopipe up --feed binance,coinbase``) run
+one process each, ``feed-<feed>`` (:func:`feed_process_names`), each with its own
+heartbeat, pid file, restarts and crash-loop limit. The supervisor keeps:
 
 * a pid file per flow under ``<home>/run/`` (with the process start time, so a
   recycled pid is never mistaken for the flow);
@@ -28,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +43,21 @@ from redisstore.conn import text
 from redisstore.keys import control_key, restarts_key
 from redisstore.streamids import parse_id
 from streaming import proctable
-from streaming.feeds import DEFAULT_FEED, feed_named
+from streaming.feeds import DEFAULT_FEED, FEEDS, feed_named
+from streaming.feeds.base import FEED_PROCESS_ENV
 from streaming.heartbeat import read_heartbeat
 from streaming.owner import OWNER_ENV
 
 FLOWS = ("candles", "metrics", "archive")
+#: The feed process when one feed runs (today's single feed).
 FEED = "feed"
 ALL = (*FLOWS, FEED)
+#: The feeds a supervisor runs (the replay feed needs files: run it by hand).
+SUPERVISED_FEEDS = tuple(f for f in FEEDS if f != "replay")
+#: Each feed's process when several feeds run side by side: ``feed-<feed>``.
+FEED_PROCESSES = tuple(f"{FEED}-{f}" for f in SUPERVISED_FEEDS)
+#: Every name the supervisor can run: the flows, ``feed`` and the ``feed-<feed>`` ones.
+PROCESSES = (*ALL, *FEED_PROCESSES)
 
 #: A heartbeat older than this means the flow is stalled (docs/architecture.md section 7).
 STALE_AFTER_S = 15.0
@@ -131,20 +143,59 @@ class Decision:
 
 
 #: Each supervised process's port above ``CRYPTOPIPE_METRICS_PORT_BASE``; ten apart, so a
-#: flow of several processes (process *i* serves on its port + *i*) has room.
+#: flow of several processes (process *i* serves on its port + *i*) has room. The feed
+#: processes take the ten from ``FEED``'s: the *i*-th of them +30 + *i*.
 METRICS_PORT_OFFSETS = {"candles": 0, "metrics": 10, "archive": 20, FEED: 30}
 
 
-def metrics_port(settings: Settings, name: str) -> int | None:
-    """The Prometheus port of supervised process ``name`` (``None``: metrics are off)."""
+def feed_process_names(feeds: Sequence[str]) -> list[str]:
+    """The process of each feed, in order: ``feed`` for one, ``feed-<feed>`` for several.
+
+    One feed keeps the name it always had (its heartbeat, pid file, Dagster asset and
+    status row stay ``feed``); several need a name each (docs/operations.md).
+
+    Raises:
+        ValueError: a feed that is not registered, the replay feed, or one given twice.
+
+    """
+    for name in feeds:
+        feed_named(name)  # an unknown feed fails here, naming the known ones
+        if name not in SUPERVISED_FEEDS:
+            msg = f"feed {name!r} cannot be supervised: use {', '.join(SUPERVISED_FEEDS)}"
+            raise ValueError(msg)
+    twice = sorted({f for f in feeds if list(feeds).count(f) > 1})
+    if twice:
+        msg = f"feed {', '.join(twice)} given twice: each feed runs at most once"
+        raise ValueError(msg)
+    if not feeds:
+        msg = "no feed given"
+        raise ValueError(msg)
+    return [FEED] if len(feeds) == 1 else [f"{FEED}-{f}" for f in feeds]
+
+
+def is_feed_process(name: str) -> bool:
+    """Whether ``name`` is a feed's process (``feed`` or ``feed-<feed>``), not a flow."""
+    return name == FEED or name in FEED_PROCESSES
+
+
+def metrics_port(settings: Settings, name: str, feeds: Sequence[str] = (FEED,)) -> int | None:
+    """The Prometheus port of supervised process ``name`` (``None``: metrics are off).
+
+    ``feeds`` are the feed processes that run, in order: the *i*-th serves on the feed
+    port + *i* (one feed: the feed port, as ever; a feed process not among them: after
+    them).
+    """
     if settings.metrics_port_base is None:
         return None
+    if is_feed_process(name):
+        index = list(feeds).index(name) if name in feeds else len(feeds)
+        return settings.metrics_port_base + METRICS_PORT_OFFSETS[FEED] + index
     return settings.metrics_port_base + METRICS_PORT_OFFSETS[name]
 
 
-def metrics_args(settings: Settings, name: str) -> list[str]:
+def metrics_args(settings: Settings, name: str, feeds: Sequence[str] = (FEED,)) -> list[str]:
     """``--metrics-port P`` for process ``name``'s command line (none: metrics are off)."""
-    port = metrics_port(settings, name)
+    port = metrics_port(settings, name, feeds)
     return [] if port is None else ["--metrics-port", str(port)]
 
 
@@ -176,39 +227,85 @@ class Supervisor:
     # ---- processes -----------------------------------------------------------------
 
     def argv(self, name: str) -> list[str]:
-        """The command that runs flow ``name`` in the foreground."""
-        if name not in ALL:
-            msg = f"unknown flow {name!r}: use one of {', '.join(ALL)}"
+        """The command that runs flow (or feed process) ``name`` in the foreground."""
+        if name not in PROCESSES:
+            msg = f"unknown flow {name!r}: use one of {', '.join(PROCESSES)}"
             raise ValueError(msg)
+        if is_feed_process(name):
+            prom = metrics_args(self.settings, name, self.feed_processes())
+            return [sys.executable, "-m", "cryptopipe", "feed", *self.feed_args(name), *prom]
         prom = metrics_args(self.settings, name)
-        if name == FEED:
-            return [sys.executable, "-m", "cryptopipe", "feed", *self.feed_args(), *prom]
         extra = [*self.settings.scale(name).args, *self.flow_args.get(name, [])]
         return [sys.executable, "-m", "cryptopipe", "stream", "run", name, *extra, *prom]
 
-    def set_feed(self, args: list[str]) -> None:
-        """What the ``feed`` process runs: ``cryptopipe feed <args>``.
+    def set_feed(self, args: list[str], name: str = FEED) -> None:
+        """What feed process ``name`` runs: ``cryptopipe feed <args>``.
 
-        Kept in the feed's control hash in Redis, so whoever starts the feed (a
-        Dagster run of the health sensor) starts the one ``cryptopipe up --feed`` asked
-        for, with its options.
+        Kept in the process's control hash in Redis, so whoever starts it (a Dagster
+        run of the health sensor) starts the feed ``cryptopipe up --feed`` asked for,
+        with its options.
 
         Raises:
-            ValueError: ``args[0]`` is not a feed.
+            ValueError: ``args[0]`` is not a feed, or ``name`` is no feed process.
 
         """
         feed_named(args[0])
-        self.client.hset(control_key(FEED), "spec", json.dumps(args))
+        if not is_feed_process(name):
+            msg = f"{name!r} is not a feed process: use {', '.join((FEED, *FEED_PROCESSES))}"
+            raise ValueError(msg)
+        self.client.hset(control_key(name), "spec", json.dumps(args))
 
-    def feed_args(self) -> list[str]:
-        """The arguments of ``cryptopipe feed`` for the ``feed`` process.
+    def set_feeds(self, feeds: Sequence[list[str]]) -> list[str]:
+        """The feeds that run, each ``cryptopipe feed <args>``; returns their processes.
 
-        What :meth:`set_feed` stored, else this supervisor's feed and its ``flow_args``.
+        Names each feed's process (:func:`feed_process_names`), stores what each runs
+        (:meth:`set_feed`) and the list of them (:meth:`feed_processes`) in Redis, where
+        Dagster's processes (the health sensor, its runs) read them. An empty list
+        forgets the list: the one ``feed`` process, as before several feeds existed.
+
+        Raises:
+            ValueError: an unknown, unsupervisable or repeated feed.
+
         """
-        raw = self.client.hget(control_key(FEED), "spec")
+        names = feed_process_names([args[0] for args in feeds]) if feeds else []
+        for name, args in zip(names, feeds, strict=True):
+            self.set_feed(args, name)
+        self.list_feeds(names)
+        return names
+
+    def list_feeds(self, names: Sequence[str]) -> None:
+        """Record which feed processes run (``[]`` or ``[feed]``: the one ``feed``).
+
+        Without their commands: ``cryptopipe up --no-dagster`` runs its feeds itself,
+        and ``cryptopipe status`` still shows each.
+        """
+        if list(names) in ([], [FEED]):
+            self.client.hdel(control_key(FEED), "processes")
+        else:
+            self.client.hset(control_key(FEED), "processes", json.dumps(list(names)))
+
+    def feed_processes(self) -> list[str]:
+        """The feed processes that run (:meth:`set_feeds`); ``[feed]`` unless told otherwise.
+
+        Kept in the ``feed`` control hash (field ``processes``): the health sensor
+        watches these and the flows, ``cryptopipe status`` shows them.
+        """
+        raw = self.client.hget(control_key(FEED), "processes")
+        if not raw:
+            return [FEED]
+        return [str(n) for n in json.loads(text(raw)) if is_feed_process(str(n))] or [FEED]
+
+    def feed_args(self, name: str = FEED) -> list[str]:
+        """The arguments of ``cryptopipe feed`` for feed process ``name``.
+
+        What :meth:`set_feed` stored, else this supervisor's feed (``feed``) or the
+        process's own (``feed-<feed>``), and its ``flow_args``.
+        """
+        raw = self.client.hget(control_key(name), "spec")
         if raw:
             return [str(a) for a in json.loads(text(raw))]
-        return [self.feed, *self.flow_args.get(FEED, [])]
+        feed = self.feed if name == FEED else name.removeprefix(f"{FEED}-")
+        return [feed, *self.flow_args.get(name, [])]
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -275,7 +372,9 @@ class Supervisor:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except (ValueError, OSError):
             return False
-        ours = (name == FEED and " feed " in f" {cmdline} ") or f"flows.{name}:" in cmdline
+        ours = (is_feed_process(name) and " feed " in f" {cmdline} ") or (
+            f"flows.{name}:" in cmdline
+        )
         if pid <= 0 or pid == os.getpid() or not ours:
             return False
         if owner is not None and f"{OWNER_ENV}={owner}".encode() not in environ:
@@ -303,6 +402,8 @@ class Supervisor:
             return running
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.env()}
+        if is_feed_process(name):
+            env[FEED_PROCESS_ENV] = name  # it beats under the name it is supervised as
         with (self.log_dir / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 self.argv(name),

@@ -19,7 +19,7 @@ from cryptopipe.stack import Holder
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings, text
 from redisstore.keys import DLQ_STREAM, LATE_STREAM, RECONCILE_LAST_KEY, STACK_KEY, counts_key
-from streaming.supervisor import ALL, FLOWS, HEALTHY_STATES, FlowStatus, Supervisor
+from streaming.supervisor import FLOWS, HEALTHY_STATES, PROCESSES, FlowStatus, Supervisor
 
 
 def add_control_commands(
@@ -37,8 +37,9 @@ def add_control_commands(
             "name",
             nargs="?",
             default=None,
-            choices=ALL,
-            help="one flow (default: candles, metrics and archive)",
+            choices=PROCESSES,
+            help="one flow, or a feed process: feed, or feed-<feed> when up runs several "
+            "feeds (default: candles, metrics and archive)",
         )
         if action == "status":
             p.add_argument("--format", choices=("table", "json"), default="table")
@@ -52,8 +53,8 @@ def register(
     p = sub.add_parser(
         "status",
         parents=[common],
-        help="every flow's state; the last reconciliation (exit 1 when a flow or the feed "
-        "is failed, stalled, dead or overdue)",
+        help="every flow's and feed's state; the last reconciliation (exit 1 when a flow or "
+        "a feed is failed, stalled, dead or overdue)",
     )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_status)
@@ -148,11 +149,15 @@ def spark_status(client: redis.Redis) -> dict[str, Any]:
 
 
 def status_report(settings: Settings, client: redis.Redis) -> dict[str, Any]:
-    """What ``status --format json`` prints (and the HTTP API's ``/api/status`` returns)."""
+    """What ``status --format json`` prints (and the HTTP API's ``/api/status`` returns).
+
+    One row per flow and per feed process (``feed``, or each ``feed-<feed>`` when
+    ``up`` runs several feeds: :meth:`Supervisor.feed_processes`).
+    """
     sup = Supervisor(settings, client)
     raw = client.get(RECONCILE_LAST_KEY)
     return {
-        "flows": [_row(sup.status(n)) for n in (*FLOWS, "feed")],
+        "flows": [_row(sup.status(n)) for n in (*FLOWS, *sup.feed_processes())],
         "spark": spark_status(client),
         "rejections": rejection_totals(client),
         "last_reconciliation": json.loads(raw) if raw else None,

@@ -11,7 +11,10 @@ In order (docs/operations.md, *What runs when*):
 4. the webserver and daemon, then a wait until the code location loaded (or its
    error printed, exit 1);
 5. the flows and the feed are asked for (``want``): the daemon's health sensor
-   starts them and restarts them when they die or stall.
+   starts them and restarts them when they die or stall. ``--feed binance,coinbase``
+   runs several feeds, each a process of its own (``feed-binance``,
+   ``feed-coinbase``: :func:`streaming.supervisor.feed_process_names`), supervised
+   apart, so one venue's crash never restarts another.
 
 Every child (local Redis, webserver, daemon, the HTTP API of ``cryptopipe serve``;
 the feed with ``--no-dagster``) that
@@ -50,9 +53,18 @@ from cryptopipe.signals import stop_event_on_signals
 from cryptopipe.stack import StackLease
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings, redact
-from streaming.feeds import DEFAULT_FEED, FEEDS
+from streaming.feeds import DEFAULT_FEED, FEEDS, feed_named
+from streaming.feeds.base import FEED_PROCESS_ENV
 from streaming.owner import OWNER_ENV, owner_token
-from streaming.supervisor import FEED, FLOWS, Supervisor, metrics_args, metrics_port
+from streaming.supervisor import (
+    FEED,
+    FLOWS,
+    SUPERVISED_FEEDS,
+    Supervisor,
+    feed_process_names,
+    metrics_args,
+    metrics_port,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +76,9 @@ STABLE_AFTER_S = 60.0
 #: How long ``up`` waits for Dagster's code location to load.
 CODE_LOCATION_TIMEOUT_S = 180.0
 #: The feeds ``up`` can supervise (the replay feed needs files: run it by hand).
-UP_FEEDS = tuple(f for f in FEEDS if f != "replay")
+UP_FEEDS = SUPERVISED_FEEDS
+#: The symbols of the feeds that take ``--symbols``, unless ``--symbols`` says otherwise.
+DEFAULT_SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
 
 
 #: Where ``up`` puts the supervised processes' Prometheus ports (docs/operations.md).
@@ -80,14 +94,17 @@ def register(
     )
     up.add_argument(
         "--feed",
-        choices=UP_FEEDS,
-        default=DEFAULT_FEED,
-        help=f"where trades come from (default {DEFAULT_FEED}: a simulated market)",
+        type=feed_list,
+        default=[DEFAULT_FEED],
+        metavar="FEED[,FEED...]",
+        help=f"where trades come from: {', '.join(UP_FEEDS)}, or several comma-separated, "
+        "each its own supervised process (default "
+        f"{DEFAULT_FEED}: a simulated market)",
     )
     up.add_argument(
         "--symbols",
-        default="BTCUSDT,ETHUSDT,SOLUSDT",
-        help="symbols of the feed (default BTCUSDT,ETHUSDT,SOLUSDT)",
+        default=None,
+        help=f"symbols of the feeds that take --symbols (default {DEFAULT_SYMBOLS})",
     )
     up.add_argument(
         "--rate",
@@ -99,9 +116,9 @@ def register(
         "--feed-option",
         action="append",
         default=[],
-        metavar="ARG",
-        help="one more argument for 'cryptopipe feed FEED', e.g. --feed-option=--market=um "
-        "(repeatable)",
+        metavar="[FEED:]ARG",
+        help="one more argument for 'cryptopipe feed FEED', e.g. --feed-option=--market=um, "
+        "for every feed, or for one: --feed-option=binance:--market=um (repeatable)",
     )
     up.add_argument("--no-feed", action="store_true", help="do not start a feed")
     up.add_argument(
@@ -159,26 +176,110 @@ def register(
     up.set_defaults(func=cmd_up)
 
 
-def feed_args(args: argparse.Namespace) -> list[str]:
-    """``cryptopipe feed`` arguments for ``up``'s options (checked by the feed's parser).
+def feed_list(value: str) -> list[str]:
+    """``--feed``: one feed or several, comma-separated, each at most once (argparse type)."""
+    feeds = [f.strip() for f in value.split(",") if f.strip()]
+    if not feeds:
+        msg = f"give a feed: one of {', '.join(UP_FEEDS)}, or several comma-separated"
+        raise argparse.ArgumentTypeError(msg)
+    for feed in feeds:
+        if feed not in UP_FEEDS:
+            hint = " (it needs files: run it by hand)" if feed == "replay" else ""
+            msg = f"feed {feed!r} cannot run under up{hint}: use {', '.join(UP_FEEDS)}"
+            raise argparse.ArgumentTypeError(msg)
+    try:
+        feed_process_names(feeds)  # each at most once
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return feeds
+
+
+def takes_symbols(feed: str) -> bool:
+    """Whether ``cryptopipe feed <feed>`` has a ``--symbols`` option of its own.
+
+    Its own: the option whose value is ``symbols`` (binance, simulate); a feed with
+    names of its own (coinbase's ``--products``, which also answers to ``--symbols``)
+    keeps its own default unless given them with ``--feed-option=FEED:...``.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    feed_named(feed).add_arguments(parser)
+    return any(action.dest == "symbols" for action in parser._actions)
+
+
+def route_feed_option(option: str) -> tuple[str | None, str]:
+    """``--feed-option``'s feed and argument: ``binance:--market=um`` is binance's only.
+
+    A prefix before the first ``:`` that names a registered feed routes the argument
+    to that feed; anything else (``--market=um``, ``ws://host:1``) goes to every feed.
+    """
+    name, sep, rest = option.partition(":")
+    if sep and name in FEEDS:
+        return name, rest
+    return None, option
+
+
+def feed_args(args: argparse.Namespace) -> list[list[str]]:
+    """``cryptopipe feed`` arguments of each feed of ``--feed``, checked by its parser.
+
+    ``--symbols`` goes to the feeds that take it (default :data:`DEFAULT_SYMBOLS`),
+    ``--rate`` likewise, ``--feed-option=ARG`` to every feed and
+    ``--feed-option=FEED:ARG`` to that feed only.
 
     Raises:
-        CommandError: the feed's own parser refuses them.
+        CommandError: a feed's own parser refuses its options (naming the feed), a
+            ``--feed-option`` names a feed ``--feed`` does not run, or ``--symbols`` was
+            given and no feed takes it.
 
     """
-    out = [args.feed, "--symbols", args.symbols]
-    if args.feed == "simulate":
-        out += ["--rate", str(args.rate)]
-    out += list(args.feed_option)
+    feeds: list[str] = list(args.feed)
+    extra: dict[str, list[str]] = {f: [] for f in feeds}
+    for option in args.feed_option:
+        target, arg = route_feed_option(option)
+        if target is not None and target not in extra:
+            msg = (
+                f"--feed-option={option} is for feed {target}, which --feed "
+                f"{','.join(feeds)} does not run"
+            )
+            raise CommandError(msg)
+        for feed in [target] if target is not None else feeds:
+            extra[feed].append(arg)
+    symbols = [f for f in feeds if takes_symbols(f)]
+    if args.symbols is not None and not symbols:
+        msg = (
+            f"--symbols: feed {','.join(feeds)} takes no --symbols; give its own option with "
+            "--feed-option=FEED:ARG (cryptopipe feed FEED --help lists them)"
+        )
+        raise CommandError(msg)
     from cryptopipe.cli import build_parser  # the command line's own rules, late: no cycle
 
     parser = build_parser()
-    try:
-        parser.parse_args(["feed", *out])
-    except SystemExit as exc:  # argparse said why on stderr
-        msg = f"the feed's options are refused: cryptopipe feed {' '.join(out)}"
-        raise CommandError(msg) from exc
+    out = []
+    for feed in feeds:
+        spec = [feed]
+        if feed in symbols:
+            spec += ["--symbols", args.symbols or DEFAULT_SYMBOLS]
+        if feed == "simulate":
+            spec += ["--rate", str(args.rate)]
+        spec += extra[feed]
+        try:
+            parser.parse_args(["feed", *spec])
+        except SystemExit as exc:  # argparse said why on stderr
+            msg = f"the options of feed {feed} are refused: cryptopipe feed {' '.join(spec)}"
+            raise CommandError(msg) from exc
+        out.append(spec)
     return out
+
+
+def feed_processes(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Each feed process's name and its ``cryptopipe feed`` arguments (none: ``--no-feed``).
+
+    One feed is the process ``feed``; several are ``feed-<feed>`` each
+    (:func:`streaming.supervisor.feed_process_names`).
+    """
+    if args.no_feed:
+        return {}
+    specs = feed_args(args)
+    return dict(zip(feed_process_names([s[0] for s in specs]), specs, strict=True))
 
 
 def _cli(*args: str) -> list[str]:
@@ -237,9 +338,12 @@ def initialise_instance(dagster_home: Path, env: dict[str, str]) -> None:
         raise CommandError(msg, status=1)
 
 
-def metrics_line(settings: Settings, names: list[str]) -> str:
-    """Where each process's ``/metrics`` will be, and which of those ports are taken now."""
-    ports = {n: metrics_port(settings, n) for n in names}
+def metrics_line(settings: Settings, names: list[str], feeds: list[str] | None = None) -> str:
+    """Where each process's ``/metrics`` will be, and which of those ports are taken now.
+
+    ``feeds``: the feed processes among ``names``, in order (their ports follow it).
+    """
+    ports = {n: metrics_port(settings, n, feeds or [FEED]) for n in names}
     where = ", ".join(f"{n} {p}" for n, p in ports.items())
     line = f"metrics: http://127.0.0.1:PORT/metrics: {where}"
     taken = [str(p) for p in ports.values() if p is not None and not port_free(p)]
@@ -369,22 +473,30 @@ class Stack:
         print(f"dagster: code location loaded ({', '.join(names)})", flush=True)
         return True
 
-    def start_own(self, feed: list[str] | None) -> None:
-        """The children up runs itself: the HTTP API, and the feed under ``--no-dagster``."""
+    def start_own(self, feeds: dict[str, list[str]]) -> None:
+        """The children up runs itself: the HTTP API, and the feeds under ``--no-dagster``.
+
+        ``feeds``: each feed process's name and its ``cryptopipe feed`` arguments. A feed
+        child is ``feed-<feed>`` and beats under its process's name (``feed`` alone).
+        """
         if not self.args.no_api:
             host, port = self.args.api_host, str(self.args.api_port)
             self.group.start("api", _cli("serve", "--host", host, "--port", port), self.env)
             print(f"api: http://{host}:{port}/api/candles", flush=True)
-        if feed and self.args.no_dagster:
-            prom = metrics_args(self.settings, FEED)
-            self.group.start(f"feed-{feed[0]}", _cli("feed", *feed, *prom), self.env)
+        if not self.args.no_dagster:
+            return
+        for name, spec in feeds.items():
+            prom = metrics_args(self.settings, name, list(feeds))
+            env = {**self.env, FEED_PROCESS_ENV: name}
+            self.group.start(f"feed-{spec[0]}", _cli("feed", *spec, *prom), env)
 
-    def announce(self, feed: list[str] | None) -> None:
-        """The feed, the metrics ports, where things are, and how to stop."""
-        if feed:
-            print(f"feed: cryptopipe feed {' '.join(feed)}")
+    def announce(self, feeds: dict[str, list[str]]) -> None:
+        """The feeds, the metrics ports, where things are, and how to stop."""
+        for name, spec in feeds.items():
+            process = "" if len(feeds) == 1 else f" (process {name})"
+            print(f"feed: cryptopipe feed {' '.join(spec)}{process}")
         if self.settings.metrics_port_base is not None:
-            print(metrics_line(self.settings, [*FLOWS, *([FEED] if feed else [])]))
+            print(metrics_line(self.settings, [*FLOWS, *feeds], list(feeds)))
         print(
             f"home: {self.settings.home}\nlogs: {self.group.log_dir}\nCtrl-C stops everything.",
             flush=True,
@@ -426,7 +538,7 @@ class Stack:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Start the local stack and keep it running until Ctrl-C (or ``--for``)."""
     stop = stop_event_on_signals()
-    feed = None if args.no_feed else feed_args(args)
+    feeds = feed_processes(args)
     if not args.no_metrics:
         settings = dataclasses.replace(settings, metrics_port_base=args.metrics_port_base)
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -447,14 +559,16 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         raise
     lease.start_renewing()
     sup = Supervisor(settings, client)
-    supervised = [] if args.no_dagster else [*FLOWS, *([FEED] if feed else [])]
+    supervised = [] if args.no_dagster else [*FLOWS, *feeds]
     try:
         where = f"started here, data in {settings.redis_dir}" if stack.local else "existing"
         print(f"redis: {redact(settings.redis_url)} ({where})", flush=True)
         stack.start_spark()
-        stack.start_own(feed)
-        if feed and not args.no_dagster:
-            sup.set_feed(feed)
+        if args.no_dagster:
+            sup.list_feeds(list(feeds))  # up runs them itself; status shows them
+        else:
+            sup.set_feeds(list(feeds.values()))  # what the health sensor starts and watches
+        stack.start_own(feeds)
         for name in supervised:
             sup.want(name)  # the health sensor starts them
         if not args.no_dagster:
@@ -462,7 +576,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             print(f"flows: {', '.join(FLOWS)} (started by Dagster's flow health sensor)")
         stack.wait_spark(stop.is_set)
-        stack.announce(feed)
+        stack.announce(feeds)
         deadline = None if args.run_for is None else time.monotonic() + args.run_for
         while not stop.is_set():
             now = time.monotonic()

@@ -1,14 +1,17 @@
 """The speed layer as assets of the graph.
 
 The raw log (observed: its length and range) and the long-running flows and the
-feed (observed, not materialised by Dagster), each with its ``flow_is_healthy`` check.
+feeds (observed, not materialised by Dagster), each with its ``flow_is_healthy`` check.
+The feed processes' assets are static, one per name a feed process can have (``feed``
+and ``feed-<feed>`` for every supervised feed: :data:`streaming.supervisor.PROCESSES`);
+which of them the health sensor watches is what ``cryptopipe up --feed`` asked for.
 """
 
 import dagster as dg
 
 from orchestration.resources import FlowSupervisorResource, PipelineResource
 from streaming.rawlog_stats import raw_log_summary
-from streaming.supervisor import ALL, FEED
+from streaming.supervisor import FEED, PROCESSES, is_feed_process
 
 _DESCRIPTIONS = {
     "candles": "bytewax: raw log -> live and closed candles (1m..1d), DLQ, late stream.",
@@ -16,6 +19,10 @@ _DESCRIPTIONS = {
     "archive": "bytewax: raw log -> Parquet lake trades/ (typed, append-only).",
     FEED: "the feed process (cryptopipe up --feed ...): the venue's trades -> raw log.",
 }
+_FEED_DESCRIPTION = (
+    "the {feed} feed's process when cryptopipe up runs several feeds "
+    "(--feed {feed},...): its trades -> raw log."
+)
 _DEPS = {"candles": ["raw_log"], "metrics": ["candles_flow"], "archive": ["raw_log"]}
 
 
@@ -35,19 +42,25 @@ def raw_log_stats(
 
 
 def flow_asset_key(name: str) -> dg.AssetKey:
-    """Asset key of a flow (``candles_flow``, ...)."""
-    return dg.AssetKey(f"{name}_flow")
+    """Asset key of a flow or feed process (``candles_flow``, ``feed_binance_flow``, ...)."""
+    return dg.AssetKey(f"{name.replace('-', '_')}_flow")
+
+
+def _description(name: str) -> str:
+    if name in _DESCRIPTIONS:
+        return _DESCRIPTIONS[name]
+    return _FEED_DESCRIPTION.format(feed=name.removeprefix(f"{FEED}-"))
 
 
 flow_assets = [
     dg.AssetSpec(
         flow_asset_key(name),
-        description=_DESCRIPTIONS.get(name, name),
+        description=_description(name),
         group_name="speed_layer",
-        kinds={"python", "redis"} if name == FEED else {"bytewax", "redis"},
+        kinds={"python", "redis"} if is_feed_process(name) else {"bytewax", "redis"},
         deps=_DEPS.get(name, []),
     )
-    for name in ALL
+    for name in PROCESSES
 ]
 
 
@@ -66,5 +79,5 @@ def _health_check(name: str) -> dg.AssetChecksDefinition:
     return check
 
 
-flow_checks = [_health_check(name) for name in ALL]
+flow_checks = [_health_check(name) for name in PROCESSES]
 speed_assets: list[dg.AssetsDefinition | dg.AssetSpec] = [raw_log_stats, *flow_assets]

@@ -4,14 +4,16 @@ import dagster as dg
 
 from orchestration.resources import FlowSupervisorResource
 from orchestration.runtags import FLOW_CONTROL_TAGS
-from streaming.supervisor import ALL
+from streaming.supervisor import PROCESSES
 
 
 class FlowSelection(dg.Config):
-    """Which flow: ``candles``, ``metrics``, ``archive``, ``feed``, or ``all`` (the flows).
+    """Which flow: ``candles``, ``metrics``, ``archive``, a feed process, or ``all``.
 
     Attributes:
-        flow: the flow's name or ``all``.
+        flow: the flow's name, a feed process's (``feed``, or ``feed-<feed>`` when
+            ``cryptopipe up`` runs several feeds), or ``all`` (the flows and the feed
+            processes the health sensor watches).
         reason: why (shown in the run and in the restart history).
         automatic: set by the health sensor; a manual action also clears a crash loop.
     """
@@ -23,9 +25,9 @@ class FlowSelection(dg.Config):
 
 def _selected(config: FlowSelection, resource: FlowSupervisorResource) -> list[str]:
     if config.flow == "all":
-        return list(resource.flows)
-    if config.flow not in ALL:
-        msg = f"unknown flow {config.flow!r}: use all or one of {', '.join(ALL)}"
+        return resource.watched()
+    if config.flow not in PROCESSES:
+        msg = f"unknown flow {config.flow!r}: use all or one of {', '.join(PROCESSES)}"
         raise dg.Failure(msg)
     return [config.flow]
 

@@ -81,19 +81,20 @@ def _run_request(name: str, decision: Decision) -> dg.RunRequest:
     jobs=[start_flows, restart_flows],
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Watches every flow's heartbeat; restarts dead or stalled flows within 30 s; "
-    "more than max_restarts in the window marks the flow failed and stops restarting it.",
+    description="Watches every flow's and feed's heartbeat; restarts dead or stalled ones "
+    "within 30 s; more than max_restarts in the window marks one failed and stops "
+    "restarting it. Each feed process (cryptopipe up --feed a,b) on its own.",
 )
 def flow_health_sensor(
     context: dg.SensorEvaluationContext, flow_supervisor: FlowSupervisorResource
 ) -> dg.SensorResult:
-    """One look at every flow."""
+    """One look at every flow and at each feed process ``cryptopipe up`` asked for."""
     sup = flow_supervisor.supervisor()
     cursor = json.loads(context.cursor) if context.cursor else {}
     now = time.time()
     requests: list[dg.RunRequest] = []
     events: list[dg.AssetObservation | dg.AssetCheckEvaluation] = []
-    for name in flow_supervisor.flows:
+    for name in flow_supervisor.watched(sup):
         decision = sup.decide(name)
         if decision.action in _JOBS and _gave_up(context, decision.run_key):
             # Failed before it acted (Redis away, a code-location timeout) or cancelled

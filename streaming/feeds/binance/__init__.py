@@ -144,7 +144,7 @@ import argparse
 import threading
 
 from marketdata.settings import Settings
-from streaming.feeds.base import parse_symbols
+from streaming.feeds.base import feed_process, parse_symbols
 from streaming.feeds.binance.config import MARKETS
 
 
@@ -226,4 +226,5 @@ class BinanceLive:
             resume=args.resume,
             stream=stream,
             exchange=exchange,
+            heartbeat_name=feed_process(),  # its supervised name (feed, feed-binance)
         )
