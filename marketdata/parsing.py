@@ -1,6 +1,6 @@
 """Parsing and validation of raw trade messages (docs/architecture.md section 2).
 
-Two wire formats:
+The wire formats:
 
 * ``binance-ws``: a Binance ``<symbol>@trade`` or ``<symbol>@aggTrade`` message,
   plain or wrapped in a combined-stream envelope ``{"stream": ..., "data": {...}}``;
@@ -13,6 +13,14 @@ Two wire formats:
 * ``binance-aggtrades``: a row of Binance's aggregate trade dumps, ``aggregate id,
   price, qty, first trade id, last trade id, time, isBuyerMaker[, isBestMatch]``,
   read like an ``aggTrade`` message.
+* ``coinbase-ws``: a frame of Coinbase Exchange's websocket ``matches`` channel, of
+  type ``match`` or ``last_match``: ``product_id`` (the symbol, e.g. ``BTC-USD``),
+  ``trade_id``, ``price`` and ``size`` as decimal strings, ``time`` in ISO 8601 UTC
+  with microseconds (floored to ms), and ``side``, the *maker's* side: ``buy`` means
+  the maker bought, so ``is_buyer_maker`` is ``side == "buy"`` and a taker buy is
+  ``side == "sell"``. Other keys (``sequence``, order ids, the ``source`` of a trade
+  the feed filled from REST) are ignored; any other frame type is
+  ``unsupported_event``.
 
 Every function here returns a :class:`Trade` or a :class:`Rejection`; none raises
 on bad input. Reason codes use the domain field names (``price``, ``quantity``,
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection
+from datetime import date
 from typing import Any
 
 import orjson
@@ -47,13 +56,35 @@ MAX_TRADE_ID = 2**63 - 1
 FORMAT_WS = "binance-ws"
 FORMAT_CSV = "binance-csv"
 FORMAT_AGG_CSV = "binance-aggtrades"
-FORMATS = (FORMAT_WS, FORMAT_CSV, FORMAT_AGG_CSV)
+#: Coinbase Exchange's websocket ``matches`` channel: one frame per trade.
+FORMAT_COINBASE_WS = "coinbase-ws"
+FORMATS = (FORMAT_WS, FORMAT_CSV, FORMAT_AGG_CSV, FORMAT_COINBASE_WS)
 #: What the command line also calls ``binance-csv``.
 FORMAT_TRADES_ALIAS = "binance-trades"
 #: Event types of ``binance-ws`` messages that carry trades.
 TRADE_EVENTS = ("trade", "aggTrade")
 
-_SYMBOL_RE = re.compile(r"[A-Z0-9]{2,30}")
+#: A venue's symbol: letters and digits, with single inner hyphens (Coinbase's products,
+#: ``BTC-USD``); 2 to 30 characters.
+_SYMBOL_RE = re.compile(r"(?=.{2,30}$)[A-Z0-9]+(?:-[A-Z0-9]+)*")
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+#: Coinbase frame types that carry a trade.
+COINBASE_TRADE_TYPES = ("match", "last_match")
+#: ISO 8601 in UTC as Coinbase writes it: ``2014-11-07T08:19:27.028459Z``.
+_ISO_UTC_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?Z"
+)
+# Coinbase field -> domain field, in the order they are checked.
+_COINBASE_FIELDS = (
+    ("product_id", "symbol"),
+    ("trade_id", "trade_id"),
+    ("price", "price"),
+    ("size", "quantity"),
+    ("time", "event_time"),
+    ("side", "is_buyer_maker"),
+)
+#: Coinbase's ``side`` is the maker order's: a maker buy is a taker sell.
+_MAKER_BOUGHT = {"buy": True, "sell": False}
 _EXCHANGE_RE = re.compile(r"[a-z0-9_.-]{1,32}")
 
 # Binance field -> domain field, in the order they are checked.
@@ -96,15 +127,38 @@ def normalize_symbol(symbol: str) -> str | None:
     return sym if sym.isascii() and _SYMBOL_RE.fullmatch(sym) else None
 
 
-def _symbol(value: Any, known: Collection[str] | None) -> str:
+def _symbol(value: Any, known: Collection[str] | None, *, hyphens: bool = False) -> str:
+    """The symbol of a message; Binance's have no hyphens (``hyphens``: Coinbase's do)."""
     if not isinstance(value, str):
         raise _Reject("unknown_symbol", "symbol is not a string")
     sym = normalize_symbol(value)
-    if sym is None:
+    if sym is None or (not hyphens and "-" in sym):
         raise _Reject("unknown_symbol", f"malformed symbol {value[:40]!r}")
     if known is not None and sym not in known:
         raise _Reject("unknown_symbol", f"{sym} is not a configured symbol")
     return sym
+
+
+def iso_utc_ms(text: Any) -> int | None:
+    """``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` as ms since the epoch (floored), else ``None``.
+
+    The form Coinbase writes its times in (microseconds); any other form, an
+    impossible date or time, or a value that is not a string gives ``None``.
+    """
+    if not isinstance(text, str):
+        return None
+    m = _ISO_UTC_RE.fullmatch(text)
+    if m is None:
+        return None
+    y, mo, d, h, mi, sec, frac = m.groups()
+    try:
+        days = date(int(y), int(mo), int(d)).toordinal() - _EPOCH_ORDINAL
+    except ValueError:
+        return None
+    if int(h) > 23 or int(mi) > 59 or int(sec) > 59:
+        return None
+    ms = ((days * 24 + int(h)) * 60 + int(mi)) * 60_000 + int(sec) * 1000
+    return ms + (int((frac + "00")[:3]) if frac else 0)
 
 
 def _e8(value: Any, field: str, maximum: int) -> int:
@@ -253,6 +307,39 @@ def _parse_ws(
     )
 
 
+def _parse_coinbase(
+    payload: bytes, exchange: str, recv_ms: int | None, known: Collection[str] | None
+) -> Trade:
+    obj = _loads(payload)
+    if not isinstance(obj, dict):
+        raise _Reject("malformed_json", "payload is not a JSON object")
+    _check_duplicate_keys(payload, obj)
+    kind = obj.get("type")
+    if kind not in COINBASE_TRADE_TYPES:
+        raise _Reject(
+            "unsupported_event", f"frame type {str(kind)[:40]!r} is not 'match' or 'last_match'"
+        )
+    for wire, field in _COINBASE_FIELDS:
+        if wire not in obj:
+            raise _Reject(f"missing_field:{field}", f"Coinbase field {wire!r} is missing")
+    maker = _MAKER_BOUGHT.get(obj["side"]) if isinstance(obj["side"], str) else None
+    if maker is None:
+        raise _Reject("bad_bool:is_buyer_maker", "side must be 'buy' or 'sell'")
+    symbol = _symbol(obj["product_id"], known, hyphens=True)
+    ms = iso_utc_ms(obj["time"])
+    if ms is None:
+        raise _Reject("bad_timestamp", f"time {str(obj['time'])[:40]!r} is not ISO 8601 UTC")
+    return Trade(
+        exchange=exchange,
+        symbol=symbol,
+        trade_id=_trade_id(obj["trade_id"]),
+        price_e8=_e8(obj["price"], "price", MAX_PRICE_E8),
+        quantity_e8=_e8(obj["size"], "quantity", MAX_QUANTITY_E8),
+        event_time=normalize_event_time(ms, recv_ms),
+        is_buyer_maker=maker,
+    )
+
+
 _CSV_BOOL = {"true": True, "false": False, "True": True, "False": False}
 
 
@@ -341,8 +428,8 @@ def parse_message(
 
     Args:
         payload: the message exactly as received.
-        fmt: ``"binance-ws"``, ``"binance-csv"`` (or ``"binance-trades"``) or
-            ``"binance-aggtrades"``.
+        fmt: ``"binance-ws"``, ``"binance-csv"`` (or ``"binance-trades"``),
+            ``"binance-aggtrades"`` or ``"coinbase-ws"``.
         exchange: the exchange the feed read it from (lower-cased here).
         symbol: for CSV rows, the symbol of the file.
         recv_ms: when the feed received it; event times more than a day later are
@@ -366,6 +453,8 @@ def parse_message(
             return _parse_csv(raw, ex, symbol, known_symbols)
         if fmt == FORMAT_AGG_CSV:
             return _parse_agg_csv(raw, ex, symbol, known_symbols)
+        if fmt == FORMAT_COINBASE_WS:
+            return _parse_coinbase(raw, ex, recv_ms, known_symbols)
         return Rejection("unknown_format", raw, ex, f"format {fmt[:40]!r} is not one of {FORMATS}")
     except _Reject as rej:
         return Rejection(rej.reason, raw, ex, rej.detail)

@@ -31,6 +31,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import orjson
@@ -134,6 +135,40 @@ def trade_payload(t: Trade, event_ms: int | None = None) -> bytes:
         f'"p":"{format_e8(t.price_e8)}","q":"{format_e8(t.quantity_e8)}",'
         f'"T":{t.event_time},"m":{"true" if t.is_buyer_maker else "false"},"M":true}}'
     ).encode()
+
+
+def coinbase_match_payload(
+    t: Trade, sequence: int, *, micros: int = 0, kind: str = "match"
+) -> bytes:
+    """A Coinbase Exchange ``match`` (or ``last_match``) frame for a trade.
+
+    Shaped as the sample of Coinbase's websocket documentation (its keys in that
+    order; decimals as strings without trailing zeros, ``time`` in ISO 8601 UTC with
+    microseconds: ``micros`` (0-999) beyond the trade's millisecond). ``side`` is the
+    maker's: ``buy`` when the buyer was the maker.
+    """
+    when = datetime.fromtimestamp(t.event_time / 1000, UTC).replace(
+        microsecond=(t.event_time % 1000) * 1000 + micros
+    )
+    side = "buy" if t.is_buyer_maker else "sell"
+    return (
+        f'{{"type":"{kind}","trade_id":{t.trade_id},"sequence":{sequence},'
+        f'"maker_order_id":"{_order_id(t, 1)}","taker_order_id":"{_order_id(t, 2)}",'
+        f'"time":"{when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}","product_id":"{t.symbol}",'
+        f'"size":"{_plain(t.quantity_e8)}","price":"{_plain(t.price_e8)}","side":"{side}"}}'
+    ).encode()
+
+
+def _plain(e8: int) -> str:
+    """A decimal as Coinbase writes it: no trailing zeros (``400.23``, ``5.23512``, ``7``)."""
+    text = format_e8(e8).rstrip("0")
+    return text[:-1] if text.endswith(".") else text
+
+
+def _order_id(t: Trade, n: int) -> str:
+    """A stable UUID-shaped order id for a trade's maker (1) or taker (2)."""
+    h = f"{t.trade_id * 2 + n:032x}"[-32:]
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def agg_trade_payload(t: Trade, agg_id: int, event_ms: int | None = None) -> bytes:

@@ -1,4 +1,4 @@
-"""``cryptopipe feed replay``: recorded Binance data into the raw log.
+"""``cryptopipe feed replay``: recorded exchange data into the raw log.
 
 Formats:
 
@@ -11,6 +11,12 @@ Formats:
   header, USD-M with one; the symbol is ``--symbol`` or taken from the file name.
 * ``binance-aggtrades``: Binance's aggregate trade dumps
   (``BTCUSDT-aggTrades-2025-03-14.csv``), spot or USD-M, the same way.
+* ``coinbase-ws``: JSON lines, one frame of Coinbase Exchange's websocket per line
+  (``match`` and ``last_match`` frames carry the trades; the exchange is ``coinbase``
+  unless ``--exchange`` says otherwise). The protocol's own frames in a capture
+  (``subscriptions``, ``heartbeat``) are not written: the live feed turns heartbeats
+  into progress marks, and a replay marks progress at the recorded time it reached;
+  the summary counts them.
 
 Nothing is replayed in silence. Before anything is written, each file is read up to
 its first message that parses as a trade: a file with none (a capture of ``kline``
@@ -55,12 +61,15 @@ from marketdata.binance_dump import (
     symbol_from_filename,
 )
 from marketdata.parsing import (
+    COINBASE_TRADE_TYPES,
     FORMAT_AGG_CSV,
+    FORMAT_COINBASE_WS,
     FORMAT_CSV,
     FORMAT_TRADES_ALIAS,
     FORMAT_WS,
     FORMATS,
     TRADE_EVENTS,
+    iso_utc_ms,
     normalize_symbol,
     parse_message,
 )
@@ -79,6 +88,12 @@ REPLAY_FORMATS = (*FORMATS, FORMAT_TRADES_ALIAS)
 _CSV_TIME_COLUMN = {FORMAT_CSV: 4, FORMAT_AGG_CSV: 5}
 #: The event type counted for a websocket line that is not JSON.
 NOT_JSON = "not JSON"
+#: Websocket formats (JSON lines) -> the message types that carry trades.
+WS_TRADE_KINDS = {FORMAT_WS: TRADE_EVENTS, FORMAT_COINBASE_WS: COINBASE_TRADE_TYPES}
+#: Coinbase's protocol frames: never trades, not written by a replay (counted).
+COINBASE_PROTOCOL = ("subscriptions", "heartbeat")
+#: The exchange a format's messages come from unless ``--exchange`` says otherwise.
+DEFAULT_EXCHANGE = {FORMAT_COINBASE_WS: "coinbase"}
 
 
 def _unwrap(obj: object) -> object:
@@ -146,6 +161,55 @@ def _ws_times(
     return last
 
 
+def _coinbase_kind(obj: object) -> str:
+    """A decoded Coinbase frame's type."""
+    if not isinstance(obj, dict):
+        return "not an object"
+    return str(obj.get("type"))[:40]
+
+
+def _coinbase_times(
+    lines: list[bytes],
+    last: int,
+    times: list[int],
+    symbols: list[str | None],
+    tally: FileTally,
+) -> tuple[list[bytes], int]:
+    """The Coinbase frames to write of ``lines`` (protocol frames counted, left out).
+
+    Appends each written frame's time (its ``time``, else ``last``) and product to
+    ``times`` and ``symbols``; returns the frames and the last time.
+    """
+    out: list[bytes] = []
+    for line in lines:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj, kind = None, NOT_JSON
+        else:
+            kind = _coinbase_kind(obj)
+        if kind in COINBASE_PROTOCOL:
+            tally.protocol[kind] += 1
+            continue
+        if isinstance(obj, dict):
+            t = iso_utc_ms(obj.get("time"))
+            last = last if t is None else t
+            sym = obj.get("product_id")
+        else:
+            sym = None
+        if kind not in COINBASE_TRADE_TYPES:
+            tally.not_trades[kind] += 1
+        out.append(line)
+        times.append(last)
+        symbols.append(sym if isinstance(sym, str) else None)
+    return out, last
+
+
+def format_exchange(fmt: str) -> str:
+    """The exchange a format's messages are written as unless told (``binance``)."""
+    return DEFAULT_EXCHANGE.get(fmt, "binance")
+
+
 def _csv_time(line: bytes, last: int, column: int = 4) -> int:
     parts = line.split(b",", column + 1)
     if len(parts) > column and parts[column].strip().isdigit():
@@ -161,14 +225,20 @@ class FileTally:
     Attributes:
         path: the file.
         messages: the messages (non-blank lines, header aside) written from it.
-        not_trades: websocket messages that are no ``trade`` or ``aggTrade``, by event
-            type (``not JSON`` for lines that are not JSON).
+        not_trades: websocket messages that carry no trade (no ``trade`` or
+            ``aggTrade`` of Binance, no ``match`` or ``last_match`` of Coinbase), by
+            type (``not JSON`` for lines that are not JSON): written, the DLQ gets them.
+        protocol: Coinbase's protocol frames (``subscriptions``, ``heartbeat``), by
+            type: not written.
+        taken: the message types that carry trades.
 
     """
 
     path: Path
     messages: int = 0
     not_trades: Counter[str] = field(default_factory=Counter)
+    protocol: Counter[str] = field(default_factory=Counter)
+    taken: tuple[str, ...] = TRADE_EVENTS
 
     def warning(self) -> str | None:
         """One line about the messages that carry no trade, or ``None`` when all do."""
@@ -178,9 +248,16 @@ class FileTally:
         kinds = ", ".join(f"{k} {c:,}" for k, c in self.not_trades.most_common())
         return (
             f"{self.path.name}: {n:,} of its {self.messages:,} messages carry no trade "
-            f"({kinds}); only {' and '.join(TRADE_EVENTS)} messages are taken, the others "
+            f"({kinds}); only {' and '.join(self.taken)} messages are taken, the others "
             f"go to the DLQ ({DLQ_STREAM})"
         )
+
+    def note(self) -> str | None:
+        """One line about the protocol frames left out, or ``None`` when there were none."""
+        if not self.protocol:
+            return None
+        kinds = ", ".join(f"{k} {c:,}" for k, c in self.protocol.most_common())
+        return f"{self.path.name}: not written: {kinds} (the protocol's frames, no trades)"
 
 
 #: How much of a file is read at a time (about 7,000 to 13,000 messages of Binance's).
@@ -250,7 +327,10 @@ def _file_blocks(path: Path, fmt: str, tally: FileTally) -> Iterator[_Block]:
                 yield _Block(payloads, times, None, consumed)
                 continue
             symbols: list[str | None] = []
-            t = _ws_times(payloads, t, times, symbols, tally.not_trades)
+            if fmt == FORMAT_COINBASE_WS:
+                payloads, t = _coinbase_times(payloads, t, times, symbols, tally)
+            else:
+                t = _ws_times(payloads, t, times, symbols, tally.not_trades)
             tally.messages += len(payloads)
             yield _Block(payloads, times, symbols, consumed)
 
@@ -347,7 +427,7 @@ def _check_csv_kind(path: Path, fmt: str) -> None:
 
 
 def check_replayable(
-    path: Path, fmt: str, *, symbol: str | None = None, exchange: str = "binance"
+    path: Path, fmt: str, *, symbol: str | None = None, exchange: str | None = None
 ) -> None:
     """Refuse a file none of whose messages this format can replay as a trade.
 
@@ -371,25 +451,28 @@ def check_replayable(
             its rows were rejected with the first examples (line number, reason).
 
     """
-    if fmt != FORMAT_WS:
+    taken = WS_TRADE_KINDS.get(fmt)
+    if taken is None:
         _check_csv_kind(path, fmt)
     lines = 0
     kinds: Counter[str] = Counter()  # websocket: event types
     reasons: Counter[str] = Counter()  # why rows / trade messages were rejected
     examples: list[str] = []
+    exchange = exchange or format_exchange(fmt)
+    kind_of = _coinbase_kind if fmt == FORMAT_COINBASE_WS else (lambda o: _kind(_unwrap(o)))
     with open_dump(path)[0] as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.rstrip(b"\r\n")
-            if not line.strip() or (fmt != FORMAT_WS and is_header(lineno, line)):
+            if not line.strip() or (taken is None and is_header(lineno, line)):
                 continue
             lines += 1
-            if fmt == FORMAT_WS:
+            if taken is not None:
                 try:
-                    kind = _kind(_unwrap(orjson.loads(line)))
+                    kind = kind_of(orjson.loads(line))
                 except orjson.JSONDecodeError:
                     kind = NOT_JSON
                 kinds[kind] += 1
-                if kind not in TRADE_EVENTS:
+                if kind not in taken:
                     continue
             res = parse_message(line, fmt=fmt, exchange=exchange, symbol=symbol)
             if isinstance(res, Trade):
@@ -400,12 +483,12 @@ def check_replayable(
     if lines == 0:
         msg = f"{path.name} holds no messages: nothing to replay"
         raise ValueError(msg)
-    if fmt == FORMAT_WS:
-        taken = " and ".join(TRADE_EVENTS)
-        rejected = f"; the {taken} messages were rejected: {_counts(reasons)}" if reasons else ""
+    if taken is not None:
+        names = " and ".join(taken)
+        rejected = f"; the {names} messages were rejected: {_counts(reasons)}" if reasons else ""
         msg = (
             f"{path.name}: none of its {lines:,} messages is a trade (by event type: "
-            f"{_counts(kinds)}{rejected}); only {taken} messages are taken: nothing replayed"
+            f"{_counts(kinds)}{rejected}); only {names} messages are taken: nothing replayed"
         )
         raise ValueError(msg)
     msg = (
@@ -421,7 +504,7 @@ def replay_files(
     fmt: str,
     *,
     symbol: str | None = None,
-    exchange: str = "binance",
+    exchange: str | None = None,
     speed: float | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
@@ -436,7 +519,8 @@ def replay_files(
         files: the files, merged by their recorded time.
         fmt: one of :data:`REPLAY_FORMATS`.
         symbol: the symbol of CSV rows (default: from Binance's file names).
-        exchange: the exchange the messages are written as.
+        exchange: the exchange the messages are written as (default: the format's,
+            :func:`format_exchange`).
         speed: a factor of the recorded timing, or ``None`` for as fast as possible.
         should_stop: stops the replay when it turns true.
         progress: show a progress bar.
@@ -454,6 +538,7 @@ def replay_files(
     if fmt not in FORMATS:
         msg = f"unknown --format {fmt!r}: use one of {', '.join(REPLAY_FORMATS)}"
         raise ValueError(msg)
+    exchange = exchange or format_exchange(fmt)
     consumed = [0]
     checked: list[tuple[Path, str | None, FileTally]] = []
     for path in files:
@@ -470,7 +555,7 @@ def replay_files(
             msg = f"{path}: no such file"
             raise FileNotFoundError(msg)
         check_replayable(path, fmt, symbol=sym, exchange=exchange)
-        tally = FileTally(path)
+        tally = FileTally(path, taken=WS_TRADE_KINDS.get(fmt, TRADE_EVENTS))
         if tallies is not None:
             tallies.append(tally)
         checked.append((path, sym, tally))
@@ -517,7 +602,11 @@ class DumpReplay:
         parser.add_argument(
             "--symbol", default=None, help="symbol of CSV files (default: from Binance's file name)"
         )
-        parser.add_argument("--exchange", default="binance")
+        parser.add_argument(
+            "--exchange",
+            default=None,
+            help="the exchange written (default: binance; coinbase for coinbase-ws)",
+        )
         parser.add_argument(
             "--speed", default="max", help="'max' (default) or a factor of the recorded timing"
         )
@@ -547,4 +636,7 @@ class DumpReplay:
             warning = tally.warning()
             if warning:
                 print(f"replay: warning: {warning}", file=sys.stderr)
+            note = tally.note()
+            if note:
+                print(f"replay: {note}", file=sys.stderr)
         return 0
