@@ -9,6 +9,9 @@ answers comes from the functions the command line uses, so the two never disagre
   (:mod:`serving.query`), same parameters and defaults;
 * ``GET /api/symbols``: every (exchange, symbol) with stream candles;
 * ``GET /api/metrics?symbol=[&exchange=]``: the latest metrics of each exchange;
+* ``GET /api/spreads?symbol=[&exchange=]``: the latest spreads the symbol's series
+  (of one exchange, or of each with metrics) are in, as ``cryptopipe metrics --format
+  json`` lists them under ``spreads``;
 * ``GET /api/status``: what ``cryptopipe status --format json`` prints;
 * ``GET /api/reconciliation?date=D``: the reconciliation summary of a day;
 * ``GET /api/live?symbol=&interval=[&exchange=]``: server-sent events, one ``candle``
@@ -45,7 +48,7 @@ from cryptopipe.commands.flowctl import status_report
 from lake.published import is_published
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
-from serving.metrics import metrics_exchanges, read_history, read_metrics
+from serving.metrics import metrics_exchanges, read_history, read_metrics, read_spreads
 from serving.query import (
     CandleQuery,
     QueryError,
@@ -134,10 +137,23 @@ def _candle_routes(settings: Settings, rc: redis.Redis) -> list[Route | Mount]:
             return _error(message.replace("no candles", "no metrics"), 404)
         return _json(found)
 
+    async def api_spreads(request: Request) -> Response:
+        try:
+            q = _query(request, interval_required=False)
+        except QueryError as exc:
+            return _error(str(exc))
+
+        def read() -> list[dict[str, Any]]:
+            exchanges = [q.exchange] if q.exchange else metrics_exchanges(rc, q.symbol)
+            return read_spreads(rc, settings.spread_rules, q.symbol, exchanges)
+
+        return _json(await run_in_threadpool(read))
+
     return [
         Route("/api/candles", api_candles),
         Route("/api/symbols", api_symbols),
         Route("/api/metrics", api_metrics),
+        Route("/api/spreads", api_spreads),
     ]
 
 

@@ -1,4 +1,4 @@
-"""The latest metrics of a symbol, read from Redis (``cryptopipe metrics``)."""
+"""The latest metrics and spreads of a symbol, read from Redis (``cryptopipe metrics``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 import redis
 
+from marketdata.instruments import Series, SpreadRules
 from redisstore.conn import text
-from redisstore.keys import history_key, metrics_key
+from redisstore.keys import history_key, metrics_key, spread_key
 
 
 def read_metrics(client: redis.Redis, symbol: str, exchange: str) -> dict[str, Any] | None:
@@ -65,3 +66,23 @@ def candles_seen(client: redis.Redis, symbol: str, exchange: str) -> int:
 def warming_up(metrics: dict[str, Any], seen: int) -> dict[str, int]:
     """Indicators still without a value: name -> closed candles it needs in all."""
     return {k: n for k, n in WARM_UP_CANDLES.items() if metrics.get(k) is None and seen < n}
+
+
+def read_spreads(
+    client: redis.Redis, rules: SpreadRules, symbol: str, exchanges: list[str]
+) -> list[dict[str, Any]]:
+    """The latest spreads the series ``exchange:symbol`` of each of ``exchanges`` is in.
+
+    Spreads live per base currency (``md:spread:{BASE}``); the series' base comes from
+    ``rules`` (the settings' instruments, as the metrics flow's). Ordered by ``a``,
+    then ``b``; a series with no instrument has none.
+    """
+    names = {Series(ex, symbol).name for ex in exchanges}
+    bases = {b for ex in exchanges if (b := rules.base_of(Series(ex, symbol))) is not None}
+    out = []
+    for base in sorted(bases):
+        for field, value in client.hgetall(spread_key(base)).items():
+            a, _, b = text(field).partition("|")
+            if a in names or b in names:
+                out.append(orjson.loads(value))
+    return sorted(out, key=lambda s: (s["a"], s["b"]))

@@ -1,9 +1,14 @@
-"""``cryptopipe metrics SYMBOL [--exchange E] [--format json|table]``: the latest metrics."""
+"""``cryptopipe metrics SYMBOL [--exchange E] [--format json|table]``: the latest metrics.
+
+With them, the spreads the series is in (docs/architecture.md, "Instruments and
+spreads"): in JSON a list under ``spreads``, in the table one line each.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from cryptopipe.errors import CommandError
 from marketdata.indicators import METRIC_FIELDS
@@ -11,7 +16,13 @@ from marketdata.parsing import normalize_exchange, normalize_symbol
 from marketdata.settings import Settings
 from marketdata.timeutil import format_ms
 from redisstore.conn import connect_settings
-from serving.metrics import candles_seen, metrics_exchanges, read_metrics, warming_up
+from serving.metrics import (
+    candles_seen,
+    metrics_exchanges,
+    read_metrics,
+    read_spreads,
+    warming_up,
+)
 
 
 def register(
@@ -47,14 +58,21 @@ def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
             "closed 1m candles arrive (cryptopipe stream status metrics)"
         )
         raise CommandError(msg, status=1)
-    record = {k: m.get(k) for k in METRIC_FIELDS}
+    record: dict[str, Any] = {k: m.get(k) for k in METRIC_FIELDS}
+    spreads = read_spreads(client, settings.spread_rules, symbol, [exchange])
     if args.format == "json":
-        print(json.dumps(record))
+        print(json.dumps({**record, "spreads": spreads}))
         return 0
     for k in METRIC_FIELDS:
         v = record[k]
         shown = "-" if v is None else (format_ms(v) if k == "open_time" else v)
         print(f"{k:16} {shown}")
+    for s in spreads:
+        print(
+            f"spread           {s['a']} - {s['b']} = {s['spread']} {s['base']} in "
+            f"{s['a_quote']}/{s['b_quote']} ({s['a_close']} at {format_ms(s['a_open_time'])}, "
+            f"{s['b_close']} at {format_ms(s['b_open_time'])})"
+        )
     seen = candles_seen(client, symbol, exchange)
     if waiting := warming_up(m, seen):
         needs = ", ".join(f"{k} needs {n}" for k, n in waiting.items())

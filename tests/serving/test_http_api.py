@@ -10,9 +10,13 @@ import redis
 import requests
 
 from marketdata.candle import fold_trades
+from marketdata.indicators import ClosedBar, MetricsState
+from marketdata.instruments import Instruments, SpreadRules, parse_comparisons
 from marketdata.interval import Interval
 from marketdata.trade import Trade
 from streaming.candlestore import CandleStore, CandleWrites
+from streaming.metricsagg import SpreadState, apply_spread_bars
+from streaming.metricsstore import MetricsStore, MetricsWrites
 from tests.processes import run_cryptopipe
 
 T0 = 1_741_910_400_000
@@ -108,6 +112,43 @@ def test_bad_parameters_are_clear_4xx(
     assert never.json()["error"] == (
         "2025-03-14 has not been reconciled (cryptopipe reconcile --date 2025-03-14)"
     )
+
+
+def test_spreads_of_a_series_are_what_metrics_prints(
+    server: tuple[str, dict[str, str]], redis_client: redis.Redis
+) -> None:
+    base, env = server
+    rules = SpreadRules.build(Instruments(), parse_comparisons("binance:BTCUSDT~coinbase:BTC-USD"))
+    bars = [
+        ClosedBar("binance", "BTCUSDT", T0, 84_003_10000000, 10**8, 0),
+        ClosedBar("kraken", "BTCUSDT", T0, 84_001_00000000, 10**8, 0),
+        ClosedBar("coinbase", "BTC-USD", T0 + M, 84_020_12345678, 10**8, 0),
+        ClosedBar("binance", "ETHUSDT", T0, 3000 * 10**8, 10**8, 0),
+    ]
+    metrics = MetricsWrites("BTCUSDT", metrics=[MetricsState().apply(bars[0]) or {}])
+    spreads = apply_spread_bars(SpreadState(), bars[:3], rules)
+    MetricsStore(redis_client).write([metrics, spreads])
+    got = requests.get(
+        base + "/api/spreads", params={"symbol": "btcusdt", "exchange": "binance"}, timeout=10
+    )
+    assert got.status_code == 200
+    assert [(s["a"], s["b"], s["spread"]) for s in got.json()] == [
+        ("binance:BTCUSDT", "coinbase:BTC-USD", "-17.02345678"),
+        ("binance:BTCUSDT", "kraken:BTCUSDT", "2.10000000"),
+    ]
+    cli = run_cryptopipe(env, "metrics", "BTCUSDT", "--exchange", "binance", "--format", "json")
+    assert json.loads(cli.stdout)["spreads"] == got.json()
+    table = run_cryptopipe(env, "metrics", "BTCUSDT", "--exchange", "binance").stdout
+    assert "binance:BTCUSDT - coinbase:BTC-USD = -17.02345678 BTC in USDT/USD" in table
+    # Without an exchange: the series of every exchange with metrics (binance here).
+    every = requests.get(base + "/api/spreads", params={"symbol": "BTCUSDT"}, timeout=10)
+    assert every.json() == got.json()
+    coinbase = requests.get(
+        base + "/api/spreads", params={"symbol": "BTC-USD", "exchange": "coinbase"}, timeout=10
+    )
+    assert [s["b"] for s in coinbase.json()] == ["coinbase:BTC-USD"]
+    eth = {"symbol": "ETHUSDT", "exchange": "binance"}
+    assert requests.get(base + "/api/spreads", params=eth, timeout=10).json() == []
 
 
 def test_status_is_what_status_prints(server: tuple[str, dict[str, str]]) -> None:
