@@ -4,7 +4,8 @@
 // the exact strings on hover.
 "use strict";
 
-const state = { symbol: null, exchange: null, interval: "1m", candles: [], events: 0 };
+const state = { symbol: null, exchange: null, interval: "1m", candles: [], events: 0,
+                spreads: [] };
 let source = null;
 const $ = (id) => document.getElementById(id);
 // What the tests read (and a curious user can, in the console).
@@ -150,9 +151,34 @@ async function load() {
     draw();
     follow();
     days();
+    spreads();
   } catch (e) {
     $("error").textContent = e.message;
   }
+}
+
+// The spreads the series is in (/api/spreads), as text above the chart: exact strings.
+async function spreads() {
+  const key = `${state.symbol}|${state.exchange}`;
+  let list = [];
+  try {
+    list = await getJSON(`/api/spreads?${query({})}`);
+  } catch (e) {
+    return; // the candles' error line says what is wrong
+  }
+  if (`${state.symbol}|${state.exchange}` !== key) return;
+  state.spreads = list;
+  $("spreads").replaceChildren(...list.map((s) => {
+    const el = document.createElement("span");
+    el.className = "spread";
+    el.title = `${s.a} ${s.a_close} at ${iso(s.a_open_time)}\n` +
+      `${s.b} ${s.b_close} at ${iso(s.b_open_time)}`;
+    el.append(`${s.a} - ${s.b}: `);
+    const v = document.createElement("b");
+    v.textContent = s.spread;
+    el.append(v, ` ${s.base} (${s.a_quote} vs ${s.b_quote})`);
+    return el;
+  }));
 }
 
 async function start() {
@@ -179,6 +205,7 @@ async function start() {
   $("exchange").onchange = () => { state.exchange = $("exchange").value; load(); };
   $("interval").onchange = () => { state.interval = $("interval").value; load(); };
   load();
+  setInterval(spreads, 10_000); // spreads move once a minute
 }
 
 start();

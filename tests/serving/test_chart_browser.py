@@ -1,8 +1,8 @@
 """The live chart in a real browser: Debian's Chromium, driven by Playwright.
 
-The page draws the candles the API returns, a new trade moves the live candle within
-a second, a picker change loads the other series; a screenshot is kept in
-``artifacts/`` (``CRYPTOPIPE_ARTIFACTS`` to move it).
+The page draws the candles the API returns and the spreads the series is in, a new
+trade moves the live candle within a second, a picker change loads the other series; a
+screenshot is kept in ``artifacts/`` (``CRYPTOPIPE_ARTIFACTS`` to move it).
 """
 
 from __future__ import annotations
@@ -23,11 +23,15 @@ from playwright.sync_api import Page, sync_playwright
 from lake.candles import write_day_candles
 from lake.published import batch_run, publish
 from marketdata.candle import fold_trades
+from marketdata.indicators import ClosedBar
+from marketdata.instruments import Instruments, SpreadRules, parse_comparisons
 from marketdata.interval import Interval
 from marketdata.records import SOURCE_BATCH
 from marketdata.settings import Settings
 from marketdata.timeutil import DAY_MS
 from marketdata.trade import Trade
+from streaming.metricsagg import SpreadState, apply_spread_bars
+from streaming.metricsstore import MetricsStore
 from tests.processes import ROOT, cryptopipe_ok
 from tests.serving.test_http_api import T0, M, trades, write
 
@@ -72,11 +76,21 @@ def test_the_chart_draws_the_api_candles_follows_trades_and_pickers(
     base, _ = server
     write(redis_client, trades("BTCUSDT", range(30)), trades("BTCUSDT", range(30, 31), 100))
     write(redis_client, trades("ETHUSDT", range(3), 1000), [])
+    rules = SpreadRules.build(Instruments(), parse_comparisons("binance:BTCUSDT~coinbase:BTC-USD"))
+    bars = [
+        ClosedBar("binance", "BTCUSDT", T0, 84_003_10000000, 10**8, 0),
+        ClosedBar("coinbase", "BTC-USD", T0, 84_020_12345678, 10**8, 0),
+    ]
+    MetricsStore(redis_client).write([apply_spread_bars(SpreadState(), bars, rules)])
     api = requests.get(
         base + "/api/candles", params={"symbol": "BTCUSDT", "interval": "1m"}, timeout=10
     ).json()
     page.goto(base + "/?symbol=BTCUSDT&interval=1m")
     wait_loaded(page, "BTCUSDT|binance|1m")
+    page.wait_for_function("() => window.cryptopipe.spreads.length === 1", timeout=10_000)
+    assert page.inner_text("#spreads") == (
+        "binance:BTCUSDT - coinbase:BTC-USD: -17.02345678 BTC (USDT vs USD)"
+    )
     got = plotted(page)
     assert got["x"] == len(api) == 31
     assert got["close"] == [float(c["close"]) for c in api]
