@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from streaming.feeds.base import Feed
 from streaming.feeds.binance import BinanceLive
+from streaming.feeds.coinbase import CoinbaseLive
 from streaming.feeds.replay import DumpReplay
 from streaming.feeds.simulate import SimulatedMarket
 
 #: Every feed by its name (the ``cryptopipe feed`` subcommand).
-FEEDS: dict[str, Feed] = {f.name: f for f in (SimulatedMarket(), DumpReplay(), BinanceLive())}
+FEEDS: dict[str, Feed] = {
+    f.name: f for f in (SimulatedMarket(), DumpReplay(), BinanceLive(), CoinbaseLive())
+}
 #: The feed ``cryptopipe up`` and the supervisor run unless told otherwise.
 DEFAULT_FEED = SimulatedMarket.name
 
