@@ -2,8 +2,8 @@
 
 What a batch of :class:`MetricsWrites` and :class:`SpreadWrites` writes, through
 :class:`streaming.sinks.FlowSink` (the logic is :mod:`streaming.metricsagg`, the wiring
-:mod:`streaming.flows.metrics`; docs/architecture.md, "Inside the speed layer"). Reading is the serving package's
-(:mod:`serving.metrics`).
+:mod:`streaming.flows.metrics`; docs/architecture.md, "Inside the speed layer").
+Reading is the serving package's (:mod:`serving.metrics`).
 
 * ``md:metrics:{SYM}:<exchange>``: hash of the latest metrics (each value JSON),
   expiring ``ttl_s`` after the last update;
