@@ -61,6 +61,20 @@ def test_several_feeds_are_a_process_each_with_their_own_options() -> None:
     )
 
 
+def test_symbols_go_to_the_feeds_whose_option_it_is() -> None:
+    # Coinbase names its instruments --products (BTC-USD): it keeps its own.
+    feeds = up_feeds(
+        *("--feed", "binance,coinbase", "--symbols", "BTCUSDT"),
+        "--feed-option=coinbase:--products=BTC-USD,ETH-USD",
+    )
+    assert feeds == {
+        "feed-binance": ["binance", "--symbols", "BTCUSDT"],
+        "feed-coinbase": ["coinbase", "--products=BTC-USD,ETH-USD"],
+    }
+    with pytest.raises(CommandError, match="feed coinbase takes no --symbols"):
+        up_feeds("--feed", "coinbase", "--symbols", "BTC-USD")
+
+
 def test_bad_feed_lists_and_options_fail_at_once_naming_the_feed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

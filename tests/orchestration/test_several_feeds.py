@@ -1,9 +1,9 @@
 """Several feeds under the health sensor: each its own process, heartbeat and restarts.
 
-``cryptopipe up --feed binance,simulate`` names the feed processes ``feed-binance``
-and ``feed-simulate`` and keeps them in Redis; the sensor (Dagster's own
-``build_sensor_context``) decides about each apart. The slow tests run the real feed
-processes: a live Binance feed against the local fake Binance and the simulator.
+``cryptopipe up --feed binance,coinbase`` names the feed processes ``feed-binance``
+and ``feed-coinbase`` and keeps them in Redis; the sensor (Dagster's own
+``build_sensor_context``) decides about each apart. Two tests run the real feed
+processes: the live Binance and Coinbase feeds against the local fake servers.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from streaming.supervisor import FLOWS, Supervisor
 from tests.orchestration.test_up_live import Up
 from tests.processes import leftovers, run_cryptopipe
 from tests.streaming.fake_binance import FakeBinance
+from tests.streaming.fake_coinbase import FakeCoinbase
 
-BINANCE, SIMULATE = "feed-binance", "feed-simulate"
+BINANCE, SIMULATE, COINBASE = "feed-binance", "feed-simulate", "feed-coinbase"
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def resource(redis_url: str, tmp_path: Path) -> Iterator[FlowSupervisorResource]
         max_restarts=2,
     )
     yield res
-    for name in (BINANCE, SIMULATE):
+    for name in (BINANCE, SIMULATE, COINBASE):
         res.supervisor().stop(name, timeout=5)
 
 
@@ -118,7 +119,7 @@ def test_the_code_location_has_an_asset_and_check_per_feed_process() -> None:
 
     repo = defs.get_repository_def()
     graph = repo.asset_graph
-    for name in ("feed", BINANCE, SIMULATE):
+    for name in ("feed", BINANCE, SIMULATE, COINBASE):
         key = flow_asset_key(name)
         assert key in graph.get_all_asset_keys(), key
         assert dg.AssetCheckKey(key, "flow_is_healthy") in graph.asset_check_keys
@@ -128,11 +129,13 @@ def test_two_live_feeds_beat_apart_and_a_killed_one_alone_is_restarted(
     resource: FlowSupervisorResource, redis_client: redis.Redis
 ) -> None:
     sup = resource.supervisor()
-    with FakeBinance(["BTCUSDT"], n_trades=100_000, tick_s=0.01, live_clock=True) as fake:
-        binance = ["binance", "--symbols", "BTCUSDT", "--ws-url", fake.ws_url]
-        binance += ["--rest-url", fake.rest_url]
-        simulate = ["simulate", "--symbols", "ETHUSDT", "--rate", "20", "--exchanges", "kraken"]
-        for name in sup.set_feeds([binance, simulate]):
+    market = {"n_trades": 100_000, "tick_s": 0.01, "live_clock": True}
+    with FakeBinance(["BTCUSDT"], **market) as fb, FakeCoinbase(["BTC-USD"], **market) as fc:
+        binance = ["binance", "--symbols", "BTCUSDT", "--ws-url", fb.ws_url]
+        coinbase = ["coinbase", "--products", "BTC-USD", "--ws-url", fc.ws_url]
+        for name in sup.set_feeds(
+            [[*binance, "--rest-url", fb.rest_url], [*coinbase, "--rest-url", fc.rest_url]]
+        ):
             sup.want(name)
         carry_out(tick(resource), resource)  # the two start runs
 
@@ -141,63 +144,74 @@ def test_two_live_feeds_beat_apart_and_a_killed_one_alone_is_restarted(
             hb = read_heartbeat(redis_client, name) or {}
             return st.state == "running" and hb.get("pid") == str(st.pid)
 
-        wait_for(lambda: beating(BINANCE) and beating(SIMULATE))
+        wait_for(lambda: beating(BINANCE) and beating(COINBASE))
         assert read_heartbeat(redis_client, "feed") is None  # each beats under its own name
-        pids = {n: sup.pid(n) for n in (BINANCE, SIMULATE)}
+        pids = {n: sup.pid(n) for n in (BINANCE, COINBASE)}
 
-        os.kill(pids[BINANCE], signal.SIGKILL)
-        wait_for(lambda: sup.status(BINANCE).state == "dead")
+        os.kill(pids[COINBASE], signal.SIGKILL)
+        wait_for(lambda: sup.status(COINBASE).state == "dead")
         result = tick(resource)
-        assert keys(result, "restart_flows") == [f"restart:{BINANCE}:0"]
+        assert keys(result, "restart_flows") == [f"restart:{COINBASE}:0"]
         carry_out(result, resource)
-        wait_for(lambda: beating(BINANCE))
-        assert sup.pid(BINANCE) not in (None, pids[BINANCE])
-        assert sup.pid(SIMULATE) == pids[SIMULATE] and sup.restarts_in_window(SIMULATE) == 0
-        assert sup.restarts_in_window(BINANCE) == 1
-        assert beating(SIMULATE)
+        wait_for(lambda: beating(COINBASE))
+        assert sup.pid(COINBASE) not in (None, pids[COINBASE])
+        assert sup.pid(BINANCE) == pids[BINANCE] and sup.restarts_in_window(BINANCE) == 0
+        assert sup.restarts_in_window(COINBASE) == 1
+        assert beating(BINANCE)
         assert keys(tick(resource), "restart_flows") == []
         # Both venues' trades reach the raw log: each process runs its own feed.
-        venues = {f[F_EXCHANGE] for _, f in redis_client.xrange(RAW_STREAM) if F_EXCHANGE in f}
-        assert {b"binance", b"kraken"} <= venues
+        wait_for(lambda: {b"binance", b"coinbase"} <= venues(redis_client))
+
+
+def venues(client: redis.Redis) -> set[bytes]:
+    """The exchanges of what the raw log holds (trades and progress marks)."""
+    return {f[F_EXCHANGE] for _, f in client.xrange(RAW_STREAM) if F_EXCHANGE in f}
 
 
 @pytest.mark.slow
 def test_up_without_dagster_runs_each_feed_under_its_name(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    with FakeBinance(["BTCUSDT"], n_trades=100_000, tick_s=0.01, live_clock=True) as fake:
+    market = {"n_trades": 100_000, "tick_s": 0.01, "live_clock": True}
+    with FakeBinance(["BTCUSDT"], **market) as fb, FakeCoinbase(["BTC-USD"], **market) as fc:
         up = Up(
             tmp_path,
             url,
-            *("--no-dagster", "--no-api", "--feed", "binance,simulate", "--symbols", "BTCUSDT"),
-            f"--feed-option=binance:--ws-url={fake.ws_url}",
-            f"--feed-option=binance:--rest-url={fake.rest_url}",
-            "--feed-option=simulate:--exchanges=kraken",
+            *("--no-dagster", "--no-api", "--feed", "binance,coinbase", "--symbols", "BTCUSDT"),
+            f"--feed-option=binance:--ws-url={fb.ws_url}",
+            f"--feed-option=binance:--rest-url={fb.rest_url}",
+            "--feed-option=coinbase:--products=BTC-USD",
+            f"--feed-option=coinbase:--ws-url={fc.ws_url}",
+            f"--feed-option=coinbase:--rest-url={fc.rest_url}",
             *("--for", "60"),
         )
         try:
             binance = int(up.wait_line(r"started feed-binance \(pid (\d+)\)", 60)[1])
-            simulate = int(up.wait_line(r"started feed-simulate \(pid (\d+)\)", 5)[1])
-            up.wait_line(r"feed: cryptopipe feed binance .* \(process feed-binance\)", 30)
+            coinbase = int(up.wait_line(r"started feed-coinbase \(pid (\d+)\)", 5)[1])
+            up.wait_line(r"feed: cryptopipe feed coinbase --products=BTC-USD .*feed-coinbase", 30)
             base = int(up.wait_line(r"metrics: .*: candles (\d+),", 5)[1])
-            assert f"feed-binance {base + 30}, feed-simulate {base + 31}" in up.output
+            assert f"feed-binance {base + 30}, feed-coinbase {base + 31}" in up.output
 
             def rows() -> dict[str, dict[str, object]]:
                 out = run_cryptopipe(up.env, "status", "--format", "json")
                 return {r["flow"]: r for r in json.loads(out.stdout)["flows"]}
 
-            def both_running() -> bool:
+            def both_serving() -> bool:
                 got = rows()
-                return all(got.get(n, {}).get("metrics_url") for n in (BINANCE, SIMULATE))
+                return all(got.get(n, {}).get("metrics_url") for n in (BINANCE, COINBASE))
 
-            wait_for(both_running, 30)
+            wait_for(both_serving, 30)
             got = rows()
-            assert [got[BINANCE]["pid"], got[SIMULATE]["pid"]] == [binance, simulate]
+            assert [got[BINANCE]["pid"], got[COINBASE]["pid"]] == [binance, coinbase]
+            assert got[BINANCE]["state"] == got[COINBASE]["state"] == "running"
             assert got[BINANCE]["metrics_url"] == f"http://127.0.0.1:{base + 30}/metrics"
-            assert got[SIMULATE]["metrics_url"] == f"http://127.0.0.1:{base + 31}/metrics"
+            assert got[COINBASE]["metrics_url"] == f"http://127.0.0.1:{base + 31}/metrics"
             assert "feed" not in got
-            settings = Settings(redis_url=url, home=tmp_path)
             client = redis.Redis.from_url(url)
-            assert Supervisor(settings, client).feed_processes() == [BINANCE, SIMULATE]
+            assert Supervisor(Settings(redis_url=url, home=tmp_path), client).feed_processes() == [
+                BINANCE,
+                COINBASE,
+            ]
+            wait_for(lambda: {b"binance", b"coinbase"} <= venues(client))
             client.close()
         finally:
             assert up.stop() == 0, up.output
