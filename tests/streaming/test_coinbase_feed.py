@@ -13,6 +13,9 @@ import itertools
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -178,6 +181,7 @@ def feed(
     *,
     tuning: CoinbaseTuning = FAST,
     resume: bool = True,
+    products: list[str] = PRODUCTS,
 ) -> Iterator[CoinbaseStats]:
     stats = CoinbaseStats()
     stop = threading.Event()
@@ -187,7 +191,7 @@ def feed(
     def target() -> None:
         result["rc"] = run_coinbase_feed(
             settings,
-            [p.lower() for p in PRODUCTS],
+            [p.lower() for p in products],
             ws_url=fake.ws_url,
             rest_url=fake.rest_url,
             stop_event=stop,
@@ -348,6 +352,60 @@ def test_progress_marks_follow_heartbeats_and_wait_for_a_gap(
     last_trade = max(t.event_time for t in fake.all_trades())
     assert quiet[-1].event_ms >= last_trade + 1000
     assert stats.heartbeats >= 8 and stats.marks == len(marks)
+
+
+def test_an_error_frame_is_logged_counted_and_not_written(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscription Coinbase refuses (an unknown product): the error frame is logged
+    with its reason and counted, nothing is written, the connection is retried."""
+    fake = FakeCoinbase(PRODUCTS, n_trades=10)
+    with fake, feed(redis_url, tmp_path, fake, products=["BTC-USD", "DOGE-EUR"]) as stats:
+        deadline = time.monotonic() + 10
+        while stats.errors < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert stats.errors >= 2 and stats.reconnects >= 1 and stats.written == 0
+    assert "DOGE-EUR is not a valid product" in caplog.text
+    assert redis_client.xlen(raw_stream_names(1)[0]) == 0
+
+
+def test_cli_feed_coinbase_stops_cleanly_on_sigint(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """``cryptopipe feed coinbase`` end to end: its options, and SIGINT flushes and exits 0."""
+    fake = FakeCoinbase(PRODUCTS, n_trades=150, plans={0: ConnPlan(drop_after=30)})
+    with fake:
+        env = {**os.environ, "CRYPTOPIPE_HOME": str(tmp_path / "home")}
+        env.pop("CRYPTOPIPE_FEED_PROCESS", None)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cryptopipe",
+                "feed",
+                "coinbase",
+                "--redis-url",
+                redis_url,
+                "--products",
+                "btc-usd,ETH-USD",
+                "--ws-url",
+                fake.ws_url,
+                "--rest-url",
+                fake.rest_url,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            wait_complete(redis_client, fake, timeout=30)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert_exactly_once(read_log(redis_client), fake)
+    assert "coinbase feed stopped" in err and "gap of" in err
 
 
 # -- end to end: the candles of what the feed wrote ------------------------------------
