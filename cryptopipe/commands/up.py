@@ -17,7 +17,7 @@ In order (docs/operations.md, *What runs when*):
    apart, so one venue's crash never restarts another.
 
 Every child (local Redis, webserver, daemon, the HTTP API of ``cryptopipe serve``;
-the feed with ``--no-dagster``) that
+the feeds with ``--no-dagster``) that
 exits is restarted with back-off and a log line; the flows keep running meanwhile.
 Everything started here carries this process's owner token
 (:data:`streaming.owner.OWNER_ENV`) and dies with it: ``up`` killed even by SIGKILL
@@ -148,7 +148,8 @@ def register(
         default=DEFAULT_METRICS_PORT_BASE,
         metavar="PORT",
         help="Prometheus /metrics of the flows and the feed on 127.0.0.1 from this port: "
-        f"candles +0, metrics +10, archive +20, feed +30 (default {DEFAULT_METRICS_PORT_BASE}; "
+        "candles +0, metrics +10, archive +20, feed +30 (several feeds: +30, +31, ...; "
+        f"default {DEFAULT_METRICS_PORT_BASE}; "
         "'cryptopipe status --format json' lists them)",
     )
     up.add_argument("--no-metrics", action="store_true", help="serve no Prometheus metrics")
