@@ -26,10 +26,11 @@ Overview and Channels; REST *Get product trades* and *Pagination*):
   ``before=X`` the ones just newer than X; headers ``CB-BEFORE`` (the page's newest
   id) and ``CB-AFTER`` (its oldest).
 
-Faults are scripted: per connection (by its number, from 0) drop the TCP connection
-or send a close frame after so many matches; withhold trades from the socket (REST
-still has them); answer the first REST requests with 429 and ``Retry-After``. What
-the server saw is recorded for assertions.
+Faults are scripted: per connection (by its number, from 0) drop the TCP connection,
+send a close frame, or fall silent (the connection left open) after so many matches;
+withhold trades from the socket (REST still has them); answer the first REST
+requests with 429 and ``Retry-After``. What the server saw is recorded for
+assertions.
 """
 
 from __future__ import annotations
@@ -73,11 +74,13 @@ class ConnPlan:
     Attributes:
         drop_after: abort the TCP connection (no close frame).
         close_after: send a close frame (1001 going away).
+        stall_after: send nothing more (heartbeats neither), the connection left open.
 
     """
 
     drop_after: int | None = None
     close_after: int | None = None
+    stall_after: int | None = None
 
 
 @dataclass
@@ -345,6 +348,9 @@ class FakeCoinbase:
                     return
                 if rec.sent == plan.close_after:
                     await ws.close(1001, "going away")
+                    return
+                if rec.sent == plan.stall_after:
+                    await closer  # until the client gives up on it
                     return
         finally:
             closer.cancel()

@@ -270,6 +270,24 @@ def test_a_dropped_connection_and_withheld_trades_are_filled_from_rest(
     assert all(int(r.query["limit"]) <= 1000 and "after" in r.query for r in fake.rest)
 
 
+def test_a_silent_connection_is_replaced(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection that stays open but sends nothing (no heartbeat either) is given up
+    after silence_s and replaced; what it missed comes from REST, every trade once."""
+    caplog.set_level(logging.INFO)
+    plans = {0: ConnPlan(stall_after=80)}
+    fake = FakeCoinbase(PRODUCTS, n_trades=200, heartbeat_s=0.2, plans=plans)
+    tuning = dataclasses.replace(FAST, silence_s=0.6)
+    with fake, feed(redis_url, tmp_path, fake, tuning=tuning) as stats:
+        wait_complete(redis_client, fake)
+    assert_exactly_once(read_log(redis_client), fake)
+    assert "nothing received for 0.6s; replacing the connection" in caplog.text
+    assert stats.reconnects == 1 and stats.filled > 0 and stats.lost == 0
+    c0 = fake.conns[0]
+    assert c0.closed is not None and c0.sent == 80
+
+
 def test_a_restarted_feed_fetches_what_it_missed_while_down(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
