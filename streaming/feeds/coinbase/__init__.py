@@ -50,6 +50,9 @@ import threading
 from marketdata.settings import Settings
 from streaming.feeds.base import split_list
 
+#: The products followed unless told: the Coinbase side of ``up``'s default symbols.
+DEFAULT_PRODUCTS = "BTC-USD,ETH-USD,SOL-USD"
+
 
 class CoinbaseLive:
     """``cryptopipe feed coinbase``: live Coinbase Exchange trades (see the module docstring).
@@ -68,8 +71,8 @@ class CoinbaseLive:
             "--symbols",
             dest="products",
             nargs="+",
-            required=True,
-            help="Coinbase product ids, e.g. BTC-USD,ETH-USD (--symbols is the same option)",
+            default=[DEFAULT_PRODUCTS],
+            help=f"Coinbase product ids (default {DEFAULT_PRODUCTS}; --symbols is the same option)",
         )
         parser.add_argument(
             "--exchange", default="coinbase", help="exchange name (default: coinbase)"
