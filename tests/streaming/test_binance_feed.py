@@ -645,6 +645,38 @@ def test_live_frames_wait_behind_a_gap_being_filled(
     assert stats.filled == 1 and stats.lost == 0
 
 
+def test_a_second_gap_opened_behind_a_first_goes_among_the_frames_of_its_time(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """BTCUSDT skips trade 30, ETHUSDT trade 45 while the first fill waits 2 s on a 429.
+    Both backfills and the live frames held behind them are written merged by trade
+    time: the raw log's trade times never go back, so ETHUSDT 45 comes after the held
+    frames older than it (all filled first, then the held ones, would put it before
+    them), and each symbol's ids come in order."""
+    fake = FakeBinance(
+        SYMBOLS,
+        n_trades=120,
+        tick_s=0.01,
+        live_clock=True,
+        withheld={"BTCUSDT": {30}, "ETHUSDT": {45}},
+        rest_script=[(429, "2")],
+    )
+    with fake, feed(redis_url, tmp_path, fake) as stats:
+        wait_complete(redis_client, fake, shards=1)
+    msgs = read_stream(redis_client, raw_stream_names(1)[0])
+    assert_exactly_once(msgs, 120, fake)
+    trades = [trade_of(m) for m in msgs]
+    assert {(t.symbol, t.trade_id) for m, t in zip(msgs, trades, strict=True) if from_rest(m)} == {
+        ("BTCUSDT", 30),
+        ("ETHUSDT", 45),
+    }
+    times = [t.event_time for t in trades]
+    assert times == sorted(times)
+    for symbol in SYMBOLS:
+        assert [t.trade_id for t in trades if t.symbol == symbol] == list(range(1, 121))
+    assert stats.held >= 2 * 15 and stats.hold_overflows == 0
+
+
 def test_a_restart_in_a_quiet_market_probes_rest_then_marks(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

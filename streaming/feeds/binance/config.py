@@ -349,7 +349,7 @@ class BinanceFeedConfig:
             )
             raise ValueError(msg)
         for sym in self.symbols:
-            if normalize_symbol(sym) != sym:
+            if normalize_symbol(sym) != sym or "-" in sym:
                 msg = f"bad symbol {sym!r}: use upper-case letters and digits like BTCUSDT"
                 raise ValueError(msg)
         if urllib.parse.urlsplit(self.ws_url).scheme not in ("ws", "wss"):

@@ -1,26 +1,25 @@
 """The Binance feed: the connection, the id accounting and the gap filler, composed.
 
-It writes what they deliver to the raw log, live frames behind any pending backfill,
-and progress marks while it is caught up (see :mod:`streaming.feeds.binance`).
+It writes what they deliver to the raw log through the live writing loop
+(:mod:`streaming.feeds.live`): live frames behind any pending backfill, merged with it
+by trade time, and progress marks while it is caught up (see
+:mod:`streaming.feeds.binance`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from marketdata.parsing import FORMAT_WS, normalize_symbol
-from marketdata.rawmessage import ProgressMark, RawMessage
+from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
 from streaming.feeds.binance.config import (
@@ -35,6 +34,7 @@ from streaming.feeds.binance.config import (
 from streaming.feeds.binance.connection import Conn, Connections
 from streaming.feeds.binance.ids import ResumePoints, TradeIds
 from streaming.feeds.binance.rest import GapFiller
+from streaming.feeds.live import LiveWriter
 from streaming.heartbeat import HeartbeatWriter
 from streaming.rawlog import RawLogWriter
 
@@ -55,7 +55,10 @@ def frame_event(obj: Any) -> tuple[dict[str, Any] | None, Any]:
 class BinanceFeed:
     """The feed: one event loop running the socket, the REST filler and the writer.
 
-    Use :func:`run_binance_feed`; this class exists for its pieces to be testable.
+    What is Binance's is here: decoding frames, the ids, the progress marks' time;
+    holding live frames behind a backfill and writing are the shared
+    :class:`~streaming.feeds.live.LiveWriter`'s. Use :func:`run_binance_feed`; this
+    class exists for its pieces to be testable.
     """
 
     def __init__(
@@ -70,40 +73,37 @@ class BinanceFeed:
     ) -> None:
         self.config = config
         self.tuning = config.tuning
-        self.writer = writer
         self.stats = stats if stats is not None else FeedStats()
-        self._stop_event = stop_event
         self._now_ms = now_ms
         self._resume_store = resume
         self.ids = TradeIds(config.symbols, self.tuning, self.stats, stream=config.stream)
-        self._unit = f"{config.stream.noun}s"
-        self._buf: list[RawMessage] = []
-        #: While a backfill is pending: the trades filled from REST (with their trade
-        #: time and order), and the live frames held back (written after them).
-        self._filled: list[tuple[int, int, RawMessage]] = []
-        self._held: list[RawMessage] = []
-        self._overflowing = False
+        self.live = LiveWriter(
+            "binance feed",
+            log,
+            writer,
+            self.tuning,
+            self.stats,
+            self.ids,
+            stop_event,
+            exchange=config.exchange,
+            now_ms=now_ms,
+            resume=resume,
+            mark_time=self._mark_time,
+            unit=f"{config.stream.noun}s",
+        )
         #: The latest socket trade's (event time ``E``, receive time): the offset of
         #: Binance's clock to ours, as seen by us.
         self._latest: tuple[int, int] | None = None
-        #: Event time of the last progress mark (they never go back).
-        self._mark_ms = 0
-        self._mark_due = 0.0
-        self._closing = False
-        # One writer thread: batches reach Redis in order, the loop never blocks on it.
-        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="binance-rawlog")
         # Created inside the loop (run()).
         self.stop: Stop
         self.filler: GapFiller
         self.connections: Connections
-        self._flush_now: asyncio.Event
 
     # -- life cycle ---------------------------------------------------------------
 
     async def run(self) -> int:
         """Run until the stop event is set; returns the exit status."""
-        self.stop = Stop(self._stop_event)
-        self._flush_now = asyncio.Event()
+        self.stop = self.live.begin()
         connections = Connections(
             self.config, self.stats, self.stop, self._on_frame, self._now_ms, self._on_lost
         )
@@ -116,17 +116,16 @@ class BinanceFeed:
             self.stop,
             self._now_ms,
             lambda: connections.connected,
-            self._emit_live,
+            self._emit_probed,
         )
-        watcher = asyncio.create_task(self.stop.watch(), name="stop-watcher")
-        flusher = asyncio.create_task(self._flusher(), name="flusher")
-        filler = asyncio.create_task(self.filler.run(), name="filler")
-        reporter = asyncio.create_task(self._reporter(), name="reporter")
+        return await self.live.run(
+            connections.run, self.filler.run, lambda: connections.connected, self._prepare
+        )
+
+    async def _prepare(self) -> None:
+        """Take up the previous run's positions (probed once connected); log the start."""
         if self._resume_store is not None:
-            loop = asyncio.get_running_loop()
-            points = await loop.run_in_executor(
-                self._write_pool, self._resume_store.load, self.config.symbols
-            )
+            points = await self.live.in_writer_thread(self._resume_store.load, self.config.symbols)
             self.ids.take_up_positions(points)
             if points:
                 self.filler.gap.set()  # probe them once connected
@@ -141,46 +140,6 @@ class BinanceFeed:
             self.config.stream_url,
             self.config.exchange,
         )
-        supervisor = asyncio.create_task(connections.run(), name="supervisor")
-        try:
-            # A background task ending early has failed (Redis gone for good, a bug):
-            # the run ends with its exception rather than stalling.
-            await asyncio.wait(
-                {supervisor, flusher, filler, reporter}, return_when=asyncio.FIRST_COMPLETED
-            )
-            self.stop.event.set()
-            await supervisor
-        finally:
-            self.stop.event.set()
-            for task in (supervisor, filler, reporter, watcher):
-                task.cancel()
-            await asyncio.gather(supervisor, filler, reporter, watcher, return_exceptions=True)
-            self.ids.log_open_gaps()
-            if self._held or self._filled:
-                log.warning(
-                    "binance feed: stopping with a backfill pending: writing the %d trades "
-                    "filled so far, then %d held live frames",
-                    len(self._filled),
-                    len(self._held),
-                )
-                self._release()
-            self._closing = True
-            self._flush_now.set()
-            try:
-                await flusher
-            finally:
-                self._write_pool.shutdown()
-                self.stats.unwritten += len(self._buf)
-                log.info("binance feed stopped: %s", self.stats.summary(self._unit))
-            for task in (filler, reporter):
-                if not task.cancelled() and task.exception() is not None:
-                    raise cast(BaseException, task.exception())
-        return 1 if self.stats.unwritten else 0
-
-    async def _reporter(self) -> None:
-        while True:
-            await asyncio.sleep(self.tuning.stats_every_s)
-            log.info("binance feed: %s", self.stats.summary(self._unit))
 
     # -- messages -----------------------------------------------------------------
 
@@ -203,7 +162,12 @@ class BinanceFeed:
             assert symbol is not None
             assert event is not None
             tid = event.get(self.config.stream.id_key)
-            if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0:
+            if not isinstance(tid, int) or isinstance(tid, bool) or tid < 0:
+                tid = None
+            when = event.get("T")
+            if isinstance(when, int) and not isinstance(when, bool):
+                self.live.latest = (when, tid or 0)
+            if tid is not None:
                 new, gap = self.ids.accept(symbol, tid)
                 if gap:
                     self.filler.gap.set()
@@ -214,7 +178,7 @@ class BinanceFeed:
                 self._latest = (e_ms, recv_ms)
         # Anything else (other events, malformed frames) is written as received: the
         # candles flow sends it to the DLQ with a reason instead of it vanishing here.
-        await self._emit_live(
+        await self.live.emit_live(
             RawMessage(
                 payload=frame,
                 exchange=self.config.exchange,
@@ -224,165 +188,38 @@ class BinanceFeed:
             )
         )
 
-    async def _emit_live(self, msg: RawMessage) -> None:
-        """Queue a live message: held while a backfill is pending (see :meth:`_keep_back`)."""
-        if self._keep_back():
-            self._held.append(msg)
-            self.stats.held += 1
-            return
-        await self._emit(msg)
+    def _trade_key(self, msg: RawMessage) -> tuple[int, int] | None:
+        """The trade time ``T`` and id of a trade frame synthesized from REST."""
+        event, _ = frame_event(orjson.loads(msg.payload))
+        if event is None:
+            return None
+        when, tid = event.get("T"), event.get(self.config.stream.id_key)
+        if isinstance(when, int) and isinstance(tid, int):
+            return when, tid
+        return None
 
     async def _emit_filled(self, msg: RawMessage, trade_ms: int) -> None:
-        """Queue a trade filled from REST (kept back while the backfill is pending).
+        """A trade filled from REST: kept with its time and id (see LiveWriter)."""
+        key = self._trade_key(msg)
+        await self.live.emit_filled(msg, trade_ms, 0 if key is None else key[1])
 
-        It is written in trade-time order with the rest of that backfill: the venue
-        has one clock for every symbol, so one symbol's newer backfill written first
-        would make another's late. The trade that completes the backfill releases it.
-        """
-        self._filled.append((trade_ms, len(self._filled), msg))
-        if not self._keep_back():
-            await self._emit_wait()
-
-    def _keep_back(self) -> bool:
-        """Whether to keep a message back now (when not, what was kept is queued).
-
-        Messages are kept back while a backfill is pending, up to ``hold_max``; beyond
-        it, everything kept is queued and what follows of that backfill goes straight
-        through (one warning), so memory stays bounded.
-        """
-        if self.ids.pending() and not self._overflowing:
-            if len(self._held) + len(self._filled) < self.tuning.hold_max:
-                return True
-            self._overflowing = True
-            self.stats.hold_overflows += 1
-            log.warning(
-                "binance feed: %d live frames and %d filled trades kept behind a backfill "
-                "(hold_max): writing them, and what follows, before it is complete; the "
-                "rest of the backfill may be late",
-                len(self._held),
-                len(self._filled),
-            )
-        self._release()
-        return False
+    async def _emit_probed(self, msg: RawMessage) -> None:
+        """A symbol's newest trade asked of REST: it goes where live frames go, at its time."""
+        await self.live.emit_live(msg, self._trade_key(msg))
 
     def _on_lost(self) -> None:
         """The socket was lost: what was missed is unknown until probed or seen."""
         self.ids.lose_connection()
         self.filler.gap.set()
 
-    def _release(self) -> None:
-        """Queue what was kept back.
+    def _mark_time(self, now: int) -> int:
+        """A progress mark's event time: Binance's time now, as the latest trade tells it.
 
-        The filled trades in trade-time order, then the held live frames in the order
-        received.
+        The latest socket trade's ``E`` plus the time since we received it (our clock
+        before any trade); the writer keeps it at most our clock + 1 s, never below
+        the previous mark's.
         """
-        if not self.ids.pending():
-            self._overflowing = False
-        if self._filled:
-            self._filled.sort(key=lambda f: (f[0], f[1]))
-            self._buf.extend(m for _, _, m in self._filled)
-            self._filled.clear()
-            self._flush_now.set()
-        if self._held:
-            self._buf.extend(self._held)
-            self._held.clear()
-            self._flush_now.set()
-
-    def _caught_up(self) -> bool:
-        """Connected, no backfill pending, nothing held."""
-        return (
-            self.connections.connected
-            and not self.ids.pending()
-            and not self._held
-            and not self._filled
-        )
-
-    def _progress_mark(self) -> ProgressMark | None:
-        """The progress mark due now, if caught up (``None`` otherwise).
-
-        Its event time: Binance's time now as the latest socket trade tells it (its
-        ``E`` plus the time since we received it; our clock before any trade), at
-        most our clock + 1 s, never below the previous mark's.
-        """
-        mono = time.monotonic()
-        if mono < self._mark_due or not self._caught_up():
-            return None
-        self._mark_due = mono + self.tuning.mark_every_s
-        now = self._now_ms()
-        est = now if self._latest is None else self._latest[0] + now - self._latest[1]
-        self._mark_ms = max(self._mark_ms, min(est, now + 1000))
-        return ProgressMark(self.config.exchange, self._mark_ms, now)
-
-    async def _emit(self, msg: RawMessage) -> None:
-        self._buf.append(msg)
-        await self._emit_wait()
-
-    async def _emit_wait(self) -> None:
-        if len(self._buf) >= self.tuning.flush_max:
-            self._flush_now.set()
-        # Redis is away: stop reading (the socket's flow control then pushes back).
-        while len(self._buf) >= self.tuning.max_buffer and not self.stop.stopped():
-            await asyncio.sleep(0.05)
-
-    # -- writing ------------------------------------------------------------------
-
-    async def _flusher(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.tuning.flush_interval_s)
-            self._flush_now.clear()
-            if (self._held or self._filled) and not self.ids.pending():
-                self._release()  # the backfill is done: the held frames follow it
-            await self._flush()
-            if self._closing:
-                await self._flush()
-                return
-
-    async def _flush(self) -> None:
-        chunk = max(self.tuning.flush_max, 5000)
-        loop = asyncio.get_running_loop()
-        while True:
-            # Taking the whole buffer: everything accounted for so far is in this batch
-            # or written before (unless held), so the positions reached can be recorded
-            # after it, and a progress mark written with it covers everything received.
-            whole = len(self._buf) <= chunk
-            mark = self._progress_mark() if whole and not self._closing else None
-            if not self._buf and mark is None:
-                return
-            kept = self._held or self._filled
-            positions = self._positions() if whole and not kept else None
-            batch = self._buf[:chunk]
-            del self._buf[:chunk]
-            try:
-                await loop.run_in_executor(self._write_pool, self._write, batch, positions, mark)
-            except InterruptedError:
-                # Stopped while Redis was unavailable: what is left cannot be written.
-                lost = len(batch) + len(self._buf)
-                self._buf.clear()
-                self.stats.unwritten += lost
-                log.error(
-                    "binance feed: stopped while Redis was unavailable; %d messages unwritten",
-                    lost,
-                )
-                return
-            self.stats.written += len(batch)
-            if mark is not None:
-                self.stats.marks += 1
-
-    def _positions(self) -> dict[str, int] | None:
-        """Positions that moved since recorded (``None``: none, or no resume store)."""
-        return None if self._resume_store is None else self.ids.moved()
-
-    def _write(
-        self,
-        batch: list[RawMessage],
-        positions: dict[str, int] | None,
-        mark: ProgressMark | None,
-    ) -> None:
-        """Write a batch and its mark, then record the positions it completes (writer thread)."""
-        self.writer.write(batch, marks=() if mark is None else (mark,))
-        if positions and self._resume_store is not None and self._resume_store.save(positions):
-            self.ids.saved.update(positions)
+        return now if self._latest is None else self._latest[0] + now - self._latest[1]
 
 
 def run_binance_feed(
@@ -437,7 +274,7 @@ def run_binance_feed(
     syms = []
     for raw in symbols:
         sym = normalize_symbol(raw)
-        if sym is None:
+        if sym is None or "-" in sym:  # Binance's symbols have no hyphens
             msg = f"bad symbol {raw!r}: use letters and digits like BTCUSDT"
             raise ValueError(msg)
         syms.append(sym)

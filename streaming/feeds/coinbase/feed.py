@@ -1,25 +1,23 @@
 """The Coinbase feed: the connection, the id accounting and the gap filler, composed.
 
-It writes match frames to the raw log as received, live frames behind any pending
-backfill, and progress marks from the heartbeats while it is caught up (see
+It writes match frames to the raw log as received through the live writing loop
+(:mod:`streaming.feeds.live`): live frames behind any pending backfill, merged with it
+by trade time, and progress marks from the heartbeats while it is caught up (see
 :mod:`streaming.feeds.coinbase`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from marketdata.parsing import FORMAT_COINBASE_WS, iso_utc_ms
-from marketdata.rawmessage import ProgressMark, RawMessage
+from marketdata.rawmessage import RawMessage
 from marketdata.settings import Settings
 from redisstore.conn import connect_settings
 from streaming.feeds.binance.config import Stop, wall_ms
@@ -36,6 +34,7 @@ from streaming.feeds.coinbase.config import (
 from streaming.feeds.coinbase.connection import Connection
 from streaming.feeds.coinbase.ids import CoinbaseResumePoints, ProductIds
 from streaming.feeds.coinbase.rest import GapFiller
+from streaming.feeds.live import LiveWriter
 from streaming.heartbeat import HeartbeatWriter
 from streaming.rawlog import RawLogWriter
 
@@ -53,7 +52,10 @@ def trade_id_of(obj: dict[str, Any], key: str) -> int | None:
 class CoinbaseFeed:
     """The feed: one event loop running the socket, the REST filler and the writer.
 
-    Use :func:`run_coinbase_feed`; this class exists for its pieces to be testable.
+    What is Coinbase's is here: decoding frames, the ids and heartbeats, the progress
+    marks' time; holding live frames behind a backfill and writing are the shared
+    :class:`~streaming.feeds.live.LiveWriter`'s. Use :func:`run_coinbase_feed`; this
+    class exists for its pieces to be testable.
     """
 
     def __init__(
@@ -68,60 +70,52 @@ class CoinbaseFeed:
     ) -> None:
         self.config = config
         self.tuning = config.tuning
-        self.writer = writer
         self.stats = stats if stats is not None else CoinbaseStats()
-        self._stop_event = stop_event
         self._now_ms = now_ms
         self._resume_store = resume
         self.ids = ProductIds(config.products, self.tuning, self.stats)
-        self._buf: list[RawMessage] = []
-        #: While a backfill is pending: the trades filled from REST and the live frames
-        #: held back, each with its trade time, trade id and a counter (written merged,
-        #: in trade-time order, when the backfill completes).
-        self._filled: list[tuple[int, int, int, RawMessage]] = []
-        self._held: list[tuple[int, int, int, RawMessage]] = []
-        self._kept_n = 0
-        #: The trade time and id of the latest live match (a held non-match frame
-        #: keeps its place after it).
-        self._live: tuple[int, int] = (0, 0)
-        self._overflowing = False
+        self.live = LiveWriter(
+            "coinbase feed",
+            log,
+            writer,
+            self.tuning,
+            self.stats,
+            self.ids,
+            stop_event,
+            exchange=config.exchange,
+            now_ms=now_ms,
+            resume=resume,
+            mark_time=self._mark_time,
+        )
         #: Per product, its latest heartbeat: (``last_trade_id``, ``time`` in ms).
         self._beats: dict[str, tuple[int, int]] = {}
         #: Per product, the time of the latest heartbeat whose trades are all written.
         self._reached: dict[str, int] = {}
-        #: Event time of the last progress mark (they never go back).
-        self._mark_ms = 0
-        self._mark_due = 0.0
-        self._closing = False
-        # One writer thread: batches reach Redis in order, the loop never blocks on it.
-        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="coinbase-rawlog")
         # Created inside the loop (run()).
         self.stop: Stop
         self.filler: GapFiller
         self.connection: Connection
-        self._flush_now: asyncio.Event
 
     # -- life cycle ---------------------------------------------------------------
 
     async def run(self) -> int:
         """Run until the stop event is set; returns the exit status."""
-        self.stop = Stop(self._stop_event)
-        self._flush_now = asyncio.Event()
-        self.connection = Connection(
+        self.stop = self.live.begin()
+        connection = Connection(
             self.config, self.stats, self.stop, self._on_frame, self._now_ms, self._on_lost
         )
+        self.connection = connection
         self.filler = GapFiller(
-            self.config, self.stats, self.ids, self._emit_filled, self.stop, self._now_ms
+            self.config, self.stats, self.ids, self.live.emit_filled, self.stop, self._now_ms
         )
-        watcher = asyncio.create_task(self.stop.watch(), name="stop-watcher")
-        flusher = asyncio.create_task(self._flusher(), name="flusher")
-        filler = asyncio.create_task(self.filler.run(), name="filler")
-        reporter = asyncio.create_task(self._reporter(), name="reporter")
+        return await self.live.run(
+            connection.run, self.filler.run, lambda: connection.connected, self._prepare
+        )
+
+    async def _prepare(self) -> None:
+        """Take up the previous run's positions; log the start."""
         if self._resume_store is not None:
-            loop = asyncio.get_running_loop()
-            points = await loop.run_in_executor(
-                self._write_pool, self._resume_store.load, self.config.products
-            )
+            points = await self.live.in_writer_thread(self._resume_store.load, self.config.products)
             self.ids.take_up_positions(points)
             if points:
                 log.info(
@@ -135,46 +129,6 @@ class CoinbaseFeed:
             self.config.ws_url,
             self.config.exchange,
         )
-        reader = asyncio.create_task(self.connection.run(), name="connection")
-        try:
-            # A background task ending early has failed (Redis gone for good, a bug):
-            # the run ends with its exception rather than stalling.
-            await asyncio.wait(
-                {reader, flusher, filler, reporter}, return_when=asyncio.FIRST_COMPLETED
-            )
-            self.stop.event.set()
-            await reader
-        finally:
-            self.stop.event.set()
-            for task in (reader, filler, reporter, watcher):
-                task.cancel()
-            await asyncio.gather(reader, filler, reporter, watcher, return_exceptions=True)
-            self.ids.log_open_gaps()
-            if self._held or self._filled:
-                log.warning(
-                    "coinbase feed: stopping with a backfill pending: writing the %d trades "
-                    "filled so far, then %d held live frames",
-                    len(self._filled),
-                    len(self._held),
-                )
-                self._release()
-            self._closing = True
-            self._flush_now.set()
-            try:
-                await flusher
-            finally:
-                self._write_pool.shutdown()
-                self.stats.unwritten += len(self._buf)
-                log.info("coinbase feed stopped: %s", self.stats.summary())
-            for task in (filler, reporter):
-                if not task.cancelled() and task.exception() is not None:
-                    raise cast(BaseException, task.exception())
-        return 1 if self.stats.unwritten else 0
-
-    async def _reporter(self) -> None:
-        while True:
-            await asyncio.sleep(self.tuning.stats_every_s)
-            log.info("coinbase feed: %s", self.stats.summary())
 
     # -- frames -------------------------------------------------------------------
 
@@ -204,7 +158,7 @@ class CoinbaseFeed:
             tid = trade_id_of(obj, "trade_id")
             when = iso_utc_ms(obj.get("time"))
             if when is not None:
-                self._live = (when, tid or 0)
+                self.live.latest = (when, tid or 0)
             if tid is not None:
                 new, gap = self.ids.accept(product, tid)
                 if gap:
@@ -215,7 +169,7 @@ class CoinbaseFeed:
             self.stats.other += 1
         # Anything else (other types, malformed frames) is written as received: the
         # candles flow sends it to the DLQ with a reason instead of it vanishing here.
-        await self._emit_live(
+        await self.live.emit_live(
             RawMessage(
                 payload=frame,
                 exchange=self.config.exchange,
@@ -238,171 +192,25 @@ class CoinbaseFeed:
             self.filler.gap.set()
         self._beats[product] = (last, when)
 
-    async def _emit_live(self, msg: RawMessage) -> None:
-        """Queue a live message: held while a backfill is pending (see :meth:`_keep_back`)."""
-        if self._keep_back():
-            self._kept_n += 1
-            self._held.append((*self._live, self._kept_n, msg))
-            self.stats.held += 1
-            return
-        await self._emit(msg)
-
-    async def _emit_filled(self, msg: RawMessage, trade_ms: int, tid: int) -> None:
-        """Queue a trade filled from REST (kept back while the backfill is pending).
-
-        It is written in trade-time order with the rest of that backfill and the live
-        frames held behind it: the venue has one clock for every product.
-        """
-        self._kept_n += 1
-        self._filled.append((trade_ms, tid, self._kept_n, msg))
-        if not self._keep_back():
-            await self._emit_wait()
-
-    def _keep_back(self) -> bool:
-        """Whether to keep a message back now (when not, what was kept is queued).
-
-        Messages are kept back while a backfill is pending, up to ``hold_max``; beyond
-        it, everything kept is queued and what follows of that backfill goes straight
-        through (one warning), so memory stays bounded.
-        """
-        if self.ids.pending() and not self._overflowing:
-            if len(self._held) + len(self._filled) < self.tuning.hold_max:
-                return True
-            self._overflowing = True
-            self.stats.hold_overflows += 1
-            log.warning(
-                "coinbase feed: %d live frames and %d filled trades kept behind a backfill "
-                "(hold_max): writing them, and what follows, before it is complete; the "
-                "rest of the backfill may be late",
-                len(self._held),
-                len(self._filled),
-            )
-        self._release()
-        return False
-
     def _on_lost(self) -> None:
         """The socket was lost: what was missed is unknown until the next heartbeats."""
         self.ids.lose_connection()
 
-    def _release(self) -> None:
-        """Queue what was kept back, merged in trade-time order.
+    def _mark_time(self, now: int) -> int | None:
+        """A progress mark's event time: one every product has reached.
 
-        The filled trades and the held live frames, by trade time, then trade id,
-        then the order kept. So a backfill goes before every live trade newer than
-        it, and a second gap's backfill, opened while the first was pending, goes among
-        the held frames of its time, not before them all. A product's live frames keep
-        their order (their times do not decrease).
+        The smallest, over the products, of the time of each one's latest heartbeat
+        whose ``last_trade_id`` is written (the venue has one clock for all its
+        products). None before every product has had one; the writer keeps it at
+        most our clock + 1 s and never below the previous mark.
         """
-        if not self.ids.pending():
-            self._overflowing = False
-        if self._filled or self._held:
-            kept = sorted(self._filled + self._held, key=lambda f: f[:3])
-            self._buf.extend(f[3] for f in kept)
-            self._filled.clear()
-            self._held.clear()
-            self._flush_now.set()
-
-    def _caught_up(self) -> bool:
-        """Connected, no backfill pending, nothing held."""
-        return (
-            self.connection.connected
-            and not self.ids.pending()
-            and not self._held
-            and not self._filled
-        )
-
-    def _progress_mark(self) -> ProgressMark | None:
-        """The progress mark due now, if caught up (``None`` otherwise).
-
-        Its event time is one every product has reached: the smallest, over the
-        products, of the time of each one's latest heartbeat whose ``last_trade_id``
-        is written (the venue has one clock for all its products). None before every
-        product has had one; at most our clock + 1 s; never below the previous mark.
-        """
-        mono = time.monotonic()
-        if mono < self._mark_due or not self._caught_up():
-            return None
-        self._mark_due = mono + self.tuning.mark_every_s
         for product, (last, when) in self._beats.items():
             top = self.ids.trackers[product].watermark
             if top is None or last <= top:
                 self._reached[product] = max(self._reached.get(product, 0), when)
         if len(self._reached) < len(self.config.products):
             return None
-        now = self._now_ms()
-        self._mark_ms = max(self._mark_ms, min(min(self._reached.values()), now + 1000))
-        return ProgressMark(self.config.exchange, self._mark_ms, now)
-
-    async def _emit(self, msg: RawMessage) -> None:
-        self._buf.append(msg)
-        await self._emit_wait()
-
-    async def _emit_wait(self) -> None:
-        if len(self._buf) >= self.tuning.flush_max:
-            self._flush_now.set()
-        # Redis is away: stop reading (the socket's flow control then pushes back).
-        while len(self._buf) >= self.tuning.max_buffer and not self.stop.stopped():
-            await asyncio.sleep(0.05)
-
-    # -- writing ------------------------------------------------------------------
-
-    async def _flusher(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), self.tuning.flush_interval_s)
-            self._flush_now.clear()
-            if (self._held or self._filled) and not self.ids.pending():
-                self._release()  # the backfill is done: the held frames follow it
-            await self._flush()
-            if self._closing:
-                await self._flush()
-                return
-
-    async def _flush(self) -> None:
-        chunk = max(self.tuning.flush_max, 5000)
-        loop = asyncio.get_running_loop()
-        while True:
-            # Taking the whole buffer: everything accounted for so far is in this batch
-            # or written before (unless held), so the positions reached can be recorded
-            # after it, and a progress mark written with it covers everything received.
-            whole = len(self._buf) <= chunk
-            mark = self._progress_mark() if whole and not self._closing else None
-            if not self._buf and mark is None:
-                return
-            kept = self._held or self._filled
-            positions = self._positions() if whole and not kept else None
-            batch = self._buf[:chunk]
-            del self._buf[:chunk]
-            try:
-                await loop.run_in_executor(self._write_pool, self._write, batch, positions, mark)
-            except InterruptedError:
-                # Stopped while Redis was unavailable: what is left cannot be written.
-                lost = len(batch) + len(self._buf)
-                self._buf.clear()
-                self.stats.unwritten += lost
-                log.error(
-                    "coinbase feed: stopped while Redis was unavailable; %d messages unwritten",
-                    lost,
-                )
-                return
-            self.stats.written += len(batch)
-            if mark is not None:
-                self.stats.marks += 1
-
-    def _positions(self) -> dict[str, int] | None:
-        """Positions that moved since recorded (``None``: none, or no resume store)."""
-        return None if self._resume_store is None else self.ids.moved()
-
-    def _write(
-        self,
-        batch: list[RawMessage],
-        positions: dict[str, int] | None,
-        mark: ProgressMark | None,
-    ) -> None:
-        """Write a batch and its mark, then record the positions it completes (writer thread)."""
-        self.writer.write(batch, marks=() if mark is None else (mark,))
-        if positions and self._resume_store is not None and self._resume_store.save(positions):
-            self.ids.saved.update(positions)
+        return min(self._reached.values())
 
 
 def run_coinbase_feed(
