@@ -71,9 +71,9 @@ Keeping the log complete and duplicate-free:
   point equal to it: nothing was missed).
 * **Backfill before live.** While a backfill is pending (an open gap, or an unsure
   symbol), live frames of every symbol are held back, in order, and so are the
-  trades fetched from REST. When it completes, the fetched trades are written in
-  trade-time order across symbols, then the held frames: the venue has one
-  event-time clock for all its symbols, so a newer live trade, or one symbol's newer
+  trades fetched from REST. When it completes, the fetched trades and the held
+  frames are written merged by (trade time, trade id, order kept) across symbols
+  (:mod:`streaming.feeds.live`): the venue has one event-time clock for all its symbols, so a newer live trade, or one symbol's newer
   backfill, written first would make the rest of the backfill late. At most
   ``hold_max`` messages are kept back; beyond that they are written anyway, with one
   warning (that backfill may then be late). A stop writes what is kept back. The

@@ -18,8 +18,9 @@ Keeping the log complete and duplicate-free, as the Binance feed does:
   ``"source":"rest"``.
 * **Backfill before live.** While a gap is pending, or a product is unsure of what it
   missed (after a start with resume positions or a lost connection, until its first
-  heartbeat on the new connection), live frames are held; the filled trades are
-  written in trade-time order across products, then the held frames.
+  heartbeat on the new connection), live frames are held; then the filled trades
+  and the held frames are written merged by (trade time, trade id, order kept)
+  across products (:mod:`streaming.feeds.live`).
 * **Resuming.** The id up to which every trade is written is kept per product in
   ``md:feed:coinbase:resume:<ws host:port>``; a restarted feed fills from there
   (at most ``resume_max_ids`` a product). ``--no-resume`` starts from the live stream.
@@ -38,8 +39,9 @@ subscribe message, REST rows as frames), :mod:`~streaming.feeds.coinbase.ids` (i
 tracking, heartbeats, resuming), :mod:`~streaming.feeds.coinbase.rest` (filling gaps
 from REST), :mod:`~streaming.feeds.coinbase.connection` (the websocket) and
 :mod:`~streaming.feeds.coinbase.feed` (the feed that composes them and writes the raw
-log). The generic pieces come from the Binance feed (its id tracker, resume store,
-stop, HTTP helpers and counters).
+log) on the shared writing loop (:mod:`streaming.feeds.live`). The generic pieces
+come from the Binance feed (its id tracker, resume store, stop, HTTP helpers and
+counters).
 """
 
 from __future__ import annotations
