@@ -73,7 +73,8 @@ Keeping the log complete and duplicate-free:
   symbol), live frames of every symbol are held back, in order, and so are the
   trades fetched from REST. When it completes, the fetched trades and the held
   frames are written merged by (trade time, trade id, order kept) across symbols
-  (:mod:`streaming.feeds.live`): the venue has one event-time clock for all its symbols, so a newer live trade, or one symbol's newer
+  (:mod:`streaming.feeds.live`): the venue has one event-time clock for all its
+  symbols, so a newer live trade, or one symbol's newer
   backfill, written first would make the rest of the backfill late. At most
   ``hold_max`` messages are kept back; beyond that they are written anyway, with one
   warning (that backfill may then be late). A stop writes what is kept back. The
