@@ -9,13 +9,15 @@ import threading
 import time
 
 from pyspark import SparkContext
-from pyspark.sql import SparkSession
 
-from batch.spark import BATCH_NICENESS, lower_priority
+from batch.spark import BATCH_NICENESS, SparkConfig, build_session, lower_priority
 from tests.batch.test_spark_connect import niceness_of_threads
 
 
-def test_the_local_jvm_runs_below_the_live_path(spark: SparkSession) -> None:
+def test_the_local_jvm_runs_below_the_live_path() -> None:
+    # A session of its own (the shared fixture's may have been stopped by a test
+    # before): build_session reuses the process's JVM, or starts one.
+    spark = build_session(SparkConfig(master="local[2]"))
     spark.range(1000).selectExpr("sum(id)").collect()  # threads started for a job, too
     gateway = SparkContext._gateway
     assert gateway is not None
