@@ -35,6 +35,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from marketdata.parsing import normalize_exchange, normalize_symbol
+
 #: Quote assets a Binance-style symbol (``BASEQUOTE``, no separator) may end with, the
 #: longest match winning. From Binance's spot ``exchangeInfo`` (each symbol's
 #: ``quoteAsset``): its stablecoins, the fiat currencies it quotes in, and the crypto
@@ -88,8 +90,6 @@ QUOTE_ASSETS: tuple[str, ...] = (
 )
 
 _ASSET_RE = re.compile(r"[A-Z0-9]{1,30}")
-_SYMBOL_RE = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)*")
-_EXCHANGE_RE = re.compile(r"[a-z0-9_.-]{1,32}")
 
 #: The variables, named in the errors.
 INSTRUMENTS_VAR = "CRYPTOPIPE_INSTRUMENTS"
@@ -143,7 +143,7 @@ class Series:
         """``exchange:SYMBOL`` (exchange lower-cased, symbol upper-cased)."""
         exchange, colon, symbol = text.strip().partition(":")
         series = cls(exchange.strip().lower(), symbol.strip().upper())
-        if not colon or not _EXCHANGE_RE.fullmatch(series.exchange) or not _symbol_ok(symbol):
+        if not colon or normalize_exchange(exchange) is None or not _symbol_ok(symbol):
             msg = (
                 f"bad series {text.strip()!r}: write exchange:SYMBOL, e.g. binance:BTCUSDT "
                 "or coinbase:BTC-USD"
@@ -153,7 +153,8 @@ class Series:
 
 
 def _symbol_ok(symbol: str) -> bool:
-    return bool(_SYMBOL_RE.fullmatch(symbol.strip().upper()))
+    """A symbol as the parser takes them (:func:`marketdata.parsing.normalize_symbol`)."""
+    return normalize_symbol(symbol) is not None
 
 
 def split_symbol(symbol: str) -> Instrument | None:

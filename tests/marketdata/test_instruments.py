@@ -62,7 +62,7 @@ def test_explicit_entries_win_series_first() -> None:
         ("coinbase:BTC-USD=BTCUSD", "write BASE/QUOTE"),
         ("coinbase:BTC-USD=BTC/BTC", "the base and the quote are the same"),
         (":BTC-USD=BTC/USD", "write exchange:SYMBOL"),
-        ("a:X=BTC/USD,A:x=ETH/USD", "given twice"),
+        ("a:XY=BTC/USD,A:xy=ETH/USD", "given twice"),
     ],
 )
 def test_bad_instrument_entries_say_what_to_write(text: str, says: str) -> None:
@@ -127,3 +127,11 @@ def test_settings_carry_the_declarations_to_child_processes(
     for var, value in settings.env().items():
         monkeypatch.setenv(var, value)
     assert Settings.from_env() == settings
+
+
+def test_a_series_symbol_is_one_the_parser_takes() -> None:
+    # One rule for symbols (marketdata.parsing.normalize_symbol): 2 to 30 characters.
+    for bad in ("binance:X", f"binance:{'A' * 31}", "binance:BTC--USD", "Bin ance:BTCUSDT"):
+        with pytest.raises(InstrumentError, match="bad series"):
+            Series.parse(bad)
+    assert Series.parse("Coinbase:btc-usd") == Series("coinbase", "BTC-USD")
