@@ -49,8 +49,9 @@ from streaming.feeds.binance.config import (
     TradeStream,
 )
 from streaming.feeds.binance.feed import run_binance_feed
-from streaming.feeds.binance.ids import ResumePoints, TradeIds
+from streaming.feeds.binance.ids import TradeIds
 from streaming.feeds.binance.rest import GapFiller
+from streaming.feeds.ids import ResumePoints
 from streaming.flows.runtime import stop_heartbeats
 from tests.processes import run_cryptopipe
 from tests.streaming.fake_binance import (

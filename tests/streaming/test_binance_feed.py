@@ -35,8 +35,8 @@ from redisstore.keys import DLQ_STREAM, LATE_STREAM, raw_stream_names
 from serving.stream import StreamCandleReader
 from streaming.feeds.binance.config import BinanceFeedConfig, FeedStats, FeedTuning
 from streaming.feeds.binance.feed import run_binance_feed
-from streaming.feeds.binance.ids import IdTracker, ResumePoints
 from streaming.feeds.binance.rest import rest_trade_payload
+from streaming.feeds.ids import IdTracker, ResumePoints
 from tests.processes import run_cryptopipe
 from tests.streaming.fake_binance import (
     ConnPlan,

@@ -32,8 +32,9 @@ from streaming.feeds.binance.config import (
     wall_ms,
 )
 from streaming.feeds.binance.connection import Conn, Connections
-from streaming.feeds.binance.ids import ResumePoints, TradeIds
+from streaming.feeds.binance.ids import TradeIds
 from streaming.feeds.binance.rest import GapFiller
+from streaming.feeds.ids import ResumePoints
 from streaming.feeds.live import LiveWriter
 from streaming.heartbeat import HeartbeatWriter
 from streaming.rawlog import RawLogWriter

@@ -1,25 +1,25 @@
 """Trade-id tracking and resuming of the Coinbase feed (see :mod:`streaming.feeds.coinbase`).
 
-Coinbase Exchange trade ids are consecutive per product. :class:`ProductIds` keeps,
-per product, the ids accounted for (written, or given up on) in the Binance feed's
-:class:`~streaming.feeds.binance.ids.IdTracker` (a watermark and disjoint ranges
-above it), and what the ``heartbeat`` channel says exists beyond them: a heartbeat
-whose ``last_trade_id`` is above the highest id received opens a gap up to it. The
+Coinbase Exchange trade ids are consecutive per product. What every live feed does
+with them (one :class:`~streaming.feeds.ids.IdTracker` per product, duplicates,
+giving up, positions moved, gaps left open) is the shared
+:class:`~streaming.feeds.ids.IdBook`; :class:`ProductIds` adds the Coinbase feed's
+own: what the ``heartbeat`` channel says exists beyond the ids received (a heartbeat
+whose ``last_trade_id`` is above the highest id received opens a gap up to it), the
+previous run's position taken up by a match or a heartbeat, and its floor. The
 previous run's positions are kept in Redis by :class:`CoinbaseResumePoints`.
 """
 
 from __future__ import annotations
 
 import logging
-import urllib.parse
-from collections.abc import Mapping
+from typing import ClassVar
 
 import redis
 
 from redisstore.keys import COINBASE_RESUME_KEY
-from streaming.feeds.binance.ids import IdTracker, ResumePoints
 from streaming.feeds.coinbase.config import CoinbaseStats, CoinbaseTuning
-from streaming.prom import FEED_GAPS, count_feed
+from streaming.feeds.ids import IdBook, ResumePoints
 
 log = logging.getLogger("streaming.feeds.coinbase")
 
@@ -28,15 +28,18 @@ class CoinbaseResumePoints(ResumePoints):
     """Per product, the trade id up to which every trade is in the raw log.
 
     The Redis hash ``md:feed:coinbase:resume:<websocket host:port>``; loads and saves
-    as the Binance feed's :class:`~streaming.feeds.binance.ids.ResumePoints`.
+    as :class:`~streaming.feeds.ids.ResumePoints`.
     """
 
+    prefix: ClassVar[str] = COINBASE_RESUME_KEY
+    feed: ClassVar[str] = "coinbase feed"
+    log: ClassVar[logging.Logger] = log
+
     def __init__(self, client: redis.Redis, ws_url: str) -> None:
-        self.client = client
-        self.key = f"{COINBASE_RESUME_KEY}:{urllib.parse.urlsplit(ws_url).netloc}"
+        super().__init__(client, ws_url)
 
 
-class ProductIds:
+class ProductIds(IdBook[CoinbaseStats]):
     """The trade ids of every product of the feed: duplicates, gaps, resume positions.
 
     Args:
@@ -44,37 +47,22 @@ class ProductIds:
         tuning: ``resume_max_ids`` bounds what a resume fetches.
         stats: counters of the run (trades, duplicates, gaps, lost, resumed ...).
 
+    A product is unsure (:attr:`unsure`) after a start with resume positions
+    (:meth:`take_up_positions`) and after a lost connection, until a heartbeat (or a
+    match) of the new connection says where the product is.
     """
+
+    feed: ClassVar[str] = "coinbase feed"
+    log: ClassVar[logging.Logger] = log
 
     def __init__(
         self, products: tuple[str, ...], tuning: CoinbaseTuning, stats: CoinbaseStats
     ) -> None:
-        self.trackers = {p: IdTracker() for p in products}
+        super().__init__(products, stats)
         self.tuning = tuning
-        self.stats = stats
-        #: Positions of the previous run not yet taken up (by a product's first match
-        #: or heartbeat).
-        self.resume_at: dict[str, int] = {}
-        #: Positions last recorded in the resume store.
-        self.saved: dict[str, int] = {}
-        #: Products that may have missed trades nobody knows of yet: after a start
-        #: with resume positions and after a lost connection, until a heartbeat (or a
-        #: match) of the new connection says where the product is.
-        self.unsure: set[str] = set()
         #: Per product, the highest trade id a heartbeat said exists, while it is
         #: above every id accounted for (the top of an open gap).
         self.ahead: dict[str, int] = {}
-        #: Products that had a gap open (pruned by :meth:`pending`).
-        self._open: set[str] = set()
-
-    def __contains__(self, product: object) -> bool:
-        return product in self.trackers
-
-    def take_up_positions(self, points: Mapping[str, int]) -> None:
-        """Start from the previous run's positions (each product unsure until settled)."""
-        self.resume_at = dict(points)
-        self.saved = dict(points)
-        self.unsure = set(points)
 
     def lose_connection(self) -> None:
         """The socket was lost: every product may have missed trades since."""
@@ -160,65 +148,6 @@ class ProductIds:
         self.ahead[product] = last
         self._opened(product, known + 1, last, "a heartbeat")
         return True
-
-    def accept_filled(self, product: str, tid: int) -> bool:
-        """Account for a trade id fetched from REST; ``False`` for a duplicate."""
-        if not self.trackers[product].add(tid):
-            self.stats.duplicates += 1
-            return False
-        self.stats.trades += 1
-        self.stats.filled += 1
-        count_feed(FEED_GAPS)
-        return True
-
-    def give_up(self, product: str, lo: int, hi: int, why: str) -> None:
-        """Account for ids ``lo..hi`` that will not be written (counted as lost)."""
-        lost = self.trackers[product].mark(lo, hi)
-        self.stats.lost += lost
-        log.warning(
-            "coinbase feed: %s: giving up on %d trade ids in %d..%d (%s)",
-            product,
-            lost,
-            lo,
-            hi,
-            why,
-        )
-
-    def moved(self) -> dict[str, int] | None:
-        """Positions that moved since last recorded (``None``: none)."""
-        out = {}
-        for product, tracker in self.trackers.items():
-            w = tracker.watermark
-            if w is not None and w != self.saved.get(product):
-                out[product] = w
-        return out or None
-
-    def log_open_gaps(self) -> None:
-        """Warn about the ids still missing (at a stop)."""
-        for product in self.trackers:
-            holes = self.holes(product)
-            if holes:
-                n = sum(hi - lo + 1 for lo, hi in holes)
-                log.warning(
-                    "coinbase feed: %s: stopping with %d trade ids unfilled in %d gaps (%s)",
-                    product,
-                    n,
-                    len(holes),
-                    ", ".join(f"{lo}..{hi}" for lo, hi in holes[:5]),
-                )
-
-    def _opened(self, product: str, lo: int, hi: int, by: str) -> None:
-        self.stats.gaps += 1
-        self.stats.gap_ids += hi - lo + 1
-        self._open.add(product)
-        log.info(
-            "coinbase feed: %s gap of %d trade ids (%d..%d) seen by %s; filling from REST",
-            product,
-            hi - lo + 1,
-            lo,
-            hi,
-            by,
-        )
 
     def _floor(self, product: str, point: int, top: int) -> int:
         """The watermark of a product resuming at ``point`` whose missed ids end at ``top``.
