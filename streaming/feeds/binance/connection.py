@@ -5,6 +5,10 @@ when it ends; *rolled* (a new one opened first, the old closed once the new one
 delivers) before Binance's 24 h cut and on ``serverShutdown``. Frames go to the
 feed's ``on_frame`` with their receive time; ``on_lost`` is told when trades may have
 been missed (a connection ended before its replacement was open).
+
+Opening with retries (the stop, 429 and 418 with ``Retry-After``, back-off) and the
+connection options are the live feeds' shared ones (:mod:`streaming.feeds.net`);
+the numbering, rolls and reading are Binance's own, here.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from redisstore.retry import Backoff
 from streaming.feeds.binance.config import USER_AGENT, BinanceFeedConfig, FeedStats, Stop, wall_ms
-from streaming.feeds.binance.rest import retry_after
+from streaming.feeds.net import connect_with_retries, open_websocket
 from streaming.prom import FEED_RECONNECTS, count_feed
 
 log = logging.getLogger("streaming.feeds.binance")
@@ -161,65 +165,25 @@ class Connections:
     async def _connect(self) -> Conn | None:
         """Open a connection, retrying with backoff; ``None`` when stopped first."""
         t = self.tuning
-        while not self.stop.stopped():
-            opening = asyncio.create_task(self._open())
-            stop = asyncio.create_task(self.stop.event.wait())
-            try:
-                await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-            if not opening.done():
-                opening.cancel()
-                with contextlib.suppress(BaseException):
-                    await opening
-                return None
-            try:
-                ws = opening.result()
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                wait = self._backoff.next_delay()
-                if status in (429, 418):
-                    self.stats.rate_limited += 1
-                    hinted = retry_after(exc.response.headers, time.time())
-                    default = t.rate_limit_default_s if status == 429 else t.ban_default_s
-                    wait = hinted if hinted is not None else max(wait, default)
-                log.warning(
-                    "binance feed: handshake refused with HTTP %d; retrying in %.2fs", status, wait
-                )
-            except (OSError, TimeoutError, InvalidHandshake) as exc:
-                wait = self._backoff.next_delay()
-                log.warning(
-                    "binance feed: cannot connect (%s: %s); retrying in %.2fs",
-                    type(exc).__name__,
-                    exc,
-                    wait,
-                )
-            else:
-                self._conn_count += 1
-                self.stats.connections += 1
-                conn = Conn(self._conn_count, ws)
-                conn.task = asyncio.create_task(self._read(conn), name=f"ws-{conn.number}")
-                log.info(
-                    "binance feed: connection %d open (%d streams)",
-                    conn.number,
-                    len(self.config.symbols),
-                )
-                return conn
-            if await self.stop.sleep(wait):
-                return None
-        return None
+        waits = {429: t.rate_limit_default_s, 418: t.ban_default_s}
+        ws = await connect_with_retries(
+            self._open, self.stop, self._backoff, self.stats, log, "binance feed", waits
+        )
+        if ws is None:
+            return None
+        self._conn_count += 1
+        self.stats.connections += 1
+        conn = Conn(self._conn_count, ws)
+        conn.task = asyncio.create_task(self._read(conn), name=f"ws-{conn.number}")
+        log.info(
+            "binance feed: connection %d open (%d streams)",
+            conn.number,
+            len(self.config.symbols),
+        )
+        return conn
 
     async def _open(self) -> ClientConnection:
-        t = self.tuning
-        return await connect(
-            self.config.stream_url,
-            open_timeout=t.open_timeout_s,
-            ping_interval=t.ping_interval_s,
-            ping_timeout=t.ping_timeout_s,
-            close_timeout=2,
-            max_queue=4096,
-            user_agent_header=USER_AGENT,
-        )
+        return await open_websocket(self.config.stream_url, self.tuning, USER_AGENT)
 
     def _ended(self, conn: Conn) -> None:
         assert conn.task is not None

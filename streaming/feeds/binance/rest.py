@@ -10,25 +10,21 @@ trades the feed cannot know of (after a resume or a lost connection, before the
 socket shows a trade of it) is *probed*: its newest trade (or aggregate trade) is
 asked for (no ``fromId``), which settles it and opens the gap of what it missed, if
 any.
+
+The request loop (gate, waits, refusals, back-off) and the HTTP helpers are the
+live feeds' shared ones (:mod:`streaming.feeds.net`); what is Binance's stays here:
+its URLs and API key, 418 (an IP ban) besides 429, the used-weight watch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 import logging
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NamedTuple, TypeVar
-
-import orjson
+from typing import Any
 
 from marketdata.rawmessage import RawMessage
-from redisstore.retry import Backoff
 from streaming.feeds.binance.config import (
     TRADES,
     USER_AGENT,
@@ -38,87 +34,15 @@ from streaming.feeds.binance.config import (
     wall_ms,
 )
 from streaming.feeds.binance.ids import TradeIds
+from streaming.feeds.net import RestClient, Wait, backoff_delay, header
 from streaming.prom import FEED_GAPS, count_feed
 
 log = logging.getLogger("streaming.feeds.binance")
-T = TypeVar("T")
 
 
 def rest_trade_payload(symbol: str, row: Mapping[str, Any]) -> bytes:
     """A REST ``historicalTrades`` row as a synthesized combined-stream trade frame."""
     return TRADES.rest_payload(symbol, row)
-
-
-class HttpResult(NamedTuple):
-    """Status, headers and body of an HTTP answer."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
-def http_get(url: str, headers: Mapping[str, str], timeout: float) -> HttpResult:
-    """GET ``url``; an HTTP error status is an answer too, not an exception."""
-    req = urllib.request.Request(url, headers=dict(headers))
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return HttpResult(resp.status, dict(resp.headers.items()), resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            body = exc.read()
-        except OSError:
-            body = b""
-        return HttpResult(exc.code, dict(exc.headers.items()) if exc.headers else {}, body)
-
-
-def retry_after(headers: Mapping[str, str], now_s: float) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or ``None``."""
-    raw = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if raw is None:
-        return None
-    raw = raw.strip()
-    if raw.isdigit():
-        return float(raw)
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now_s)
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header's value, whatever its case."""
-    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
-
-
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call in a daemon thread (an abandoned call never holds up exit).
-
-    For REST requests, which a stop abandons; raw-log writes use a thread pool.
-    """
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if fut.done():
-            return
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
-
-    def work() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                loop.call_soon_threadsafe(settle, False, exc)
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, True, result)
-
-    threading.Thread(target=work, name="binance-feed-io", daemon=True).start()
-    return await fut
 
 
 class GapFiller:
@@ -160,7 +84,14 @@ class GapFiller:
         self.now_ms = now_ms
         #: Set when a gap opens; the filler waits ``gap_grace_s`` and fills every hole.
         self.gap = asyncio.Event()
-        self._rest_not_before = 0.0
+        t = self.tuning
+        waits = {
+            429: Wait(t.rate_limit_default_s, "rate limit"),
+            418: Wait(t.ban_default_s, "IP banned"),
+        }
+        self._rest = RestClient(
+            t, stop, stats, log, "binance feed", waits, on_headers=self._watch_weight
+        )
 
     async def run(self) -> None:
         """Probe unsure symbols and fill holes whenever a gap opens, until stopped."""
@@ -284,72 +215,30 @@ class GapFiller:
                 hi,
             )
 
+    @property
+    def _rest_not_before(self) -> float:
+        """No REST request starts before this ``time.monotonic()`` (the shared gate)."""
+        return self._rest.not_before
+
+    @_rest_not_before.setter
+    def _rest_not_before(self, when: float) -> None:
+        self._rest.not_before = when
+
     def _backoff_delay(self, attempt: int) -> float:
-        b = Backoff(self.tuning.backoff_base_s, self.tuning.backoff_cap_s)
-        b.attempt = attempt
-        return b.next_delay()
+        return backoff_delay(self.tuning.backoff_base_s, self.tuning.backoff_cap_s, attempt)
 
     async def fetch(self, symbol: str, from_id: int | None, limit: int) -> list[Any] | None:
         """Trades (or aggregate trades) from REST (the newest without ``from_id``).
 
-        ``None`` after too many failures or a refusal.
+        ``None`` after too many failures or a refusal (the loop is
+        :class:`streaming.feeds.net.RestClient`'s).
         """
-        t = self.tuning
         url = self.config.past_trades_url(symbol, from_id, limit)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if self.config.api_key and self.config.stream.takes_api_key:
             headers["X-MBX-APIKEY"] = self.config.api_key
-        failures = 0
-        while not self.stop.stopped():
-            wait = self._rest_not_before - time.monotonic()
-            if wait > 0 and await self.stop.sleep(wait):
-                return None
-            self.stats.rest_requests += 1
-            what = f"{self.config.stream.rest_path} {symbol} fromId={from_id} limit={limit}"
-            try:
-                res = await in_thread(http_get, url, headers, t.rest_timeout_s)
-            except (OSError, TimeoutError) as exc:
-                log.warning("binance feed: %s: %s", what, exc)
-            else:
-                self._watch_weight(res.headers)
-                if res.status == 200:
-                    try:
-                        rows = orjson.loads(res.body)
-                    except orjson.JSONDecodeError:
-                        rows = None
-                    if isinstance(rows, list):
-                        return rows
-                    log.warning("binance feed: %s: answer is not a JSON list", what)
-                elif res.status in (429, 418):
-                    self.stats.rate_limited += 1
-                    hinted = retry_after(res.headers, time.time())
-                    default = t.rate_limit_default_s if res.status == 429 else t.ban_default_s
-                    pause = hinted if hinted is not None else default
-                    self._rest_not_before = time.monotonic() + pause
-                    log.warning(
-                        "binance feed: %s: HTTP %d (%s); waiting %.1fs before any request",
-                        what,
-                        res.status,
-                        "rate limit" if res.status == 429 else "IP banned",
-                        pause,
-                    )
-                    continue  # waits do not count as failures
-                elif res.status < 500:
-                    log.warning(
-                        "binance feed: %s: HTTP %d %s",
-                        what,
-                        res.status,
-                        res.body[:200].decode("utf-8", "replace"),
-                    )
-                    return None
-                else:
-                    log.warning("binance feed: %s: HTTP %d", what, res.status)
-            failures += 1
-            if failures >= t.fill_max_attempts:
-                return None
-            if await self.stop.sleep(self._backoff_delay(failures)):
-                return None
-        return None
+        what = f"{self.config.stream.rest_path} {symbol} fromId={from_id} limit={limit}"
+        return await self._rest.get_list(url, headers, what)
 
     def _watch_weight(self, headers: Mapping[str, str]) -> None:
         used = header(headers, "X-MBX-USED-WEIGHT-1M")

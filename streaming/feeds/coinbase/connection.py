@@ -6,6 +6,10 @@ it ends, errs, or falls silent for ``silence_s`` (heartbeats come every second p
 product, so silence means a dead connection). A handshake answered 429 waits
 ``Retry-After``. Frames go to the feed's ``on_frame`` with their receive time;
 ``on_lost`` is told when a connection ended (trades sent meanwhile are missed).
+
+Opening with retries (the stop, 429 with ``Retry-After``, back-off) and the
+connection options are the live feeds' shared ones (:mod:`streaming.feeds.net`);
+the subscribe message sent on open is Coinbase's own, here.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from redisstore.retry import Backoff
 from streaming.feeds.binance.config import Stop, wall_ms
-from streaming.feeds.binance.rest import retry_after
 from streaming.feeds.coinbase.config import USER_AGENT, CoinbaseFeedConfig, CoinbaseStats
+from streaming.feeds.net import connect_with_retries, open_websocket
 from streaming.prom import FEED_RECONNECTS, count_feed
 
 log = logging.getLogger("streaming.feeds.coinbase")
@@ -110,61 +114,27 @@ class Connection:
 
     async def _connect(self) -> ClientConnection | None:
         """Open and subscribe a connection, retrying with backoff; ``None`` when stopped."""
-        t = self.tuning
-        while not self.stop.stopped():
-            opening = asyncio.create_task(self._open())
-            stop = asyncio.create_task(self.stop.event.wait())
-            try:
-                await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-            if not opening.done():
-                opening.cancel()
-                with contextlib.suppress(BaseException):
-                    await opening
-                return None
-            try:
-                ws = opening.result()
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                wait = self._backoff.next_delay()
-                if status == 429:
-                    self.stats.rate_limited += 1
-                    hinted = retry_after(exc.response.headers, time.time())
-                    wait = hinted if hinted is not None else max(wait, t.rate_limit_default_s)
-                log.warning(
-                    "coinbase feed: handshake refused with HTTP %d; retrying in %.2fs", status, wait
-                )
-            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                wait = self._backoff.next_delay()
-                log.warning(
-                    "coinbase feed: cannot connect (%s: %s); retrying in %.2fs",
-                    type(exc).__name__,
-                    exc,
-                    wait,
-                )
-            else:
-                log.info(
-                    "coinbase feed: connected to %s, subscribed to %d products",
-                    self.config.ws_url,
-                    len(self.config.products),
-                )
-                return ws
-            if await self.stop.sleep(wait):
-                return None
-        return None
+        waits = {429: self.tuning.rate_limit_default_s}
+        ws = await connect_with_retries(
+            self._open,
+            self.stop,
+            self._backoff,
+            self.stats,
+            log,
+            "coinbase feed",
+            waits,
+            errors=(ConnectionClosed,),  # the subscribe message's send
+        )
+        if ws is not None:
+            log.info(
+                "coinbase feed: connected to %s, subscribed to %d products",
+                self.config.ws_url,
+                len(self.config.products),
+            )
+        return ws
 
     async def _open(self) -> ClientConnection:
-        t = self.tuning
-        ws = await connect(
-            self.config.ws_url,
-            open_timeout=t.open_timeout_s,
-            ping_interval=t.ping_interval_s,
-            ping_timeout=t.ping_timeout_s,
-            close_timeout=2,
-            max_queue=4096,
-            user_agent_header=USER_AGENT,
-        )
+        ws = await open_websocket(self.config.ws_url, self.tuning, USER_AGENT)
         try:
             await ws.send(self.config.subscribe_message().decode())
         except BaseException:

@@ -9,23 +9,22 @@ without guessing. One request at a time, at most ``rest_per_s`` a second (Coinba
 allows 10 a second per IP on public endpoints); a 429 is honoured with its
 ``Retry-After`` (or a default), and holds every further request. The rows are written
 as synthesized ``match`` frames marked ``"source":"rest"``.
+
+The request loop (gate, waits, refusals, back-off) is the live feeds' shared
+:class:`streaming.feeds.net.RestClient`; the pacing (``rest_per_s``) is its minimum
+interval between requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from marketdata.parsing import FORMAT_COINBASE_WS, iso_utc_ms
 from marketdata.rawmessage import RawMessage
-from redisstore.retry import Backoff
 from streaming.feeds.binance.config import Stop, wall_ms
-from streaming.feeds.binance.rest import http_get, in_thread, retry_after
 from streaming.feeds.coinbase.config import (
     USER_AGENT,
     CoinbaseFeedConfig,
@@ -33,6 +32,7 @@ from streaming.feeds.coinbase.config import (
     rest_match_payload,
 )
 from streaming.feeds.coinbase.ids import ProductIds
+from streaming.feeds.net import RestClient, Wait, backoff_delay
 
 log = logging.getLogger("streaming.feeds.coinbase")
 
@@ -82,7 +82,10 @@ class GapFiller:
         self.now_ms = now_ms
         #: Set when a gap opens; the filler waits ``gap_grace_s`` and fills every hole.
         self.gap = asyncio.Event()
-        self._not_before = 0.0
+        t = self.tuning
+        waits = {429: Wait(t.rate_limit_default_s, "rate limit")}
+        pace_s = 1.0 / t.rest_per_s  # at most rest_per_s requests a second
+        self._rest = RestClient(t, stop, stats, log, "coinbase feed", waits, min_interval_s=pace_s)
 
     async def run(self) -> None:
         """Fill every hole whenever a gap opens, until stopped."""
@@ -152,64 +155,15 @@ class GapFiller:
             )
 
     def _backoff_delay(self, attempt: int) -> float:
-        b = Backoff(self.tuning.backoff_base_s, self.tuning.backoff_cap_s)
-        b.attempt = attempt
-        return b.next_delay()
+        return backoff_delay(self.tuning.backoff_base_s, self.tuning.backoff_cap_s, attempt)
 
     async def fetch(self, product: str, after: int | None, limit: int) -> list[Any] | None:
         """A page of trades older than ``after``, newest first (the newest without it).
 
-        ``None`` after too many failures or a refusal.
+        ``None`` after too many failures or a refusal (the loop is
+        :class:`streaming.feeds.net.RestClient`'s).
         """
-        t = self.tuning
         url = self.config.trades_url(product, after, limit)
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        failures = 0
         what = f"/products/{product}/trades after={after} limit={limit}"
-        while not self.stop.stopped():
-            wait = self._not_before - time.monotonic()
-            if wait > 0 and await self.stop.sleep(wait):
-                return None
-            self._not_before = time.monotonic() + 1.0 / t.rest_per_s
-            self.stats.rest_requests += 1
-            try:
-                res = await in_thread(http_get, url, headers, t.rest_timeout_s)
-            except (OSError, TimeoutError) as exc:
-                log.warning("coinbase feed: %s: %s", what, exc)
-            else:
-                if res.status == 200:
-                    try:
-                        rows = orjson.loads(res.body)
-                    except orjson.JSONDecodeError:
-                        rows = None
-                    if isinstance(rows, list):
-                        return rows
-                    log.warning("coinbase feed: %s: answer is not a JSON list", what)
-                elif res.status == 429:
-                    self.stats.rate_limited += 1
-                    hinted = retry_after(res.headers, time.time())
-                    pause = hinted if hinted is not None else t.rate_limit_default_s
-                    self._not_before = time.monotonic() + pause
-                    log.warning(
-                        "coinbase feed: %s: HTTP 429 (rate limit); waiting %.1fs before any "
-                        "request",
-                        what,
-                        pause,
-                    )
-                    continue  # waits do not count as failures
-                elif res.status < 500:
-                    log.warning(
-                        "coinbase feed: %s: HTTP %d %s",
-                        what,
-                        res.status,
-                        res.body[:200].decode("utf-8", "replace"),
-                    )
-                    return None
-                else:
-                    log.warning("coinbase feed: %s: HTTP %d", what, res.status)
-            failures += 1
-            if failures >= t.fill_max_attempts:
-                return None
-            if await self.stop.sleep(self._backoff_delay(failures)):
-                return None
-        return None
+        return await self._rest.get_list(url, headers, what)
