@@ -136,7 +136,9 @@ stop), :mod:`~streaming.feeds.binance.ids` (id tracking and resuming),
 :mod:`~streaming.feeds.binance.rest` (filling gaps from REST),
 :mod:`~streaming.feeds.binance.connection` (the websocket) and
 :mod:`~streaming.feeds.binance.feed` (the feed that composes them and writes the raw
-log).
+log), on what the live feeds share: the id book (:mod:`streaming.feeds.ids`), the
+REST and websocket loops (:mod:`streaming.feeds.net`) and the writing loop
+(:mod:`streaming.feeds.live`).
 """
 
 from __future__ import annotations

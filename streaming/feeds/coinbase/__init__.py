@@ -39,9 +39,9 @@ subscribe message, REST rows as frames), :mod:`~streaming.feeds.coinbase.ids` (i
 tracking, heartbeats, resuming), :mod:`~streaming.feeds.coinbase.rest` (filling gaps
 from REST), :mod:`~streaming.feeds.coinbase.connection` (the websocket) and
 :mod:`~streaming.feeds.coinbase.feed` (the feed that composes them and writes the raw
-log) on the shared writing loop (:mod:`streaming.feeds.live`). The generic pieces
-come from the Binance feed (its id tracker, resume store, stop, HTTP helpers and
-counters).
+log) on the shared writing loop (:mod:`streaming.feeds.live`). Shared with the
+Binance feed: the id book (:mod:`streaming.feeds.ids`), the REST and websocket loops
+(:mod:`streaming.feeds.net`), and the stop and counters of its config.
 """
 
 from __future__ import annotations
